@@ -1,0 +1,150 @@
+# The targets: the library `diffuse`, the emulated kernels `diffuse_emu`, the CLI, tests, benches.
+
+file(GLOB DIFFUSE_LIB_SOURCES CONFIGURE_DEPENDS
+     ${CMAKE_SOURCE_DIR}/core/*.cpp
+     ${CMAKE_SOURCE_DIR}/kernels/*.cpp
+     ${CMAKE_SOURCE_DIR}/kernels/cpu/*.cpp
+     ${CMAKE_SOURCE_DIR}/autograd/*.cpp
+     ${CMAKE_SOURCE_DIR}/models/*.cpp
+     ${CMAKE_SOURCE_DIR}/models/*/*.cpp)
+# Sources that only make sense with the CUDA toolkit: <name>_cuda.cpp (host code calling the CUDA
+# runtime, cuBLAS, cuDNN) and every .cu file.
+file(GLOB DIFFUSE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS
+     ${CMAKE_SOURCE_DIR}/core/*_cuda.cpp ${CMAKE_SOURCE_DIR}/kernels/*_cuda.cpp
+     ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cpp)
+list(REMOVE_ITEM DIFFUSE_LIB_SOURCES ${DIFFUSE_CUDA_HOST_SOURCES})
+file(GLOB DIFFUSE_CU_SOURCES CONFIGURE_DEPENDS
+     ${CMAKE_SOURCE_DIR}/core/*.cu ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cu)
+
+add_library(diffuse ${DIFFUSE_LIB_SOURCES})
+set_target_properties(diffuse PROPERTIES POSITION_INDEPENDENT_CODE ON)
+add_library(diffuse::diffuse ALIAS diffuse)
+target_include_directories(diffuse PUBLIC
+  $<BUILD_INTERFACE:${CMAKE_SOURCE_DIR}> $<BUILD_INTERFACE:${CMAKE_BINARY_DIR}/generated>)
+target_include_directories(diffuse SYSTEM PUBLIC
+  $<BUILD_INTERFACE:${DIFFUSE_JSON_INCLUDE}> $<BUILD_INTERFACE:${DIFFUSE_STB_INCLUDE}>)
+target_compile_options(diffuse PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${DIFFUSE_CXX_FLAGS}>
+                                       $<$<COMPILE_LANGUAGE:CUDA>:${DIFFUSE_CUDA_FLAGS}>)
+target_link_libraries(diffuse PUBLIC Threads::Threads ZLIB::ZLIB)
+if(OpenMP_CXX_FOUND)
+  target_link_libraries(diffuse PUBLIC OpenMP::OpenMP_CXX)
+endif()
+if(DIFFUSE_HAVE_OPENBLAS)
+  target_include_directories(diffuse SYSTEM PRIVATE ${OpenBLAS_INCLUDE_DIRS})
+  target_link_libraries(diffuse PRIVATE ${OpenBLAS_LIBRARIES})
+  target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_OPENBLAS=1)
+endif()
+if(DIFFUSE_HAVE_CUDA)
+  target_sources(diffuse PRIVATE ${DIFFUSE_CUDA_HOST_SOURCES} ${DIFFUSE_CU_SOURCES})
+  target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_CUDA=1)
+  target_link_libraries(diffuse PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt)
+  find_library(DIFFUSE_CUDNN_LIB cudnn HINTS ${CUDAToolkit_LIBRARY_DIR})
+  if(DIFFUSE_CUDNN_LIB)
+    target_link_libraries(diffuse PUBLIC ${DIFFUSE_CUDNN_LIB})
+    target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_CUDNN=1)
+  endif()
+  set_target_properties(diffuse PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
+  # Report each kernel's registers, shared memory and spills (tests/kernels/spill_test reads it).
+  target_compile_options(diffuse PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-v>)
+endif()
+
+configure_file(${CMAKE_SOURCE_DIR}/core/build_config.h.in ${CMAKE_BINARY_DIR}/generated/build_config.h)
+
+# ---- the emulator: every .cu source compiled by the host compiler against kernels/simt --------
+file(GLOB DIFFUSE_SIMT_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/kernels/simt/*.cpp)
+if(DIFFUSE_HAVE_SIMT AND DIFFUSE_SIMT_SOURCES)
+  add_library(diffuse_simt STATIC ${DIFFUSE_SIMT_SOURCES})
+  target_include_directories(diffuse_simt PUBLIC ${CMAKE_SOURCE_DIR})
+  target_compile_options(diffuse_simt PRIVATE ${DIFFUSE_CXX_FLAGS})
+  target_link_libraries(diffuse_simt PUBLIC Boost::context diffuse)
+
+  set(_emu_wrappers)
+  foreach(cu ${DIFFUSE_CU_SOURCES})
+    file(RELATIVE_PATH rel ${CMAKE_SOURCE_DIR} ${cu})
+    string(REPLACE "/" "_" flat ${rel})
+    set(wrapper ${CMAKE_BINARY_DIR}/emu/${flat}.cpp)
+    file(CONFIGURE OUTPUT ${wrapper} CONTENT "// Generated: ${rel} compiled for the emulator.\n#include \"${cu}\"\n")
+    list(APPEND _emu_wrappers ${wrapper})
+  endforeach()
+  if(NOT _emu_wrappers)
+    set(_emu_wrappers ${CMAKE_BINARY_DIR}/emu/empty.cpp)
+    file(CONFIGURE OUTPUT ${_emu_wrappers} CONTENT "// No kernel sources yet.\n")
+  endif()
+  add_library(diffuse_emu STATIC ${_emu_wrappers})
+  target_compile_definitions(diffuse_emu PUBLIC DIFFUSE_SIMT=1)
+  target_compile_options(diffuse_emu PRIVATE ${DIFFUSE_CXX_FLAGS})
+  target_link_libraries(diffuse_emu PUBLIC diffuse_simt diffuse)
+endif()
+
+# ---- the CLI ----------------------------------------------------------------------------------
+file(GLOB DIFFUSE_TOOL_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tools/*.cpp)
+add_executable(diffuse_cli ${DIFFUSE_TOOL_SOURCES})
+set_target_properties(diffuse_cli PROPERTIES OUTPUT_NAME diffuse RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR})
+target_include_directories(diffuse_cli SYSTEM PRIVATE ${DIFFUSE_CLI11_INCLUDE})
+target_compile_options(diffuse_cli PRIVATE ${DIFFUSE_CXX_FLAGS})
+target_link_libraries(diffuse_cli PRIVATE diffuse)
+
+# ---- tests ------------------------------------------------------------------------------------
+if(DIFFUSE_TESTS)
+  enable_testing()
+  add_library(diffuse_catch_main STATIC ${CMAKE_SOURCE_DIR}/tests/catch_main.cpp)
+  target_include_directories(diffuse_catch_main SYSTEM PUBLIC ${DIFFUSE_CATCH2_INCLUDE})
+  target_include_directories(diffuse_catch_main PUBLIC ${CMAKE_SOURCE_DIR})
+  target_link_libraries(diffuse_catch_main PUBLIC diffuse)
+  # Catch2's single header is the slowest thing to compile: precompile it once for all tests.
+  add_library(diffuse_catch_pch OBJECT ${CMAKE_SOURCE_DIR}/tests/catch_pch.cpp)
+  target_include_directories(diffuse_catch_pch SYSTEM PUBLIC ${DIFFUSE_CATCH2_INCLUDE})
+  target_compile_options(diffuse_catch_pch PRIVATE ${DIFFUSE_CXX_FLAGS})
+  target_precompile_headers(diffuse_catch_pch PRIVATE <catch2/catch.hpp>)
+  # Same flags and definitions as the test executables, or GCC refuses the header.
+  target_link_libraries(diffuse_catch_pch PRIVATE $<IF:$<TARGET_EXISTS:diffuse_emu>,diffuse_emu,diffuse>)
+
+  # One test executable per folder of tests/; one ctest entry per (executable, tier). A tier is a
+  # Catch2 tag: [cpu] [emu] [cuda] [slow]. A cuda entry exits 77 (skipped) without a GPU.
+  function(diffuse_add_test_dir dir)
+    file(GLOB srcs CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/${dir}/*_test.cpp)
+    if(NOT srcs)
+      return()
+    endif()
+    set(exe test_${dir})
+    add_executable(${exe} ${srcs})
+    target_compile_options(${exe} PRIVATE ${DIFFUSE_CXX_FLAGS})
+    target_link_libraries(${exe} PRIVATE diffuse_catch_main diffuse)
+    target_precompile_headers(${exe} REUSE_FROM diffuse_catch_pch)
+    if(TARGET diffuse_emu)
+      target_link_libraries(${exe} PRIVATE diffuse_emu)
+      target_compile_definitions(${exe} PRIVATE DIFFUSE_HAVE_SIMT=1)
+    endif()
+    foreach(tier cpu emu cuda slow)
+      # Only tiers that some test in this folder is tagged with get an entry.
+      set(found FALSE)
+      foreach(src ${srcs})
+        file(STRINGS ${src} hits REGEX "\\[${tier}\\]")
+        if(hits)
+          set(found TRUE)
+        endif()
+      endforeach()
+      if(NOT found)
+        continue()
+      endif()
+      add_test(NAME ${dir}.${tier} COMMAND ${exe} "[${tier}]")
+      set_tests_properties(${dir}.${tier} PROPERTIES LABELS ${tier} SKIP_RETURN_CODE 77
+                           ENVIRONMENT "OMP_NUM_THREADS=2")
+    endforeach()
+  endfunction()
+  foreach(dir core simt kernels autograd models diffusion tools)
+    diffuse_add_test_dir(${dir})
+  endforeach()
+endif()
+
+# ---- benchmarks -------------------------------------------------------------------------------
+if(DIFFUSE_BENCH)
+  file(GLOB DIFFUSE_BENCH_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/bench/*.cpp)
+  foreach(src ${DIFFUSE_BENCH_SOURCES})
+    get_filename_component(name ${src} NAME_WE)
+    add_executable(${name} ${src})
+    target_compile_options(${name} PRIVATE ${DIFFUSE_CXX_FLAGS})
+    target_link_libraries(${name} PRIVATE diffuse)
+    set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
+  endforeach()
+endif()

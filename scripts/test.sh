@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs the dependencies, builds, and runs the cpu and emu tiers (and cuda where a GPU
+# answers; without one those tests report themselves skipped).
+# Usage: scripts/test.sh [build-dir]   (env: DIFFUSE_CUDA=AUTO|ON|OFF, JOBS)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build}
+bash scripts/install-deps.sh
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIFFUSE_WERROR=ON \
+      -DDIFFUSE_CUDA="${DIFFUSE_CUDA:-AUTO}"
+cmake --build "$build" -j "${JOBS:-$(nproc)}"
+ctest --test-dir "$build" -L 'cpu|emu|cuda' --output-on-failure -j "${JOBS:-$(nproc)}"

@@ -1,0 +1,13 @@
+// tools/commands.h: each subcommand of the `diffuse` CLI registers itself on the root app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace diffuse::tools {
+
+// A subcommand's callback sets the process exit code through this.
+int& exit_code();
+
+void register_info(CLI::App& root);
+
+}  // namespace diffuse::tools

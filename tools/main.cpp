@@ -1,0 +1,32 @@
+// The `diffuse` command line: train, sample, eval, bench, info.
+#include <cstdio>
+#include <exception>
+
+#include "core/check.h"
+#include "tools/commands.h"
+
+namespace diffuse::tools {
+int& exit_code() {
+  static int code = 0;
+  return code;
+}
+}  // namespace diffuse::tools
+
+int main(int argc, char** argv) {
+  CLI::App app{"diffuse: a diffusion-model engine (train, sample, evaluate, benchmark)", "diffuse"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("diffuse ") + "0.1.0");
+  diffuse::tools::register_info(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const diffuse::Error& e) {
+    std::fprintf(stderr, "diffuse: error: %s\n", e.what());
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "diffuse: error: %s\n", e.what());
+    return 1;
+  }
+  return diffuse::tools::exit_code();
+}
