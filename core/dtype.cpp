@@ -12,17 +12,20 @@ const char* dtype_name(DType t) {
     case DType::i32: return "i32";
     case DType::i64: return "i64";
     case DType::u8: return "u8";
+    case DType::f64: return "f64";
   }
   return "?";
 }
 
 DType dtype_from_name(std::string_view n) {
-  for (DType t : {DType::f32, DType::bf16, DType::f16, DType::i32, DType::i64, DType::u8})
+  for (DType t : {DType::f32, DType::bf16, DType::f16, DType::i32, DType::i64, DType::u8, DType::f64})
     if (n == dtype_name(t)) return t;
-  DF_FAIL("unknown dtype '", n, "' (expected f32, bf16, f16, i32, i64 or u8)");
+  DF_FAIL("unknown dtype '", n, "' (expected f32, f64, bf16, f16, i32, i64 or u8)");
 }
 
-bool dtype_is_float(DType t) { return t == DType::f32 || t == DType::bf16 || t == DType::f16; }
+bool dtype_is_float(DType t) {
+  return t == DType::f32 || t == DType::f64 || t == DType::bf16 || t == DType::f16;
+}
 
 float f16_to_float(f16_t h) {
   uint32_t sign = (h.bits & 0x8000u) << 16;

@@ -9,13 +9,14 @@
 
 namespace diffuse {
 
-enum class DType : uint8_t { f32, bf16, f16, i32, i64, u8 };
+// f64 exists for the CPU only: gradchecks run the reference loops in double.
+enum class DType : uint8_t { f32, bf16, f16, i32, i64, u8, f64 };
 
 constexpr size_t dtype_size(DType t) {
   switch (t) {
     case DType::f32: case DType::i32: return 4;
     case DType::bf16: case DType::f16: return 2;
-    case DType::i64: return 8;
+    case DType::i64: case DType::f64: return 8;
     case DType::u8: return 1;
   }
   return 0;
@@ -55,5 +56,6 @@ template <> constexpr DType dtype_of<f16_t>() { return DType::f16; }
 template <> constexpr DType dtype_of<int32_t>() { return DType::i32; }
 template <> constexpr DType dtype_of<int64_t>() { return DType::i64; }
 template <> constexpr DType dtype_of<uint8_t>() { return DType::u8; }
+template <> constexpr DType dtype_of<double>() { return DType::f64; }
 
 }  // namespace diffuse

@@ -83,6 +83,7 @@ Storage::~Storage() {
 // ---- Tensor ------------------------------------------------------------------------------------
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  DF_CHECK(dtype != DType::f64 || device.is_cpu(), "f64 tensors live on the cpu only (gradchecks)");
   for (int i = 0; i < shape.rank(); ++i)
     DF_CHECK(shape[i] >= 0, "cannot make a tensor of shape ", shape.str());
   size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
@@ -208,6 +209,7 @@ double load_as_double(const void* p, DType t, int64_t i) {
     case DType::i32: return static_cast<const int32_t*>(p)[i];
     case DType::i64: return static_cast<double>(static_cast<const int64_t*>(p)[i]);
     case DType::u8: return static_cast<const uint8_t*>(p)[i];
+    case DType::f64: return static_cast<const double*>(p)[i];
   }
   return 0;
 }
@@ -220,6 +222,7 @@ void store_from_double(void* p, DType t, int64_t i, double v) {
     case DType::i32: static_cast<int32_t*>(p)[i] = static_cast<int32_t>(v); break;
     case DType::i64: static_cast<int64_t*>(p)[i] = static_cast<int64_t>(v); break;
     case DType::u8: static_cast<uint8_t*>(p)[i] = static_cast<uint8_t>(v); break;
+    case DType::f64: static_cast<double*>(p)[i] = v; break;
   }
 }
 
