@@ -1,0 +1,65 @@
+// kernels/simt/vector_types.h: CUDA's built-in vector types for the emulator, with the sizes and
+// alignments of vector_types.h, so that a kernel's vectorised loads (float4 = 16 bytes, 16-aligned)
+// and struct layouts match the GPU build. Global namespace, as in CUDA.
+#pragma once
+
+#define DF_SIMT_VEC2(T, name, align)                                                          \
+  struct alignas(align) name {                                                                \
+    T x, y;                                                                                   \
+  };                                                                                          \
+  constexpr name make_##name(T x, T y) { return name{x, y}; }
+#define DF_SIMT_VEC3(T, name)                                                                 \
+  struct name {                                                                               \
+    T x, y, z;                                                                                \
+  };                                                                                          \
+  constexpr name make_##name(T x, T y, T z) { return name{x, y, z}; }
+#define DF_SIMT_VEC4(T, name, align)                                                          \
+  struct alignas(align) name {                                                                \
+    T x, y, z, w;                                                                             \
+  };                                                                                          \
+  constexpr name make_##name(T x, T y, T z, T w) { return name{x, y, z, w}; }
+
+DF_SIMT_VEC2(char, char2, 2)
+DF_SIMT_VEC2(unsigned char, uchar2, 2)
+DF_SIMT_VEC2(short, short2, 4)
+DF_SIMT_VEC2(unsigned short, ushort2, 4)
+DF_SIMT_VEC2(int, int2, 8)
+DF_SIMT_VEC2(unsigned int, uint2, 8)
+DF_SIMT_VEC2(long long, longlong2, 16)
+DF_SIMT_VEC2(unsigned long long, ulonglong2, 16)
+DF_SIMT_VEC2(float, float2, 8)
+DF_SIMT_VEC2(double, double2, 16)
+
+DF_SIMT_VEC3(char, char3)
+DF_SIMT_VEC3(unsigned char, uchar3)
+DF_SIMT_VEC3(short, short3)
+DF_SIMT_VEC3(unsigned short, ushort3)
+DF_SIMT_VEC3(int, int3)
+DF_SIMT_VEC3(unsigned int, uint3)
+DF_SIMT_VEC3(float, float3)
+DF_SIMT_VEC3(double, double3)
+
+DF_SIMT_VEC4(char, char4, 4)
+DF_SIMT_VEC4(unsigned char, uchar4, 4)
+DF_SIMT_VEC4(short, short4, 8)
+DF_SIMT_VEC4(unsigned short, ushort4, 8)
+DF_SIMT_VEC4(int, int4, 16)
+DF_SIMT_VEC4(unsigned int, uint4, 16)
+DF_SIMT_VEC4(float, float4, 16)
+DF_SIMT_VEC4(double, double4, 16)
+
+#undef DF_SIMT_VEC2
+#undef DF_SIMT_VEC3
+#undef DF_SIMT_VEC4
+
+static_assert(sizeof(float4) == 16 && alignof(float4) == 16);
+static_assert(sizeof(float2) == 8 && alignof(float2) == 8);
+static_assert(sizeof(uint3) == 12);
+
+// Launch geometry: unspecified extents are 1, as in CUDA.
+struct dim3 {
+  unsigned int x = 1, y = 1, z = 1;
+  constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1) : x(vx), y(vy), z(vz) {}
+  constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+  constexpr operator uint3() const { return uint3{x, y, z}; }
+};
