@@ -1,0 +1,138 @@
+// Bugs planted on purpose, which the emulator must expose: races through shared memory show up
+// as results that change with the thread order or as NaN from the poison; a correct kernel gives
+// the same bits under every order. (Faults for divergent barriers, deadlocks, shuffles outside
+// the mask, oversized blocks and shared memory are planted in sync_, warp_, launch_ and
+// shared_test.cpp.)
+#include "tests/simt/simt_test_util.h"
+
+#include <random>
+
+using namespace diffuse::simt;
+using namespace diffuse::simt::test;
+
+namespace {
+
+constexpr int kBlock = 256;
+
+__global__ void __launch_bounds__(kBlock) sum_kernel(const float* __restrict__ x, float* __restrict__ y, int n) {
+  DF_SHARED(float, tile, kBlock);
+  const int t = threadIdx.x, i = blockIdx.x * kBlock + t;
+  tile[t] = i < n ? x[i] : 0.0f;
+  __syncthreads();
+  for (int s = kBlock / 2; s > 0; s /= 2) {
+    if (t < s) tile[t] += tile[t + s];
+    __syncthreads();
+  }
+  if (t == 0) y[blockIdx.x] = tile[0];
+}
+
+// The same reduction without the barrier between the load and the tree.
+__global__ void __launch_bounds__(kBlock) sum_missing_first_sync_kernel(const float* x, float* y, int n) {
+  DF_SHARED(float, tile, kBlock);
+  const int t = threadIdx.x, i = blockIdx.x * kBlock + t;
+  tile[t] = i < n ? x[i] : 0.0f;
+  for (int s = kBlock / 2; s > 0; s /= 2) {
+    if (t < s) tile[t] += tile[t + s];
+    __syncthreads();
+  }
+  if (t == 0) y[blockIdx.x] = tile[0];
+}
+
+// ... and without the barrier inside the tree.
+__global__ void __launch_bounds__(kBlock) sum_missing_loop_sync_kernel(const float* x, float* y, int n) {
+  DF_SHARED(float, tile, kBlock);
+  const int t = threadIdx.x, i = blockIdx.x * kBlock + t;
+  tile[t] = i < n ? x[i] : 0.0f;
+  __syncthreads();
+  for (int s = kBlock / 2; s > 0; s /= 2) {
+    if (t < s) tile[t] += tile[t + s];
+  }
+  if (t == 0) y[blockIdx.x] = tile[0];
+}
+
+// A 3-point stencil that loads a halo only on the left: the right neighbour of the block's last
+// thread is never written.
+__global__ void stencil_missing_halo_kernel(const float* x, float* y, int n) {
+  DF_SHARED(float, tile, 66);
+  const int t = threadIdx.x, i = blockIdx.x * 64 + t;
+  tile[t + 1] = x[i];
+  if (t == 0) tile[0] = blockIdx.x > 0 ? x[i - 1] : 0.0f;
+  __syncthreads();
+  y[i] = tile[t] + tile[t + 1] + tile[t + 2];
+}
+
+std::vector<float> random_input(int n) {
+  std::mt19937 g(12345);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(n);
+  for (float& v : x) v = u(g);
+  return x;
+}
+
+// The tree's own association, in double: what a correct kernel must match to float rounding.
+std::vector<double> reference_sums(const std::vector<float>& x, int blocks) {
+  std::vector<double> r(blocks, 0.0);
+  for (size_t i = 0; i < x.size(); ++i) r[i / kBlock] += x[i];
+  return r;
+}
+
+using Kernel = void (*)(const float*, float*, int);
+
+// The block sums of `k` under each order.
+std::vector<std::vector<float>> run_each_order(Kernel k, const std::vector<float>& x, int blocks) {
+  std::vector<std::vector<float>> results;
+  for (const OrderSpec& o : test_orders()) {
+    OrderScope s(o);
+    std::vector<float> y(blocks);
+    DF_LAUNCH(k, blocks, kBlock, 0, nullptr, x.data(), y.data(), static_cast<int>(x.size()));
+    results.push_back(y);
+  }
+  return results;
+}
+
+bool matches(const std::vector<float>& y, const std::vector<double>& ref) {
+  for (size_t b = 0; b < y.size(); ++b)
+    if (!(std::fabs(y[b] - ref[b]) <= 1e-4 * (1.0 + std::fabs(ref[b])))) return false;  // NaN fails
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("a correct reduction gives the same bits under every thread order", "[emu][simt]") {
+  const int blocks = 5, n = blocks * kBlock - 17;
+  const std::vector<float> x = random_input(n);
+  const auto ref = reference_sums(x, blocks);
+  const auto results = run_each_order(sum_kernel, x, blocks);
+  for (const auto& y : results) {
+    CHECK(matches(y, ref));
+    for (size_t b = 0; b < y.size(); ++b) CHECK(bits(y[b]) == bits(results[0][b]));
+  }
+}
+
+TEST_CASE("planted bug: a missing __syncthreads gives a wrong result under some order", "[emu][simt]") {
+  const int blocks = 3, n = blocks * kBlock;
+  const std::vector<float> x = random_input(n);
+  const auto ref = reference_sums(x, blocks);
+  for (Kernel k : {sum_missing_first_sync_kernel, sum_missing_loop_sync_kernel}) {
+    const auto results = run_each_order(k, x, blocks);
+    int wrong = 0;
+    for (const auto& y : results) wrong += !matches(y, ref);
+    CHECK(wrong >= 1);
+    // Without the first barrier, thread 0 runs first under the forward order and reads slots
+    // nobody has written yet: the poison makes the sum NaN.
+    if (k == sum_missing_first_sync_kernel) CHECK(std::isnan(results[0][0]));
+  }
+}
+
+TEST_CASE("planted bug: reading shared memory that no thread wrote gives NaN", "[emu][simt]") {
+  const int blocks = 2, n = blocks * 64;
+  const std::vector<float> x = random_input(n);
+  for_each_order([&] {
+    std::vector<float> y(n, 0.0f);
+    DF_LAUNCH(stencil_missing_halo_kernel, blocks, 64, 0, nullptr, x.data(), y.data(), n);
+    for (int b = 0; b < blocks; ++b) {
+      CHECK(std::isnan(y[b * 64 + 63]));   // read tile[65], never written
+      CHECK(!std::isnan(y[b * 64 + 10]));  // the interior is fine
+    }
+  });
+}
