@@ -86,7 +86,7 @@ __global__ void outside_mask_kernel(float* out) {
 }
 
 __global__ void not_in_mask_kernel(float* out) {
-  out[threadIdx.x] = __shfl_sync(0x0000fffeu, 1.0f, 1);  // lane 0 is not in its own mask
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_sync(0x0000fffeu, 1.0f, 1);  // lane 0 is not in its own mask
 }
 
 __global__ void exited_source_kernel(float* out) {
