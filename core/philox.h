@@ -33,7 +33,7 @@ DF_HD_INLINE void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t&
 DF_HD_INLINE Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
   constexpr uint32_t M0 = 0xD2511F53u, M1 = 0xCD9E8D57u;  // multipliers (paper, Table 2)
   constexpr uint32_t W0 = 0x9E3779B9u, W1 = 0xBB67AE85u;  // Weyl key increments
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)  // the host pass of nvcc is gcc, which warns on an unknown pragma
 #pragma unroll
 #endif
   for (int r = 0; r < 10; ++r) {
