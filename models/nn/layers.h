@@ -1,0 +1,146 @@
+// models/nn/layers.h: the layers of the DDPM / improved-DDPM / ADM UNets, on the ag ops.
+//
+// Layout: images NHWC (B, H, W, C); token sequences (B, T, C). Weights: Linear (Out, In),
+// Conv2d (Cout, KH, KW, Cin) as in ops_contract.md.
+//
+// Parameter names inside each layer (the last parts of the dotted names):
+//   Linear, Conv2d:  weight, bias
+//   GroupNorm:       weight, bias                           (gamma, beta)
+//   Embedding:       weight                                 (K, D)
+//   AttentionBlock:  norm.{weight,bias} qkv.{weight,bias} proj.{weight,bias}
+//   ResBlock:        norm1 conv1 emb_proj norm2 conv2 [skip]
+//   Downsample:      [conv]     Upsample: [conv]
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "autograd/tape.h"
+#include "models/nn/module.h"
+
+namespace diffuse::nn {
+
+// The Philox stream a dropout call draws from. A forward pass hands each dropout site its own
+// offset, so masks differ between sites and steps but repeat for the same (seed, step).
+struct DropoutKey {
+  uint64_t seed = 0;
+  uint64_t offset = 0;
+  DropoutKey sub(uint64_t site) const;  // a distinct stream for one site
+};
+
+class Linear : public Module {
+ public:
+  // zero_init: weight and bias start at zero (the projection that closes a residual branch).
+  Linear(int64_t in, int64_t out, bool bias = true, bool zero_init = false);
+  ag::Var forward(const ag::Var& x) const;  // (..., In) -> (..., Out)
+  int64_t in_features() const { return in_; }
+  int64_t out_features() const { return out_; }
+
+ private:
+  int64_t in_, out_;
+  ag::Var weight_, bias_;
+};
+
+class Conv2d : public Module {
+ public:
+  // kernel 3 pads 1 ("same" at stride 1; halves even sizes at stride 2), kernel 1 pads 0.
+  Conv2d(int64_t in, int64_t out, int kernel = 3, int stride = 1, bool zero_init = false);
+  ag::Var forward(const ag::Var& x) const;  // (B, H, W, Cin) -> (B, Ho, Wo, Cout)
+
+ private:
+  int64_t in_, out_;
+  int kernel_, stride_;
+  ag::Var weight_, bias_;
+};
+
+class GroupNorm : public Module {
+ public:
+  GroupNorm(int groups, int64_t channels, float eps = 1e-5f);
+  // y = act((xhat * gamma + beta) * (1 + scale) + shift), act = SiLU when silu: the fused op.
+  ag::Var forward(const ag::Var& x, bool silu = false, const ag::Var& scale = {}, const ag::Var& shift = {}) const;
+  int groups() const { return groups_; }
+
+ private:
+  int groups_;
+  float eps_;
+  ag::Var weight_, bias_;
+};
+
+class Embedding : public Module {
+ public:
+  Embedding(int64_t num, int64_t dim);
+  ag::Var forward(const Tensor& ids) const;  // i64 (B) -> (B, D)
+
+ private:
+  ag::Var weight_;
+};
+
+// Self-attention over the H*W pixels of an image (DDPM's AttnBlock, ADM's AttentionBlock):
+// x + proj(attention(qkv(GroupNorm(x)))), proj zero-initialised so the block starts as identity.
+class AttentionBlock : public Module {
+ public:
+  // heads > 0: that many heads; else head_channels > 0: channels / head_channels heads.
+  AttentionBlock(int64_t channels, int groups, int heads, int head_channels = -1);
+  ag::Var forward(const ag::Var& x) const;  // (B, H, W, C) -> same
+  int heads() const { return heads_; }
+
+ private:
+  int64_t channels_;
+  int heads_;
+  std::shared_ptr<GroupNorm> norm_;
+  std::shared_ptr<Linear> qkv_, proj_;
+};
+
+struct ResBlockOptions {
+  int64_t in_channels = 0, out_channels = 0, emb_channels = 0;  // emb_channels 0: no conditioning
+  int groups = 32;
+  float dropout = 0.f;
+  bool scale_shift_norm = false;  // AdaGN (improved DDPM / ADM): emb -> (scale, shift) of norm2
+  bool rescale = false;           // output (skip + h) / sqrt(2) (NCSN++ / score SDE)
+  enum class Resample : uint8_t { none, up, down } resample = Resample::none;  // BigGAN-style up/down
+};
+
+// The residual block of DDPM (Ho et al. 2020, appendix B) and ADM (Dhariwal & Nichol 2021):
+//   h = conv1(resample(SiLU(GN1(x))))
+//   plain:        h = conv2(dropout(SiLU(GN2(h + emb_proj(SiLU(emb))))))
+//   scale-shift:  (s, b) = emb_proj(SiLU(emb));  h = conv2(dropout(SiLU(GN2(h) * (1 + s) + b)))
+//   out = skip(resample(x)) + h   [ / sqrt(2) when rescale ]
+// conv2 is zero-initialised: every block starts as its skip path. skip is a 1x1 conv when the
+// channel count changes, else the identity. Resampling inside the block (resblock_updown) is
+// parameter-free: nearest 2x up, 2x2 average pool down, applied to both paths.
+class ResBlock : public Module {
+ public:
+  explicit ResBlock(const ResBlockOptions& o);
+  // emb_act: SiLU(emb), (B, emb_channels) (computed once per forward by the caller, since every
+  // block's projection starts with that SiLU); undefined when emb_channels is 0.
+  ag::Var forward(const ag::Var& x, const ag::Var& emb_act, DropoutKey key) const;
+  const ResBlockOptions& options() const { return o_; }
+
+ private:
+  ResBlockOptions o_;
+  std::shared_ptr<GroupNorm> norm1_, norm2_;
+  std::shared_ptr<Conv2d> conv1_, conv2_, skip_;
+  std::shared_ptr<Linear> emb_proj_;
+};
+
+// Halves H and W: a 3x3 conv with stride 2 (use_conv), or a 2x2 average pool.
+class Downsample : public Module {
+ public:
+  Downsample(int64_t channels, bool use_conv);
+  ag::Var forward(const ag::Var& x) const;
+
+ private:
+  std::shared_ptr<Conv2d> conv_;
+};
+
+// Doubles H and W: nearest neighbour, then a 3x3 conv (use_conv).
+class Upsample : public Module {
+ public:
+  Upsample(int64_t channels, bool use_conv);
+  ag::Var forward(const ag::Var& x) const;
+
+ private:
+  std::shared_ptr<Conv2d> conv_;
+};
+
+}  // namespace diffuse::nn

@@ -1,0 +1,128 @@
+// models/nn/unet.h: the diffusion UNet of DDPM (Ho et al. 2020) and its improved variants
+// (Nichol & Dhariwal 2021, "Improved DDPM"; Dhariwal & Nichol 2021, "ADM"), as one configurable
+// model, and the noisy classifier for classifier guidance built from its encoder half.
+//
+// Shape of the network (L = channel_mult.size() levels, ch = base_channels):
+//   emb   = time.fc2(SiLU(time.fc1(timestep_embedding(t, ch))))    (+ label_emb(label))
+//   h     = conv_in(x)                                                 -> skip
+//   down.i: num_res_blocks x [ResBlock (+ AttentionBlock at attention resolutions)]  -> skip each
+//           then, except at the last level, downsample (conv stride 2 or ResBlock down) -> skip
+//   mid:  ResBlock, AttentionBlock, ResBlock
+//   up.i (i = L-1 .. 0): num_res_blocks+1 x [concat(h, skip.pop()); ResBlock (+ Attention)]
+//           then, except at level 0, upsample (nearest + conv, or ResBlock up)
+//   out   = out_conv(SiLU(out_norm(h)))     out_conv zero-initialised
+// Parameter names (docs/models.md): time.fc1, time.fc2, label_emb, conv_in,
+// down.<i>.res.<j>, down.<i>.attn.<j>, down.<i>.downsample, mid.res1, mid.attn, mid.res2,
+// up.<i>.res.<j>, up.<i>.attn.<j>, up.<i>.upsample, out_norm, out_conv; then the layer's own
+// names (layers.h), e.g. down.1.res.0.conv1.weight.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "models/nn/layers.h"
+#include "models/nn/module.h"
+
+namespace diffuse::nn {
+
+class UNetDownLevel;
+class UNetUpLevel;
+class UNetMid;
+
+struct UNetConfig {
+  int in_channels = 3;
+  int out_channels = 3;  // the model's own output; learn_sigma doubles it (see output_channels())
+  int image_size = 32;
+  int base_channels = 128;
+  std::vector<int> channel_mult = {1, 2, 2, 2};
+  int num_res_blocks = 2;
+  std::vector<int> attention_resolutions = {16};  // feature-map sizes (H) that get attention
+  int num_heads = 1;        // used when head_channels <= 0
+  int head_channels = -1;   // > 0: heads = channels / head_channels (ADM's num_head_channels)
+  float dropout = 0.f;
+  int groups = 32;
+  int num_classes = 0;      // 0: unconditional; else an embedding of num_classes + 1 rows (the
+                            // last, index num_classes, is the null label for classifier-free guidance)
+  bool scale_shift_norm = false;
+  bool resblock_updown = false;
+  bool rescale_residual = false;
+  bool learn_sigma = false;  // output 2 * out_channels: epsilon and the variance interpolation v
+  bool conv_resample = true; // downsample/upsample with a conv (else avg pool / plain nearest)
+  std::string init = "pytorch";  // "pytorch" or "ddpm" (module.h InitScheme)
+
+  int output_channels() const { return learn_sigma ? 2 * out_channels : out_channels; }
+  int emb_channels() const { return 4 * base_channels; }
+  void validate() const;  // throws with the offending key
+
+  nlohmann::json to_json() const;
+  // Unknown keys are an error (a typo would otherwise silently train a different model); missing
+  // keys keep their defaults.
+  static UNetConfig from_json(const nlohmann::json& j);
+
+  // Named presets (docs/models.md):
+  //   ddpm-cifar10  DDPM's CIFAR-10 model, 35.7M parameters
+  //   fmnist        28x28x1 on a GPU
+  //   tiny          28x28x1 for CPU training
+  //   imagenet64    improved DDPM's ImageNet 64x64 model (learned sigma, scale-shift, updown)
+  static UNetConfig preset(const std::string& name);
+  static std::vector<std::string> preset_names();
+};
+
+class UNet : public Module {
+ public:
+  // Builds the tree and draws the parameters from `seed` with cfg.init.
+  explicit UNet(const UNetConfig& cfg, uint64_t seed = 0);
+
+  // x (B, H, W, in_channels) with H = W = image_size; t (B) f32 timesteps on DDPM's scale
+  // (0..1000, what the time embedding expects); labels (B) i64 in [0, num_classes] or undefined
+  // (then the null label num_classes when the model is class-conditional).
+  // Returns (B, H, W, output_channels()).
+  ag::Var forward(const ag::Var& x, const Tensor& t, const Tensor& labels = {});
+
+  const UNetConfig& config() const { return cfg_; }
+  // Dropout masks are drawn from (dropout_seed, a per-call counter): the same seed and call
+  // sequence give the same masks.
+  void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; calls_ = 0; }
+
+ private:
+  UNetConfig cfg_;
+  std::shared_ptr<Linear> time_fc1_, time_fc2_;
+  std::shared_ptr<Embedding> label_emb_;
+  std::shared_ptr<Conv2d> conv_in_;
+  std::shared_ptr<ModuleList<UNetDownLevel>> down_;
+  std::shared_ptr<UNetMid> mid_;
+  std::shared_ptr<ModuleList<UNetUpLevel>> up_;
+  std::shared_ptr<GroupNorm> out_norm_;
+  std::shared_ptr<Conv2d> out_conv_;
+  uint64_t dropout_seed_ = 0x5eed;
+  uint64_t calls_ = 0;
+};
+
+// The noisy-image classifier of classifier guidance (ADM, sec. 4): the UNet's encoder (conv_in,
+// the down levels, the middle block) then GroupNorm, SiLU, global average pool and a linear head.
+// Timestep-conditioned like the UNet; label_emb is never built (num_classes is the head's size).
+class EncoderClassifier : public Module {
+ public:
+  EncoderClassifier(const UNetConfig& cfg, int num_classes, uint64_t seed = 0);
+  ag::Var forward(const ag::Var& x, const Tensor& t);  // -> logits (B, num_classes)
+  const UNetConfig& config() const { return cfg_; }
+  void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; calls_ = 0; }
+
+ private:
+  UNetConfig cfg_;
+  int num_classes_;
+  std::shared_ptr<Linear> time_fc1_, time_fc2_;
+  std::shared_ptr<Conv2d> conv_in_;
+  std::shared_ptr<ModuleList<UNetDownLevel>> down_;
+  std::shared_ptr<UNetMid> mid_;
+  std::shared_ptr<GroupNorm> out_norm_;
+  std::shared_ptr<Linear> head_;
+  uint64_t dropout_seed_ = 0x5eed;
+  uint64_t calls_ = 0;
+};
+
+}  // namespace diffuse::nn
