@@ -19,6 +19,7 @@
 #include <boost/context/fiber.hpp>
 
 #include <algorithm>
+#include <bit>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -232,10 +233,17 @@ bool is_shuffle(detail::WarpKind k) {
   return k == WarpKind::shfl_idx || k == WarpKind::shfl_up || k == WarpKind::shfl_down || k == WarpKind::shfl_xor;
 }
 
+// Per warp of the running block: which lanes wait at a collective, and which are gone (exited,
+// or past the end of a partial last warp). Collectives test these instead of visiting lanes.
+struct Warp {
+  unsigned waiting = 0, gone = 0;
+};
+
 // ---- the per-host-thread runtime ---------------------------------------------------------------
 struct Runtime {
   StackPool pool;
   std::vector<Thread> threads;
+  std::vector<Warp> warps;
   std::vector<unsigned> perm;
   unsigned n = 0, n_done = 0;
 
@@ -338,6 +346,7 @@ ctx::fiber start_thread(Runtime& R, Thread& t) {
       }
     }
     t.state = State::done;
+    R.warps[t.warp].gone |= 1u << t.lane;
     ++R.n_done;
     asan_start_switch(nullptr, R.sched_bottom, R.sched_size);  // this fiber's stack is going away
     return std::move(t.back);
@@ -376,7 +385,6 @@ Thread* lane_thread(Runtime& R, const Thread& t, unsigned lane) {
   const unsigned i = t.warp * kWarpSize + lane;
   return i < R.n ? &R.threads[i] : nullptr;
 }
-bool gone(const Thread* u) { return !u || u->state == State::done; }
 
 std::string describe(const Thread& u) {
   switch (u.state) {
@@ -396,23 +404,30 @@ bool same_call(const detail::WarpCall& a, const detail::WarpCall& b) {
 
 enum class Readiness { complete, pending, mismatch };
 
-// Whether the collective that `t` waits at can complete; on a mismatch, records the fault.
-Readiness readiness(Runtime& R, Thread& t) {
+void mismatch_fault(Runtime& R, const Thread& t, unsigned l, const Thread& u) {
   const detail::WarpCall& c = *t.call;
-  bool pending = false;
-  for (unsigned l = 0; l < kWarpSize; ++l) {
-    if (!(c.mask >> l & 1u) || l == t.lane) continue;
-    Thread* u = lane_thread(R, t, l);
-    if (gone(u)) continue;
-    if (u->state == State::warp) {
-      if (same_call(*u->call, c)) continue;
-      record_fault(R, FaultKind::warp_divergence, t,
-                   std::string("lane ") + std::to_string(t.lane) + " waits at " + warp_name(c.kind) + " (" +
-                       where(c.loc) + ") with mask " + hex(c.mask) + ", but lane " + std::to_string(l) + " " +
-                       describe(*u));
+  record_fault(R, FaultKind::warp_divergence, t,
+               std::string("lane ") + std::to_string(t.lane) + " waits at " + warp_name(c.kind) + " (" + where(c.loc) +
+                   ") with mask " + hex(c.mask) + ", but lane " + std::to_string(l) + " " + describe(u));
+}
+
+// Whether the collective that `t` waits at can complete; on a mismatch, records the fault.
+// While lanes are still missing, an arrival is checked against one waiting lane only (O(1)); the
+// arrival that completes the collective, and the deadlock check, compare every lane.
+Readiness readiness(Runtime& R, Thread& t, bool thorough) {
+  const detail::WarpCall& c = *t.call;
+  const Warp& w = R.warps[t.warp];
+  const unsigned others = c.mask & ~(1u << t.lane);
+  const unsigned pending = others & ~w.gone & ~w.waiting;
+  unsigned check = others & w.waiting;
+  if (pending && !thorough) check &= ~check + 1u;  // the lowest waiting lane
+  for (; check; check &= check - 1u) {
+    const unsigned l = static_cast<unsigned>(std::countr_zero(check));
+    const Thread& u = R.threads[t.warp * kWarpSize + l];
+    if (!same_call(*u.call, c)) {
+      mismatch_fault(R, t, l, u);
       return Readiness::mismatch;
     }
-    pending = true;
   }
   return pending ? Readiness::pending : Readiness::complete;
 }
@@ -441,13 +456,10 @@ unsigned source_lane(unsigned l, const detail::WarpCall& c) {
 bool complete(Runtime& R, Thread& t) {
   using detail::WarpKind;
   const detail::WarpCall& c = *t.call;
+  Warp& w = R.warps[t.warp];
+  const unsigned m = c.mask & w.waiting;  // the participants: every lane of the mask not gone
   Thread* part[kWarpSize];
-  unsigned m = 0;
-  for (unsigned l = 0; l < kWarpSize; ++l) {
-    Thread* u = (c.mask >> l & 1u) ? lane_thread(R, t, l) : nullptr;
-    part[l] = (u && u->state == State::warp) ? u : nullptr;
-    if (part[l]) m |= 1u << l;
-  }
+  for (unsigned l = 0; l < kWarpSize; ++l) part[l] = (m >> l & 1u) ? &R.threads[t.warp * kWarpSize + l] : nullptr;
   if (is_shuffle(c.kind)) {
     for (unsigned l = 0; l < kWarpSize; ++l) {
       if (!part[l]) continue;
@@ -506,10 +518,9 @@ bool complete(Runtime& R, Thread& t) {
     for (unsigned l = 0; l < kWarpSize; ++l)
       if (part[l]) part[l]->call->result = r;
   }
-  for (unsigned l = 0; l < kWarpSize; ++l) {
-    if (!part[l]) continue;
-    part[l]->state = State::runnable;
-  }
+  for (unsigned l = 0; l < kWarpSize; ++l)
+    if (part[l]) part[l]->state = State::runnable;
+  w.waiting &= ~m;
   return true;
 }
 
@@ -541,7 +552,7 @@ bool resolve(Runtime& R) {
   bool released = false;
   for (Thread& t : R.threads) {
     if (t.state != State::warp) continue;
-    switch (readiness(R, t)) {
+    switch (readiness(R, t, true)) {
       case Readiness::complete:
         if (!complete(R, t)) return false;
         released = true;
@@ -612,6 +623,8 @@ void run_block(Runtime& R, uint3 bidx) {
 
   R.threads.clear();
   R.threads.resize(R.n);
+  R.warps.assign((R.n + kWarpSize - 1) / kWarpSize, Warp{});
+  if (const unsigned tail = R.n % kWarpSize) R.warps.back().gone = ~0u << tail;
   for (unsigned i = 0; i < R.n; ++i) {
     Thread& t = R.threads[i];
     t.thread_idx = uint3{i % R.block.x, (i / R.block.x) % R.block.y, i / (R.block.x * R.block.y)};
@@ -776,7 +789,8 @@ void warp_collective(WarpCall& c) {
                                             std::to_string(c.width) + " is not a power of two in [1, 32]");
   t.call = &c;
   t.state = State::warp;
-  switch (readiness(R, t)) {
+  R.warps[t.warp].waiting |= 1u << t.lane;
+  switch (readiness(R, t, false)) {
     case Readiness::mismatch: wait(R, t); std::abort();
     case Readiness::complete:
       if (!complete(R, t)) {
