@@ -38,7 +38,7 @@ class Linear : public Module {
 
  private:
   int64_t in_, out_;
-  ag::Var weight_, bias_;
+  ag::Var *weight_ = nullptr, *bias_ = nullptr;  // owned by Module (stable slots)
 };
 
 class Conv2d : public Module {
@@ -50,7 +50,7 @@ class Conv2d : public Module {
  private:
   int64_t in_, out_;
   int kernel_, stride_;
-  ag::Var weight_, bias_;
+  ag::Var *weight_ = nullptr, *bias_ = nullptr;  // owned by Module (stable slots)
 };
 
 class GroupNorm : public Module {
@@ -63,7 +63,7 @@ class GroupNorm : public Module {
  private:
   int groups_;
   float eps_;
-  ag::Var weight_, bias_;
+  ag::Var *weight_ = nullptr, *bias_ = nullptr;  // owned by Module (stable slots)
 };
 
 class Embedding : public Module {
@@ -72,7 +72,7 @@ class Embedding : public Module {
   ag::Var forward(const Tensor& ids) const;  // i64 (B) -> (B, D)
 
  private:
-  ag::Var weight_;
+  ag::Var* weight_ = nullptr;
 };
 
 // Self-attention over the H*W pixels of an image (DDPM's AttnBlock, ADM's AttentionBlock):

@@ -168,6 +168,31 @@ void Module::to(DType dtype) {
   }
 }
 
+void Module::all_slots(std::vector<ag::Var*>& out) {
+  for (auto [is_child, i] : order_) {
+    if (is_child)
+      children_[i].second->all_slots(out);
+    else
+      out.push_back(&params_[i].var);
+  }
+}
+
+std::vector<ag::Var> Module::bind_parameters(const std::vector<ag::Var>& vars) {
+  std::vector<ag::Var*> slots;
+  all_slots(slots);
+  DF_CHECK(slots.size() == vars.size(), "bind_parameters: the model has ", slots.size(), " parameters, got ",
+           vars.size());
+  for (size_t i = 0; i < slots.size(); ++i)
+    DF_CHECK(vars[i].defined() && vars[i].shape() == slots[i]->shape(), "bind_parameters: variable ", i, " has shape ",
+             vars[i].defined() ? vars[i].shape().str() : "undefined", ", the parameter ", slots[i]->shape().str());
+  std::vector<ag::Var> old;
+  for (size_t i = 0; i < slots.size(); ++i) {
+    old.push_back(*slots[i]);
+    *slots[i] = vars[i];
+  }
+  return old;
+}
+
 void Module::zero_grad() {
   for (auto& [n, v] : named_parameters()) v.zero_grad();
 }

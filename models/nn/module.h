@@ -14,6 +14,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -69,7 +70,9 @@ class Module {
   Module& operator=(const Module&) = delete;
 
   // Registers a leaf that requires a gradient. `init` gives the shape, dtype and device (and the
-  // value when how is keep). Names are local: no dots, unique within this module.
+  // value when how is keep). Names are local: no dots, unique within this module. The reference
+  // stays valid for the module's life; layers keep a pointer to it (not a copy of the Var), so
+  // bind_parameters() can swap the variables underneath them.
   ag::Var& register_parameter(const std::string& name, Tensor init, Init how = Init::keep());
   template <class M>
   std::shared_ptr<M> register_module(const std::string& name, std::shared_ptr<M> m) {
@@ -104,6 +107,12 @@ class Module {
   void to(DType dtype);  // f64 for gradchecks; f32 for training
   void zero_grad();
 
+  // Replaces the variables themselves (not their values), in named_parameters() order, and
+  // returns the previous ones. Lets a caller run the model on variables it owns: gradcheck
+  // passes the parameters as inputs, and a functional evaluation can use other weights without
+  // copying. Shapes must match.
+  std::vector<ag::Var> bind_parameters(const std::vector<ag::Var>& vars);
+
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& children() const { return children_; }
 
  protected:
@@ -117,9 +126,10 @@ class Module {
   };
   void collect(const std::string& prefix, std::vector<std::pair<std::string, ag::Var>>& out) const;
   void init_rec(const std::string& prefix, uint64_t seed, InitScheme scheme);
+  void all_slots(std::vector<ag::Var*>& out);
   void check_local_name(const std::string& name) const;
 
-  std::vector<Param> params_;
+  std::deque<Param> params_;  // a deque: registered references never move
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
   // Parameters and children interleaved as registered: (is_child, index).
   std::vector<std::pair<bool, size_t>> order_;

@@ -130,3 +130,18 @@ TEST_CASE("to(dtype) converts in place and keeps the variables", "[cpu][models]"
   CHECK_FALSE(net.is_training());
   CHECK_FALSE(net.children()[0].second->is_training());
 }
+
+TEST_CASE("bind_parameters swaps the variables under the layers and gives the old ones back", "[cpu][models]") {
+  Net net(false);
+  auto before = net.parameters();
+  std::vector<ag::Var> fresh;
+  for (auto& v : before) fresh.push_back(ag::Var(v.value().clone(), true));
+  auto old = net.bind_parameters(fresh);
+  CHECK(old.size() == before.size());
+  CHECK(old[0].impl() == before[0].impl());
+  CHECK(net.parameters()[3].impl() == fresh[3].impl());
+  fresh.pop_back();
+  CHECK_THROWS_AS(net.bind_parameters(fresh), Error);  // one short
+  net.bind_parameters(old);
+  CHECK(net.parameters()[0].impl() == before[0].impl());
+}
