@@ -1,0 +1,66 @@
+// kernels/sampler_step.h: one fused pass of a diffusion sampler step.
+//
+// Every first- and second-order sampler in models/diffusion (DDPM ancestral, DDIM with eta, VDM
+// ancestral, DPM-Solver++(2M), Euler on Karras sigmas) moves the latent by a per-sample linear
+// combination of the current latent z, the model's data prediction x0, its noise prediction eps,
+// one auxiliary tensor (an older data prediction) and fresh Gaussian noise:
+//
+//   z_next = c_z * z + c_x0 * x0 + c_eps * eps + c_aux * aux + std * noise
+//
+// where, in one pass over the elements, the kernel
+//   1. combines classifier-free guidance: out = (1 + w) * cond - w * uncond (Ho & Salimans 2022,
+//      eq. 6), in the prediction's own space (eps, x0 or v: the conversions are affine in the
+//      prediction with the same z, so combining before or after converting gives the same result);
+//   2. converts the prediction to (x0, eps) with z = alpha x0 + sigma eps (v = alpha eps - sigma x0,
+//      Salimans & Ho 2022, sec. 4);
+//   3. optionally clips x0 to [clip_min, clip_max] and re-derives eps from the clipped x0
+//      (improved-DDPM `p_mean_variance(clip_denoised=True)` then `_predict_eps_from_xstart`);
+//   4. adds eps_shift to eps and re-derives x0 (classifier guidance, Dhariwal & Nichol 2021,
+//      Algorithm 2: eps <- eps - sqrt(1 - alpha_bar) * s * grad log p(y|z));
+//   5. draws noise from Philox (seed, offset) at the element's global index b * n_per_sample + e,
+//      so `Tensor::randn(shape, seed, offset)` and a CUDA kernel draw the same value.
+//
+// With a learned variance (improved DDPM, Nichol & Dhariwal 2021, eq. 15) the model returns 2C
+// channels in the last dimension: the first C are the prediction, the last C the raw r in [-1, 1],
+// and the noise std is exp(0.5 * (v log_var_max + (1 - v) log_var_min)) with v = (r + 1) / 2
+// (as in improved-DDPM's code), times c_noise.
+//
+// Shapes: B batch, N = n_per_sample elements of one sample (H*W*C, or any shape with C innermost).
+// z, z_next, aux, eps_shift, x0_out: (B, N). model_out, model_out_uncond: (B, N) or, learned
+// variance, (B, N / C, 2C). Coefficients: one SamplerStepCoeffs per sample. z_next may alias z.
+#pragma once
+
+#include <cstdint>
+
+namespace diffuse::kernels {
+
+enum class StepPrediction : int { eps = 0, x0 = 1, v = 2 };
+
+// Per-sample coefficients: plain floats so an array of them copies to a device as it is.
+struct SamplerStepCoeffs {
+  float alpha = 1, sigma = 0;  // z = alpha * x0 + sigma * eps at the current noise level
+  float c_z = 0, c_x0 = 0, c_eps = 0, c_aux = 0;
+  float c_noise = 0;  // noise std (fixed variance), or a multiplier of the learned std
+  float log_var_min = 0, log_var_max = 0;  // learned variance: log beta_tilde_t and log beta_t
+};
+
+struct SamplerStepParams {
+  StepPrediction prediction = StepPrediction::eps;
+  const SamplerStepCoeffs* coeffs = nullptr;  // batch entries
+  float guidance_scale = 0;  // w, used when model_out_uncond is given
+  bool clip_x0 = false;
+  float clip_min = -1, clip_max = 1;
+  bool learned_variance = false;
+  int64_t channels = 1;              // C, the innermost dimension (learned variance layout)
+  const float* aux = nullptr;        // nullable: one more (B, N) term, times c_aux (an older x0
+                                     // for DPM-Solver++(2M), the half-step base for Heun)
+  const float* eps_shift = nullptr;  // nullable: added to eps after clipping (classifier guidance)
+  float* x0_out = nullptr;           // nullable: receives the final x0 prediction
+  uint64_t seed = 0, offset = 0;     // Philox stream of the step's noise
+};
+
+// The reference: plain loops, OpenMP over elements. z_next may be z (in place).
+void sampler_step_cpu(const SamplerStepParams& p, const float* z, const float* model_out,
+                      const float* model_out_uncond, float* z_next, int64_t n_per_sample, int batch);
+
+}  // namespace diffuse::kernels

@@ -1,0 +1,110 @@
+// models/diffusion/sampler.h: samplers that take any denoiser and any schedule.
+//
+// The denoiser is a plain callable, so research code plugs in its own network:
+//
+//   Tensor f(const Tensor& z_t, const Tensor& t, const Tensor& labels)
+//     z_t    (B, ...) f32 cpu: the noisy latent, z_t = alpha_t x + sigma_t eps (schedule.h);
+//     t      (B) f32: CONTINUOUS time in [0, 1]. For a discrete schedule of T steps, step i
+//            (0-based, the original index even after respacing) is t = (i + 1) / T, so a network
+//            trained on integer steps uses i = round(t * T) - 1 (see discrete_index()). The
+//            Karras samplers pass t = schedule.t_from_gamma(2 log sigma), which may fall between
+//            the steps of a discrete schedule;
+//     labels (B) class labels (any dtype), or undefined for an unconditional model;
+//   returns (B, ...) the prediction named by SamplerOptions::prediction (eps, x0 or v), or, with
+//   VarianceKind::learned, (B, ..., 2C): prediction then raw variance channels (objective.h).
+//
+// With classifier-free guidance the sampler calls the denoiser ONCE per step on a 2B batch:
+// z and t repeated, labels [labels; guidance.null_labels].
+//
+// Every sampler returns x0-space samples (B, ...): it integrates from t = 1 to t = 0 and divides
+// by alpha(0) where a continuous schedule leaves alpha(0) < 1. Noise comes from Philox: z_1 from
+// stream (seed, 0) unless options.z_T is given, the noise of step k (0-based) from (seed, k + 1),
+// so a seed gives the same samples on every device.
+#pragma once
+
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "core/tensor.h"
+#include "models/diffusion/objective.h"
+#include "models/diffusion/schedule.h"
+
+namespace diffuse::diffusion {
+
+using Denoiser = std::function<Tensor(const Tensor& z_t, const Tensor& t, const Tensor& labels)>;
+// grad_z log p(y | z_t) of a noisy classifier (Dhariwal & Nichol 2021, sec. 4): (B, ...).
+using ClassifierGrad = std::function<Tensor(const Tensor& z_t, const Tensor& t, const Tensor& y)>;
+
+struct Guidance {
+  // Classifier-free guidance weight w: pred = (1 + w) pred(z, y) - w pred(z, null) (Ho & Salimans
+  // 2022, eq. 6). 0 turns it off (one denoiser call on B).
+  double cfg_scale = 0;
+  Tensor null_labels;  // (B) labels of the unconditional branch, needed when cfg_scale != 0
+  // Classifier guidance: eps <- eps - sigma_t * classifier_scale * grad_log_p (Dhariwal & Nichol
+  // 2021, Algorithm 2; used by every sampler through the eps it derives).
+  ClassifierGrad grad_log_p;
+  double classifier_scale = 1;
+};
+
+struct SamplerOptions {
+  Shape shape;             // (B, ...) of the samples; C is the last dimension
+  uint64_t seed = 0;
+  int steps = 50;
+  Prediction prediction = Prediction::eps;
+  bool clip_x0 = false;    // clip the data prediction (and the result) to [-1, 1]
+  Tensor labels;           // (B) or undefined
+  Guidance guidance;
+  Tensor z_T;              // the start latent at t = 1; undefined: randn(shape, seed, 0)
+
+  // Which steps of a discrete schedule to visit: `timesteps` (0-based original indices) if not
+  // empty, else `section_counts` ("10,10,20" or "ddim50") if not empty, else `steps` by `spacing`.
+  // Continuous schedules use t_k = 1 - k / steps, or uniform log-SNR with Spacing::logsnr.
+  // Multistep solvers (DPM-Solver++(2M)) want Spacing::logsnr: on time-uniform grids of the
+  // linear DDPM schedule the log-SNR steps vary by 5x and the 2M extrapolation loses its order.
+  Spacing spacing = Spacing::linspace;
+  std::string section_counts;
+  std::vector<int> timesteps;
+
+  VarianceKind variance = VarianceKind::beta_tilde;  // DDPM ancestral
+  double eta = 0;                                    // DDIM: 0 deterministic, 1 DDPM-like
+  // Karras samplers (Euler, Heun): EDM sigmas; 0 takes them from the schedule's ends.
+  double sigma_min = 0, sigma_max = 0, rho = 7;
+  // Called after every step with (step, steps, z after the step, x0 prediction of the step).
+  std::function<void(int, int, const Tensor&, const Tensor&)> callback;
+};
+
+// The time grid t_0 = first step > ... > t_{N-1} > t_N = 0 that the grid samplers visit.
+std::vector<double> sampling_times(const Schedule& s, const SamplerOptions& o);
+// 0-based discrete step index of a denoiser time t for a T-step schedule: round(t T) - 1.
+int discrete_index(float t, int T);
+
+// DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on the (respaced) grid: the posterior
+// q(z_s | z_t, x0_hat) with variance beta, beta_tilde or learned (Nichol & Dhariwal 2021, eq. 15).
+Tensor sample_ddpm(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+// DDIM (Song et al. 2021, eq. 12 with sigma_t(eta) of eq. 16).
+Tensor sample_ddim(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+// Deterministic DDIM run backwards: x0 (B, ...) -> z_1 on the same grid that sample_ddim
+// integrates (Song et al. 2021 sec. 4.3; each step evaluates the model at the step's target time
+// on the current latent, as in null-text inversion, Mokady et al. 2023). o.shape is ignored.
+Tensor ddim_invert(const Schedule& s, const Denoiser& f, const Tensor& x0, const SamplerOptions& o);
+// VDM ancestral sampling in continuous time (Kingma et al. 2021, app. A.4: p(z_s | z_t) with
+// c = -expm1(gamma_s - gamma_t)); clip_x0 clips the x0 behind eps as in their sampler.
+Tensor sample_vdm(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+// DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data prediction, multistep,
+// lambda = -gamma / 2; first order on the first step and onto sigma = 0.
+Tensor sample_dpmpp_2m(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+// Euler and Heun (Karras et al. 2022, Algorithm 1, no churn) on the EDM sigma ramp of `steps`
+// sigmas, in x = z / alpha: dx/dsigma = (x - D(x; sigma)) / sigma.
+Tensor sample_euler(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+
+enum class SamplerKind { ddpm, ddim, vdm, dpmpp_2m, euler, heun };
+SamplerKind parse_sampler(const std::string& name);  // "ddpm", "ddim", "vdm", "dpm++2m", "euler", "heun"
+Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+
+// Spherical interpolation of two latents per sample (Shoemake 1985; DDIM sec. 5.3):
+// sin((1-a) th)/sin th * x + sin(a th)/sin th * y, th the angle between x_b and y_b.
+Tensor slerp(const Tensor& x, const Tensor& y, double a);
+
+}  // namespace diffuse::diffusion
