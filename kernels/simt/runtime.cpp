@@ -233,6 +233,14 @@ bool is_shuffle(detail::WarpKind k) {
   return k == WarpKind::shfl_idx || k == WarpKind::shfl_up || k == WarpKind::shfl_down || k == WarpKind::shfl_xor;
 }
 
+#if defined(DF_SIMT_ASAN)
+constexpr std::size_t kRedzone = 64;
+constexpr std::size_t kArenaBytes = kMaxSharedBytes + 256 * 1024;
+#else
+constexpr std::size_t kRedzone = 0;
+constexpr std::size_t kArenaBytes = kMaxSharedBytes;
+#endif
+
 // Per warp of the running block: which lanes wait at a collective, and which are gone (exited,
 // or past the end of a partial last warp). Collectives test these instead of visiting lanes.
 struct Warp {
@@ -258,10 +266,14 @@ struct Runtime {
   uint64_t block_linear = 0, phase = 0;
 
   // Shared memory: dynamic at offset 0, then the DF_SHARED arrays in the order first reached.
+  // `used` is the layout's end; `counted` is what CUDA would count against the limit. They
+  // differ only under AddressSanitizer, where a poisoned gap follows each array so that an
+  // overrun into the next one is reported.
   std::unique_ptr<unsigned char[]> arena_storage;
   unsigned char* arena = nullptr;
-  std::size_t used = 0;
-  std::vector<std::pair<const detail::SharedSite*, std::size_t>> sites;
+  std::size_t used = 0, counted = 0;
+  std::vector<std::pair<const detail::SharedSite*, std::size_t>> sites;  // (declaration, offset)
+  std::vector<std::size_t> site_sizes;
 
   // The first fault of the block.
   bool faulted = false;
@@ -278,11 +290,18 @@ struct Runtime {
 
   Runtime() {
     // 128-byte alignment: more than any access needs, as the GPU's shared window is.
-    arena_storage.reset(new unsigned char[kMaxSharedBytes + 128]);
+    arena_storage.reset(new unsigned char[kArenaBytes + 128]);
     auto addr = reinterpret_cast<uintptr_t>(arena_storage.get());
     arena = arena_storage.get() + ((128 - addr % 128) % 128);
     threads.reserve(kMaxThreadsPerBlock);
   }
+  ~Runtime() {
+#if defined(DF_SIMT_ASAN)
+    ASAN_UNPOISON_MEMORY_REGION(arena, kArenaBytes);
+#endif
+  }
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
 };
 
 Runtime& rt() {
@@ -619,7 +638,16 @@ void run_block(Runtime& R, uint3 bidx) {
   R.phase = 0;
   R.n_done = 0;
   R.faulted = false;
+#if defined(DF_SIMT_ASAN)
+  ASAN_UNPOISON_MEMORY_REGION(R.arena, kArenaBytes);
+#endif
   std::memset(R.arena, 0xFF, R.used);
+#if defined(DF_SIMT_ASAN)
+  // Everything but the arrays is off limits; arrays laid out later unpoison themselves.
+  ASAN_POISON_MEMORY_REGION(R.arena, kArenaBytes);
+  ASAN_UNPOISON_MEMORY_REGION(R.arena, R.smem);
+  for (std::size_t k = 0; k < R.sites.size(); ++k) ASAN_UNPOISON_MEMORY_REGION(R.arena + R.sites[k].second, R.site_sizes[k]);
+#endif
 
   R.threads.clear();
   R.threads.resize(R.n);
@@ -747,16 +775,23 @@ void* shared_alloc(const SharedSite* s, std::size_t bytes, std::size_t align) {
   for (const auto& [site, off] : R.sites)
     if (site == s) return R.arena + off;
   align = std::max<std::size_t>(align, 16);
-  const std::size_t off = (R.used + align - 1) / align * align;
-  if (off + bytes > kMaxSharedBytes) {
+  const std::size_t counted = (R.counted + align - 1) / align * align;
+  std::size_t off = (R.used + kRedzone + align - 1) / align * align;
+  if (off + bytes > kArenaBytes) off = (R.used + align - 1) / align * align;  // out of room for gaps
+  if (counted + bytes > kMaxSharedBytes) {
     fault_here(FaultKind::shared_memory,
                "DF_SHARED " + std::string(s->name) + " (" + std::to_string(bytes) + " bytes) at " + short_path(s->file) +
                    ":" + std::to_string(s->line) + " brings the block's shared memory (" + std::to_string(R.smem) +
-                   " bytes dynamic + static) to " + std::to_string(off + bytes) + " bytes, over sm_90's limit of " +
+                   " bytes dynamic + static) to " + std::to_string(counted + bytes) + " bytes, over sm_90's limit of " +
                    std::to_string(kMaxSharedBytes) + " bytes (227 KiB) per block");
   }
   R.sites.emplace_back(s, off);
+  R.site_sizes.push_back(bytes);
   R.used = off + bytes;
+  R.counted = counted + bytes;
+#if defined(DF_SIMT_ASAN)
+  ASAN_UNPOISON_MEMORY_REGION(R.arena + off, bytes);
+#endif
   std::memset(R.arena + off, 0xFF, bytes);
   return R.arena + off;
 }
@@ -834,7 +869,8 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, std::size_t smem, v
   R.bctx.block_dim = block;
   R.bctx.grid_dim = grid;
   R.sites.clear();
-  R.used = smem;
+  R.site_sizes.clear();
+  R.used = R.counted = smem;
   ++R.stats.launches;
   tls_block = &R.bctx;
   struct Reset {
