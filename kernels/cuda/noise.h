@@ -1,0 +1,20 @@
+// kernels/cuda/noise.h: launchers of kernels/cuda/noise.cu, the fused forward-noising
+// q(z_t | x) (diffuse::cuda on the GPU, diffuse::emu under the emulator).
+#pragma once
+
+#include <cstdint>
+
+#define DIFFUSE_NOISE_LAUNCHERS                                                                        \
+  /* For b < batch, e < n_per_sample, i = b * n_per_sample + e:                                       \
+       eps[i] = element i of the Philox normal stream (seed, offset)  (= Tensor::randn(shape, seed,   \
+                offset) for any shape of batch * n_per_sample elements, bit for bit)                  \
+       z[i]   = alpha[b] * x[i] + sigma[b] * eps[i]  (two rounded products, one rounded sum)          \
+     alpha, sigma: (batch) floats in device memory. x, z, eps: (batch, n_per_sample) f32; eps may be  \
+     null when only z is wanted. */                                                                  \
+  void noise_forward(const float* x, const float* alpha, const float* sigma, float* z, float* eps, int64_t batch, \
+                     int64_t n_per_sample, uint64_t seed, uint64_t offset, void* stream);
+
+namespace diffuse {
+namespace cuda { DIFFUSE_NOISE_LAUNCHERS }
+namespace emu { DIFFUSE_NOISE_LAUNCHERS }
+}  // namespace diffuse
