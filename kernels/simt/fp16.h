@@ -101,6 +101,10 @@ inline float f64_to_f32_odd(double d) {
 
 }  // namespace diffuse::simt::fp
 
+// In a namespace for the reason given in vector_types.h; the operators live beside the types,
+// where argument-dependent lookup finds them.
+namespace diffuse::simt::cuda_types {
+
 struct __half_raw {
   unsigned short x;
 };
@@ -166,10 +170,6 @@ struct alignas(4) __nv_bfloat162 {
   constexpr operator __nv_bfloat162_raw() const { return __nv_bfloat162_raw{x.__x, y.__x}; }
 };
 
-using half = __half;
-using half2 = __half2;
-using nv_bfloat16 = __nv_bfloat16;
-using nv_bfloat162 = __nv_bfloat162;
 
 static_assert(sizeof(__half) == 2 && sizeof(__nv_bfloat16) == 2);
 static_assert(sizeof(__half2) == 4 && alignof(__half2) == 4);
@@ -211,6 +211,21 @@ static_assert(sizeof(__nv_bfloat162) == 4 && alignof(__nv_bfloat162) == 4);
 DF_SIMT_H16_OPS(__half, __half2)
 DF_SIMT_H16_OPS(__nv_bfloat16, __nv_bfloat162)
 #undef DF_SIMT_H16_OPS
+
+}  // namespace diffuse::simt::cuda_types
+
+using diffuse::simt::cuda_types::__half;
+using diffuse::simt::cuda_types::__half2;
+using diffuse::simt::cuda_types::__half2_raw;
+using diffuse::simt::cuda_types::__half_raw;
+using diffuse::simt::cuda_types::__nv_bfloat16;
+using diffuse::simt::cuda_types::__nv_bfloat162;
+using diffuse::simt::cuda_types::__nv_bfloat162_raw;
+using diffuse::simt::cuda_types::__nv_bfloat16_raw;
+using half = __half;
+using half2 = __half2;
+using nv_bfloat16 = __nv_bfloat16;
+using nv_bfloat162 = __nv_bfloat162;
 
 // ---- bf16 conversions ----------------------------------------------------------------------------
 inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16_raw{diffuse::simt::fp::f32_to_bf16_rn(f)}; }

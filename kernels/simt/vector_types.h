@@ -1,7 +1,13 @@
 // kernels/simt/vector_types.h: CUDA's built-in vector types for the emulator, with the sizes and
 // alignments of vector_types.h, so that a kernel's vectorised loads (float4 = 16 bytes, 16-aligned)
-// and struct layouts match the GPU build. Global namespace, as in CUDA.
+// and struct layouts match the GPU build.
+//
+// They are defined in a namespace and brought into the global one with using-declarations: a
+// program with the CUDA backend links nvcc's objects, which define CUDA's own dim3 (and __half
+// ...) with inline members, beside ours; distinct mangled names keep the two from being merged.
 #pragma once
+
+namespace diffuse::simt::cuda_types {
 
 #define DF_SIMT_VEC2(T, name, align)                                                          \
   struct alignas(align) name {                                                                \
@@ -63,3 +69,27 @@ struct dim3 {
   constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
   constexpr operator uint3() const { return uint3{x, y, z}; }
 };
+
+}  // namespace diffuse::simt::cuda_types
+
+#define DF_SIMT_USING_VEC(name)                  \
+  using diffuse::simt::cuda_types::name##2;      \
+  using diffuse::simt::cuda_types::name##3;      \
+  using diffuse::simt::cuda_types::name##4;      \
+  using diffuse::simt::cuda_types::make_##name##2; \
+  using diffuse::simt::cuda_types::make_##name##3; \
+  using diffuse::simt::cuda_types::make_##name##4;
+DF_SIMT_USING_VEC(char)
+DF_SIMT_USING_VEC(uchar)
+DF_SIMT_USING_VEC(short)
+DF_SIMT_USING_VEC(ushort)
+DF_SIMT_USING_VEC(int)
+DF_SIMT_USING_VEC(uint)
+DF_SIMT_USING_VEC(float)
+DF_SIMT_USING_VEC(double)
+#undef DF_SIMT_USING_VEC
+using diffuse::simt::cuda_types::longlong2;
+using diffuse::simt::cuda_types::make_longlong2;
+using diffuse::simt::cuda_types::ulonglong2;
+using diffuse::simt::cuda_types::make_ulonglong2;
+using diffuse::simt::cuda_types::dim3;
