@@ -126,6 +126,21 @@ double DiscreteSchedule::dgamma_dt(double t) const {
   return (gammas_[k + 1] - gammas_[k]) / (times_[k + 1] - times_[k]);
 }
 
+DiscreteSchedule DiscreteSchedule::from_continuous(const Schedule& s, int T) {
+  DF_CHECK(T >= 1, "from_continuous: T = ", T);
+  std::vector<double> b(T);
+  double last = 1;
+  for (int i = 0; i < T; ++i) {
+    const double a = s.alpha2(static_cast<double>(i + 1) / T);
+    b[i] = 1.0 - a / last;
+    last = a;
+  }
+  DiscreteSchedule r(std::move(b), s.name() + "_discrete");
+  for (int i = 0; i < T; ++i) r.abar_[i] = s.alpha2(static_cast<double>(i + 1) / T);
+  r.finish(true);
+  return r;
+}
+
 DiscreteSchedule DiscreteSchedule::respace(const std::vector<int>& use) const {
   DF_CHECK(!use.empty(), "respace: no steps");
   std::vector<double> b;

@@ -47,6 +47,10 @@ class DiscreteSchedule : public Schedule {
   // beta_t = min(1 - alpha_bar_t / alpha_bar_{t-1}, max_beta).
   static DiscreteSchedule cosine(int T = 1000, double s = 0.008, double max_beta = 0.999);
 
+  // T steps of a continuous schedule: alpha_bar_i = alpha^2((i + 1) / T) (VDM sec. 4: the
+  // discrete-time model whose bound decreases towards the continuous one as T grows).
+  static DiscreteSchedule from_continuous(const Schedule& s, int T);
+
   int T() const { return static_cast<int>(betas_.size()); }
   const std::vector<double>& betas() const { return betas_; }
   const std::vector<double>& alphas_cumprod() const { return abar_; }
