@@ -1,0 +1,108 @@
+// kernels/cuda/sampler_step.cu: one fused pass of a sampler step (the update, its options and
+// sources are in kernels/sampler_step.h; the reference is kernels/cpu/sampler_step.cpp, whose
+// expressions this kernel repeats in the same order).
+//
+// Memory-bound: per element it reads z, one or two model outputs (the learned-variance channel
+// too) and optional aux / eps_shift, and writes z_next and optionally x0. Each thread takes one
+// Philox block, i.e. four consecutive elements of the flattened (B, N) latent, so each block of
+// noise is generated once (not four times) and the noise equals Tensor::randn's element for
+// element; the sample index is advanced per element, as the four may straddle two samples.
+#include "kernels/cuda/portable.cuh"
+
+#include "core/philox.h"
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/sampler_step.h"
+
+namespace diffuse::DF_BACKEND {
+
+namespace {
+
+using kernels::SamplerStepCoeffs;
+using kernels::SamplerStepParams;
+using kernels::StepPrediction;
+
+constexpr int kBlock = 256;
+
+// z and z_next may alias (an in-place step): no __restrict__ on them. Each element is read and
+// written by the same thread, so aliasing is safe.
+__global__ void __launch_bounds__(kBlock) sampler_step_kernel(SamplerStepParams p, const float* z,
+                                                              const float* __restrict__ model_out,
+                                                              const float* __restrict__ model_out_uncond,
+                                                              float* z_next, int64_t n_per_sample, int64_t n) {
+  const int64_t C = p.channels;
+  const int64_t out_per_sample = p.learned_variance ? 2 * n_per_sample : n_per_sample;
+  const float w = p.guidance_scale;
+  const int64_t blocks = (n + 3) / 4;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t blk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; blk < blocks; blk += stride) {
+    const int64_t i0 = 4 * blk;
+    int64_t b = i0 / n_per_sample;
+    int64_t sample_end = (b + 1) * n_per_sample;
+    float noise[4];
+    bool have_noise = false;
+    for (int j = 0; j < 4 && i0 + j < n; ++j) {
+      const int64_t i = i0 + j;
+      while (i >= sample_end) ++b, sample_end += n_per_sample;
+      const SamplerStepCoeffs k = p.coeffs[b];
+      const int64_t e = i - b * n_per_sample;
+      const int64_t o = p.learned_variance ? b * out_per_sample + (e / C) * 2 * C + e % C : i;
+      float m = model_out[o];
+      if (model_out_uncond) m = (1.f + w) * m - w * model_out_uncond[o];
+      const float zi = z[i];
+      float x0, eps;
+      switch (p.prediction) {
+        case StepPrediction::eps: eps = m; x0 = (zi - k.sigma * eps) / k.alpha; break;
+        case StepPrediction::x0: x0 = m; eps = (zi - k.alpha * x0) / k.sigma; break;
+        default:  // v = alpha eps - sigma x0, alpha^2 + sigma^2 = 1
+          x0 = k.alpha * zi - k.sigma * m;
+          eps = k.sigma * zi + k.alpha * m;
+          break;
+      }
+      if (p.clip_x0) {
+        x0 = fminf(fmaxf(x0, p.clip_min), p.clip_max);
+        if (k.sigma > 0) eps = (zi - k.alpha * x0) / k.sigma;
+      }
+      if (p.eps_shift) {
+        eps += p.eps_shift[i];
+        x0 = (zi - k.sigma * eps) / k.alpha;
+      }
+      float next = k.c_z * zi + k.c_x0 * x0;
+      // Zero terms are skipped, as in the reference: at sigma = 0, 0 * inf would poison the result.
+      if (k.c_eps != 0.f) next += k.c_eps * eps;
+      if (k.c_aux != 0.f && p.aux) next += k.c_aux * p.aux[i];
+      if (k.c_noise != 0.f) {
+        float sd = k.c_noise;
+        if (p.learned_variance) {
+          // The variance channel sits C after its prediction channel (NHWC, channels doubled).
+          const float r = model_out[o + C];
+          const float v = 0.5f * (r + 1.f);
+          sd *= expf(0.5f * (v * k.log_var_max + (1.f - v) * k.log_var_min));
+        }
+        if (!have_noise) {
+          philox_normal4(philox_block(p.seed, p.offset, static_cast<uint64_t>(blk)), noise);
+          have_noise = true;
+        }
+        next += sd * noise[j];
+      }
+      if (p.x0_out) p.x0_out[i] = x0;
+      z_next[i] = next;
+    }
+  }
+}
+
+}  // namespace
+
+void sampler_step(const SamplerStepParams& p, const float* z, const float* model_out, const float* model_out_uncond,
+                  float* z_next, int64_t n_per_sample, int batch, void* stream) {
+  DF_CHECK(p.coeffs != nullptr, "sampler_step: coefficients missing");
+  DF_CHECK(z && model_out && z_next, "sampler_step: null tensor");
+  DF_CHECK(batch >= 0 && n_per_sample >= 0, "sampler_step: negative size ", batch, " x ", n_per_sample);
+  DF_CHECK(!p.learned_variance || (p.channels > 0 && n_per_sample % p.channels == 0),
+           "sampler_step: learned variance needs N divisible by C, got N=", n_per_sample, " C=", p.channels);
+  const int64_t n = static_cast<int64_t>(batch) * n_per_sample;
+  if (n == 0) return;
+  DF_LAUNCH(sampler_step_kernel, dim3(detail::grid_for((n + 3) / 4, kBlock)), dim3(kBlock), 0, stream, p, z,
+            model_out, model_out_uncond, z_next, n_per_sample, n);
+}
+
+}  // namespace diffuse::DF_BACKEND

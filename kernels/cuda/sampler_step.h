@@ -1,0 +1,19 @@
+// kernels/cuda/sampler_step.h: launcher of kernels/cuda/sampler_step.cu, the fused sampler step
+// of kernels/sampler_step.h (diffuse::cuda on the GPU, diffuse::emu under the emulator).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/sampler_step.h"
+
+#define DIFFUSE_SAMPLER_STEP_LAUNCHERS                                                                 \
+  /* The update of kernels/sampler_step.h, element for element what sampler_step_cpu computes, with \
+     the same Philox noise. Every pointer, including p.coeffs (batch entries), p.aux, p.eps_shift    \
+     and p.x0_out, is device memory (host memory under the emulator). z_next may alias z. */         \
+  void sampler_step(const kernels::SamplerStepParams& p, const float* z, const float* model_out,      \
+                    const float* model_out_uncond, float* z_next, int64_t n_per_sample, int batch, void* stream);
+
+namespace diffuse {
+namespace cuda { DIFFUSE_SAMPLER_STEP_LAUNCHERS }
+namespace emu { DIFFUSE_SAMPLER_STEP_LAUNCHERS }
+}  // namespace diffuse

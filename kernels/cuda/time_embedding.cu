@@ -1,0 +1,59 @@
+// kernels/cuda/time_embedding.cu: the sinusoidal timestep embedding (kernels/time_embedding.h).
+//
+// The output is tiny (B x dim, a few hundred thousand floats at most), so the kernel is one
+// thread per output element and all of its arithmetic is in double: the angle scale * t * freq
+// reaches ~1000 rad, where an f32 evaluation loses ~ulp(1000) = 6e-5 before sin/cos even start;
+// in double the only error left is the final rounding to f32, which is what the CPU path does, so
+// the two agree to an f32 ulp. FP64 throughput is irrelevant at this size.
+#include "kernels/cuda/portable.cuh"
+
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/time_embedding.h"
+
+namespace diffuse::DF_BACKEND {
+
+namespace {
+
+constexpr int kBlock = 256;
+
+__global__ void __launch_bounds__(kBlock) timestep_embedding_kernel(const float* __restrict__ t,
+                                                                    float* __restrict__ out, int64_t batch, int dim,
+                                                                    double neg_log_period_over_denom, double scale,
+                                                                    bool flip_sin_to_cos) {
+  const int half = dim / 2;
+  const int64_t n = batch * dim;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += stride) {
+    const int64_t b = k / dim;
+    const int j = static_cast<int>(k - b * dim);
+    float v = 0.0f;  // the zero column of an odd dim
+    if (j < 2 * half) {
+      const int i = j < half ? j : j - half;
+      const double freq = exp(neg_log_period_over_denom * i);
+      const double arg = scale * static_cast<double>(t[b]) * freq;
+      // First half: cos when flipped, else sin; second half the other one.
+      const bool use_cos = (j < half) == flip_sin_to_cos;
+      v = static_cast<float>(use_cos ? cos(arg) : sin(arg));
+    }
+    out[k] = v;
+  }
+}
+
+}  // namespace
+
+void timestep_embedding(const float* t, float* out, int64_t batch, int dim, const kernels::TimeEmbeddingOptions& opt,
+                        void* stream) {
+  DF_CHECK(batch >= 0 && dim > 0, "timestep_embedding: batch ", batch, ", dim ", dim);
+  const int half = dim / 2;
+  const double denom = static_cast<double>(half) - static_cast<double>(opt.downscale_freq_shift);
+  DF_CHECK(half == 0 || denom > 0, "timestep_embedding: half - downscale_freq_shift = ", denom, " must be > 0");
+  if (batch == 0) return;
+  DF_CHECK(t && out, "timestep_embedding: null pointer");
+  const double c = half == 0 ? 0.0 : -std::log(static_cast<double>(opt.max_period)) / denom;
+  DF_LAUNCH(timestep_embedding_kernel, dim3(detail::grid_for(batch * dim, kBlock)), dim3(kBlock), 0, stream, t, out,
+            batch, dim, c, static_cast<double>(opt.scale), opt.flip_sin_to_cos);
+}
+
+}  // namespace diffuse::DF_BACKEND

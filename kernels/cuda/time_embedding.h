@@ -1,0 +1,17 @@
+// kernels/cuda/time_embedding.h: launcher of kernels/cuda/time_embedding.cu (diffuse::cuda on the
+// GPU, diffuse::emu under the emulator). The formula and the options are kernels/time_embedding.h's.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/time_embedding.h"
+
+#define DIFFUSE_TIME_EMBEDDING_LAUNCHERS                                                               \
+  /* out (batch, dim) f32 = the sinusoidal embedding of t (batch) f32, per kernels/time_embedding.h */ \
+  void timestep_embedding(const float* t, float* out, int64_t batch, int dim,                          \
+                          const kernels::TimeEmbeddingOptions& opt, void* stream);
+
+namespace diffuse {
+namespace cuda { DIFFUSE_TIME_EMBEDDING_LAUNCHERS }
+namespace emu { DIFFUSE_TIME_EMBEDDING_LAUNCHERS }
+}  // namespace diffuse
