@@ -1,0 +1,17 @@
+// autograd/embedding.cpp: the differentiable table lookup (kernels/embedding.h does the math).
+#include <vector>
+
+#include "autograd/elementwise.h"
+#include "kernels/embedding.h"
+
+namespace diffuse::ag {
+
+// ids are integers: no gradient; the table's gradient is the scatter-add of the rows' gradients.
+Var embedding(const Tensor& ids, const Var& table) {
+  return record("embedding", kernels::embedding_forward(ids, table.value()), {table},
+                [ids, ts = table.shape()](const Tensor& g) {
+                  return std::vector<Tensor>{kernels::embedding_backward(g, ids, ts)};
+                });
+}
+
+}  // namespace diffuse::ag
