@@ -233,8 +233,14 @@ void sum_to_typed(const Tensor& g, Tensor& out) {
       if (so) {
         for (int64_t k = 0; k < len; ++k) y[k] += static_cast<double>(x[k]);
       } else {
-        double t = 0;
-        for (int64_t k = 0; k < len; ++k) t += static_cast<double>(x[k]);
+        // Eight independent partial sums: without -ffast-math gcc may not reassociate one
+        // running sum, so the lanes are written out (a vector register's worth of doubles).
+        double p[8] = {};
+        int64_t k = 0;
+        for (; k + 8 <= len; k += 8)
+          for (int l = 0; l < 8; ++l) p[l] += static_cast<double>(x[k + l]);
+        double t = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]));
+        for (; k < len; ++k) t += static_cast<double>(x[k]);
         *y += t;
       }
     });
