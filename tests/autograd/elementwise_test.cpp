@@ -4,6 +4,7 @@
 // both-sided broadcasting, bias, per-sample scalars and batch 1.
 #include <catch2/catch.hpp>
 
+#include <cmath>
 #include <vector>
 
 #include "autograd/elementwise.h"
@@ -149,4 +150,32 @@ TEST_CASE("embedding: gradcheck with repeated ids, and range errors", "[cpu][aut
   expect_ok([&](const std::vector<Var>& v) { return embedding(one, v[0]); }, {random_tensor({1, 2})}, "embedding B=1");
   CHECK_THROWS_AS(embedding(Tensor::from_vector_i64({5}, {1}), Var(random_tensor({5, 3}), true)), Error);
   clear_tape();
+}
+
+TEST_CASE("positive_linear: softplus weights, values and gradcheck", "[cpu][autograd]") {
+  for (const Shape& xs : {Shape{1, 3}, Shape{4, 3}, Shape{2, 5, 3}}) {
+    INFO(xs.str());
+    const int64_t In = 3, Out = 2, R = xs.numel() / In;
+    Tensor x = random_tensor(xs).to(DType::f64), w = random_tensor({Out, In}, -2, 2).to(DType::f64),
+           b = random_tensor({Out}).to(DType::f64);
+    Var y = positive_linear(Var(x), Var(w), Var(b));
+    std::vector<int64_t> ys = xs.vec();
+    ys.back() = Out;
+    CHECK(y.shape() == Shape(ys));
+    const double *px = x.data<double>(), *pw = w.data<double>(), *pb = b.data<double>();
+    const double* py = y.value().data<double>();
+    bool ok = true;
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t o = 0; o < Out; ++o) {
+        double t = pb[o];
+        for (int64_t i = 0; i < In; ++i) t += px[r * In + i] * std::log1p(std::exp(pw[o * In + i]));
+        ok = ok && std::fabs(py[r * Out + o] - t) <= 1e-12 * (1 + std::fabs(t));  // double vs double
+      }
+    CHECK(ok);
+    expect_ok([](const std::vector<Var>& v) { return positive_linear(v[0], v[1], v[2]); },
+              {random_tensor(xs), random_tensor({Out, In}, -2, 2), random_tensor({Out})}, "positive_linear");
+    expect_ok([](const std::vector<Var>& v) { return positive_linear(v[0], v[1]); },
+              {random_tensor(xs), random_tensor({Out, In}, -2, 2)}, "positive_linear, no bias");
+  }
+  CHECK_THROWS_AS(positive_linear(Var(random_tensor({2, 3})), Var(random_tensor({2, 4}))), Error);
 }
