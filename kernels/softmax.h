@@ -16,6 +16,9 @@ Tensor softmax_last_backward(const Tensor& dy, const Tensor& y);
 // cpu fast path and reference loops, writing into caller-allocated outputs.
 namespace cpu {
 void softmax_last_forward(const Tensor& x, Tensor& y);
+// One row of length L (x and y may alias), and its backward: shared with attention's fast path.
+template <class T> void softmax_row(const T* x, T* y, int64_t L);
+template <class T> void softmax_backward_row(const T* dy, const T* y, T* dx, int64_t L);
 void softmax_last_backward(const Tensor& dy, const Tensor& y, Tensor& dx);
 }  // namespace cpu
 namespace ref {

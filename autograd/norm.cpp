@@ -1,0 +1,23 @@
+// autograd/norm.cpp: the Var-level GroupNorm. Forward keeps x and the per-(b, g) statistics;
+// backward recomputes the pre-activation from them (kernels/group_norm.h).
+#include "autograd/norm.h"
+
+#include "kernels/group_norm.h"
+
+namespace diffuse::ag {
+
+Var group_norm(const Var& x, const Var& gamma, const Var& beta, int groups, float eps, const Var& scale,
+               const Var& shift, bool silu) {
+  auto val = [](const Var& v) { return v.defined() ? v.value() : Tensor(); };
+  const kernels::GroupNormOptions opt{groups, eps, silu};
+  Tensor xv = x.value(), gv = val(gamma), bv = val(beta), sv = val(scale), tv = val(shift);
+  kernels::GroupNormResult r = kernels::group_norm_forward(xv, gv, bv, sv, tv, opt);
+  Tensor mean = r.mean, rstd = r.rstd;
+  return record("group_norm", r.y, {x, gamma, beta, scale, shift},
+                [xv, gv, bv, sv, tv, mean, rstd, opt](const Tensor& dy) {
+                  kernels::GroupNormGrads g = kernels::group_norm_backward(dy, xv, mean, rstd, gv, bv, sv, tv, opt);
+                  return std::vector<Tensor>{g.dx, g.dgamma, g.dbeta, g.dscale, g.dshift};
+                });
+}
+
+}  // namespace diffuse::ag
