@@ -21,11 +21,72 @@
 
 namespace diffuse {
 
+namespace {
+
+// stb_image 2.27 (Debian's libstb-dev) trusts the code counts of a JPEG Huffman table: counts that
+// sum past 256 write past stbi__huffman::size[257] (found by fuzzing; upstream added the check in
+// 2.28). stb processes a DHT segment only right after the bytes FF C4, so checking the tables
+// after every FF C4 in the file, read as stb reads them (0 past the end), refuses every file that
+// could trigger it. Entropy-coded data never holds FF C4 (FF is stuffed as FF 00), so valid
+// files pass.
+void reject_overflowing_jpeg_huffman(const uint8_t* d, size_t n, const std::string& name) {
+  // What stb takes for a JPEG: one or more FF, then D8 (it skips fill bytes before a marker).
+  size_t soi = 0;
+  while (soi < n && d[soi] == 0xFF) ++soi;
+  if (soi == 0 || soi >= n || d[soi] != 0xD8) return;
+  auto get8 = [&](size_t i) -> size_t { return i < n ? d[i] : 0; };
+  for (size_t p = 0; p + 1 < n; ++p) {
+    if (d[p] != 0xFF || d[p + 1] != 0xC4) continue;
+    size_t q = p + 4;
+    int64_t left = static_cast<int64_t>((get8(p + 2) << 8) | get8(p + 3)) - 2;  // segment length
+    while (left > 0 && q < n) {
+      size_t codes = 0;  // table: 1 byte class/id, 16 counts of codes per length, the symbols
+      for (size_t i = 0; i < 16; ++i) codes += get8(q + 1 + i);
+      if (codes > 256)
+        DF_FAIL("cannot decode image '", name, "': corrupt JPEG (a Huffman table declares ", codes,
+                " codes, at most 256 are possible)");
+      q += 17 + codes;
+      left -= static_cast<int64_t>(17 + codes);
+    }
+  }
+}
+
+// stb 2.27 grows its PNG data buffer to each IDAT chunk's declared length before reading it, so
+// a 100-byte file declaring a 1.5 GB chunk allocates 2 GB. A chunk running past the end of the
+// file is corrupt anyway: walk the chunks (4-byte length, 4-byte type, data, 4-byte CRC) first.
+void reject_png_chunks_past_end(const uint8_t* d, size_t n, const std::string& name) {
+  static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
+  if (n < 8 || std::memcmp(d, sig, 8) != 0) return;
+  size_t p = 8;
+  while (p + 8 <= n) {
+    const size_t len = (size_t(d[p]) << 24) | (size_t(d[p + 1]) << 16) | (size_t(d[p + 2]) << 8) | d[p + 3];
+    const bool iend = std::memcmp(d + p + 4, "IEND", 4) == 0;
+    if (len > n - p - 8)
+      DF_FAIL("cannot decode image '", name, "': corrupt PNG (a chunk at byte ", p, " declares ", len,
+              " bytes of data, only ", n - p - 8, " remain)");
+    if (iend) return;
+    p += 12 + len;
+  }
+}
+
+}  // namespace
+
 Image8 decode_image_u8(const uint8_t* data, size_t n, int channels, const std::string& name) {
   DF_CHECK(channels >= 0 && channels <= 4, "read image '", name, "': channels must be 0..4, got ", channels);
   if (n == 0) DF_FAIL("cannot decode image '", name, "': the file is empty");
   if (n > static_cast<size_t>(std::numeric_limits<int>::max()))
     DF_FAIL("cannot decode image '", name, "': ", n, " bytes is too large");
+  reject_overflowing_jpeg_huffman(data, n, name);
+  reject_png_chunks_past_end(data, n, name);
+  // A header may claim far more pixels than the bytes can encode (stb allocates for the claim
+  // before reading the data). No real PNG or JPEG packs more than ~1032 (deflate's limit) or
+  // ~128 (one JPEG block's minimal code) pixels per byte, so 4096 per byte plus 1 Mpixel leaves
+  // every real file alone and caps what a tiny hostile file can make us allocate.
+  int iw = 0, ih = 0, ic = 0;
+  if (stbi_info_from_memory(data, static_cast<int>(n), &iw, &ih, &ic) &&
+      static_cast<uint64_t>(iw) * static_cast<uint64_t>(ih) > 4096 * static_cast<uint64_t>(n) + (1u << 20))
+    DF_FAIL("cannot decode image '", name, "': its header claims ", iw, "x", ih, " pixels, more than ", n,
+            " bytes can hold (corrupt file)");
   int w = 0, h = 0, c = 0;
   stbi_uc* px = stbi_load_from_memory(data, static_cast<int>(n), &w, &h, &c, channels);
   if (!px) DF_FAIL("cannot decode image '", name, "': ", stbi_failure_reason());

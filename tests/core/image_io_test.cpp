@@ -220,3 +220,34 @@ TEST_CASE("image_io: a write into a missing directory fails naming the path", "[
                     Catch::Contains(path) && Catch::Contains("No such file or directory"));
   CHECK(fs::is_empty(dir.path));
 }
+
+// Inputs found by fuzzing Debian's stb_image 2.27 (the decoder under read_image). Each must be
+// refused before stb sees it: the first wrote past a Huffman table, the other two made a file of
+// a few dozen bytes allocate gigabytes.
+TEST_CASE("image_io: hostile files found by fuzzing are refused", "[cpu][core][image_io]") {
+  // A DHT segment whose code counts sum past 256 (after fill bytes FF FF before the SOI).
+  const std::vector<uint8_t> jpeg = {0xff, 0xff, 0xd8, 0xff, 0xe0, 0x00, 0x10, 0x4a, 0x46, 0x49, 0x46, 0x00,
+                                     0xff, 0xc4, 0x00, 0x20, 0x00, 0x80, 0x80, 0x80, 0x00, 0x00, 0x00, 0x00,
+                                     0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xd9};
+  CHECK_THROWS_WITH(decode_image_u8(jpeg.data(), jpeg.size(), 3, "huff.jpg"),
+                    Catch::Contains("huff.jpg") && Catch::Contains("Huffman table declares 384 codes"));
+
+  std::mt19937_64 rng(test::next_seed());
+  const std::vector<uint8_t> png = encode_png(tensor_to_image(random_pixels({4, 4, 3}, rng)));
+  REQUIRE(decode_image_u8(png.data(), png.size(), 3, "ok.png").width == 4);
+  // The IHDR chunk (at byte 8) claims 0x60000000 bytes.
+  std::vector<uint8_t> big_chunk = png;
+  big_chunk[8] = 0x60;
+  CHECK_THROWS_WITH(decode_image_u8(big_chunk.data(), big_chunk.size(), 3, "chunk.png"),
+                    Catch::Contains("chunk.png") && Catch::Contains("corrupt PNG (a chunk at byte 8 declares"));
+  // IHDR claims 16000 x 16000 pixels (stb does not check the CRC, so the patch is enough).
+  std::vector<uint8_t> huge = png;
+  for (int o : {16, 20}) {
+    huge[o] = 0;
+    huge[o + 1] = 0;
+    huge[o + 2] = 0x3e;
+    huge[o + 3] = 0x80;
+  }
+  CHECK_THROWS_WITH(decode_image_u8(huge.data(), huge.size(), 3, "huge.png"),
+                    Catch::Contains("huge.png") && Catch::Contains("claims 16000x16000 pixels"));
+}

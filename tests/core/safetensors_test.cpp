@@ -410,6 +410,9 @@ TEST_CASE("safetensors write: a write cut short by the file-size limit keeps the
   // The child writes a 1 MiB checkpoint under a 64 KiB RLIMIT_FSIZE: without the writer ignoring
   // SIGXFSZ it would be killed by the signal; with it, the write fails with EFBIG and the writer
   // throws. Exit code 0: threw diffuse::Error naming the path and "File too large".
+  // Built before the fork: the child should only run the writer (no allocator or OpenMP state
+  // inherited mid-use from other threads).
+  const Tensor big = Tensor::full({256 * 1024}, 0.5);
   pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
@@ -417,7 +420,7 @@ TEST_CASE("safetensors write: a write cut short by the file-size limit keeps the
     ::setrlimit(RLIMIT_FSIZE, &lim);
     int code = 3;
     try {
-      write_safetensors_atomic(path, {{"w", Tensor::full({256 * 1024}, 0.5)}}, {{"step", "2"}});
+      write_safetensors_atomic(path, {{"w", big}}, {{"step", "2"}});
       code = 1;
     } catch (const Error& e) {
       std::string m = e.what();
