@@ -7,6 +7,15 @@
 
 #include "kernels/cuda/portable.cuh"
 
+// `#pragma unroll` for device passes only: a loop that indexes a per-thread array must be fully
+// unrolled for the array to live in registers; gcc (the emulator, and nvcc's host pass) would
+// warn about the unknown pragma.
+#if defined(__CUDA_ARCH__)
+#define DF_UNROLL _Pragma("unroll")
+#else
+#define DF_UNROLL
+#endif
+
 namespace diffuse::DF_BACKEND::detail {
 
 // Grid-stride kernels cap their grid: 4096 blocks are several waves on any current GPU (132 SMs

@@ -1,0 +1,29 @@
+// kernels/cuda/attention.h: launchers of kernels/cuda/attention.cu, flash-style multi-head
+// attention forward and backward (diffuse::cuda on the GPU, diffuse::emu under the emulator).
+// The math is kernels/attention.h's: q (B, Tq, C), k, v (B, Tk, C), C = heads * D, head h on
+// channels [h*D, (h+1)*D); out = softmax(q_h k_h^T / sqrt(D)) v_h. No (Tq, Tk) matrix is stored:
+// the forward keeps the row log-sum-exp instead, from which backward recomputes P.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/dtype.h"
+
+#define DIFFUSE_ATTENTION_LAUNCHERS                                                                    \
+  /* Head dims supported by the kernels: 32 and 64. */                                               \
+  bool attention_supports_head_dim(int D);                                                            \
+  /* out (B, Tq, C) and lse (B, heads, Tq) f32 (of the scaled scores) from q, k, v; dtype f32 or bf16 \
+     for q, k, v, out (math in f32). */                                                               \
+  void attention_forward(const void* q, const void* k, const void* v, void* out, float* lse, DType dtype, \
+                         int64_t B, int64_t Tq, int64_t Tk, int heads, int D, void* stream);            \
+  std::size_t attention_backward_workspace_bytes(int64_t B, int64_t Tq, int heads);                   \
+  /* dq, dk, dv (written, not accumulated) from dout and the forward's out and lse. */                \
+  void attention_backward(const void* dout, const void* q, const void* k, const void* v, const void* out, \
+                          const float* lse, void* dq, void* dk, void* dv, DType dtype, int64_t B, int64_t Tq, \
+                          int64_t Tk, int heads, int D, void* workspace, void* stream);
+
+namespace diffuse {
+namespace cuda { DIFFUSE_ATTENTION_LAUNCHERS }
+namespace emu { DIFFUSE_ATTENTION_LAUNCHERS }
+}  // namespace diffuse
