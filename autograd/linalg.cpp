@@ -1,0 +1,89 @@
+#include "autograd/linalg.h"
+
+#include "kernels/linalg.h"
+
+namespace diffuse::ag {
+
+Var matmul(const Var& a, const Var& b) {
+  Tensor av = a.value(), bv = b.value();
+  bool na = a.requires_grad(), nb = b.requires_grad();
+  return record("matmul", kernels::matmul_forward(av, bv), {a, b}, [av, bv, na, nb](const Tensor& g) {
+    kernels::MatmulGrads r = kernels::matmul_backward(g, av, bv, na, nb);
+    return std::vector<Tensor>{r.da, r.db};
+  });
+}
+
+Var linear(const Var& x, const Var& w, const Var& b) {
+  Tensor xv = x.value(), wv = w.value();
+  Tensor bv = b.defined() ? b.value() : Tensor();
+  bool nx = x.requires_grad(), nw = w.requires_grad(), nb = b.defined() && b.requires_grad();
+  std::vector<Var> inputs{x, w};
+  if (b.defined()) inputs.push_back(b);
+  bool has_b = b.defined();
+  return record("linear", kernels::linear_forward(xv, wv, bv), inputs, [xv, wv, nx, nw, nb, has_b](const Tensor& g) {
+    kernels::LinearGrads r = kernels::linear_backward(g, xv, wv, nx, nw, nb);
+    std::vector<Tensor> out{r.dx, r.dw};
+    if (has_b) out.push_back(r.db);
+    return out;
+  });
+}
+
+Var conv2d(const Var& x, const Var& w, const Var& b, Conv2dOptions opt) {
+  Tensor xv = x.value(), wv = w.value();
+  Tensor bv = b.defined() ? b.value() : Tensor();
+  kernels::Conv2dParams p{opt.stride, opt.padding};
+  bool nx = x.requires_grad(), nw = w.requires_grad(), nb = b.defined() && b.requires_grad(), has_b = b.defined();
+  std::vector<Var> inputs{x, w};
+  if (has_b) inputs.push_back(b);
+  return record("conv2d", kernels::conv2d_forward(xv, wv, bv, p), inputs,
+                [xv, wv, p, nx, nw, nb, has_b](const Tensor& g) {
+                  kernels::Conv2dGrads r = kernels::conv2d_backward(g, xv, wv, p, nx, nw, nb);
+                  std::vector<Tensor> out{r.dx, r.dw};
+                  if (has_b) out.push_back(r.db);
+                  return out;
+                });
+}
+
+Var upsample_nearest2x(const Var& x) {
+  return record("upsample_nearest2x", kernels::upsample_nearest2x_forward(x.value()), {x},
+                [](const Tensor& g) { return std::vector<Tensor>{kernels::upsample_nearest2x_backward(g)}; });
+}
+
+Var avg_pool2x(const Var& x) {
+  return record("avg_pool2x", kernels::avg_pool2x_forward(x.value()), {x},
+                [](const Tensor& g) { return std::vector<Tensor>{kernels::avg_pool2x_backward(g)}; });
+}
+
+Var concat_last(const std::vector<Var>& xs) {
+  std::vector<Tensor> vs;
+  std::vector<int64_t> widths;
+  for (const Var& v : xs) {
+    vs.push_back(v.value());
+    widths.push_back(v.size(-1));
+  }
+  return record("concat_last", kernels::concat_last_forward(vs), xs, [widths](const Tensor& g) {
+    std::vector<Tensor> out;
+    int64_t off = 0;
+    for (int64_t w : widths) {
+      out.push_back(kernels::slice_last_forward(g, off, off + w));
+      off += w;
+    }
+    return out;
+  });
+}
+
+Var slice_last(const Var& x, int64_t begin, int64_t end) {
+  int64_t total = x.size(-1);
+  return record("slice_last", kernels::slice_last_forward(x.value(), begin, end), {x}, [total, begin](const Tensor& g) {
+    return std::vector<Tensor>{kernels::slice_last_backward(g, total, begin)};
+  });
+}
+
+Var reshape(const Var& x, const Shape& s) {
+  Shape in = x.shape();
+  return record("reshape", x.value().reshape(s), {x}, [in](const Tensor& g) {
+    return std::vector<Tensor>{g.reshape(in)};
+  });
+}
+
+}  // namespace diffuse::ag
