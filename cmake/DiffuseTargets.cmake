@@ -128,7 +128,7 @@ if(DIFFUSE_TESTS)
         continue()
       endif()
       add_test(NAME ${dir}.${tier} COMMAND ${exe} "[${tier}]")
-      set_tests_properties(${dir}.${tier} PROPERTIES LABELS ${tier} SKIP_RETURN_CODE 77
+      set_tests_properties(${dir}.${tier} PROPERTIES LABELS ${tier} SKIP_RETURN_CODE 77 TIMEOUT 900
                            ENVIRONMENT "OMP_NUM_THREADS=2")
     endforeach()
   endfunction()
