@@ -1,0 +1,549 @@
+#include "models/train/trainer.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "autograd/elementwise.h"
+#include "autograd/tape.h"
+#include "core/check.h"
+#include "core/file_io.h"
+#include "core/image_io.h"
+#include "core/philox.h"
+#include "core/safetensors.h"
+#include "kernels/noise.h"
+#include "models/data/dataset.h"
+#include "models/diffusion/objective.h"
+#include "models/diffusion/sampler.h"
+#include "models/diffusion/schedule.h"
+#include "models/train/ema.h"
+#include "models/train/optim.h"
+
+namespace fs = std::filesystem;
+
+namespace diffuse::train {
+
+// ---- configuration -----------------------------------------------------------------------------
+
+nlohmann::json TrainConfig::to_json() const {
+  return {{"preset", preset},
+          {"model", model},
+          {"objective", objective},
+          {"schedule", schedule},
+          {"timesteps", timesteps},
+          {"loss_weight", loss_weight},
+          {"lr", lr},
+          {"beta1", beta1},
+          {"beta2", beta2},
+          {"adam_eps", adam_eps},
+          {"weight_decay", weight_decay},
+          {"warmup", warmup},
+          {"grad_clip", grad_clip},
+          {"ema_decay", ema_decay},
+          {"ema_warmup", ema_warmup},
+          {"batch", batch},
+          {"steps", steps},
+          {"class_cond", class_cond},
+          {"label_dropout", label_dropout},
+          {"dataset", dataset},
+          {"flip", flip},
+          {"seed", seed},
+          {"device", device},
+          {"bf16", bf16},
+          {"out_dir", out_dir},
+          {"log_every", log_every},
+          {"sample_every", sample_every},
+          {"checkpoint_every", checkpoint_every},
+          {"sample_count", sample_count},
+          {"sample_steps", sample_steps},
+          {"max_nonfinite", max_nonfinite}};
+}
+
+TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
+  DF_CHECK(j.is_object(), "training config: expected a JSON object");
+  TrainConfig c;
+  const nlohmann::json known = c.to_json();
+  for (auto it = j.begin(); it != j.end(); ++it)
+    DF_CHECK(known.contains(it.key()), "training config: unknown key '", it.key(), "'");
+  auto get = [&](const char* key, auto& field) {
+    if (!j.contains(key)) return;
+    try {
+      field = j.at(key).get<std::remove_reference_t<decltype(field)>>();
+    } catch (const nlohmann::json::exception& e) {
+      DF_FAIL("training config: key '", key, "' has the wrong type (", e.what(), ")");
+    }
+  };
+  get("preset", c.preset);
+  if (j.contains("model")) {
+    DF_CHECK(j["model"].is_object(), "training config: 'model' must be an object of UNet keys");
+    c.model = j["model"];
+  }
+  get("objective", c.objective);
+  get("schedule", c.schedule);
+  get("timesteps", c.timesteps);
+  get("loss_weight", c.loss_weight);
+  get("lr", c.lr);
+  get("beta1", c.beta1);
+  get("beta2", c.beta2);
+  get("adam_eps", c.adam_eps);
+  get("weight_decay", c.weight_decay);
+  get("warmup", c.warmup);
+  get("grad_clip", c.grad_clip);
+  get("ema_decay", c.ema_decay);
+  get("ema_warmup", c.ema_warmup);
+  get("batch", c.batch);
+  get("steps", c.steps);
+  get("class_cond", c.class_cond);
+  get("label_dropout", c.label_dropout);
+  get("dataset", c.dataset);
+  get("flip", c.flip);
+  get("seed", c.seed);
+  get("device", c.device);
+  get("bf16", c.bf16);
+  get("out_dir", c.out_dir);
+  get("log_every", c.log_every);
+  get("sample_every", c.sample_every);
+  get("checkpoint_every", c.checkpoint_every);
+  get("sample_count", c.sample_count);
+  get("sample_steps", c.sample_steps);
+  get("max_nonfinite", c.max_nonfinite);
+  DF_CHECK(c.objective == "eps" || c.objective == "x0" || c.objective == "v", "training config: objective '",
+           c.objective, "' (expected eps, x0 or v)");
+  DF_CHECK(c.schedule == "linear" || c.schedule == "cosine", "training config: schedule '", c.schedule,
+           "' (expected linear or cosine)");
+  DF_CHECK(c.loss_weight == "none" || c.loss_weight == "min-snr", "training config: loss_weight '", c.loss_weight,
+           "' (expected none or min-snr)");
+  DF_CHECK(c.timesteps >= 2, "training config: timesteps must be at least 2");
+  DF_CHECK(c.batch >= 1, "training config: batch must be at least 1");
+  DF_CHECK(c.steps >= 1, "training config: steps must be at least 1");
+  DF_CHECK(c.lr > 0, "training config: lr must be positive");
+  DF_CHECK(c.label_dropout >= 0 && c.label_dropout < 1, "training config: label_dropout must be in [0, 1)");
+  DF_CHECK(c.ema_decay >= 0 && c.ema_decay < 1, "training config: ema_decay must be in [0, 1)");
+  DF_CHECK(c.sample_count >= 1 && c.sample_steps >= 1, "training config: sample_count and sample_steps must be >= 1");
+  return c;
+}
+
+nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_classes) const {
+  nlohmann::json j = nn::UNetConfig::preset(preset).to_json();
+  j["image_size"] = image_size;
+  j["in_channels"] = channels;
+  j["out_channels"] = channels;
+  j["num_classes"] = class_cond ? num_classes : 0;
+  for (auto it = model.begin(); it != model.end(); ++it) j[it.key()] = it.value();
+  nn::UNetConfig u = nn::UNetConfig::from_json(j);
+  u.validate();
+  return u;
+}
+
+namespace {
+
+diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
+  return c.schedule == "cosine" ? diffusion::DiscreteSchedule::cosine(c.timesteps)
+                                : diffusion::DiscreteSchedule::linear(c.timesteps);
+}
+
+diffusion::Prediction prediction_of(const TrainConfig& c) {
+  if (c.objective == "x0") return diffusion::Prediction::x0;
+  if (c.objective == "v") return diffusion::Prediction::v;
+  return diffusion::Prediction::eps;
+}
+
+// Random streams of one run: each use draws from (seed, step * kStreams + use).
+constexpr uint64_t kStreams = 8;
+enum Stream : uint64_t { kTimesteps = 1, kNoise = 2, kLabelDrop = 3, kDropout = 4 };
+
+uint64_t stream(int64_t step, Stream s) { return static_cast<uint64_t>(step) * kStreams + s; }
+
+// An exclusive lock on the output folder for the life of the run: two runs writing the same
+// checkpoints would corrupt each other's resume.
+class FolderLock {
+ public:
+  explicit FolderLock(const std::string& dir) {
+    path_ = (fs::path(dir) / ".lock").string();
+    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    DF_CHECK(fd_ >= 0, "cannot create the lock file ", path_, ": ", std::strerror(errno));
+    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+      char buf[32] = {0};
+      ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+      ::close(fd_);
+      fd_ = -1;
+      DF_FAIL("the output folder ", dir, " is in use by another run (process ", n > 0 ? buf : "?",
+              " holds ", path_, "); wait for it or choose another --out");
+    }
+    std::string pid = std::to_string(::getpid());
+    if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
+      // the pid is only informative; the lock itself is what matters
+    }
+  }
+  ~FolderLock() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  FolderLock(const FolderLock&) = delete;
+  FolderLock& operator=(const FolderLock&) = delete;
+
+ private:
+  std::string path_;
+  int fd_ = -1;
+};
+
+// Fails now, not after an hour of training, when the output folder cannot be written.
+void check_writable(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  DF_CHECK(!ec, "cannot create the output folder ", dir, ": ", ec.message());
+  std::string probe = (fs::path(dir) / ".write-test").string();
+  write_file_atomic(probe, "ok", 2);
+  fs::remove(probe, ec);
+}
+
+std::string idx_file(const std::string& dir, const std::string& stem) {
+  for (const char* ext : {"-ubyte.gz", "-ubyte", ".gz", ""}) {
+    std::string p = (fs::path(dir) / (stem + ext)).string();
+    if (fs::exists(p)) return p;
+  }
+  DF_FAIL("dataset folder ", dir, " has no ", stem, "-ubyte[.gz]");
+}
+
+bool all_finite(const Tensor& t) {
+  for (float v : t.to_vector())
+    if (!std::isfinite(v)) return false;
+  return true;
+}
+
+}  // namespace
+
+data::Dataset load_dataset(const std::string& spec, const std::string& split) {
+  std::string kind = spec, arg;
+  if (auto colon = spec.find(':'); colon != std::string::npos) {
+    kind = spec.substr(0, colon);
+    arg = spec.substr(colon + 1);
+  }
+  DF_CHECK(split == "train" || split == "test", "split '", split, "' (expected train or test)");
+  std::string prefix = split == "train" ? "train" : "t10k";
+  if (kind == "fashion-mnist") return data::load_fashion_mnist(split, arg.empty() ? data::kFashionMnistDir : arg);
+  if (kind == "mnist") {
+    DF_CHECK(!arg.empty(), "dataset 'mnist:<dir>' needs the folder of the IDX files");
+    return data::load_idx(idx_file(arg, prefix + "-images-idx3"), idx_file(arg, prefix + "-labels-idx1"));
+  }
+  if (kind == "idx") {
+    auto comma = arg.find(',');
+    DF_CHECK(comma != std::string::npos, "dataset 'idx:<images>,<labels>' needs both files");
+    return data::load_idx(arg.substr(0, comma), arg.substr(comma + 1));
+  }
+  if (kind == "cifar10") {
+    DF_CHECK(!arg.empty(), "dataset 'cifar10:<path>' needs the folder or file of the binary batches");
+    return data::load_cifar10(arg, split);
+  }
+  if (kind == "images") {
+    DF_CHECK(!arg.empty(), "dataset 'images:<dir>[@size]' needs a folder");
+    data::ImageFolderOptions o;
+    if (auto at = arg.rfind('@'); at != std::string::npos) {
+      o.size = std::stoi(arg.substr(at + 1));
+      arg = arg.substr(0, at);
+    }
+    return data::load_image_folder(arg, o);
+  }
+  DF_FAIL("unknown dataset '", spec, "' (expected fashion-mnist[:dir], mnist:<dir>, idx:<images>,<labels>, "
+          "cifar10:<path> or images:<dir>[@size])");
+}
+
+namespace {
+
+struct Run {
+  TrainConfig cfg;
+  Device device;
+  data::Dataset data;
+  std::shared_ptr<nn::UNet> unet;
+  std::unique_ptr<AdamW> opt;
+  std::unique_ptr<EMA> ema;
+  std::unique_ptr<data::Batcher> batcher;
+  diffusion::DiscreteSchedule schedule = diffusion::DiscreteSchedule::linear(2);
+  int64_t step = 0;
+  int64_t nonfinite_total = 0;
+};
+
+std::string checkpoint_path(const TrainConfig& c) { return (fs::path(c.out_dir) / "checkpoint.safetensors").string(); }
+
+void write_checkpoint(Run& r) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, var] : r.unet->named_parameters()) {
+    DF_CHECK(all_finite(var.value()), "parameter ", name, " is not finite at step ", r.step,
+             ": no checkpoint is written (the previous one is kept)");
+    tensors.emplace_back("model." + name, var.value());
+  }
+  for (auto& [name, t] : r.ema->state()) tensors.emplace_back(name, t);
+  for (auto& [name, t] : r.opt->state()) tensors.emplace_back(name, t);
+  data::BatcherState bs = r.batcher->state();
+  tensors.emplace_back("trainer.state", Tensor::from_vector_i64({r.step, bs.epoch, bs.position, r.nonfinite_total}, {4}));
+  std::map<std::string, std::string> meta{{"format", "diffuse-checkpoint-1"},
+                                          {"config", r.cfg.to_json().dump()},
+                                          {"unet", r.unet->config().to_json().dump()},
+                                          {"step", std::to_string(r.step)},
+                                          {"num_classes", std::to_string(r.data.num_classes)}};
+  write_safetensors_atomic(checkpoint_path(r.cfg), tensors, meta);
+}
+
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : all)
+    if (k.rfind(prefix, 0) == 0) out.emplace(k.substr(prefix.size()), v);
+  return out;
+}
+
+Tensor sample_grid(Run& r, int64_t step) {
+  // EMA weights in, sample, live weights back.
+  r.ema->swap();
+  ag::NoGrad ng;
+  r.unet->eval();
+  diffusion::SamplerOptions o;
+  const auto& shape = r.data.images.shape();
+  o.shape = Shape{r.cfg.sample_count, shape[1], shape[2], shape[3]};
+  o.seed = r.cfg.seed + 1;  // the same noise at every grid, so grids show progress
+  o.steps = r.cfg.sample_steps;
+  o.prediction = prediction_of(r.cfg);
+  o.clip_x0 = true;
+  if (r.unet->config().num_classes > 0) {
+    std::vector<int64_t> labels(static_cast<size_t>(r.cfg.sample_count));
+    for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>(i) % r.unet->config().num_classes;
+    o.labels = Tensor::from_vector_i64(labels, {r.cfg.sample_count});
+  }
+  auto unet = r.unet;
+  diffusion::Denoiser f = [unet](const Tensor& z, const Tensor& t, const Tensor& labels) {
+    return unet->forward(ag::Var(z), t, labels).value();
+  };
+  Tensor x = diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);
+  r.unet->train();
+  r.ema->swap();
+  (void)step;
+  return x;
+}
+
+}  // namespace
+
+// ---- checkpoints -------------------------------------------------------------------------------
+
+LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
+  SafeTensors st = read_safetensors(path);
+  auto meta = [&](const char* key) {
+    auto it = st.metadata.find(key);
+    DF_CHECK(it != st.metadata.end(), path, ": not a diffuse checkpoint (metadata '", key, "' missing)");
+    return it->second;
+  };
+  DF_CHECK(meta("format") == "diffuse-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
+  LoadedModel m;
+  try {
+    m.config = TrainConfig::from_json(nlohmann::json::parse(meta("config")));
+    m.unet = std::make_shared<nn::UNet>(nn::UNetConfig::from_json(nlohmann::json::parse(meta("unet"))));
+  } catch (const nlohmann::json::exception& e) {
+    DF_FAIL(path, ": malformed config in the checkpoint metadata (", e.what(), ")");
+  }
+  m.step = std::stoll(meta("step"));
+  std::map<std::string, Tensor> weights = with_prefix(st.tensors, ema ? "ema." : "model.");
+  weights.erase("num_updates");
+  try {
+    m.unet->load_state(weights);
+  } catch (const Error& e) {
+    DF_FAIL(path, ": ", e.what());
+  }
+  m.unet->to(device);
+  m.unet->eval();
+  return m;
+}
+
+// ---- the loop ----------------------------------------------------------------------------------
+
+std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& cb) {
+  Run r;
+  r.cfg = cfg_in;
+  check_writable(r.cfg.out_dir);
+  FolderLock lock(r.cfg.out_dir);
+  const std::string ckpt = checkpoint_path(r.cfg);
+  SafeTensors resumed;
+  bool resuming = resume && fs::exists(ckpt);
+  if (resuming) {
+    resumed = read_safetensors(ckpt);
+    auto it = resumed.metadata.find("config");
+    DF_CHECK(it != resumed.metadata.end(), ckpt, ": no training config in the checkpoint; cannot resume");
+    TrainConfig stored = TrainConfig::from_json(nlohmann::json::parse(it->second));
+    // The run continues as it was configured; only how long, how often and where may change.
+    stored.steps = r.cfg.steps;
+    stored.log_every = r.cfg.log_every;
+    stored.sample_every = r.cfg.sample_every;
+    stored.checkpoint_every = r.cfg.checkpoint_every;
+    stored.device = r.cfg.device;
+    stored.out_dir = r.cfg.out_dir;
+    r.cfg = stored;
+  }
+  const TrainConfig& cfg = r.cfg;
+  r.device = resolve_device(cfg.device);
+  set_current_device(r.device);
+  r.data = load_dataset(cfg.dataset, "train");
+  const Shape& ishape = r.data.images.shape();
+  DF_CHECK(ishape[1] == ishape[2], "dataset ", cfg.dataset, ": images are ", ishape[1], "x", ishape[2],
+           "; the UNet needs square images");
+  DF_CHECK(!cfg.class_cond || r.data.num_classes > 0, "--class-cond: dataset ", cfg.dataset, " has no labels");
+  r.unet = std::make_shared<nn::UNet>(cfg.unet_config(static_cast<int>(ishape[1]), static_cast<int>(ishape[3]),
+                                                      r.data.num_classes),
+                                      cfg.seed);
+  r.unet->to(r.device);
+  r.unet->train();
+  r.schedule = make_schedule(cfg);
+
+  AdamWOptions ao;
+  ao.lr = static_cast<float>(cfg.lr);
+  ao.beta1 = static_cast<float>(cfg.beta1);
+  ao.beta2 = static_cast<float>(cfg.beta2);
+  ao.eps = static_cast<float>(cfg.adam_eps);
+  ao.weight_decay = static_cast<float>(cfg.weight_decay);
+  ao.warmup_steps = cfg.warmup;
+  auto params = r.unet->named_parameters();
+  r.opt = std::make_unique<AdamW>(params, ao);
+  r.ema = std::make_unique<EMA>(params, static_cast<float>(cfg.ema_decay), cfg.ema_warmup);
+  data::BatcherOptions bo;
+  bo.batch_size = cfg.batch;
+  bo.seed = cfg.seed;
+  bo.random_flip = cfg.flip;
+  DF_CHECK(r.data.size() >= cfg.batch, "dataset ", cfg.dataset, " has ", r.data.size(), " images, fewer than --batch ",
+           cfg.batch);
+  r.batcher = std::make_unique<data::Batcher>(r.data, bo);
+
+  if (resuming) {
+    try {
+      r.unet->load_state(with_prefix(resumed.tensors, "model."));
+      r.ema->load_state(resumed.tensors);
+      r.opt->load_state(resumed.tensors);
+    } catch (const Error& e) {
+      DF_FAIL(ckpt, ": cannot resume: ", e.what());
+    }
+    auto it = resumed.tensors.find("trainer.state");
+    DF_CHECK(it != resumed.tensors.end() && it->second.numel() == 4, ckpt, ": trainer.state missing or malformed");
+    std::vector<int64_t> s = it->second.to_vector_i64();
+    r.step = s[0];
+    r.batcher->set_state(data::BatcherState{s[1], s[2]});
+    r.nonfinite_total = s[3];
+    if (cb.on_message) cb.on_message("resumed from " + ckpt + " at step " + std::to_string(r.step));
+  }
+  resumed = SafeTensors();
+
+  // The CSV log: appended on resume, so one file tells the whole run.
+  std::string log_path = (fs::path(cfg.out_dir) / "log.csv").string();
+  bool new_log = !resuming || !fs::exists(log_path);
+  std::ofstream log(log_path, new_log ? std::ios::trunc : std::ios::app);
+  DF_CHECK(log.good(), "cannot write ", log_path);
+  if (new_log) log << "step,loss,grad_norm,lr,images_per_s,nonfinite_skipped\n";
+
+  const int B = cfg.batch;
+  const diffusion::Prediction pred = prediction_of(cfg);
+  const auto& abar = r.schedule.alphas_cumprod();
+  int64_t consecutive_bad = 0;
+  auto t_last = std::chrono::steady_clock::now();
+  double loss_acc = 0;
+  int64_t loss_n = 0, since_log = 0;
+  Tensor x, labels;
+
+  while (r.step < cfg.steps) {
+    if (cb.should_stop && cb.should_stop()) break;
+    data::Batch batch = r.batcher->next();
+    x = batch.images.to(r.device);
+    labels = batch.labels;
+    const int64_t s = r.step;
+
+    std::vector<int> ts = diffusion::uniform_timesteps(cfg.timesteps, B, cfg.seed, stream(s, kTimesteps));
+    std::vector<float> tf(B), alpha(B), sigma(B);
+    std::vector<double> alpha_d(B), sigma_d(B), weights(B, 1.0);
+    for (int b = 0; b < B; ++b) {
+      tf[b] = static_cast<float>(ts[b]);
+      alpha_d[b] = std::sqrt(abar[ts[b]]);
+      sigma_d[b] = std::sqrt(1 - abar[ts[b]]);
+      alpha[b] = static_cast<float>(alpha_d[b]);
+      sigma[b] = static_cast<float>(sigma_d[b]);
+      if (cfg.loss_weight == "min-snr")
+        weights[b] = diffusion::min_snr_weight(pred, abar[ts[b]] / (1 - abar[ts[b]]));
+    }
+    Tensor z = Tensor::empty(x.shape(), DType::f32, r.device), eps = Tensor::empty(x.shape(), DType::f32, r.device);
+    kernels::noise_forward(x, Tensor::from_vector(alpha, {B}, r.device), Tensor::from_vector(sigma, {B}, r.device),
+                           cfg.seed, stream(s, kNoise), z, eps);
+    Tensor target = pred == diffusion::Prediction::eps ? eps
+                                                       : diffusion::prediction_target(pred, x, eps, alpha_d, sigma_d);
+    Tensor y;
+    if (r.unet->config().num_classes > 0) {
+      // Classifier-free guidance: a share of the labels becomes the null class.
+      std::vector<int64_t> l = labels.to_vector_i64();
+      for (int b = 0; b < B; ++b)
+        if (philox_uniform(cfg.seed, stream(s, kLabelDrop), static_cast<uint64_t>(b)) < cfg.label_dropout)
+          l[b] = r.unet->config().num_classes;
+      y = Tensor::from_vector_i64(l, {B}, r.device);
+    }
+    r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
+    ag::Var out = r.unet->forward(ag::Var(z), Tensor::from_vector(tf, {B}, r.device), y);
+    std::vector<float> wf(weights.begin(), weights.end());
+    ag::Var loss = ag::weighted_mse(out, ag::Var(target), Tensor::from_vector(wf, {B}, r.device));
+    double lv = loss.value().item();
+    double gnorm = 0;
+    bool ok = std::isfinite(lv);
+    if (ok) {
+      ag::backward(loss);
+      gnorm = clip_grad_norm(params, cfg.grad_clip > 0 ? cfg.grad_clip : 1e30);
+      ok = std::isfinite(gnorm);
+    } else {
+      ag::clear_tape();
+    }
+    if (ok) {
+      r.opt->step(r.ema.get());
+      consecutive_bad = 0;
+      loss_acc += lv;
+      ++loss_n;
+    } else {
+      // A non-finite loss or gradient: skip the update, keep the weights, count it.
+      ++r.nonfinite_total;
+      DF_CHECK(++consecutive_bad < cfg.max_nonfinite, "the loss or gradient was not finite for ", consecutive_bad,
+               " consecutive steps (at step ", s + 1, "); stopping. Lower --lr or raise --grad-clip; the last "
+               "checkpoint (", ckpt, ") holds finite weights");
+    }
+    r.opt->zero_grad();
+    ++r.step;
+    ++since_log;
+
+    if (r.step % cfg.log_every == 0 || r.step == cfg.steps) {
+      auto now = std::chrono::steady_clock::now();
+      double dt = std::chrono::duration<double>(now - t_last).count();
+      t_last = now;
+      StepStats st{r.step, loss_n ? loss_acc / loss_n : NAN, gnorm, r.opt->lr_at(r.step),
+                   dt > 0 ? since_log * B / dt : 0, r.nonfinite_total};
+      log << st.step << ',' << st.loss << ',' << st.grad_norm << ',' << st.lr << ',' << st.images_per_s << ','
+          << st.nonfinite_skipped << '\n';
+      log.flush();
+      if (cb.on_step) cb.on_step(st);
+      loss_acc = 0;
+      loss_n = 0;
+      since_log = 0;
+    } else if (cb.on_step) {
+      cb.on_step(StepStats{r.step, lv, gnorm, r.opt->lr_at(r.step), 0, r.nonfinite_total});
+    }
+    if (cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0 && r.step < cfg.steps) {
+      write_checkpoint(r);
+      if (cb.on_message) cb.on_message("checkpoint " + ckpt + " (step " + std::to_string(r.step) + ")");
+    }
+    if (cfg.sample_every > 0 && r.step % cfg.sample_every == 0 && r.step < cfg.steps) {
+      std::string png = (fs::path(cfg.out_dir) / ("samples_" + std::to_string(r.step) + ".png")).string();
+      write_png_grid(png, sample_grid(r, r.step), 2);
+      if (cb.on_message) cb.on_message("samples " + png);
+    }
+  }
+  write_checkpoint(r);
+  if (cb.on_message) cb.on_message("checkpoint " + ckpt + " (step " + std::to_string(r.step) + ")");
+  if (r.step >= cfg.steps) {
+    std::string png = (fs::path(cfg.out_dir) / "samples_final.png").string();
+    write_png_grid(png, sample_grid(r, r.step), 2);
+    if (cb.on_message) cb.on_message("samples " + png);
+  }
+  return ckpt;
+}
+
+}  // namespace diffuse::train

@@ -1,0 +1,93 @@
+// models/train/trainer.h: the training loop of `diffuse train`, as a library.
+//
+// One step: a batch from the shuffled dataset; timesteps and noise from Philox streams keyed by
+// (seed, step); the UNet's forward on z_t; the objective's loss; backward; clipping by global
+// norm; AdamW and the EMA in one pass. Every random draw is a function of (seed, step), and the
+// batcher's position is part of the checkpoint, so a resumed run repeats the uninterrupted run
+// bit for bit on the cpu.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "models/data/dataset.h"
+#include "models/nn/unet.h"
+
+namespace diffuse::train {
+
+struct TrainConfig {
+  // model
+  std::string preset = "tiny";
+  nlohmann::json model = nlohmann::json::object();  // UNetConfig keys overriding the preset
+  // diffusion
+  std::string objective = "eps";   // eps | x0 | v
+  std::string schedule = "linear"; // linear | cosine
+  int timesteps = 1000;
+  std::string loss_weight = "none"; // none | min-snr (gamma 5)
+  // optimisation
+  double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 0.0;
+  int64_t warmup = 100;
+  double grad_clip = 1.0;          // 0: off
+  double ema_decay = 0.999;
+  bool ema_warmup = true;
+  int batch = 64;
+  int64_t steps = 2000;
+  // conditioning
+  bool class_cond = false;
+  double label_dropout = 0.1;      // classifier-free guidance: share of labels replaced by null
+  // data
+  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist:<dir> | cifar10:<dir> | images:<dir>
+  bool flip = false;
+  // run
+  uint64_t seed = 0;
+  std::string device = "auto";
+  bool bf16 = true;                // CUDA activations in bf16 (the cpu computes in f32)
+  std::string out_dir = "runs/diffuse";
+  int64_t log_every = 10;
+  int64_t sample_every = 500;      // 0: only at the end
+  int64_t checkpoint_every = 500;  // 0: only at the end
+  int sample_count = 64;
+  int sample_steps = 50;
+  int64_t max_nonfinite = 10;      // consecutive non-finite steps before the run stops
+
+  nlohmann::json to_json() const;
+  static TrainConfig from_json(const nlohmann::json& j);  // unknown keys are an error
+  nn::UNetConfig unet_config(int image_size, int channels, int num_classes) const;
+};
+
+struct StepStats {
+  int64_t step = 0;           // steps done
+  double loss = 0;
+  double grad_norm = 0;
+  double lr = 0;
+  double images_per_s = 0;
+  int64_t nonfinite_skipped = 0;
+};
+
+struct TrainCallbacks {
+  std::function<void(const StepStats&)> on_step;
+  std::function<void(const std::string&)> on_message;   // checkpoint and sample paths
+  std::function<bool()> should_stop;                     // e.g. Ctrl-C: checkpoint and return
+};
+
+// Runs (or resumes, when out_dir holds a checkpoint and `resume` is set) a training run. Returns
+// the path of the last checkpoint. Throws diffuse::Error on bad configuration, data or I/O.
+std::string train(const TrainConfig& cfg, bool resume, const TrainCallbacks& cb = {});
+
+// "fashion-mnist[:dir]", "mnist:<dir>", "idx:<images>,<labels>", "cifar10:<path>" or
+// "images:<dir>[@size]"; split is "train" or "test".
+data::Dataset load_dataset(const std::string& spec, const std::string& split);
+
+// A model loaded from a checkpoint, ready to sample (EMA weights unless ema = false).
+struct LoadedModel {
+  std::shared_ptr<nn::UNet> unet;
+  TrainConfig config;
+  int64_t step = 0;
+};
+LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = true);
+
+}  // namespace diffuse::train
