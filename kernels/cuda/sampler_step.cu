@@ -40,8 +40,10 @@ __global__ void __launch_bounds__(kBlock) sampler_step_kernel(SamplerStepParams 
     int64_t sample_end = (b + 1) * n_per_sample;
     float noise[4];
     bool have_noise = false;
-    for (int j = 0; j < 4 && i0 + j < n; ++j) {
+    // Unrolled, so noise[j] is a register rather than a local-memory array.
+    DF_UNROLL for (int j = 0; j < 4; ++j) {
       const int64_t i = i0 + j;
+      if (i >= n) break;
       while (i >= sample_end) ++b, sample_end += n_per_sample;
       const SamplerStepCoeffs k = p.coeffs[b];
       const int64_t e = i - b * n_per_sample;

@@ -18,6 +18,19 @@ namespace {
 
 constexpr int kBlock = 256;
 
+// sin and cos of 2 pi * turns. Reducing turns by an integer is exact in double, which leaves
+// |angle| <= pi: the GPU's sincospi then needs no Payne-Hanek reduction (whose local-memory table
+// sin/cos of a large double would drag into this kernel), and the host's sin/cos stay exact too.
+DF_DEVICE_INLINE void sincos_turns(double turns, double& s, double& c) {
+  const double r = 2.0 * (turns - rint(turns));  // in [-1, 1]
+#if defined(__CUDA_ARCH__)
+  sincospi(r, &s, &c);
+#else
+  s = std::sin(3.14159265358979323846 * r);
+  c = std::cos(3.14159265358979323846 * r);
+#endif
+}
+
 __global__ void __launch_bounds__(kBlock) timestep_embedding_kernel(const float* __restrict__ t,
                                                                     float* __restrict__ out, int64_t batch, int dim,
                                                                     double neg_log_period_over_denom, double scale,
@@ -33,9 +46,11 @@ __global__ void __launch_bounds__(kBlock) timestep_embedding_kernel(const float*
       const int i = j < half ? j : j - half;
       const double freq = exp(neg_log_period_over_denom * i);
       const double arg = scale * static_cast<double>(t[b]) * freq;
+      double s, c;
+      sincos_turns(arg * 0.15915494309189533577, s, c);  // arg / (2 pi)
       // First half: cos when flipped, else sin; second half the other one.
       const bool use_cos = (j < half) == flip_sin_to_cos;
-      v = static_cast<float>(use_cos ? cos(arg) : sin(arg));
+      v = static_cast<float>(use_cos ? c : s);
     }
     out[k] = v;
   }
