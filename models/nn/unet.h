@@ -53,6 +53,9 @@ struct UNetConfig {
   bool learn_sigma = false;  // output 2 * out_channels: epsilon and the variance interpolation v
   bool conv_resample = true; // downsample/upsample with a conv (else avg pool / plain nearest)
   std::string init = "pytorch";  // "pytorch" or "ddpm" (module.h InitScheme)
+  // Sinusoidal features of t: "adm" ([cos, sin], frequencies exp(-ln(1e4) i / half)) or "ddpm"
+  // ([sin, cos], exp(-ln(1e4) i / (half - 1))). kernels/time_embedding.h.
+  std::string time_embedding = "adm";
 
   int output_channels() const { return learn_sigma ? 2 * out_channels : out_channels; }
   int emb_channels() const { return 4 * base_channels; }

@@ -1,0 +1,431 @@
+#include "models/nn/unet.h"
+
+#include <algorithm>
+#include <set>
+
+#include "autograd/elementwise.h"
+#include "autograd/linalg.h"
+#include "kernels/time_embedding.h"
+
+namespace diffuse::nn {
+
+// ---- config -----------------------------------------------------------------------------------
+
+void UNetConfig::validate() const {
+  DF_CHECK(in_channels > 0 && out_channels > 0, "UNetConfig: in_channels and out_channels must be positive");
+  DF_CHECK(base_channels > 0, "UNetConfig: base_channels must be positive");
+  DF_CHECK(!channel_mult.empty(), "UNetConfig: channel_mult is empty");
+  for (int m : channel_mult) DF_CHECK(m > 0, "UNetConfig: channel_mult entries must be positive");
+  DF_CHECK(num_res_blocks >= 1, "UNetConfig: num_res_blocks must be at least 1");
+  DF_CHECK(groups > 0, "UNetConfig: groups must be positive");
+  DF_CHECK(num_heads > 0 || head_channels > 0, "UNetConfig: num_heads or head_channels must be positive");
+  DF_CHECK(dropout >= 0.f && dropout < 1.f, "UNetConfig: dropout must be in [0, 1)");
+  DF_CHECK(num_classes >= 0, "UNetConfig: num_classes must be >= 0");
+  // Every level but the last halves the size: it must stay even until then, or the skip
+  // connections of the decoder would not line up.
+  int s = image_size;
+  for (size_t i = 0; i + 1 < channel_mult.size(); ++i) {
+    DF_CHECK(s % 2 == 0, "UNetConfig: image_size ", image_size, " cannot be halved ", channel_mult.size() - 1,
+             " times (size ", s, " at level ", i, ")");
+    s /= 2;
+  }
+  for (int m : channel_mult)
+    DF_CHECK((m * base_channels) % groups == 0, "UNetConfig: ", m * base_channels, " channels not divisible by groups ",
+             groups);
+  if (head_channels > 0)
+    for (int r : attention_resolutions) {
+      (void)r;
+      for (int m : channel_mult)
+        DF_CHECK((m * base_channels) % head_channels == 0, "UNetConfig: head_channels ", head_channels,
+                 " does not divide ", m * base_channels);
+    }
+  (void)parse_init_scheme(init);
+  DF_CHECK(time_embedding == "adm" || time_embedding == "ddpm", "UNetConfig: time_embedding '", time_embedding,
+           "' (expected 'adm' or 'ddpm')");
+}
+
+nlohmann::json UNetConfig::to_json() const {
+  return nlohmann::json{{"in_channels", in_channels},
+                        {"out_channels", out_channels},
+                        {"image_size", image_size},
+                        {"base_channels", base_channels},
+                        {"channel_mult", channel_mult},
+                        {"num_res_blocks", num_res_blocks},
+                        {"attention_resolutions", attention_resolutions},
+                        {"num_heads", num_heads},
+                        {"head_channels", head_channels},
+                        {"dropout", dropout},
+                        {"groups", groups},
+                        {"num_classes", num_classes},
+                        {"scale_shift_norm", scale_shift_norm},
+                        {"resblock_updown", resblock_updown},
+                        {"rescale_residual", rescale_residual},
+                        {"learn_sigma", learn_sigma},
+                        {"conv_resample", conv_resample},
+                        {"init", init},
+                        {"time_embedding", time_embedding}};
+}
+
+UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
+  DF_CHECK(j.is_object(), "UNetConfig: expected a JSON object, got ", j.dump());
+  UNetConfig c;
+  const std::set<std::string> keys = {"in_channels",     "out_channels",      "image_size",
+                                      "base_channels",   "channel_mult",      "num_res_blocks",
+                                      "attention_resolutions", "num_heads",   "head_channels",
+                                      "dropout",         "groups",            "num_classes",
+                                      "scale_shift_norm", "resblock_updown",  "rescale_residual",
+                                      "learn_sigma",     "conv_resample",     "init",
+                                      "time_embedding"};
+  for (auto it = j.begin(); it != j.end(); ++it)
+    DF_CHECK(keys.count(it.key()), "UNetConfig: unknown key '", it.key(), "'");
+  auto get = [&](const char* k, auto& dst) {
+    if (!j.contains(k)) return;
+    try {
+      j.at(k).get_to(dst);
+    } catch (const nlohmann::json::exception& e) {
+      DF_FAIL("UNetConfig: bad value for '", k, "': ", j.at(k).dump(), " (", e.what(), ")");
+    }
+  };
+  get("in_channels", c.in_channels);
+  get("out_channels", c.out_channels);
+  get("image_size", c.image_size);
+  get("base_channels", c.base_channels);
+  get("channel_mult", c.channel_mult);
+  get("num_res_blocks", c.num_res_blocks);
+  get("attention_resolutions", c.attention_resolutions);
+  get("num_heads", c.num_heads);
+  get("head_channels", c.head_channels);
+  get("dropout", c.dropout);
+  get("groups", c.groups);
+  get("num_classes", c.num_classes);
+  get("scale_shift_norm", c.scale_shift_norm);
+  get("resblock_updown", c.resblock_updown);
+  get("rescale_residual", c.rescale_residual);
+  get("learn_sigma", c.learn_sigma);
+  get("conv_resample", c.conv_resample);
+  get("init", c.init);
+  get("time_embedding", c.time_embedding);
+  c.validate();
+  return c;
+}
+
+std::vector<std::string> UNetConfig::preset_names() { return {"ddpm-cifar10", "fmnist", "tiny", "imagenet64"}; }
+
+UNetConfig UNetConfig::preset(const std::string& name) {
+  UNetConfig c;
+  if (name == "ddpm-cifar10") {
+    // Ho et al. 2020, appendix B: 35.7M parameters, TF variance-scaling init.
+    c.in_channels = c.out_channels = 3;
+    c.image_size = 32;
+    c.base_channels = 128;
+    c.channel_mult = {1, 2, 2, 2};
+    c.num_res_blocks = 2;
+    c.attention_resolutions = {16};
+    c.num_heads = 1;
+    c.dropout = 0.1f;
+    c.groups = 32;
+    c.init = "ddpm";
+    c.time_embedding = "ddpm";
+  } else if (name == "fmnist") {
+    // 28 -> 14 -> 7; ADM-style blocks, sized for a GPU.
+    c.in_channels = c.out_channels = 1;
+    c.image_size = 28;
+    c.base_channels = 64;
+    c.channel_mult = {1, 2, 2};
+    c.num_res_blocks = 2;
+    c.attention_resolutions = {14, 7};
+    c.head_channels = 32;
+    c.dropout = 0.1f;
+    c.groups = 32;
+    c.scale_shift_norm = true;
+  } else if (name == "tiny") {
+    // The CPU model: one block per level, attention only on the 7x7 map (49 tokens), narrow
+    // channels with 8 groups. 28 -> 14 -> 7 needs no padding.
+    c.in_channels = c.out_channels = 1;
+    c.image_size = 28;
+    c.base_channels = 32;
+    c.channel_mult = {1, 2, 2};
+    c.num_res_blocks = 1;
+    c.attention_resolutions = {7};
+    c.num_heads = 1;
+    c.dropout = 0.f;
+    c.groups = 8;
+  } else if (name == "imagenet64") {
+    // Improved DDPM (Nichol & Dhariwal 2021) ImageNet 64x64: learned sigma, scale-shift norm,
+    // 4 heads at 16 and 8.
+    c.in_channels = c.out_channels = 3;
+    c.image_size = 64;
+    c.base_channels = 128;
+    c.channel_mult = {1, 2, 3, 4};
+    c.num_res_blocks = 3;
+    c.attention_resolutions = {16, 8};
+    c.num_heads = 4;
+    c.dropout = 0.f;
+    c.groups = 32;
+    c.scale_shift_norm = true;
+    c.learn_sigma = true;
+  } else {
+    std::string all;
+    for (auto& n : preset_names()) all += (all.empty() ? "" : ", ") + n;
+    DF_FAIL("unknown UNet preset '", name, "' (known: ", all, ")");
+  }
+  c.validate();
+  return c;
+}
+
+// ---- the blocks of the tree ---------------------------------------------------------------------
+
+namespace {
+
+ResBlockOptions res_options(const UNetConfig& c, int64_t in, int64_t out) {
+  ResBlockOptions o;
+  o.in_channels = in;
+  o.out_channels = out;
+  o.emb_channels = c.emb_channels();
+  o.groups = c.groups;
+  o.dropout = c.dropout;
+  o.scale_shift_norm = c.scale_shift_norm;
+  o.rescale = c.rescale_residual;
+  return o;
+}
+
+bool has_attention(const UNetConfig& c, int size) {
+  return std::find(c.attention_resolutions.begin(), c.attention_resolutions.end(), size) !=
+         c.attention_resolutions.end();
+}
+
+std::shared_ptr<AttentionBlock> make_attention(const UNetConfig& c, int64_t ch) {
+  return std::make_shared<AttentionBlock>(ch, c.groups, c.head_channels > 0 ? -1 : c.num_heads, c.head_channels);
+}
+
+// Sequential site numbers for dropout streams.
+struct Sites {
+  DropoutKey key;
+  uint64_t next = 0;
+  DropoutKey operator()() { return key.sub(next++); }
+};
+
+}  // namespace
+
+// One resolution of the encoder: res.<j>, attn.<j>, downsample.
+class UNetDownLevel : public Module {
+ public:
+  std::shared_ptr<ModuleList<ResBlock>> res;
+  std::shared_ptr<ModuleList<AttentionBlock>> attn;  // null: no attention at this size
+  std::shared_ptr<Downsample> down;
+  std::shared_ptr<ResBlock> down_res;  // resblock_updown
+};
+
+class UNetUpLevel : public Module {
+ public:
+  std::shared_ptr<ModuleList<ResBlock>> res;
+  std::shared_ptr<ModuleList<AttentionBlock>> attn;
+  std::shared_ptr<Upsample> up;
+  std::shared_ptr<ResBlock> up_res;
+};
+
+class UNetMid : public Module {
+ public:
+  std::shared_ptr<ResBlock> res1, res2;
+  std::shared_ptr<AttentionBlock> attn;
+};
+
+namespace {
+
+// Builds conv_in, down.* and mid.* into `m`; returns the channels of each skip (in push order)
+// and sets ch to the channel count leaving the middle block.
+std::vector<int64_t> build_encoder(Module& m, const UNetConfig& c, std::shared_ptr<Conv2d>& conv_in,
+                                   std::shared_ptr<ModuleList<UNetDownLevel>>& down, std::shared_ptr<UNetMid>& mid,
+                                   int64_t& ch) {
+  ch = int64_t{c.channel_mult[0]} * c.base_channels;
+  conv_in = m.register_module("conv_in", std::make_shared<Conv2d>(c.in_channels, ch, 3));
+  std::vector<int64_t> skips = {ch};
+  down = m.register_module("down", std::make_shared<ModuleList<UNetDownLevel>>());
+  int size = c.image_size;
+  const size_t L = c.channel_mult.size();
+  for (size_t i = 0; i < L; ++i) {
+    auto lvl = down->push_back(std::make_shared<UNetDownLevel>());
+    lvl->res = lvl->register_module("res", std::make_shared<ModuleList<ResBlock>>());
+    if (has_attention(c, size)) lvl->attn = lvl->register_module("attn", std::make_shared<ModuleList<AttentionBlock>>());
+    const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
+    for (int j = 0; j < c.num_res_blocks; ++j) {
+      lvl->res->push_back(std::make_shared<ResBlock>(res_options(c, ch, out)));
+      ch = out;
+      if (lvl->attn) lvl->attn->push_back(make_attention(c, ch));
+      skips.push_back(ch);
+    }
+    if (i + 1 < L) {
+      if (c.resblock_updown) {
+        auto o = res_options(c, ch, ch);
+        o.resample = ResBlockOptions::Resample::down;
+        lvl->down_res = lvl->register_module("downsample", std::make_shared<ResBlock>(o));
+      } else {
+        lvl->down = lvl->register_module("downsample", std::make_shared<Downsample>(ch, c.conv_resample));
+      }
+      skips.push_back(ch);
+      size /= 2;
+    }
+  }
+  mid = m.register_module("mid", std::make_shared<UNetMid>());
+  mid->res1 = mid->register_module("res1", std::make_shared<ResBlock>(res_options(c, ch, ch)));
+  mid->attn = mid->register_module("attn", make_attention(c, ch));
+  mid->res2 = mid->register_module("res2", std::make_shared<ResBlock>(res_options(c, ch, ch)));
+  return skips;
+}
+
+ag::Var run_encoder(const ag::Var& x, const ag::Var& emb_act, Sites& sites, const Conv2d& conv_in,
+                    const ModuleList<UNetDownLevel>& down, const UNetMid& mid, std::vector<ag::Var>* skips) {
+  ag::Var h = conv_in.forward(x);
+  if (skips) skips->push_back(h);
+  for (const auto& lvl : down) {
+    for (size_t j = 0; j < lvl->res->size(); ++j) {
+      h = (*lvl->res)[j].forward(h, emb_act, sites());
+      if (lvl->attn) h = (*lvl->attn)[j].forward(h);
+      if (skips) skips->push_back(h);
+    }
+    if (lvl->down_res || lvl->down) {
+      h = lvl->down_res ? lvl->down_res->forward(h, emb_act, sites()) : lvl->down->forward(h);
+      if (skips) skips->push_back(h);
+    }
+  }
+  h = mid.res1->forward(h, emb_act, sites());
+  h = mid.attn->forward(h);
+  return mid.res2->forward(h, emb_act, sites());
+}
+
+void build_time_embedding(Module& m, const UNetConfig& c, std::shared_ptr<Linear>& fc1, std::shared_ptr<Linear>& fc2) {
+  auto time = m.register_module("time", std::make_shared<Module>());
+  fc1 = time->register_module("fc1", std::make_shared<Linear>(c.base_channels, c.emb_channels()));
+  fc2 = time->register_module("fc2", std::make_shared<Linear>(c.emb_channels(), c.emb_channels()));
+}
+
+ag::Var time_embedding(const Tensor& t, const UNetConfig& c, const Linear& fc1, const Linear& fc2, DType dtype) {
+  DF_CHECK(t.defined() && t.dim() == 1, "UNet: t must be a (B) tensor, got ", t.defined() ? t.shape().str() : "undefined");
+  Tensor tf = t.dtype() == DType::f32 ? t : t.to(DType::f32);
+  kernels::TimeEmbeddingOptions opt;
+  opt.flip_sin_to_cos = c.time_embedding == "adm";
+  opt.downscale_freq_shift = c.time_embedding == "adm" ? 0.f : 1.f;
+  Tensor e = kernels::timestep_embedding(tf, c.base_channels, opt);
+  if (e.dtype() != dtype) e = e.to(dtype);
+  return fc2.forward(ag::silu(fc1.forward(ag::Var(e))));
+}
+
+void check_input(const ag::Var& x, const UNetConfig& c, const char* who) {
+  DF_CHECK(x.dim() == 4 && x.size(1) == c.image_size && x.size(2) == c.image_size && x.size(3) == c.in_channels, who,
+           ": expected input (B, ", c.image_size, ", ", c.image_size, ", ", c.in_channels, "), got ",
+           x.shape().str());
+}
+
+}  // namespace
+
+// ---- UNet ---------------------------------------------------------------------------------------
+
+UNet::UNet(const UNetConfig& cfg, uint64_t seed) : cfg_(cfg) {
+  cfg_.validate();
+  const UNetConfig& c = cfg_;
+  build_time_embedding(*this, c, time_fc1_, time_fc2_);
+  if (c.num_classes > 0)
+    label_emb_ = register_module("label_emb", std::make_shared<Embedding>(c.num_classes + 1, c.emb_channels()));
+  int64_t ch = 0;
+  std::vector<int64_t> skips = build_encoder(*this, c, conv_in_, down_, mid_, ch);
+
+  up_ = register_module("up", std::make_shared<ModuleList<UNetUpLevel>>());
+  const size_t L = c.channel_mult.size();
+  int size = c.image_size >> (L - 1);
+  // up.<i> works at the resolution of down.<i>: built coarsest first (the order the skips pop),
+  // registered in level order.
+  std::vector<std::shared_ptr<UNetUpLevel>> levels(L);
+  for (size_t k = 0; k < L; ++k) {
+    const size_t i = L - 1 - k;
+    auto lvl = levels[i] = std::make_shared<UNetUpLevel>();
+    lvl->res = lvl->register_module("res", std::make_shared<ModuleList<ResBlock>>());
+    if (has_attention(c, size)) lvl->attn = lvl->register_module("attn", std::make_shared<ModuleList<AttentionBlock>>());
+    const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
+    for (int j = 0; j <= c.num_res_blocks; ++j) {
+      const int64_t skip_ch = skips.back();
+      skips.pop_back();
+      lvl->res->push_back(std::make_shared<ResBlock>(res_options(c, ch + skip_ch, out)));
+      ch = out;
+      if (lvl->attn) lvl->attn->push_back(make_attention(c, ch));
+    }
+    if (i > 0) {
+      if (c.resblock_updown) {
+        auto o = res_options(c, ch, ch);
+        o.resample = ResBlockOptions::Resample::up;
+        lvl->up_res = lvl->register_module("upsample", std::make_shared<ResBlock>(o));
+      } else {
+        lvl->up = lvl->register_module("upsample", std::make_shared<Upsample>(ch, c.conv_resample));
+      }
+      size *= 2;
+    }
+  }
+  for (auto& lvl : levels) up_->push_back(lvl);
+  DF_CHECK(skips.empty(), "UNet: internal skip bookkeeping");
+  out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(c.groups, ch));
+  out_conv_ = register_module("out_conv", std::make_shared<Conv2d>(ch, c.output_channels(), 3, 1, /*zero_init=*/true));
+  init_parameters(seed, parse_init_scheme(c.init));
+}
+
+ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels) {
+  const UNetConfig& c = cfg_;
+  check_input(x, c, "UNet");
+  const int64_t B = x.size(0);
+  DF_CHECK(t.defined() && t.numel() == B, "UNet: t must have one timestep per sample (", B, ")");
+  ag::Var emb = time_embedding(t, c, *time_fc1_, *time_fc2_, x.dtype());
+  if (label_emb_) {
+    Tensor ids = labels;
+    if (!ids.defined()) ids = Tensor::from_vector_i64(std::vector<int64_t>(B, c.num_classes), {B});
+    DF_CHECK(ids.dtype() == DType::i64 && ids.numel() == B, "UNet: labels must be i64 (", B, "), got ", ids.str());
+    for (int64_t id : ids.to_vector_i64())
+      DF_CHECK(id >= 0 && id <= c.num_classes, "UNet: label ", id, " outside [0, ", c.num_classes, "]");
+    emb = ag::add(emb, label_emb_->forward(ids));
+  } else {
+    DF_CHECK(!labels.defined(), "UNet: labels given to an unconditional model (num_classes = 0)");
+  }
+  // Every block's embedding projection starts with SiLU (ADM's emb_layers): do it once.
+  ag::Var emb_act = ag::silu(emb);
+  Sites sites{{dropout_seed_, calls_++}};
+
+  std::vector<ag::Var> skips;
+  ag::Var h = run_encoder(x, emb_act, sites, *conv_in_, *down_, *mid_, &skips);
+  for (size_t k = up_->size(); k-- > 0;) {
+    const UNetUpLevel* lvl = &(*up_)[k];
+    for (size_t j = 0; j < lvl->res->size(); ++j) {
+      h = ag::concat_last({h, skips.back()});
+      skips.pop_back();
+      h = (*lvl->res)[j].forward(h, emb_act, sites());
+      if (lvl->attn) h = (*lvl->attn)[j].forward(h);
+    }
+    if (lvl->up_res) h = lvl->up_res->forward(h, emb_act, sites());
+    if (lvl->up) h = lvl->up->forward(h);
+  }
+  return out_conv_->forward(out_norm_->forward(h, /*silu=*/true));
+}
+
+// ---- EncoderClassifier ---------------------------------------------------------------------------
+
+EncoderClassifier::EncoderClassifier(const UNetConfig& cfg, int num_classes, uint64_t seed)
+    : cfg_(cfg), num_classes_(num_classes) {
+  cfg_.num_classes = 0;  // the classifier predicts labels; it is never conditioned on one
+  cfg_.validate();
+  DF_CHECK(num_classes > 0, "EncoderClassifier needs num_classes > 0");
+  build_time_embedding(*this, cfg_, time_fc1_, time_fc2_);
+  int64_t ch = 0;
+  build_encoder(*this, cfg_, conv_in_, down_, mid_, ch);
+  out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(cfg_.groups, ch));
+  // Zero-initialised like ADM's pooled head: the classifier starts at uniform logits.
+  head_ = register_module("head", std::make_shared<Linear>(ch, num_classes, true, /*zero_init=*/true));
+  init_parameters(seed, parse_init_scheme(cfg_.init));
+}
+
+ag::Var EncoderClassifier::forward(const ag::Var& x, const Tensor& t) {
+  check_input(x, cfg_, "EncoderClassifier");
+  DF_CHECK(t.defined() && t.numel() == x.size(0), "EncoderClassifier: t must have one timestep per sample");
+  ag::Var emb_act = ag::silu(time_embedding(t, cfg_, *time_fc1_, *time_fc2_, x.dtype()));
+  Sites sites{{dropout_seed_, calls_++}};
+  ag::Var h = run_encoder(x, emb_act, sites, *conv_in_, *down_, *mid_, nullptr);
+  h = out_norm_->forward(h, /*silu=*/true);
+  return head_->forward(ag::mean(h, {1, 2}));  // global average pool over H, W
+}
+
+}  // namespace diffuse::nn

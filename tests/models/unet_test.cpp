@@ -1,0 +1,210 @@
+// The UNet: presets and their parameter counts, config JSON, names, forward shapes, the
+// classifier, and a double-precision gradcheck of a small UNet (every block kind).
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <cmath>
+#include <set>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "autograd/gradcheck.h"
+#include "models/nn/unet.h"
+#include "tests/test_util.h"
+
+using namespace diffuse;
+using namespace diffuse::nn;
+
+namespace {
+
+// A UNet small enough for finite differences: 4x4 images, two levels (4 and 8 channels), one
+// block per level, attention at 2x2, 2 groups.
+UNetConfig micro_config(bool adm) {
+  UNetConfig c;
+  c.in_channels = 1;
+  c.out_channels = 1;
+  c.image_size = 4;
+  c.base_channels = 2;
+  c.channel_mult = {1, 2};
+  c.num_res_blocks = 1;
+  c.attention_resolutions = {2};
+  c.groups = 1;
+  c.num_heads = 2;
+  if (adm) {
+    c.scale_shift_norm = true;
+    c.resblock_updown = true;
+    c.num_classes = 3;
+    c.learn_sigma = true;
+    c.dropout = 0.2f;
+  } else {
+    c.rescale_residual = true;
+    c.head_channels = 2;
+  }
+  return c;
+}
+
+Tensor timesteps(int64_t B) {
+  auto u = test::random_tensor({B}, 0.f, 1000.f).to_vector();
+  return Tensor::from_vector(u, {B});
+}
+
+}  // namespace
+
+TEST_CASE("ddpm-cifar10 has the paper's 35.7M parameters", "[cpu][models]") {
+  UNet net(UNetConfig::preset("ddpm-cifar10"));
+  const int64_t n = net.num_parameters();
+  INFO("ddpm-cifar10: " << n << " parameters");
+  CHECK(std::llabs(n - 35'700'000) <= 50'000);
+}
+
+TEST_CASE("parameter names are unique, dotted and stable", "[cpu][models]") {
+  for (const auto& name : UNetConfig::preset_names()) {
+    if (name == "ddpm-cifar10" || name == "imagenet64") continue;  // big; counted elsewhere
+    UNet net(UNetConfig::preset(name));
+    std::set<std::string> seen;
+    for (auto& [n, v] : net.named_parameters()) {
+      CAPTURE(n);
+      CHECK(seen.insert(n).second);
+    }
+  }
+  UNet net(UNetConfig::preset("tiny"));
+  auto s = net.state();
+  for (const char* n : {"time.fc1.weight", "time.fc2.bias", "conv_in.weight", "down.0.res.0.conv1.weight",
+                        "down.1.res.0.skip.weight", "down.0.downsample.conv.weight", "down.2.attn.0.qkv.weight",
+                        "mid.res1.norm1.weight", "mid.attn.proj.weight", "mid.res2.conv2.bias",
+                        "up.2.res.1.emb_proj.weight", "up.1.upsample.conv.weight", "up.0.res.1.skip.weight",
+                        "out_norm.weight", "out_conv.weight"})
+    CHECK(s.count(n) == 1);
+  CHECK_FALSE(s.count("down.2.downsample.conv.weight"));  // the last level does not downsample
+  CHECK_FALSE(s.count("down.1.attn.0.qkv.weight"));       // attention only at 7x7
+  // The first names, in order: what a checkpoint lists first.
+  auto np = net.named_parameters();
+  CHECK(np[0].first == "time.fc1.weight");
+  CHECK(np[4].first == "conv_in.weight");
+}
+
+TEST_CASE("init is reproducible from the seed, and the fresh model outputs zero", "[cpu][models]") {
+  auto c = UNetConfig::preset("tiny");
+  const uint64_t seed = test::next_seed();
+  UNet a(c, seed), b(c, seed), other(c, seed + 1);
+  CHECK(a.state().at("down.1.res.0.conv1.weight").to_vector() == b.state().at("down.1.res.0.conv1.weight").to_vector());
+  CHECK(a.state().at("down.1.res.0.conv1.weight").to_vector() !=
+        other.state().at("down.1.res.0.conv1.weight").to_vector());
+  // Zero-initialised ends: conv2 of every block, attention proj, out_conv.
+  int zeroed = 0;
+  for (auto& [n, t] : a.state())
+    if (n.find(".conv2.") != std::string::npos || n.find(".attn.proj.") != std::string::npos ||
+        (n.find(".attn.") != std::string::npos && n.find(".proj.") != std::string::npos) ||
+        n.rfind("out_conv.", 0) == 0) {
+      CAPTURE(n);
+      CHECK(t.to_vector() == std::vector<float>(t.numel(), 0.f));
+      ++zeroed;
+    }
+  CHECK(zeroed == 2 * (11 + 4) + 2);  // 11 ResBlocks, 4 attention blocks, out_conv: weight and bias
+  ag::NoGrad ng;
+  ag::Var y = a.forward(ag::Var(test::random_normal({2, 28, 28, 1})), timesteps(2));
+  for (float v : y.value().to_vector()) CHECK(v == 0.f);
+}
+
+TEST_CASE("config JSON round-trips and rejects unknown keys", "[cpu][models]") {
+  for (const auto& name : UNetConfig::preset_names()) {
+    auto c = UNetConfig::preset(name);
+    auto j = c.to_json();
+    auto d = UNetConfig::from_json(nlohmann::json::parse(j.dump()));
+    CHECK(d.to_json() == j);
+  }
+  auto j = UNetConfig::preset("tiny").to_json();
+  j["base_channel"] = 32;
+  CHECK_THROWS_WITH(UNetConfig::from_json(j), Catch::Contains("unknown key 'base_channel'"));
+  auto k = UNetConfig::preset("tiny").to_json();
+  k["groups"] = 5;  // 32 channels in 5 groups
+  CHECK_THROWS_WITH(UNetConfig::from_json(k), Catch::Contains("groups"));
+  auto m = UNetConfig::preset("tiny").to_json();
+  m["image_size"] = 30;  // 30 -> 15 -> cannot halve again
+  CHECK_THROWS_AS(UNetConfig::from_json(m), Error);
+  auto partial = UNetConfig::from_json(nlohmann::json{{"base_channels", 16}, {"groups", 8}});
+  CHECK(partial.base_channels == 16);
+  CHECK(partial.channel_mult == UNetConfig{}.channel_mult);
+  CHECK_THROWS_AS(UNetConfig::preset("cifar"), Error);
+}
+
+TEST_CASE("UNet forward shapes for the small presets and variants", "[cpu][models]") {
+  ag::NoGrad ng;  // shapes only: no graph
+  for (const char* name : {"tiny", "fmnist"}) {
+    CAPTURE(name);
+    auto c = UNetConfig::preset(name);
+    UNet net(c, test::next_seed());
+    const int64_t B = name[0] == 't' ? 2 : 1;  // fmnist is the GPU model: one sample is enough here
+    ag::Var x(test::random_normal({B, c.image_size, c.image_size, c.in_channels}));
+    ag::Var y = net.forward(x, timesteps(B));
+    CHECK(y.shape() == Shape{B, c.image_size, c.image_size, c.output_channels()});
+  }
+  // Class-conditional, learned sigma, scale-shift, resblock up/down, rescale, avg-pool resampling.
+  auto c = UNetConfig::preset("tiny");
+  c.num_classes = 10;
+  c.learn_sigma = true;
+  c.scale_shift_norm = true;
+  c.resblock_updown = true;
+  c.rescale_residual = true;
+  c.head_channels = 16;
+  c.dropout = 0.1f;
+  UNet net(c, test::next_seed());
+  ag::Var x(test::random_normal({3, 28, 28, 1}));
+  Tensor labels = Tensor::from_vector_i64({0, 9, 10}, {3});  // 10: the null label
+  CHECK(net.forward(x, timesteps(3), labels).shape() == Shape{3, 28, 28, 2});
+  CHECK(net.forward(x, timesteps(3)).shape() == Shape{3, 28, 28, 2});  // all null
+  CHECK_THROWS_AS(net.forward(x, timesteps(3), Tensor::from_vector_i64({0, 11, 1}, {3})), Error);
+  CHECK_THROWS_AS(net.forward(ag::Var(test::random_normal({3, 32, 32, 1})), timesteps(3)), Error);
+  c.resblock_updown = false;
+  c.conv_resample = false;
+  UNet pooled(c, 1);
+  CHECK(pooled.forward(x, timesteps(3), labels).shape() == Shape{3, 28, 28, 2});
+}
+
+TEST_CASE("the noisy classifier maps images to logits", "[cpu][models]") {
+  auto c = UNetConfig::preset("tiny");
+  EncoderClassifier clf(c, 10, test::next_seed());
+  CHECK(clf.state().count("head.weight") == 1);
+  CHECK(clf.state().count("up.0.res.0.conv1.weight") == 0);
+  ag::Var x(test::random_normal({2, 28, 28, 1}), true);
+  ag::Var logits = clf.forward(x, timesteps(2));
+  CHECK(logits.shape() == Shape{2, 10});
+  ag::clear_tape();
+}
+
+TEST_CASE("a small UNet's gradients match finite differences in f64 (input and parameters)", "[cpu][models]") {
+  // Thousands of evaluations of a network whose tensors have a few dozen elements: a thread team
+  // per op only costs (and under a loaded machine its spinning barriers cost 50x), so one thread.
+#ifdef _OPENMP
+  const int threads = omp_get_max_threads();
+  omp_set_num_threads(1);
+#endif
+  for (bool adm : {false, true}) {
+    CAPTURE(adm);
+    UNetConfig c = micro_config(adm);
+    UNet net(c, test::next_seed());
+    net.to(DType::f64);
+    const int64_t B = 2;
+    Tensor t = timesteps(B);
+    Tensor labels = Tensor::from_vector_i64({1, 3}, {B});
+    // Random weights everywhere (the zero-initialised ends would otherwise hide every gradient
+    // upstream of them); scaled so activations stay of unit order.
+    auto params = net.named_parameters();
+    std::vector<Tensor> inputs = {test::random_normal({B, 4, 4, c.in_channels})};
+    for (auto& [n, v] : params) inputs.push_back(test::random_tensor(v.shape(), -0.5f, 0.5f));
+    INFO(net.num_parameters() << " parameters");
+    auto f = [&](const std::vector<ag::Var>& v) {
+      net.bind_parameters({v.begin() + 1, v.end()});
+      net.set_dropout_seed(7);  // the same dropout masks on every evaluation
+      return net.forward(v[0], t, adm ? labels : Tensor());
+    };
+    auto r = ag::gradcheck(f, inputs);
+    INFO(r.report);
+    CHECK(r.ok);
+  }
+#ifdef _OPENMP
+  omp_set_num_threads(threads);
+#endif
+}
