@@ -1,6 +1,12 @@
+// The Var-level ops of autograd/linalg.h: each forward calls its kernel and records the backward
+// rule beside it. Saved tensors are the inputs the rule needs (values, not copies: Tensors share
+// storage), and gradients are computed only for the inputs that require them.
 #include "autograd/linalg.h"
 
-#include "kernels/linalg.h"
+#include "kernels/concat.h"
+#include "kernels/conv2d.h"
+#include "kernels/matmul.h"
+#include "kernels/resample.h"
 
 namespace diffuse::ag {
 
@@ -61,15 +67,8 @@ Var concat_last(const std::vector<Var>& xs) {
     vs.push_back(v.value());
     widths.push_back(v.size(-1));
   }
-  return record("concat_last", kernels::concat_last_forward(vs), xs, [widths](const Tensor& g) {
-    std::vector<Tensor> out;
-    int64_t off = 0;
-    for (int64_t w : widths) {
-      out.push_back(kernels::slice_last_forward(g, off, off + w));
-      off += w;
-    }
-    return out;
-  });
+  return record("concat_last", kernels::concat_last_forward(vs), xs,
+                [widths](const Tensor& g) { return kernels::concat_last_backward(g, widths); });
 }
 
 Var slice_last(const Var& x, int64_t begin, int64_t end) {

@@ -1,80 +1,39 @@
-// conv2d on the cpu, NHWC.
+// conv2d on the cpu, NHWC: the reference loops and the fast path.
 //
-// Shapes: x (B, H, W, Cin), w (Cout, KH, KW, Cin), y (B, Ho, Wo, Cout) with
-// Ho = (H + 2 pad - KH) / stride + 1. One output pixel is the dot product of its input patch
-// (KH*KW*Cin values, Cin-contiguous runs in NHWC) with a weight row, so the whole convolution is
-// one GEMM of the patch matrix "cols" (B*Ho*Wo, KH*KW*Cin) with w^T. A 1x1 stride-1 convolution
-// needs no cols at all: x itself is that matrix.
+// Shapes: B batch, H W input spatial, Ho Wo output spatial, Cin Cout channels, KH KW kernel.
+// x (B, H, W, Cin), w (Cout, KH, KW, Cin), y (B, Ho, Wo, Cout), Ho = (H + 2 pad - KH) / stride + 1.
 //
-// Backward: dW = G^T cols (one GEMM), dcols = G W (one GEMM) scattered back into dx (col2im),
-// db = column sums of G.
+// Fast path. One output pixel is the dot product of its input patch (KH*KW runs of Cin
+// contiguous values in NHWC) with a weight row, so the convolution is a GEMM of the patch matrix
+// "cols" (M = B*Ho*Wo rows, K = KH*KW*Cin) with w^T (K x Cout):
+//   forward           y     = cols w^T (+ bias)      M x Cout x K
+//   backward-weights  dw    = gy^T cols              Cout x K x M
+//   backward-data     dcols = gy w, scattered back into dx (col2im)
+//   bias              db    = column sums of gy
+// A 1x1 stride-1 unpadded convolution needs no cols: x itself is that matrix, one threaded GEMM.
+// Otherwise cols is never materialised whole (it is KH*KW times the input: 58 MB for a 3x3 over
+// (64,28,28,32)): the rows are cut into chunks of ~kChunkBytes of cols, each built in a
+// thread-local scratch that stays in L2 and consumed at once by a single-threaded GEMM, with the
+// chunks split across OpenMP threads, so the cols never round-trip through memory.
+// Backward-data scatters overlapping patches, so its chunks are whole images per thread (patches
+// of different images never overlap); backward-weights sums per-thread partial dw in a fixed
+// order, so results do not depend on timing.
 #include <algorithm>
 #include <cstring>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(DIFFUSE_HAVE_OPENBLAS)
+#include <cblas.h>
+#endif
+
 #include "core/check.h"
+#include "kernels/conv2d.h"
 #include "kernels/gemm.h"
-#include "kernels/linalg.h"
 
 namespace diffuse::kernels {
-
-namespace ref {
-
-template <class T>
-void conv2d_forward(const T* x, const T* w, const T* bias, T* y, int64_t B, int64_t H, int64_t W, int64_t Cin,
-                    int64_t Cout, int64_t KH, int64_t KW, int stride, int pad, int64_t Ho, int64_t Wo) {
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t ho = 0; ho < Ho; ++ho)
-      for (int64_t wo = 0; wo < Wo; ++wo)
-        for (int64_t co = 0; co < Cout; ++co) {
-          double acc = bias ? static_cast<double>(bias[co]) : 0.0;
-          for (int64_t kh = 0; kh < KH; ++kh)
-            for (int64_t kw = 0; kw < KW; ++kw) {
-              int64_t hi = ho * stride - pad + kh, wi = wo * stride - pad + kw;
-              if (hi < 0 || hi >= H || wi < 0 || wi >= W) continue;
-              for (int64_t ci = 0; ci < Cin; ++ci)
-                acc += static_cast<double>(x[((b * H + hi) * W + wi) * Cin + ci]) *
-                       static_cast<double>(w[((co * KH + kh) * KW + kw) * Cin + ci]);
-            }
-          y[((b * Ho + ho) * Wo + wo) * Cout + co] = static_cast<T>(acc);
-        }
-}
-
-template <class T>
-void conv2d_backward(const T* g, const T* x, const T* w, T* dx, T* dw, T* db, int64_t B, int64_t H, int64_t W,
-                     int64_t Cin, int64_t Cout, int64_t KH, int64_t KW, int stride, int pad, int64_t Ho, int64_t Wo) {
-  if (dx) std::fill(dx, dx + B * H * W * Cin, T(0));
-  if (dw) std::fill(dw, dw + Cout * KH * KW * Cin, T(0));
-  if (db) std::fill(db, db + Cout, T(0));
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t ho = 0; ho < Ho; ++ho)
-      for (int64_t wo = 0; wo < Wo; ++wo)
-        for (int64_t co = 0; co < Cout; ++co) {
-          T gv = g[((b * Ho + ho) * Wo + wo) * Cout + co];
-          if (db) db[co] += gv;
-          for (int64_t kh = 0; kh < KH; ++kh)
-            for (int64_t kw = 0; kw < KW; ++kw) {
-              int64_t hi = ho * stride - pad + kh, wi = wo * stride - pad + kw;
-              if (hi < 0 || hi >= H || wi < 0 || wi >= W) continue;
-              for (int64_t ci = 0; ci < Cin; ++ci) {
-                int64_t xi = ((b * H + hi) * W + wi) * Cin + ci, wi2 = ((co * KH + kh) * KW + kw) * Cin + ci;
-                if (dx) dx[xi] += gv * w[wi2];
-                if (dw) dw[wi2] += gv * x[xi];
-              }
-            }
-        }
-}
-
-template void conv2d_forward<float>(const float*, const float*, const float*, float*, int64_t, int64_t, int64_t,
-                                    int64_t, int64_t, int64_t, int64_t, int, int, int64_t, int64_t);
-template void conv2d_forward<double>(const double*, const double*, const double*, double*, int64_t, int64_t, int64_t,
-                                     int64_t, int64_t, int64_t, int64_t, int, int, int64_t, int64_t);
-template void conv2d_backward<float>(const float*, const float*, const float*, float*, float*, float*, int64_t,
-                                     int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int64_t, int64_t);
-template void conv2d_backward<double>(const double*, const double*, const double*, double*, double*, double*, int64_t,
-                                      int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, int, int, int64_t, int64_t);
-
-}  // namespace ref
 
 namespace {
 
@@ -86,7 +45,9 @@ struct Geometry {
   bool direct() const { return KH == 1 && KW == 1 && stride == 1 && pad == 0; }  // x is cols
 };
 
-Geometry geometry(const Tensor& x, const Tensor& w, const Conv2dParams& p) {
+Geometry geometry(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  DF_CHECK(x.dtype() == w.dtype() && (x.dtype() == DType::f32 || x.dtype() == DType::f64), "conv2d: x ", x.str(),
+           ", weight ", w.str(), " (cpu: f32 or f64, the same)");
   DF_CHECK(x.dim() == 4, "conv2d: x must be (B,H,W,Cin), got ", x.shape().str());
   DF_CHECK(w.dim() == 4, "conv2d: weight must be (Cout,KH,KW,Cin), got ", w.shape().str());
   DF_CHECK(x.size(3) == w.size(3), "conv2d: x has ", x.size(3), " channels, weight expects ", w.size(3));
@@ -94,152 +55,400 @@ Geometry geometry(const Tensor& x, const Tensor& w, const Conv2dParams& p) {
   Geometry g{x.size(0), x.size(1), x.size(2), x.size(3), w.size(0), w.size(1), w.size(2), 0, 0, p.stride, p.padding};
   DF_CHECK(g.H + 2 * g.pad >= g.KH && g.W + 2 * g.pad >= g.KW, "conv2d: kernel ", g.KH, "x", g.KW,
            " larger than the padded input ", x.shape().str());
+  DF_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == g.Cout && bias.dtype() == x.dtype()),
+           "conv2d: bias ", bias.str(), " for ", g.Cout, " output channels of ", x.str());
   g.Ho = (g.H + 2 * g.pad - g.KH) / g.stride + 1;
   g.Wo = (g.W + 2 * g.pad - g.KW) / g.stride + 1;
   return g;
 }
 
-// Scratch for the patch matrix, reused across calls: a training step calls conv2d dozens of
-// times with a handful of sizes, and a fresh 50 MB allocation each time costs page faults.
-template <class T>
-T* scratch(size_t n) {
-  thread_local std::vector<T> buf;
-  if (buf.size() < n) buf.resize(n);
-  return buf.data();
+void check_out(const Tensor& t, const Shape& s, DType dt, const char* what) {
+  DF_CHECK(t.defined() && t.shape() == s && t.dtype() == dt && t.device().is_cpu(), "conv2d: ", what, " is ",
+           t.str(), ", expected ", s.str());
 }
 
+void check_grads(const Tensor& gy, const Tensor& x, const Tensor& w, const Geometry& g, const Conv2dGrads& r) {
+  DF_CHECK(gy.shape() == Shape({g.B, g.Ho, g.Wo, g.Cout}) && gy.dtype() == x.dtype(), "conv2d backward: gradient ",
+           gy.str(), " for output (", g.B, ", ", g.Ho, ", ", g.Wo, ", ", g.Cout, ")");
+  if (r.dx.defined()) check_out(r.dx, x.shape(), x.dtype(), "dx");
+  if (r.dw.defined()) check_out(r.dw, w.shape(), x.dtype(), "dw");
+  if (r.db.defined()) check_out(r.db, Shape{g.Cout}, x.dtype(), "db");
+}
+
+// ---- reference: the plain loops, accumulating in double -----------------------------------------
+
 template <class T>
-void im2col(const T* x, T* cols, const Geometry& g) {
-  const int64_t K = g.K();
-#pragma omp parallel for collapse(2) if (g.M() * K > 65536)
+void ref_forward(const T* x, const T* w, const T* bias, T* y, const Geometry& g) {
   for (int64_t b = 0; b < g.B; ++b)
     for (int64_t ho = 0; ho < g.Ho; ++ho)
-      for (int64_t wo = 0; wo < g.Wo; ++wo) {
-        T* row = cols + ((b * g.Ho + ho) * g.Wo + wo) * K;
-        for (int64_t kh = 0; kh < g.KH; ++kh) {
-          int64_t hi = ho * g.stride - g.pad + kh;
-          for (int64_t kw = 0; kw < g.KW; ++kw) {
-            int64_t wi = wo * g.stride - g.pad + kw;
-            T* dst = row + (kh * g.KW + kw) * g.Cin;
-            if (hi < 0 || hi >= g.H || wi < 0 || wi >= g.W)
-              std::memset(dst, 0, sizeof(T) * g.Cin);
-            else
-              std::memcpy(dst, x + ((b * g.H + hi) * g.W + wi) * g.Cin, sizeof(T) * g.Cin);
-          }
+      for (int64_t wo = 0; wo < g.Wo; ++wo)
+        for (int64_t co = 0; co < g.Cout; ++co) {
+          double acc = bias ? static_cast<double>(bias[co]) : 0.0;
+          for (int64_t kh = 0; kh < g.KH; ++kh)
+            for (int64_t kw = 0; kw < g.KW; ++kw) {
+              const int64_t hi = ho * g.stride - g.pad + kh, wi = wo * g.stride - g.pad + kw;
+              if (hi < 0 || hi >= g.H || wi < 0 || wi >= g.W) continue;  // zero padding
+              for (int64_t ci = 0; ci < g.Cin; ++ci)
+                acc += static_cast<double>(x[((b * g.H + hi) * g.W + wi) * g.Cin + ci]) *
+                       static_cast<double>(w[((co * g.KH + kh) * g.KW + kw) * g.Cin + ci]);
+            }
+          y[((b * g.Ho + ho) * g.Wo + wo) * g.Cout + co] = static_cast<T>(acc);
         }
-      }
 }
 
-// dx += scatter of dcols. Parallel over images: patches of different images never overlap.
+// Each gradient element is one sum, written once: dx as a gather over the output pixels whose
+// patch covers the input pixel (ho * stride - pad + kh == hi), dw over all output pixels.
 template <class T>
-void col2im(const T* cols, T* dx, const Geometry& g) {
-  const int64_t K = g.K();
-  std::fill(dx, dx + g.B * g.H * g.W * g.Cin, T(0));
-#pragma omp parallel for if (g.M() * K > 65536)
-  for (int64_t b = 0; b < g.B; ++b)
-    for (int64_t ho = 0; ho < g.Ho; ++ho)
-      for (int64_t wo = 0; wo < g.Wo; ++wo) {
-        const T* row = cols + ((b * g.Ho + ho) * g.Wo + wo) * K;
-        for (int64_t kh = 0; kh < g.KH; ++kh) {
-          int64_t hi = ho * g.stride - g.pad + kh;
-          if (hi < 0 || hi >= g.H) continue;
-          for (int64_t kw = 0; kw < g.KW; ++kw) {
-            int64_t wi = wo * g.stride - g.pad + kw;
-            if (wi < 0 || wi >= g.W) continue;
-            const T* src = row + (kh * g.KW + kw) * g.Cin;
-            T* dst = dx + ((b * g.H + hi) * g.W + wi) * g.Cin;
-            for (int64_t c = 0; c < g.Cin; ++c) dst[c] += src[c];
+void ref_backward(const T* gy, const T* x, const T* w, T* dx, T* dw, T* db, const Geometry& g) {
+  auto G = [&](int64_t b, int64_t ho, int64_t wo, int64_t co) {
+    return static_cast<double>(gy[((b * g.Ho + ho) * g.Wo + wo) * g.Cout + co]);
+  };
+  if (db)
+    for (int64_t co = 0; co < g.Cout; ++co) {
+      double acc = 0;
+      for (int64_t b = 0; b < g.B; ++b)
+        for (int64_t ho = 0; ho < g.Ho; ++ho)
+          for (int64_t wo = 0; wo < g.Wo; ++wo) acc += G(b, ho, wo, co);
+      db[co] = static_cast<T>(acc);
+    }
+  if (dw)
+    for (int64_t co = 0; co < g.Cout; ++co)
+      for (int64_t kh = 0; kh < g.KH; ++kh)
+        for (int64_t kw = 0; kw < g.KW; ++kw)
+          for (int64_t ci = 0; ci < g.Cin; ++ci) {
+            double acc = 0;
+            for (int64_t b = 0; b < g.B; ++b)
+              for (int64_t ho = 0; ho < g.Ho; ++ho)
+                for (int64_t wo = 0; wo < g.Wo; ++wo) {
+                  const int64_t hi = ho * g.stride - g.pad + kh, wi = wo * g.stride - g.pad + kw;
+                  if (hi < 0 || hi >= g.H || wi < 0 || wi >= g.W) continue;
+                  acc += G(b, ho, wo, co) * static_cast<double>(x[((b * g.H + hi) * g.W + wi) * g.Cin + ci]);
+                }
+            dw[((co * g.KH + kh) * g.KW + kw) * g.Cin + ci] = static_cast<T>(acc);
           }
-        }
+  if (dx)
+    for (int64_t b = 0; b < g.B; ++b)
+      for (int64_t hi = 0; hi < g.H; ++hi)
+        for (int64_t wi = 0; wi < g.W; ++wi)
+          for (int64_t ci = 0; ci < g.Cin; ++ci) {
+            double acc = 0;
+            for (int64_t kh = 0; kh < g.KH; ++kh)
+              for (int64_t kw = 0; kw < g.KW; ++kw) {
+                const int64_t th = hi + g.pad - kh, tw = wi + g.pad - kw;  // = ho * stride, wo * stride
+                if (th < 0 || tw < 0 || th % g.stride != 0 || tw % g.stride != 0) continue;
+                const int64_t ho = th / g.stride, wo = tw / g.stride;
+                if (ho >= g.Ho || wo >= g.Wo) continue;
+                for (int64_t co = 0; co < g.Cout; ++co)
+                  acc += G(b, ho, wo, co) * static_cast<double>(w[((co * g.KH + kh) * g.KW + kw) * g.Cin + ci]);
+              }
+            dx[((b * g.H + hi) * g.W + wi) * g.Cin + ci] = static_cast<T>(acc);
+          }
+}
+
+// ---- fast path ----------------------------------------------------------------------------------
+
+// Bytes of cols per chunk: large enough that the GEMM runs near its full rate (OpenBLAS packs
+// panels of a few hundred rows), small enough that the chunk and its GEMM panels stay in the
+// 2 MB L2 of the target. Chosen by bench/cpu_conv.cpp.
+constexpr int64_t kChunkBytes = 256 << 10;
+
+int64_t chunk_rows(const Geometry& g, size_t elem) {
+  const int64_t r = kChunkBytes / (g.K() * static_cast<int64_t>(elem));
+  return std::clamp<int64_t>(r / 16 * 16, 16, 4096);
+}
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// Thread-local scratch, reused across calls: a training step calls conv2d dozens of times with
+// a handful of sizes, and a fresh allocation per call would page-fault its way through memory.
+// Two slots, because backward-data holds dcols while nothing else is live, and the partial dw of
+// backward-weights live across the whole loop beside the cols chunk.
+template <class T>
+T* scratch(int slot, size_t n) {
+  thread_local std::vector<T> buf[2];
+  if (buf[slot].size() < n) buf[slot].resize(n);
+  return buf[slot].data();
+}
+
+// Runs body(t, T) on `threads` OpenMP threads with OpenBLAS held at one thread: each thread
+// calls single-threaded GEMMs on its own chunks (a pthreads OpenBLAS would otherwise start its
+// own threads inside each call, on the same 2 cores). openblas_set_num_threads is global, which
+// is fine while one thread drives the model, as the trainer and the sampler do.
+template <class F>
+void parallel_serial_blas(int threads, F&& body) {
+  if (threads <= 1) {
+    body(0, 1);
+    return;
+  }
+#if defined(DIFFUSE_HAVE_OPENBLAS)
+  const int blas_threads = openblas_get_num_threads();
+  if (blas_threads > 1) openblas_set_num_threads(1);
+#endif
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    body(omp_get_thread_num(), omp_get_num_threads());
+#else
+    body(0, 1);
+#endif
+  }
+#if defined(DIFFUSE_HAVE_OPENBLAS)
+  if (blas_threads > 1) openblas_set_num_threads(blas_threads);
+#endif
+}
+
+// Rows [m0, m1) of cols: for each output pixel, its KH*KW input runs of Cin (zeros outside).
+template <class T>
+void im2col_rows(const T* x, T* cols, const Geometry& g, int64_t m0, int64_t m1) {
+  const int64_t K = g.K(), Cin = g.Cin;
+  int64_t b = m0 / (g.Ho * g.Wo), ho = m0 / g.Wo % g.Ho, wo = m0 % g.Wo;
+  for (int64_t m = m0; m < m1; ++m) {
+    T* row = cols + (m - m0) * K;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      const int64_t hi = ho * g.stride - g.pad + kh;
+      T* dst = row + kh * g.KW * Cin;
+      if (hi < 0 || hi >= g.H) {
+        std::memset(dst, 0, sizeof(T) * g.KW * Cin);
+        continue;
       }
+      const T* src = x + (b * g.H + hi) * g.W * Cin;
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t wi = wo * g.stride - g.pad + kw;
+        if (wi < 0 || wi >= g.W)
+          std::memset(dst + kw * Cin, 0, sizeof(T) * Cin);
+        else
+          std::memcpy(dst + kw * Cin, src + wi * Cin, sizeof(T) * Cin);
+      }
+    }
+    if (++wo == g.Wo) {
+      wo = 0;
+      if (++ho == g.Ho) ho = 0, ++b;
+    }
+  }
 }
 
+// dx += the patches of dcols rows [m0, m1) scattered back to their input pixels.
 template <class T>
-void forward_impl(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, const Geometry& g) {
-  const T* cols = x.data<T>();
-  if (!g.direct()) {
-    T* c = scratch<T>(static_cast<size_t>(g.M() * g.K()));
-    im2col(x.data<T>(), c, g);
-    cols = c;
+void col2im_rows(const T* dcols, T* dx, const Geometry& g, int64_t m0, int64_t m1) {
+  const int64_t K = g.K(), Cin = g.Cin;
+  int64_t b = m0 / (g.Ho * g.Wo), ho = m0 / g.Wo % g.Ho, wo = m0 % g.Wo;
+  for (int64_t m = m0; m < m1; ++m) {
+    const T* row = dcols + (m - m0) * K;
+    for (int64_t kh = 0; kh < g.KH; ++kh) {
+      const int64_t hi = ho * g.stride - g.pad + kh;
+      if (hi < 0 || hi >= g.H) continue;
+      T* dst = dx + (b * g.H + hi) * g.W * Cin;
+      for (int64_t kw = 0; kw < g.KW; ++kw) {
+        const int64_t wi = wo * g.stride - g.pad + kw;
+        if (wi < 0 || wi >= g.W) continue;
+        const T* src = row + (kh * g.KW + kw) * Cin;
+        T* d = dst + wi * Cin;
+#pragma omp simd
+        for (int64_t c = 0; c < Cin; ++c) d[c] += src[c];
+      }
+    }
+    if (++wo == g.Wo) {
+      wo = 0;
+      if (++ho == g.Ho) ho = 0, ++b;
+    }
   }
-  T* yp = y.data<T>();
-  T beta = T(0);
-  if (bias.defined()) {  // seed the output with the bias and let the GEMM accumulate onto it
-    const T* bp = bias.data<T>();
-#pragma omp parallel for if (g.M() * g.Cout > 65536)
-    for (int64_t m = 0; m < g.M(); ++m) std::memcpy(yp + m * g.Cout, bp, sizeof(T) * g.Cout);
-    beta = T(1);
-  }
-  gemm(false, true, g.M(), g.Cout, g.K(), T(1), cols, g.K(), w.data<T>(), g.K(), beta, yp, g.Cout);
 }
 
+// Thread t of T gets chunks [n t / T, n (t+1) / T): contiguous, fixed by the thread count.
+inline int64_t share(int64_t n, int t, int T) { return n * t / T; }
+
 template <class T>
-void backward_impl(const Tensor& gy, const Tensor& x, const Tensor& w, Conv2dGrads& r, const Geometry& g) {
-  const T* gp = gy.data<T>();
+void fast_forward(const T* x, const T* w, const T* bias, T* y, const Geometry& g) {
   const int64_t M = g.M(), K = g.K(), N = g.Cout;
-  if (r.dw.defined()) {
-    const T* cols = x.data<T>();
-    if (!g.direct()) {
-      T* c = scratch<T>(static_cast<size_t>(M * K));
-      im2col(x.data<T>(), c, g);
-      cols = c;
+  auto seed_bias = [&](int64_t m0, int64_t m1) {  // C starts at the bias; the GEMM adds onto it
+    for (int64_t m = m0; m < m1; ++m) std::memcpy(y + m * N, bias, sizeof(T) * N);
+  };
+  const T beta = bias ? T(1) : T(0);
+  if (g.direct()) {
+    if (bias) seed_bias(0, M);
+    gemm(false, true, M, N, K, T(1), x, K, w, K, beta, y, N);
+    return;
+  }
+  const int64_t R = chunk_rows(g, sizeof(T)), chunks = (M + R - 1) / R;
+  parallel_serial_blas(static_cast<int>(std::min<int64_t>(max_threads(), chunks)), [&](int t, int nt) {
+    T* cols = scratch<T>(0, static_cast<size_t>(R * K));
+    for (int64_t c = share(chunks, t, nt); c < share(chunks, t + 1, nt); ++c) {
+      const int64_t m0 = c * R, m1 = std::min(M, m0 + R);
+      im2col_rows(x, cols, g, m0, m1);
+      if (bias) seed_bias(m0, m1);
+      gemm(false, true, m1 - m0, N, K, T(1), cols, K, w, K, beta, y + m0 * N, N);
     }
-    gemm(true, false, N, K, M, T(1), gp, N, cols, K, T(0), r.dw.data<T>(), K);
+  });
+}
+
+// db: column sums of gy, per-thread partials in double added in thread order.
+template <class T>
+void bias_grad(const T* gy, T* db, const Geometry& g) {
+  const int64_t M = g.M(), N = g.Cout;
+  const int nt = static_cast<int>(std::clamp<int64_t>(M * N / 65536, 1, max_threads()));
+  std::vector<double> part(static_cast<size_t>(nt * N), 0.0);
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+  for (int t = 0; t < nt; ++t) {
+    double* p = part.data() + t * N;
+    for (int64_t m = share(M, t, nt); m < share(M, t + 1, nt); ++m)
+      for (int64_t n = 0; n < N; ++n) p[n] += gy[m * N + n];
   }
-  if (r.db.defined()) {
-    std::vector<double> acc(static_cast<size_t>(N), 0.0);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t n = 0; n < N; ++n) acc[n] += gp[m * N + n];
-    for (int64_t n = 0; n < N; ++n) r.db.data<T>()[n] = static_cast<T>(acc[n]);
+  for (int64_t n = 0; n < N; ++n) {
+    double acc = 0;
+    for (int t = 0; t < nt; ++t) acc += part[t * N + n];
+    db[n] = static_cast<T>(acc);
   }
-  if (r.dx.defined()) {
-    if (g.direct()) {
-      gemm(false, false, M, K, N, T(1), gp, N, w.data<T>(), K, T(0), r.dx.data<T>(), K);
-    } else {
-      // The cols scratch is free again (dW is done): reuse it for dcols.
-      T* dcols = scratch<T>(static_cast<size_t>(M * K));
-      gemm(false, false, M, K, N, T(1), gp, N, w.data<T>(), K, T(0), dcols, K);
-      col2im(dcols, r.dx.data<T>(), g);
+}
+
+template <class T>
+void weight_grad(const T* gy, const T* x, T* dw, const Geometry& g) {
+  const int64_t M = g.M(), K = g.K(), N = g.Cout;
+  if (g.direct()) {
+    gemm(true, false, N, K, M, T(1), gy, N, x, K, T(0), dw, K);
+    return;
+  }
+  const int64_t R = chunk_rows(g, sizeof(T)), chunks = (M + R - 1) / R;
+  const int nt = static_cast<int>(std::min<int64_t>(max_threads(), chunks));
+  // Thread 0 accumulates straight into dw; the others into partials, added after in order.
+  std::vector<T> part(static_cast<size_t>((nt - 1) * N * K));
+  parallel_serial_blas(nt, [&](int t, int T_) {
+    T* cols = scratch<T>(0, static_cast<size_t>(R * K));
+    T* acc = t == 0 ? dw : part.data() + (t - 1) * N * K;
+    T beta = T(0);
+    for (int64_t c = share(chunks, t, T_); c < share(chunks, t + 1, T_); ++c, beta = T(1)) {
+      const int64_t m0 = c * R, m1 = std::min(M, m0 + R);
+      im2col_rows(x, cols, g, m0, m1);
+      gemm(true, false, N, K, m1 - m0, T(1), gy + m0 * N, N, cols, K, beta, acc, K);
     }
+    if (beta == T(0)) std::fill(acc, acc + N * K, T(0));  // no chunk reached this thread
+  });
+  for (int t = 1; t < nt; ++t) {
+    const T* p = part.data() + (t - 1) * N * K;
+    for (int64_t i = 0; i < N * K; ++i) dw[i] += p[i];
   }
+}
+
+template <class T>
+void data_grad(const T* gy, const T* w, T* dx, const Geometry& g) {
+  const int64_t K = g.K(), N = g.Cout, P = g.Ho * g.Wo;
+  if (g.direct()) {
+    gemm(false, false, g.M(), K, N, T(1), gy, N, w, K, T(0), dx, K);
+    return;
+  }
+  // Whole images per thread: the scatter of one image never touches another's dx. With fewer
+  // images than threads, one thread runs and OpenBLAS threads each chunk's GEMM instead.
+  const int64_t R = std::min(chunk_rows(g, sizeof(T)), P);
+  auto images = [&](int64_t b0, int64_t b1) {
+    T* dcols = scratch<T>(1, static_cast<size_t>(R * K));
+    std::fill(dx + b0 * g.H * g.W * g.Cin, dx + b1 * g.H * g.W * g.Cin, T(0));
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t m0 = b * P; m0 < (b + 1) * P; m0 += R) {
+        const int64_t m1 = std::min((b + 1) * P, m0 + R);
+        gemm(false, false, m1 - m0, K, N, T(1), gy + m0 * N, N, w, K, T(0), dcols, K);
+        col2im_rows(dcols, dx, g, m0, m1);
+      }
+  };
+  if (g.B < max_threads()) {
+    images(0, g.B);
+    return;
+  }
+  parallel_serial_blas(max_threads(), [&](int t, int nt) { images(share(g.B, t, nt), share(g.B, t + 1, nt)); });
+}
+
+template <class T>
+const T* ptr(const Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
+}
+template <class T>
+T* mut(Tensor& t) {
+  return t.defined() ? t.data<T>() : nullptr;
 }
 
 }  // namespace
 
 Shape conv2d_output_shape(const Shape& xs, const Shape& ws, const Conv2dParams& p) {
-  int64_t Ho = (xs[1] + 2 * p.padding - ws[1]) / p.stride + 1, Wo = (xs[2] + 2 * p.padding - ws[2]) / p.stride + 1;
+  DF_CHECK(xs.rank() == 4 && ws.rank() == 4 && p.stride >= 1 && p.padding >= 0, "conv2d: x ", xs.str(), ", weight ",
+           ws.str(), ", stride ", p.stride, ", padding ", p.padding);
+  DF_CHECK(xs[1] + 2 * p.padding >= ws[1] && xs[2] + 2 * p.padding >= ws[2], "conv2d: kernel ", ws[1], "x", ws[2],
+           " larger than the padded input ", xs.str());
+  const int64_t Ho = (xs[1] + 2 * p.padding - ws[1]) / p.stride + 1, Wo = (xs[2] + 2 * p.padding - ws[2]) / p.stride + 1;
   return Shape{xs[0], Ho, Wo, ws[0]};
 }
 
-Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
-  DF_CHECK(x.device().is_cpu(), "conv2d on ", x.device().str(), " needs the CUDA backend");
-  DF_CHECK(x.dtype() == w.dtype() && (x.dtype() == DType::f32 || x.dtype() == DType::f64), "conv2d: x ", x.str(),
-           ", weight ", w.str(), " (cpu: f32 or f64, the same)");
-  Geometry g = geometry(x, w, p);
-  DF_CHECK(!bias.defined() || (bias.dim() == 1 && bias.size(0) == g.Cout), "conv2d: bias ", bias.shape().str(),
-           " for ", g.Cout, " output channels");
-  Tensor y = Tensor::empty({g.B, g.Ho, g.Wo, g.Cout}, x.dtype());
+namespace cpu {
+void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, Tensor& y) {
+  const Geometry g = geometry(x, w, bias, p);
+  check_out(y, Shape{g.B, g.Ho, g.Wo, g.Cout}, x.dtype(), "y");
   if (x.dtype() == DType::f64)
-    forward_impl<double>(x, w, bias, y, g);
+    fast_forward(x.data<double>(), w.data<double>(), ptr<double>(bias), y.data<double>(), g);
   else
-    forward_impl<float>(x, w, bias, y, g);
-  return y;
+    fast_forward(x.data<float>(), w.data<float>(), ptr<float>(bias), y.data<float>(), g);
+}
+
+void conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Conv2dParams& p, Conv2dGrads& r) {
+  const Geometry g = geometry(x, w, Tensor(), p);
+  check_grads(gy, x, w, g, r);
+  auto run = [&](auto tag) {
+    using T = decltype(tag);
+    if (r.db.defined()) bias_grad(gy.data<T>(), r.db.data<T>(), g);
+    if (r.dw.defined()) weight_grad(gy.data<T>(), x.data<T>(), r.dw.data<T>(), g);
+    if (r.dx.defined()) data_grad(gy.data<T>(), w.data<T>(), r.dx.data<T>(), g);
+  };
+  if (x.dtype() == DType::f64)
+    run(double{});
+  else
+    run(float{});
+}
+}  // namespace cpu
+
+namespace ref {
+void conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p, Tensor& y) {
+  const Geometry g = geometry(x, w, bias, p);
+  check_out(y, Shape{g.B, g.Ho, g.Wo, g.Cout}, x.dtype(), "y");
+  if (x.dtype() == DType::f64)
+    ref_forward(x.data<double>(), w.data<double>(), ptr<double>(bias), y.data<double>(), g);
+  else
+    ref_forward(x.data<float>(), w.data<float>(), ptr<float>(bias), y.data<float>(), g);
+}
+
+void conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Conv2dParams& p, Conv2dGrads& r) {
+  const Geometry g = geometry(x, w, Tensor(), p);
+  check_grads(gy, x, w, g, r);
+  if (x.dtype() == DType::f64)
+    ref_backward(gy.data<double>(), x.data<double>(), w.data<double>(), mut<double>(r.dx), mut<double>(r.dw),
+                 mut<double>(r.db), g);
+  else
+    ref_backward(gy.data<float>(), x.data<float>(), w.data<float>(), mut<float>(r.dx), mut<float>(r.dw),
+                 mut<float>(r.db), g);
+}
+}  // namespace ref
+
+Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  if (x.device().is_cpu()) {
+    Tensor y = Tensor::empty(conv2d_output_shape(x.shape(), w.shape(), p), x.dtype());
+    cpu::conv2d_forward(x, w, bias, p, y);
+    return y;
+  }
+  DF_FAIL("conv2d on ", x.device().str(), " needs the CUDA backend");
 }
 
 Conv2dGrads conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Conv2dParams& p, bool need_x,
-                             bool need_w, bool need_b) {
-  Geometry g = geometry(x, w, p);
-  DF_CHECK(gy.shape() == Shape({g.B, g.Ho, g.Wo, g.Cout}), "conv2d backward: gradient ", gy.shape().str(),
-           " for output (", g.B, ", ", g.Ho, ", ", g.Wo, ", ", g.Cout, ")");
-  Conv2dGrads r;
-  if (need_x) r.dx = Tensor::empty(x.shape(), x.dtype());
-  if (need_w) r.dw = Tensor::empty(w.shape(), w.dtype());
-  if (need_b) r.db = Tensor::empty({g.Cout}, w.dtype());
-  if (x.dtype() == DType::f64)
-    backward_impl<double>(gy, x, w, r, g);
-  else
-    backward_impl<float>(gy, x, w, r, g);
-  return r;
+                            bool need_w, bool need_b) {
+  if (x.device().is_cpu()) {
+    Conv2dGrads r;
+    if (need_x) r.dx = Tensor::empty(x.shape(), x.dtype());
+    if (need_w) r.dw = Tensor::empty(w.shape(), w.dtype());
+    if (need_b) r.db = Tensor::empty({w.size(0)}, w.dtype());
+    cpu::conv2d_backward(gy, x, w, p, r);
+    return r;
+  }
+  DF_FAIL("conv2d on ", x.device().str(), " needs the CUDA backend");
 }
 
 }  // namespace diffuse::kernels

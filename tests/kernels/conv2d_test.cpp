@@ -1,6 +1,10 @@
+// conv2d: the fast path (chunked im2col + GEMM, or one GEMM for 1x1) against the plain loops.
 #include <catch2/catch.hpp>
 
-#include "kernels/linalg.h"
+#include <cmath>
+#include <random>
+
+#include "kernels/conv2d.h"
 #include "tests/test_util.h"
 
 using namespace diffuse;
@@ -13,51 +17,123 @@ struct Case {
   bool bias;
 };
 
-// Every stride/padding/kernel combination the UNet uses, plus odd sizes and batch 1.
-const Case kCases[] = {
-    {1, 5, 7, 3, 4, 3, 1, 1, true},   {2, 6, 6, 5, 3, 3, 2, 1, true},  {3, 7, 5, 4, 6, 3, 2, 1, false},
-    {2, 8, 8, 16, 8, 1, 1, 0, true},  {1, 9, 9, 2, 5, 3, 1, 0, true},  {2, 4, 6, 3, 3, 1, 2, 0, false},
-    {4, 14, 14, 8, 16, 3, 1, 1, true}, {1, 1, 1, 3, 2, 3, 1, 1, true},
+std::string str(const Case& c) {
+  std::ostringstream os;
+  os << "x (" << c.B << "," << c.H << "," << c.W << "," << c.Cin << ") w (" << c.Cout << "," << c.K << "," << c.K
+     << "," << c.Cin << ") stride " << c.stride << " pad " << c.pad << (c.bias ? " bias" : " no bias");
+  return os.str();
+}
+
+// Every stride/padding/kernel combination the UNet uses, odd sizes, batch 1, stride 2 over odd H
+// and W, a 1x1 at stride 2 (not the GEMM-only path), a pixel-sized image, and sizes where the
+// rows span several chunks of the fast path (the 28x28 ones) and several images per thread.
+const Case kFixed[] = {
+    {1, 5, 7, 3, 4, 3, 1, 1, true},   {2, 6, 6, 5, 3, 3, 2, 1, true},    {3, 7, 5, 4, 6, 3, 2, 1, false},
+    {2, 8, 8, 16, 8, 1, 1, 0, true},  {1, 9, 9, 2, 5, 3, 1, 0, true},    {2, 4, 6, 3, 3, 1, 2, 0, false},
+    {4, 14, 14, 8, 16, 3, 1, 1, true}, {1, 1, 1, 3, 2, 3, 1, 1, true},   {2, 7, 9, 3, 2, 3, 2, 0, true},
+    {3, 28, 28, 32, 8, 3, 1, 1, true}, {5, 28, 28, 16, 8, 3, 2, 1, false}, {1, 28, 28, 64, 8, 3, 1, 1, false},
+    {1, 5, 5, 1, 1, 1, 1, 1, true},
 };
+
+Case random_case(std::mt19937_64& rng) {
+  auto u = [&](int lo, int hi) { return static_cast<int64_t>(std::uniform_int_distribution<int>(lo, hi)(rng)); };
+  Case c{u(1, 3), u(1, 11), u(1, 11), u(1, 9), u(1, 9), u(0, 1) ? 3 : 1, static_cast<int>(u(1, 2)),
+         static_cast<int>(u(0, 1)), u(0, 1) == 1};
+  if (c.K == 3 && c.pad == 0) c.H = std::max<int64_t>(c.H, 3), c.W = std::max<int64_t>(c.W, 3);
+  return c;
+}
+
+// f32 GEMM against a reference that accumulates in double and rounds once: the fast path's error
+// is the f32 rounding of a sum of n terms, growing like sqrt(n) ulps of the result for random
+// signs, so |got - want| / max(|want|, 1) <= 1e-5 sqrt(n) leaves a wide margin (the typical
+// error is ~1e-7 sqrt(n)) and still fails any indexing mistake, which is O(1).
+void check_close(const Tensor& got, const Tensor& want, int64_t n, const char* what) {
+  const test::Diff d = test::compare(got, want, 1.0);
+  INFO(what << ": " << d.str() << ", sum of " << n << " terms");
+  CHECK(d.nonfinite == 0);
+  CHECK(d.max_rel <= (got.dtype() == DType::f64 ? 1e-12 : 1e-5) * std::sqrt(static_cast<double>(n)));
+}
+
+void run_case(const Case& c, DType dt) {
+  INFO(str(c) << (dt == DType::f64 ? " f64" : " f32"));
+  Tensor x = test::random_tensor({c.B, c.H, c.W, c.Cin}).to(dt);
+  Tensor w = test::random_tensor({c.Cout, c.K, c.K, c.Cin}).to(dt);
+  Tensor b = c.bias ? test::random_tensor({c.Cout}).to(dt) : Tensor();
+  const kernels::Conv2dParams p{c.stride, c.pad};
+  const Shape ys = kernels::conv2d_output_shape(x.shape(), w.shape(), p);
+
+  Tensor y = Tensor::empty(ys, dt), want = Tensor::empty(ys, dt);
+  y.poison_();
+  want.poison_();
+  kernels::cpu::conv2d_forward(x, w, b, p, y);
+  kernels::ref::conv2d_forward(x, w, b, p, want);
+  check_close(y, want, c.K * c.K * c.Cin, "y");
+  CHECK(test::compare(kernels::conv2d_forward(x, w, b, p), y, 1.0).max_abs == 0);  // the dispatch runs cpu::
+
+  Tensor gy = test::random_tensor(ys).to(dt);
+  auto grads = [&] {
+    kernels::Conv2dGrads r{Tensor::empty(x.shape(), dt), Tensor::empty(w.shape(), dt),
+                           c.bias ? Tensor::empty({c.Cout}, dt) : Tensor()};
+    r.dx.poison_();
+    r.dw.poison_();
+    if (c.bias) r.db.poison_();
+    return r;
+  };
+  kernels::Conv2dGrads got = grads(), ref = grads();
+  kernels::cpu::conv2d_backward(gy, x, w, p, got);
+  kernels::ref::conv2d_backward(gy, x, w, p, ref);
+  check_close(got.dx, ref.dx, c.Cout * c.K * c.K, "dx");
+  const int64_t pixels = c.B * ys[1] * ys[2];
+  check_close(got.dw, ref.dw, pixels, "dw");
+  if (c.bias) check_close(got.db, ref.db, pixels, "db");
+
+  // Each gradient alone (the others undefined) gives the same values.
+  kernels::Conv2dGrads only_x{Tensor::empty(x.shape(), dt), Tensor(), Tensor()};
+  kernels::cpu::conv2d_backward(gy, x, w, p, only_x);
+  CHECK(test::compare(only_x.dx, got.dx, 1.0).max_abs == 0);
+  kernels::Conv2dGrads only_w{Tensor(), Tensor::empty(w.shape(), dt), Tensor()};
+  kernels::cpu::conv2d_backward(gy, x, w, p, only_w);
+  CHECK(test::compare(only_w.dw, got.dw, 1.0).max_abs == 0);
+}
 
 }  // namespace
 
 TEST_CASE("conv2d fast path equals the reference loops", "[cpu][kernels]") {
-  for (const Case& c : kCases) {
-    CAPTURE(c.B, c.H, c.W, c.Cin, c.Cout, c.K, c.stride, c.pad, c.bias);
-    Tensor x = test::random_tensor({c.B, c.H, c.W, c.Cin});
-    Tensor w = test::random_tensor({c.Cout, c.K, c.K, c.Cin});
-    Tensor b = c.bias ? test::random_tensor({c.Cout}) : Tensor();
-    kernels::Conv2dParams p{c.stride, c.pad};
-    Tensor y = kernels::conv2d_forward(x, w, b, p);
-    Shape ys = kernels::conv2d_output_shape(x.shape(), w.shape(), p);
-    REQUIRE(y.shape() == ys);
-    Tensor want = Tensor::empty(ys);
-    want.poison_();
-    kernels::ref::conv2d_forward<float>(x.data<float>(), w.data<float>(), c.bias ? b.data<float>() : nullptr,
-                                        want.data<float>(), c.B, c.H, c.W, c.Cin, c.Cout, c.K, c.K, c.stride, c.pad,
-                                        ys[1], ys[2]);
-    // f32 GEMM vs a double-accumulated reference: error grows like sqrt(K) ulps of the partial
-    // sums (|terms| <= 1, K <= 72): 1e-5 relative with an absolute floor of 1e-5.
-    auto d = test::compare(y, want, 1.0);
-    INFO(d.str());
-    CHECK(d.nonfinite == 0);
-    CHECK(d.max_abs < 1e-5 * std::sqrt(double(c.K * c.K * c.Cin)));
+  for (const Case& c : kFixed) run_case(c, DType::f32);
+  std::mt19937_64 rng(test::next_seed());
+  for (int i = 0; i < 40; ++i) run_case(random_case(rng), DType::f32);
+}
 
-    Tensor g = test::random_tensor(ys);
-    kernels::Conv2dGrads r = kernels::conv2d_backward(g, x, w, p, true, true, c.bias);
-    Tensor dx = Tensor::empty(x.shape()), dw = Tensor::empty(w.shape()), db = Tensor::empty({c.Cout});
-    dx.poison_();
-    dw.poison_();
-    kernels::ref::conv2d_backward<float>(g.data<float>(), x.data<float>(), w.data<float>(), dx.data<float>(),
-                                         dw.data<float>(), c.bias ? db.data<float>() : nullptr, c.B, c.H, c.W, c.Cin,
-                                         c.Cout, c.K, c.K, c.stride, c.pad, ys[1], ys[2]);
-    // dW sums over B*Ho*Wo pixels: tolerance scaled by sqrt of that count.
-    double m = std::sqrt(double(c.B * ys[1] * ys[2]));
-    CHECK(test::compare(r.dx, dx, 1.0).max_abs < 1e-5 * std::sqrt(double(c.Cout * c.K * c.K)));
-    CHECK(test::compare(r.dw, dw, 1.0).max_abs < 1e-5 * m);
-    if (c.bias) CHECK(test::compare(r.db, db, 1.0).max_abs < 1e-5 * m);
-  }
+TEST_CASE("conv2d fast path equals the reference loops in f64", "[cpu][kernels]") {
+  for (const Case& c : {kFixed[1], kFixed[3], kFixed[5], kFixed[8]}) run_case(c, DType::f64);
+}
+
+TEST_CASE("conv2d of a one-hot kernel shifts the image", "[cpu][kernels]") {
+  // A 3x3 kernel with a single 1 at (kh, kw) on channel 0 copies x shifted by (kh-1, kw-1),
+  // zero where the shift leaves the image: checks the padding convention exactly.
+  Tensor x = test::random_tensor({2, 5, 6, 1});
+  for (int kh = 0; kh < 3; ++kh)
+    for (int kw = 0; kw < 3; ++kw) {
+      Tensor w = Tensor::zeros({1, 3, 3, 1});
+      w.data<float>()[kh * 3 + kw] = 1.f;
+      Tensor y = kernels::conv2d_forward(x, w, Tensor(), {1, 1});
+      REQUIRE(y.shape() == Shape{2, 5, 6, 1});
+      for (int64_t b = 0; b < 2; ++b)
+        for (int64_t h = 0; h < 5; ++h)
+          for (int64_t v = 0; v < 6; ++v) {
+            const int64_t hi = h + kh - 1, wi = v + kw - 1;
+            const float want = hi < 0 || hi >= 5 || wi < 0 || wi >= 6 ? 0.f : x.data<float>()[(b * 5 + hi) * 6 + wi];
+            REQUIRE(y.data<float>()[(b * 5 + h) * 6 + v] == want);
+          }
+    }
+}
+
+TEST_CASE("conv2d output shapes", "[cpu][kernels]") {
+  CHECK(kernels::conv2d_output_shape({2, 28, 28, 3}, {8, 3, 3, 3}, {1, 1}) == Shape{2, 28, 28, 8});
+  CHECK(kernels::conv2d_output_shape({2, 28, 28, 3}, {8, 3, 3, 3}, {2, 1}) == Shape{2, 14, 14, 8});
+  CHECK(kernels::conv2d_output_shape({2, 7, 7, 3}, {8, 3, 3, 3}, {2, 1}) == Shape{2, 4, 4, 8});
+  CHECK(kernels::conv2d_output_shape({2, 7, 7, 3}, {8, 3, 3, 3}, {1, 0}) == Shape{2, 5, 5, 8});
+  CHECK(kernels::conv2d_output_shape({2, 7, 7, 3}, {8, 1, 1, 3}, {2, 0}) == Shape{2, 4, 4, 8});
 }
 
 TEST_CASE("conv2d rejects shapes that do not fit", "[cpu][kernels]") {
@@ -66,57 +142,12 @@ TEST_CASE("conv2d rejects shapes that do not fit", "[cpu][kernels]") {
                     Catch::Contains("channels"));
   CHECK_THROWS_WITH(kernels::conv2d_forward(x, test::random_tensor({2, 3, 3, 3}), test::random_tensor({3}), {1, 1}),
                     Catch::Contains("bias"));
+  CHECK_THROWS_WITH(kernels::conv2d_forward(x, test::random_tensor({2, 5, 5, 3}), Tensor(), {1, 0}),
+                    Catch::Contains("larger"));
   CHECK_THROWS_AS(kernels::conv2d_forward(x.reshape({4, 4, 3}), test::random_tensor({2, 3, 3, 3}), Tensor(), {}),
                   Error);
-}
-
-TEST_CASE("matmul and linear are exact on small integers", "[cpu][kernels]") {
-  // Products of integers below 8 summed over K <= 40 stay far below 2^24: exact in f32.
-  auto ints = [](const Shape& s) {
-    Tensor t = test::random_tensor(s, -4.f, 4.f);
-    for (int64_t i = 0; i < t.numel(); ++i) t.data<float>()[i] = std::floor(t.data<float>()[i]);
-    return t;
-  };
-  Tensor a = ints({3, 5, 7}), b = ints({3, 7, 4});
-  Tensor y = kernels::matmul_forward(a, b);
-  for (int64_t i = 0; i < 3; ++i)
-    for (int64_t m = 0; m < 5; ++m)
-      for (int64_t n = 0; n < 4; ++n) {
-        float acc = 0;
-        for (int64_t k = 0; k < 7; ++k) acc += a.data<float>()[(i * 5 + m) * 7 + k] * b.data<float>()[(i * 7 + k) * 4 + n];
-        REQUIRE(y.data<float>()[(i * 5 + m) * 4 + n] == acc);
-      }
-  Tensor x = ints({2, 3, 6}), w = ints({4, 6}), bias = ints({4});
-  Tensor l = kernels::linear_forward(x, w, bias);
-  REQUIRE(l.shape() == Shape{2, 3, 4});
-  for (int64_t r = 0; r < 6; ++r)
-    for (int64_t o = 0; o < 4; ++o) {
-      float acc = bias.data<float>()[o];
-      for (int64_t k = 0; k < 6; ++k) acc += x.data<float>()[r * 6 + k] * w.data<float>()[o * 6 + k];
-      REQUIRE(l.data<float>()[r * 4 + o] == acc);
-    }
-  CHECK_THROWS_AS(kernels::matmul_forward(a, ints({3, 6, 4})), Error);
-  CHECK_THROWS_AS(kernels::linear_forward(x, ints({4, 5}), Tensor()), Error);
-}
-
-TEST_CASE("resampling and channel concat move the right values", "[cpu][kernels]") {
-  Tensor x = test::random_tensor({2, 3, 5, 4});
-  Tensor up = kernels::upsample_nearest2x_forward(x);
-  REQUIRE(up.shape() == Shape{2, 6, 10, 4});
-  for (int64_t b = 0; b < 2; ++b)
-    for (int64_t h = 0; h < 6; ++h)
-      for (int64_t w = 0; w < 10; ++w)
-        for (int64_t c = 0; c < 4; ++c)
-          REQUIRE(up.data<float>()[((b * 6 + h) * 10 + w) * 4 + c] == x.data<float>()[((b * 3 + h / 2) * 5 + w / 2) * 4 + c]);
-  Tensor pooled = kernels::avg_pool2x_forward(up);
-  CHECK(test::compare(pooled, x).max_abs < 1e-6);
-  CHECK_THROWS_AS(kernels::avg_pool2x_forward(x), Error);  // odd H
-  Tensor a = test::random_tensor({2, 3, 2}), b = test::random_tensor({2, 3, 5});
-  Tensor cat = kernels::concat_last_forward({a, b});
-  REQUIRE(cat.shape() == Shape{2, 3, 7});
-  CHECK(kernels::slice_last_forward(cat, 0, 2).to_vector() == a.to_vector());
-  CHECK(kernels::slice_last_forward(cat, 2, 7).to_vector() == b.to_vector());
-  Tensor back = kernels::slice_last_backward(b, 7, 2);
-  CHECK(kernels::slice_last_forward(back, 2, 7).to_vector() == b.to_vector());
-  for (float v : kernels::slice_last_forward(back, 0, 2).to_vector()) CHECK(v == 0.f);
+  CHECK_THROWS_AS(kernels::conv2d_forward(x.to(DType::f64), test::random_tensor({2, 3, 3, 3}), Tensor(), {}), Error);
+  CHECK_THROWS_AS(kernels::conv2d_backward(test::random_tensor({1, 3, 3, 2}), x, test::random_tensor({2, 3, 3, 3}),
+                                           {1, 1}, true, true, false),
+                  Error);
 }
