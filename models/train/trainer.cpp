@@ -141,8 +141,6 @@ nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_cl
   return u;
 }
 
-namespace {
-
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
   return c.schedule == "cosine" ? diffusion::DiscreteSchedule::cosine(c.timesteps)
                                 : diffusion::DiscreteSchedule::linear(c.timesteps);
@@ -153,6 +151,18 @@ diffusion::Prediction prediction_of(const TrainConfig& c) {
   if (c.objective == "v") return diffusion::Prediction::v;
   return diffusion::Prediction::eps;
 }
+
+diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device) {
+  return [unet, timesteps, device](const Tensor& z, const Tensor& t, const Tensor& labels) {
+    std::vector<float> steps = t.to_vector();
+    for (float& v : steps) v = v * static_cast<float>(timesteps) - 1.f;
+    Tensor tt = Tensor::from_vector(steps, {static_cast<int64_t>(steps.size())}, device);
+    ag::Var out = unet->forward(ag::Var(z.to(device)), tt, labels.defined() ? labels.to(device) : labels);
+    return out.value().to(Device::cpu());
+  };
+}
+
+namespace {
 
 // Random streams of one run: each use draws from (seed, step * kStreams + use).
 constexpr uint64_t kStreams = 8;
@@ -313,10 +323,7 @@ Tensor sample_grid(Run& r, int64_t step) {
     for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>(i) % r.unet->config().num_classes;
     o.labels = Tensor::from_vector_i64(labels, {r.cfg.sample_count});
   }
-  auto unet = r.unet;
-  diffusion::Denoiser f = [unet](const Tensor& z, const Tensor& t, const Tensor& labels) {
-    return unet->forward(ag::Var(z), t, labels).value();
-  };
+  diffusion::Denoiser f = make_denoiser(r.unet, r.cfg.timesteps, r.device);
   Tensor x = diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);
   r.unet->train();
   r.ema->swap();

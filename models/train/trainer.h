@@ -15,6 +15,8 @@
 #include <nlohmann/json.hpp>
 
 #include "models/data/dataset.h"
+#include "models/diffusion/sampler.h"
+#include "models/diffusion/schedule.h"
 #include "models/nn/unet.h"
 
 namespace diffuse::train {
@@ -89,5 +91,13 @@ struct LoadedModel {
   int64_t step = 0;
 };
 LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = true);
+
+// The sampler's view of a trained UNet: the samplers pass continuous time t in [0, 1] with
+// discrete step i at t = (i + 1) / T, while the network was trained on the step index i (DDPM's
+// embedding scale), so t maps to t * T - 1. Inputs and outputs are cpu f32; the model runs on
+// `device`.
+diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device);
+diffusion::DiscreteSchedule make_schedule(const TrainConfig& c);
+diffusion::Prediction prediction_of(const TrainConfig& c);
 
 }  // namespace diffuse::train
