@@ -1,6 +1,6 @@
 // autograd/linalg.h: differentiable matrix products, convolution, resampling, concat, reshape.
-// Each forward records its backward rule beside it (autograd/linalg.cpp); kernels/linalg.h does
-// the arithmetic.
+// Each forward records its backward rule beside it (autograd/linalg.cpp); the kernels in
+// kernels/matmul.h, conv2d.h, resample.h and concat.h do the arithmetic.
 #pragma once
 
 #include <vector>

@@ -10,11 +10,11 @@
 //   backward-weights  dw    = gy^T cols              Cout x K x M
 //   backward-data     dcols = gy w, scattered back into dx (col2im)
 //   bias              db    = column sums of gy
-// A 1x1 stride-1 unpadded convolution needs no cols: x itself is that matrix, one threaded GEMM.
-// Otherwise cols is never materialised whole (it is KH*KW times the input: 58 MB for a 3x3 over
+// cols is never materialised whole (it is KH*KW times the input: 58 MB for a 3x3 over
 // (64,28,28,32)): the rows are cut into chunks of ~kChunkBytes of cols, each built in a
 // thread-local scratch that stays in L2 and consumed at once by a single-threaded GEMM, with the
-// chunks split across OpenMP threads, so the cols never round-trip through memory.
+// chunks split across OpenMP threads. A 1x1 stride-1 unpadded convolution needs no cols: its
+// chunks are rows of x itself (and of dx in backward-data).
 // Backward-data scatters overlapping patches, so its chunks are whole images per thread (patches
 // of different images never overlap); backward-weights sums per-thread partial dw in a fixed
 // order, so results do not depend on timing.
@@ -147,14 +147,17 @@ void ref_backward(const T* gy, const T* x, const T* w, T* dx, T* dw, T* db, cons
 
 // ---- fast path ----------------------------------------------------------------------------------
 
-// Bytes of cols per chunk: large enough that the GEMM runs near its full rate (OpenBLAS packs
-// panels of a few hundred rows), small enough that the chunk and its GEMM panels stay in the
-// 2 MB L2 of the target. Chosen by bench/cpu_conv.cpp.
-constexpr int64_t kChunkBytes = 256 << 10;
+// Rows per chunk: ~256 KB of cols, and at least 128 rows. The chunk and the GEMM's packed panels
+// then stay in the 2 MB L2 of the target, and the GEMM still runs at its full rate (OpenBLAS
+// SkylakeX kernels, one thread: ~100 GFLOP/s at M = 256..1024 rows against ~67 for the whole
+// 50k-row product, whose operands stream from memory). The floor matters where K is long
+// (3x3x256: 16 rows would leave the GEMM at half its rate). Chosen by bench/cpu_conv.cpp over
+// 128 KB..1 MB and floors 16..128; the figures are in docs/benchmarks.md.
+constexpr int64_t kChunkBytes = 256 << 10, kMinChunkRows = 128;
 
 int64_t chunk_rows(const Geometry& g, size_t elem) {
   const int64_t r = kChunkBytes / (g.K() * static_cast<int64_t>(elem));
-  return std::clamp<int64_t>(r / 16 * 16, 16, 4096);
+  return std::max(r / 16 * 16, kMinChunkRows);
 }
 
 int max_threads() {
@@ -167,8 +170,7 @@ int max_threads() {
 
 // Thread-local scratch, reused across calls: a training step calls conv2d dozens of times with
 // a handful of sizes, and a fresh allocation per call would page-fault its way through memory.
-// Two slots, because backward-data holds dcols while nothing else is live, and the partial dw of
-// backward-weights live across the whole loop beside the cols chunk.
+// Slot 0 holds a cols chunk (forward, backward-weights), slot 1 a dcols chunk (backward-data).
 template <class T>
 T* scratch(int slot, size_t n) {
   thread_local std::vector<T> buf[2];
@@ -260,30 +262,40 @@ void col2im_rows(const T* dcols, T* dx, const Geometry& g, int64_t m0, int64_t m
   }
 }
 
-// Thread t of T gets chunks [n t / T, n (t+1) / T): contiguous, fixed by the thread count.
-inline int64_t share(int64_t n, int t, int T) { return n * t / T; }
+// Thread t of nt gets items [n t / nt, n (t+1) / nt): contiguous, fixed by the thread count, so
+// every sum is formed in the same order whatever the timing.
+inline int64_t share(int64_t n, int t, int nt) { return n * t / nt; }
+
+// Row chunks [m0, m1) of an M-row product, R rows each, split across threads: body(t, m0, m1).
+int chunk_threads(int64_t M, int64_t R) {
+  return static_cast<int>(std::clamp<int64_t>((M + R - 1) / R, 1, max_threads()));
+}
+
+template <class Body>
+void for_each_chunk(int64_t M, int64_t R, Body&& body) {
+  const int64_t chunks = (M + R - 1) / R;
+  parallel_serial_blas(chunk_threads(M, R), [&](int t, int nt) {
+    for (int64_t c = share(chunks, t, nt); c < share(chunks, t + 1, nt); ++c) body(t, c * R, std::min(M, c * R + R));
+  });
+}
+
+// Rows [m0, m1) of cols: x itself for a 1x1 stride-1 unpadded conv, else built in `scratch`.
+template <class T>
+const T* cols_rows(const T* x, T* scratch_rows, const Geometry& g, int64_t m0, int64_t m1) {
+  if (g.direct()) return x + m0 * g.K();
+  im2col_rows(x, scratch_rows, g, m0, m1);
+  return scratch_rows;
+}
 
 template <class T>
 void fast_forward(const T* x, const T* w, const T* bias, T* y, const Geometry& g) {
-  const int64_t M = g.M(), K = g.K(), N = g.Cout;
-  auto seed_bias = [&](int64_t m0, int64_t m1) {  // C starts at the bias; the GEMM adds onto it
-    for (int64_t m = m0; m < m1; ++m) std::memcpy(y + m * N, bias, sizeof(T) * N);
-  };
+  const int64_t K = g.K(), N = g.Cout, R = chunk_rows(g, sizeof(T));
   const T beta = bias ? T(1) : T(0);
-  if (g.direct()) {
-    if (bias) seed_bias(0, M);
-    gemm(false, true, M, N, K, T(1), x, K, w, K, beta, y, N);
-    return;
-  }
-  const int64_t R = chunk_rows(g, sizeof(T)), chunks = (M + R - 1) / R;
-  parallel_serial_blas(static_cast<int>(std::min<int64_t>(max_threads(), chunks)), [&](int t, int nt) {
-    T* cols = scratch<T>(0, static_cast<size_t>(R * K));
-    for (int64_t c = share(chunks, t, nt); c < share(chunks, t + 1, nt); ++c) {
-      const int64_t m0 = c * R, m1 = std::min(M, m0 + R);
-      im2col_rows(x, cols, g, m0, m1);
-      if (bias) seed_bias(m0, m1);
-      gemm(false, true, m1 - m0, N, K, T(1), cols, K, w, K, beta, y + m0 * N, N);
-    }
+  for_each_chunk(g.M(), R, [&](int, int64_t m0, int64_t m1) {
+    const T* cols = cols_rows(x, g.direct() ? nullptr : scratch<T>(0, static_cast<size_t>(R * K)), g, m0, m1);
+    if (bias)  // C starts at the bias and the GEMM adds onto it: one pass over y
+      for (int64_t m = m0; m < m1; ++m) std::memcpy(y + m * N, bias, sizeof(T) * N);
+    gemm(false, true, m1 - m0, N, K, T(1), cols, K, w, K, beta, y + m0 * N, N);
   });
 }
 
@@ -306,59 +318,63 @@ void bias_grad(const T* gy, T* db, const Geometry& g) {
   }
 }
 
+// dw = gy^T cols, chunk by chunk, even for a 1x1 conv: OpenBLAS threads a single tall-skinny
+// product (Cout x Cin x 50k rows) over its small C, which measured 3-6x slower on 2 threads.
+// Thread 0 accumulates straight into dw, the others into partials added after in thread order.
 template <class T>
 void weight_grad(const T* gy, const T* x, T* dw, const Geometry& g) {
-  const int64_t M = g.M(), K = g.K(), N = g.Cout;
-  if (g.direct()) {
-    gemm(true, false, N, K, M, T(1), gy, N, x, K, T(0), dw, K);
-    return;
-  }
-  const int64_t R = chunk_rows(g, sizeof(T)), chunks = (M + R - 1) / R;
-  const int nt = static_cast<int>(std::min<int64_t>(max_threads(), chunks));
-  // Thread 0 accumulates straight into dw; the others into partials, added after in order.
+  const int64_t K = g.K(), N = g.Cout, R = chunk_rows(g, sizeof(T));
+  const int nt = chunk_threads(g.M(), R);
   std::vector<T> part(static_cast<size_t>((nt - 1) * N * K));
-  parallel_serial_blas(nt, [&](int t, int T_) {
-    T* cols = scratch<T>(0, static_cast<size_t>(R * K));
-    T* acc = t == 0 ? dw : part.data() + (t - 1) * N * K;
-    T beta = T(0);
-    for (int64_t c = share(chunks, t, T_); c < share(chunks, t + 1, T_); ++c, beta = T(1)) {
-      const int64_t m0 = c * R, m1 = std::min(M, m0 + R);
-      im2col_rows(x, cols, g, m0, m1);
-      gemm(true, false, N, K, m1 - m0, T(1), gy + m0 * N, N, cols, K, beta, acc, K);
-    }
-    if (beta == T(0)) std::fill(acc, acc + N * K, T(0));  // no chunk reached this thread
+  std::vector<char> started(static_cast<size_t>(nt), 0);
+  auto acc_of = [&](int t) { return t == 0 ? dw : part.data() + (t - 1) * N * K; };
+  for_each_chunk(g.M(), R, [&](int t, int64_t m0, int64_t m1) {
+    const T* cols = cols_rows(x, g.direct() ? nullptr : scratch<T>(0, static_cast<size_t>(R * K)), g, m0, m1);
+    gemm(true, false, N, K, m1 - m0, T(1), gy + m0 * N, N, cols, K, started[t] ? T(1) : T(0), acc_of(t), K);
+    started[t] = 1;
   });
-  for (int t = 1; t < nt; ++t) {
-    const T* p = part.data() + (t - 1) * N * K;
-    for (int64_t i = 0; i < N * K; ++i) dw[i] += p[i];
-  }
+  if (!started[0]) std::fill(dw, dw + N * K, T(0));
+  for (int t = 1; t < nt; ++t)
+    if (started[t]) {
+      const T* p = acc_of(t);
+      for (int64_t i = 0; i < N * K; ++i) dw[i] += p[i];
+    }
 }
 
 template <class T>
 void data_grad(const T* gy, const T* w, T* dx, const Geometry& g) {
-  const int64_t K = g.K(), N = g.Cout, P = g.Ho * g.Wo;
-  if (g.direct()) {
-    gemm(false, false, g.M(), K, N, T(1), gy, N, w, K, T(0), dx, K);
+  const int64_t K = g.K(), N = g.Cout, P = g.Ho * g.Wo, HWC = g.H * g.W * g.Cin;
+  if (g.direct()) {  // dcols is dx: any chunking, straight into dx
+    for_each_chunk(g.M(), chunk_rows(g, sizeof(T)), [&](int, int64_t m0, int64_t m1) {
+      gemm(false, false, m1 - m0, K, N, T(1), gy + m0 * N, N, w, K, T(0), dx + m0 * K, K);
+    });
     return;
   }
-  // Whole images per thread: the scatter of one image never touches another's dx. With fewer
-  // images than threads, one thread runs and OpenBLAS threads each chunk's GEMM instead.
-  const int64_t R = std::min(chunk_rows(g, sizeof(T)), P);
-  auto images = [&](int64_t b0, int64_t b1) {
+  // Chunks never straddle an image boundary, and each thread takes whole images, so the scatter
+  // of one thread never touches another's dx. A chunk is part of one image (large images) or
+  // several whole images (small ones: one 7x7 image is 49 rows, too few for a GEMM at full rate).
+  const int64_t R0 = chunk_rows(g, sizeof(T));
+  const int64_t per_image = P >= R0 ? (P + R0 - 1) / R0 : 1;  // chunks per image
+  const int64_t images = P >= R0 ? 1 : std::max<int64_t>(1, R0 / P);  // images per chunk
+  const int64_t R = P >= R0 ? R0 : images * P;
+  auto run = [&](int64_t b0, int64_t b1) {  // images [b0, b1)
+    if (b0 >= b1) return;
     T* dcols = scratch<T>(1, static_cast<size_t>(R * K));
-    std::fill(dx + b0 * g.H * g.W * g.Cin, dx + b1 * g.H * g.W * g.Cin, T(0));
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t m0 = b * P; m0 < (b + 1) * P; m0 += R) {
-        const int64_t m1 = std::min((b + 1) * P, m0 + R);
+    std::fill(dx + b0 * HWC, dx + b1 * HWC, T(0));
+    for (int64_t b = b0; b < b1; b += images)
+      for (int64_t c = 0; c < per_image; ++c) {
+        const int64_t m0 = b * P + c * R, m1 = std::min({m0 + R, (b + 1) * P + (images - 1) * P, b1 * P});
         gemm(false, false, m1 - m0, K, N, T(1), gy + m0 * N, N, w, K, T(0), dcols, K);
         col2im_rows(dcols, dx, g, m0, m1);
       }
   };
-  if (g.B < max_threads()) {
-    images(0, g.B);
+  // With fewer images than threads, one thread runs and OpenBLAS threads each chunk's GEMM.
+  const int nt = static_cast<int>(std::min<int64_t>(max_threads(), g.B));
+  if (nt <= 1) {
+    run(0, g.B);
     return;
   }
-  parallel_serial_blas(max_threads(), [&](int t, int nt) { images(share(g.B, t, nt), share(g.B, t + 1, nt)); });
+  parallel_serial_blas(nt, [&](int t, int T_) { run(share(g.B, t, T_), share(g.B, t + 1, T_)); });
 }
 
 template <class T>
