@@ -2,6 +2,7 @@
 // Launchers take raw pointers; the emulator builds the same ones in namespace diffuse::emu.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "core/dtype.h"
@@ -13,7 +14,12 @@
   void tensor_cast(const void* src, DType src_dtype, void* dst, DType dst_dtype, int64_t n, void* stream); \
   /* p[i] = normal ? mean + std * N_i : lo + (hi - lo) * U_i, element i of stream (seed, offset) */  \
   void tensor_philox_fill(float* p, int64_t n, uint64_t seed, uint64_t offset, bool normal, float a, float b, \
-                          void* stream);
+                          void* stream);                                                              \
+  /* dst[0..bytes) = src[0..bytes), host to device, as kernel arguments: the bytes are copied when    \
+     the call returns (no pinned buffer, no wait), the write happens in stream order. For the few    \
+     hundred bytes of per-step scalars of a training or sampling loop, where cudaMemcpyAsync from     \
+     pageable memory could block the host. */                                                         \
+  void tensor_upload(void* dst, const void* src, size_t bytes, void* stream);
 
 namespace diffuse {
 namespace cuda { DIFFUSE_TENSOR_LAUNCHERS }

@@ -201,6 +201,20 @@ __global__ void __launch_bounds__(kBlock) tensor_philox_fill_kernel(float* __res
   }
 }
 
+// ---- upload ---------------------------------------------------------------------------------
+// Kernel parameters live in constant memory and are copied by the launch itself, so a struct of
+// bytes passed by value is a host-to-device copy that neither needs pinned memory nor waits for
+// the stream. Parameters are limited to 4 KiB (before CUDA 12.1), hence chunks of kUploadBytes.
+constexpr int kUploadBytes = 4000;
+struct UploadChunk {
+  unsigned char bytes[kUploadBytes];
+};
+
+__global__ void __launch_bounds__(kBlock) tensor_upload_kernel(unsigned char* __restrict__ dst, UploadChunk chunk,
+                                                               int n) {
+  for (int i = threadIdx.x; i < n; i += kBlock) dst[i] = chunk.bytes[i];
+}
+
 }  // namespace
 
 void tensor_fill(void* p, DType dtype, int64_t n, double value, void* stream) {
@@ -245,6 +259,18 @@ void tensor_philox_fill(float* p, int64_t n, uint64_t seed, uint64_t offset, boo
   const float scale = normal ? b : b - a;
   DF_LAUNCH(tensor_philox_fill_kernel, dim3(grid_for((n + 3) / 4)), dim3(kBlock), 0, stream, p, n, seed, offset,
             normal, a, scale);
+}
+
+void tensor_upload(void* dst, const void* src, size_t bytes, void* stream) {
+  if (bytes == 0) return;
+  DF_CHECK(dst != nullptr && src != nullptr, "tensor_upload: null pointer");
+  for (size_t at = 0; at < bytes; at += sizeof(UploadChunk)) {
+    const size_t left = bytes - at;
+    const int n = static_cast<int>(left < sizeof(UploadChunk) ? left : sizeof(UploadChunk));
+    UploadChunk chunk{};
+    std::memcpy(chunk.bytes, static_cast<const unsigned char*>(src) + at, static_cast<size_t>(n));
+    DF_LAUNCH(tensor_upload_kernel, dim3(1), dim3(kBlock), 0, stream, static_cast<unsigned char*>(dst) + at, chunk, n);
+  }
 }
 
 }  // namespace diffuse::DF_BACKEND

@@ -57,6 +57,10 @@ struct SamplerStepParams {
   const float* eps_shift = nullptr;  // nullable: added to eps after clipping (classifier guidance)
   float* x0_out = nullptr;           // nullable: receives the final x0 prediction
   uint64_t seed = 0, offset = 0;     // Philox stream of the step's noise
+  // Nullable: the stream's seed is seed ^ *seed_xor, read when the step runs (device memory for
+  // the CUDA kernel), so a captured CUDA graph of a sampling loop draws another seed's noise per
+  // replay without being captured again.
+  const uint64_t* seed_xor = nullptr;
 };
 
 // The reference: plain loops, OpenMP over elements. z_next may be z (in place).

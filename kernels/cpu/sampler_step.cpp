@@ -17,6 +17,7 @@ void sampler_step_cpu(const SamplerStepParams& p, const float* z, const float* m
   DF_CHECK(!p.learned_variance || (p.channels > 0 && n_per_sample % p.channels == 0),
            "sampler_step: learned variance needs N divisible by C, got N=", n_per_sample, " C=", p.channels);
   const int64_t C = p.channels;
+  const uint64_t seed = p.seed_xor ? p.seed ^ *p.seed_xor : p.seed;
   // Learned variance doubles the channels of the model output; the prediction is the first half.
   const int64_t out_per_sample = p.learned_variance ? 2 * n_per_sample : n_per_sample;
   const float w = p.guidance_scale;
@@ -60,7 +61,7 @@ void sampler_step_cpu(const SamplerStepParams& p, const float* z, const float* m
           const float v = 0.5f * (r + 1.f);
           sd *= std::exp(0.5f * (v * k.log_var_max + (1.f - v) * k.log_var_min));
         }
-        next += sd * philox_normal(p.seed, p.offset, static_cast<uint64_t>(i));
+        next += sd * philox_normal(seed, p.offset, static_cast<uint64_t>(i));
       }
       if (p.x0_out) p.x0_out[i] = x0;
       z_next[i] = next;

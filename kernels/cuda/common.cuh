@@ -31,6 +31,26 @@ inline unsigned grid_for(int64_t work_items, int block, int64_t max_grid = kMaxG
 
 inline bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+// n / d for a runtime divisor d, as a multiply-high and a shift (Granlund & Montgomery 1994,
+// "Division by invariant integers using multiplication", the round-up variant PyTorch's
+// IntDivider uses): a 32-bit integer division is a ~20-instruction sequence on the GPU, and the
+// broadcast and resampling kernels need one or two per element. Exact for n < 2^31 (then the sum
+// below cannot carry out of 32 bits) and 1 <= d <= 2^31.
+struct FastDivmod {
+  uint32_t d = 1, m = 1, s = 0;
+
+  static FastDivmod of(uint32_t divisor) {
+    FastDivmod f;
+    f.d = divisor;
+    f.s = 0;
+    while ((uint64_t{1} << f.s) < divisor) ++f.s;
+    // m = floor(2^32 (2^s - d) / d) + 1 < 2^32, since 2^s - d < d.
+    f.m = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << f.s) - divisor)) / divisor + 1);
+    return f;
+  }
+  DF_DEVICE_INLINE uint32_t div(uint32_t n) const { return (__umulhi(n, m) + n) >> s; }
+};
+
 // 16 bytes of T: one 128-bit load or store when the address is 16-byte aligned (4 floats or
 // 8 bf16), which is what saturates DRAM bandwidth in a memory-bound kernel.
 template <class T>

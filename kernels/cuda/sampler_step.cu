@@ -32,6 +32,7 @@ __global__ void __launch_bounds__(kBlock) sampler_step_kernel(SamplerStepParams 
   const int64_t C = p.channels;
   const int64_t out_per_sample = p.learned_variance ? 2 * n_per_sample : n_per_sample;
   const float w = p.guidance_scale;
+  const uint64_t seed = p.seed_xor ? p.seed ^ *p.seed_xor : p.seed;
   const int64_t blocks = (n + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t blk = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; blk < blocks; blk += stride) {
@@ -81,7 +82,7 @@ __global__ void __launch_bounds__(kBlock) sampler_step_kernel(SamplerStepParams 
           sd *= expf(0.5f * (v * k.log_var_max + (1.f - v) * k.log_var_min));
         }
         if (!have_noise) {
-          philox_normal4(philox_block(p.seed, p.offset, static_cast<uint64_t>(blk)), noise);
+          philox_normal4(philox_block(seed, p.offset, static_cast<uint64_t>(blk)), noise);
           have_noise = true;
         }
         next += sd * noise[j];

@@ -115,6 +115,18 @@ TEST_CASE("tensor_philox_fill under the emulator draws the CPU's stream bit for 
   });
 }
 
+TEST_CASE("tensor_upload under the emulator copies the bytes, across chunks", "[emu][core]") {
+  for_each_order([] {
+    for (int64_t n : {1L, 4000L, 9001L}) {
+      Tensor src = Tensor::rand({n}, next_seed(), 0, 0.f, 255.f).to(DType::u8);
+      Tensor dst = Tensor::empty({n + 1}, DType::u8).poison_();
+      emu::tensor_upload(dst.raw(), src.raw(), static_cast<size_t>(n), nullptr);
+      CHECK(bit_mismatches(dst.slice(0, n), src) == 0);
+      CHECK(static_cast<const uint8_t*>(dst.raw())[n] == 0x7f);  // nothing past the end
+    }
+  });
+}
+
 #endif  // DIFFUSE_HAVE_SIMT
 
 TEST_CASE("tensor kernels on the GPU equal the CPU paths bit for bit", "[cuda][core]") {
@@ -145,5 +157,10 @@ TEST_CASE("tensor kernels on the GPU equal the CPU paths bit for bit", "[cuda][c
   CHECK(bit_mismatches(g.to(Device::cpu()), Tensor::randn({n}, seed, 5)) == 0);
   cuda::tensor_philox_fill(g.data<float>(), n, seed, 5, false, -1.f, 3.f, current_stream());
   CHECK(bit_mismatches(g.to(Device::cpu()), Tensor::rand({n}, seed, 5, -1.f, 3.f)) == 0);
+  // Uploads: the bytes arrive in stream order, across more than one 4000-byte chunk.
+  Tensor src = Tensor::rand({9001}, next_seed(), 0, 0.f, 255.f).to(DType::u8);
+  Tensor dst = Tensor::empty({9001}, DType::u8, gpu).poison_();
+  cuda::tensor_upload(dst.raw(), src.raw(), 9001, current_stream());
+  CHECK(bit_mismatches(dst.to(Device::cpu()), src) == 0);
 #endif
 }

@@ -138,13 +138,11 @@ TEST_CASE("axpby under the emulator: b = 0 ignores y, else a x + b y", "[emu][ke
           want0[i] = a * xv[i];
         }
         Tensor xb = EmuLaunch::placed(x, skew), yb = EmuLaunch::placed(y0, skew);
-        emu::axpby(a, static_cast<float*>(EmuLaunch::at(xb, skew)), b, static_cast<float*>(EmuLaunch::at(yb, skew)), n,
-                   nullptr);
+        emu::axpby(a, EmuLaunch::at(xb, skew), b, EmuLaunch::at(yb, skew), DType::f32, n, nullptr);
         Tensor got = EmuLaunch::finish(yb, n, skew);
         CHECK(allclose(got.to_vector(), want, 1e-6, 2e-6));
         Tensor zb = EmuLaunch::buffer(n, DType::f32, skew);  // NaN-poisoned: must not be read
-        emu::axpby(a, static_cast<float*>(EmuLaunch::at(xb, skew)), 0.f, static_cast<float*>(EmuLaunch::at(zb, skew)),
-                   n, nullptr);
+        emu::axpby(a, EmuLaunch::at(xb, skew), 0.f, EmuLaunch::at(zb, skew), DType::f32, n, nullptr);
         CHECK(EmuLaunch::finish(zb, n, skew).to_vector() == want0);
       }
     }
@@ -176,9 +174,171 @@ TEST_CASE("elementwise kernels on the GPU match the reference", "[cuda][kernels]
   const int64_t n = 1000003;
   Tensor x = random_tensor({n}), y = random_tensor({n});
   Tensor yd = y.to(gpu);
-  cuda::axpby(0.5f, x.to(gpu).data<float>(), 2.f, yd.data<float>(), n, current_stream());
+  cuda::axpby(0.5f, x.to(gpu).raw(), 2.f, yd.raw(), DType::f32, n, current_stream());
   std::vector<float> xv = x.to_vector(), yv = y.to_vector(), want(n);
   for (int64_t i = 0; i < n; ++i) want[i] = 0.5f * xv[i] + 2.f * yv[i];
   CHECK(allclose(yd.to(Device::cpu()).to_vector(), want, 1e-6, 2e-6));  // the GPU may fuse into an FMA
+#endif
+}
+
+// ---- broadcast binary ops, unary ops, affine maps, dropout, swap ---------------------------------
+//
+// Each check runs the launchers of one backend (the emulator on host buffers, or the GPU) through a
+// table of their function pointers, against the cpu reference loops of kernels/elementwise.h run in
+// f64 on the same inputs. Tolerances: f32 binary ops are one rounding of the exact result (add, sub,
+// mul of f32 inputs are exact in double; div is rounded twice): rtol 2.4e-7. Unary ops: the rtol of
+// silu above (2e-6, the GPU's expf/log1pf/tanhf are within 2 ulp), atol 1e-6 near roots; log and sqrt
+// run on positive inputs. bf16: the f32 result rounded once to bf16, which a last-bit difference in
+// the f32 value may flip: one bf16 ulp, rtol 8e-3 (atol 1e-6 for results near zero).
+
+#include "kernels/cuda/elementwise.h"
+
+namespace {
+
+using kernels::BinaryOp;
+using kernels::Dims;
+using kernels::UnaryOp;
+
+struct ElementwiseOps {
+  decltype(&emu::binary_forward) binary_forward;
+  decltype(&emu::broadcast_to) broadcast_to;
+  decltype(&emu::unary_forward) unary_forward;
+  decltype(&emu::unary_backward) unary_backward;
+  decltype(&emu::affine) affine;
+  decltype(&emu::axpby) axpby;
+  decltype(&emu::dropout) dropout;
+  decltype(&emu::swap) swap;
+  Device device;
+};
+#define DF_ELEMENTWISE_OPS(ns, dev)                                                                       \
+  ElementwiseOps {                                                                                      \
+    &ns::binary_forward, &ns::broadcast_to, &ns::unary_forward, &ns::unary_backward, &ns::affine,       \
+        &ns::axpby, &ns::dropout, &ns::swap, dev                                                        \
+  }
+
+Dims dims_of(const Shape& s) {
+  Dims d;
+  d.rank = s.rank();
+  for (int i = 0; i < s.rank(); ++i) d.d[i] = s[i];
+  return d;
+}
+
+// A poisoned output on the backend's device.
+Tensor out_on(const ElementwiseOps& ops, const Shape& s, DType t) { return Tensor::empty(s, t, ops.device).poison_(); }
+
+Tol elementwise_tol(DType t, double f32_rtol) { return t == DType::f32 ? Tol{f32_rtol, 1e-6} : Tol{8e-3, 1e-6}; }
+
+// want (f64 reference values) rounded to the storage type, as the kernel's last step does.
+std::vector<float> stored_as(const Tensor& want64, DType t) { return want64.to(DType::f32).to(t).to_vector(); }
+
+void check_elementwise_ops(const ElementwiseOps& ops) {
+  const Device cpu = Device::cpu();
+  struct Case {
+    Shape a, b;
+  };
+  // Same shape (packs), bias (C) onto (B,H,W,C), per-sample scalar, (B,1,1,C) time projection, both
+  // sides broadcasting, rank mismatch, one element, an odd innermost size (no packs).
+  const Case cases[] = {{{3, 5, 16}, {3, 5, 16}}, {{2, 3, 5, 16}, {16}},     {{3, 4, 5, 8}, {3, 1, 1, 1}},
+                        {{2, 4, 4, 24}, {2, 1, 1, 24}}, {{3, 1, 8}, {1, 5, 8}}, {{4, 1}, {1, 6}},
+                        {{1}, {2, 3}},              {{5, 1, 3, 1}, {4, 1, 2}}, {{2, 3, 7}, {7}}};
+  for (DType t : {DType::f32, DType::bf16}) {
+    for (const Case& c : cases) {
+      for (BinaryOp op : {BinaryOp::add, BinaryOp::sub, BinaryOp::mul, BinaryOp::div}) {
+        INFO(dtype_name(t) << " " << c.a.str() << " op " << c.b.str() << " (" << int(op) << ")");
+        // div: b away from zero, so the quotient's rounding is the only error.
+        Tensor a = random_tensor(c.a).to(t), b = random_tensor(c.b, 0.5f, 2.f).to(t);
+        Tensor want = Tensor::empty(kernels::broadcast_shape(c.a, c.b), DType::f64);
+        kernels::ref::binary_forward(op, a.to(DType::f64), b.to(DType::f64), want);
+        Tensor ad = a.to(ops.device), bd = b.to(ops.device), out = out_on(ops, want.shape(), t);
+        ops.binary_forward(op, ad.raw(), dims_of(c.a), bd.raw(), dims_of(c.b), out.raw(), t, current_stream());
+        const Tol tol = elementwise_tol(t, 2.4e-7);
+        INFO(compare(out.to(cpu).to_vector(), stored_as(want, t)).str());
+        CHECK(allclose(out.to(cpu).to_vector(), stored_as(want, t), tol.rtol, tol.atol));
+      }
+      // broadcast_to: b repeated to the broadcast shape, exactly.
+      const Shape o = kernels::broadcast_shape(c.a, c.b);
+      Tensor b = random_tensor(c.b).to(t);
+      Tensor want = Tensor::empty(o, DType::f64);
+      kernels::ref::broadcast_to(b.to(DType::f64), want);
+      Tensor out = out_on(ops, o, t);
+      ops.broadcast_to(b.to(ops.device).raw(), dims_of(c.b), out.raw(), dims_of(o), t, current_stream());
+      CHECK(out.to(cpu).to_vector() == stored_as(want, t));
+    }
+    // Unary ops over a length with a pack remainder; log and sqrt on positive inputs.
+    const int64_t n = 1037;
+    for (UnaryOp op : {UnaryOp::silu, UnaryOp::sigmoid, UnaryOp::softplus, UnaryOp::exp, UnaryOp::log,
+                       UnaryOp::tanh, UnaryOp::square, UnaryOp::sqrt, UnaryOp::neg}) {
+      INFO(dtype_name(t) << " " << kernels::unary_name(op));
+      const bool positive = op == UnaryOp::log || op == UnaryOp::sqrt;
+      Tensor x = (positive ? random_tensor({n}, 0.05f, 4.f) : random_tensor({n}, -5.f, 5.f)).to(t);
+      Tensor dy = random_tensor({n}).to(t), dx0 = random_tensor({n}).to(t);
+      Tensor y64 = Tensor::empty({n}, DType::f64), g64 = Tensor::empty({n}, DType::f64);
+      kernels::ref::unary_forward(op, x.to(DType::f64), y64);
+      kernels::ref::unary_backward(op, dy.to(DType::f64), x.to(DType::f64), g64);
+      Tensor xd = x.to(ops.device), dyd = dy.to(ops.device);
+      Tensor y = out_on(ops, {n}, t), g = out_on(ops, {n}, t), ga = dx0.to(ops.device).clone();
+      ops.unary_forward(op, xd.raw(), y.raw(), t, n, current_stream());
+      ops.unary_backward(op, xd.raw(), dyd.raw(), g.raw(), t, n, false, current_stream());
+      ops.unary_backward(op, xd.raw(), dyd.raw(), ga.raw(), t, n, true, current_stream());
+      const Tol tol = elementwise_tol(t, 2e-6);
+      INFO("forward " << compare(y.to(cpu).to_vector(), stored_as(y64, t)).str());
+      CHECK(allclose(y.to(cpu).to_vector(), stored_as(y64, t), tol.rtol, tol.atol));
+      INFO("backward " << compare(g.to(cpu).to_vector(), stored_as(g64, t)).str());
+      CHECK(allclose(g.to(cpu).to_vector(), stored_as(g64, t), tol.rtol, tol.atol));
+      // Accumulating: dx0 + dy f'(x), rounded once.
+      std::vector<float> ga_want(n), g64v = g64.to_vector(), d0 = dx0.to_vector();
+      for (int64_t i = 0; i < n; ++i) ga_want[i] = static_cast<float>(double(d0[i]) + double(g64v[i]));
+      const std::vector<float> ga_stored = Tensor::from_vector(ga_want, {n}).to(t).to_vector();
+      CHECK(allclose(ga.to(cpu).to_vector(), ga_stored, t == DType::f32 ? 4e-6 : 8e-3, 2e-6));
+    }
+    // affine y = a x + b in place; axpby both forms.
+    Tensor x = random_tensor({n}).to(t), y0 = random_tensor({n}).to(t);
+    std::vector<float> xv = x.to_vector(), yv = y0.to_vector(), aff(n), axb(n);
+    for (int64_t i = 0; i < n; ++i) {
+      aff[i] = static_cast<float>(1.5 * xv[i] - 0.25);
+      axb[i] = static_cast<float>(0.5 * xv[i] - 2.0 * yv[i]);
+    }
+    // clone(): under the emulator to(cpu) is the tensor itself, and these run in place.
+    Tensor xd = x.to(ops.device).clone();
+    ops.affine(xd.raw(), xd.raw(), 1.5f, -0.25f, t, n, current_stream());
+    CHECK(allclose(xd.to(cpu).to_vector(), Tensor::from_vector(aff, {n}).to(t).to_vector(), t == DType::f32 ? 1e-6 : 8e-3,
+                   1e-6));
+    Tensor yd = y0.to(ops.device).clone();
+    ops.axpby(0.5f, x.to(ops.device).raw(), -2.f, yd.raw(), t, n, current_stream());
+    CHECK(allclose(yd.to(cpu).to_vector(), Tensor::from_vector(axb, {n}).to(t).to_vector(), t == DType::f32 ? 1e-6 : 8e-3,
+                   2e-6));
+    // Dropout: the cpu's mask and scale, exactly (f32), with and without a device seed word.
+    const float p = 0.3f;
+    const uint64_t seed = next_seed(), offset = 17, mask_word = 0x5a5a1234ull;
+    Tensor want = kernels::dropout_forward(x.to(DType::f32), p, seed, offset).to(t);
+    Tensor dd = out_on(ops, {n}, t);
+    ops.dropout(x.to(ops.device).raw(), dd.raw(), t, n, p, seed, offset, nullptr, current_stream());
+    CHECK(bit_mismatches(dd.to(cpu), want) == 0);
+    Tensor word = Tensor::from_vector_i64({static_cast<int64_t>(mask_word)}, {1}, ops.device);
+    Tensor want_x = kernels::dropout_forward(x.to(DType::f32), p, seed ^ mask_word, offset).to(t);
+    ops.dropout(x.to(ops.device).raw(), dd.raw(), t, n, p, seed, offset,
+                static_cast<const uint64_t*>(word.raw()), current_stream());
+    CHECK(bit_mismatches(dd.to(cpu), want_x) == 0);
+  }
+  // swap
+  Tensor a = random_tensor({1001}), b = random_tensor({1001});
+  Tensor ad = a.to(ops.device).clone(), bd = b.to(ops.device).clone();
+  ops.swap(ad.data<float>(), bd.data<float>(), 1001, current_stream());
+  CHECK(ad.to(cpu).to_vector() == b.to_vector());
+  CHECK(bd.to(cpu).to_vector() == a.to_vector());
+}
+
+}  // namespace
+
+#if defined(DIFFUSE_HAVE_SIMT)
+TEST_CASE("broadcast binary, unary, affine, dropout and swap kernels under the emulator", "[emu][kernels]") {
+  for_each_order([] { check_elementwise_ops(DF_ELEMENTWISE_OPS(emu, Device::cpu())); });
+}
+#endif
+
+TEST_CASE("broadcast binary, unary, affine, dropout and swap kernels on the GPU", "[cuda][kernels]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  check_elementwise_ops(DF_ELEMENTWISE_OPS(cuda, Device::cuda(0)));
 #endif
 }

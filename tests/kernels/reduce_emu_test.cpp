@@ -119,3 +119,108 @@ TEST_CASE("reductions on the GPU match the reference", "[cuda][kernels]") {
   }
 #endif
 }
+
+// ---- reduce_sum over any axes ---------------------------------------------------------------------
+//
+// Against a double loop over the kept index. Tolerance as above (f32 sums, fixed order):
+// 1e-5 * sum |x| per output; a bf16 output adds one rounding to 8 bits: rtol 8e-3 of the value.
+
+namespace {
+
+using kernels::Dims;
+
+struct SumCase {
+  Shape shape;
+  unsigned mask;
+};
+
+// Each pass kind of the plan: rows (warp per short row; blocks per long row, split), columns with
+// and without splits, several reduced groups (multi-pass), nothing reduced (a copy), size-1 and
+// size-0 dimensions, every axis (a scalar).
+std::vector<SumCase> sum_cases() {
+  return {{{6, 37}, 0b10},       {{3, 3000}, 0b10},        {{1, 9000}, 0b10},     {{4000, 24}, 0b01},
+          {{2, 700, 40}, 0b010}, {{5, 3, 7}, 0b101},       {{2, 3, 4, 5, 6}, 0b10101}, {{4, 1, 6}, 0b010},
+          {{4, 6}, 0b00},        {{3, 0, 5}, 0b010},       {{2, 9, 3}, 0b111},    {{1, 2, 1, 70}, 0b1011}};
+}
+
+Shape kept_shape(const Shape& s, unsigned mask) {
+  std::vector<int64_t> d;
+  for (int i = 0; i < s.rank(); ++i)
+    if (!((mask >> i) & 1u)) d.push_back(s[i]);
+  if (d.empty()) d.push_back(1);
+  return Shape(d);
+}
+
+// want[o] and sum |x| over o's terms, by brute force over the flat index.
+void sum_reference(const Tensor& x, unsigned mask, std::vector<double>& want, std::vector<double>& mag) {
+  const Shape& s = x.shape();
+  const Shape k = kept_shape(s, mask);
+  want.assign(static_cast<size_t>(k.numel()), 0.0);
+  mag.assign(want.size(), 0.0);
+  const std::vector<float> v = x.to_vector();
+  for (int64_t i = 0; i < s.numel(); ++i) {
+    int64_t rem = i, o = 0, mult = 1;
+    for (int d = s.rank() - 1; d >= 0; --d) {
+      const int64_t c = rem % s[d];
+      rem /= s[d];
+      if (!((mask >> d) & 1u)) {
+        o += c * mult;
+        mult *= s[d];
+      }
+    }
+    want[o] += v[i];
+    mag[o] += std::fabs(v[i]);
+  }
+}
+
+template <class ReduceSum, class WorkspaceBytes>
+void check_reduce_sum(ReduceSum&& reduce_sum, WorkspaceBytes&& ws_bytes, Device dev) {
+  for (const SumCase& c : sum_cases()) {
+    for (DType xt : {DType::f32, DType::bf16}) {
+      for (DType ot : {DType::f32, DType::bf16}) {
+        INFO(c.shape.str() << " mask " << c.mask << " " << dtype_name(xt) << " -> " << dtype_name(ot));
+        Tensor x = random_tensor(c.shape.numel() ? c.shape : Shape{1}, -1.f, 2.f).to(xt);
+        if (c.shape.numel() == 0) x = Tensor::empty(c.shape, xt);
+        Dims d;
+        d.rank = c.shape.rank();
+        for (int i = 0; i < d.rank; ++i) d.d[i] = c.shape[i];
+        const Shape ks = kept_shape(c.shape, c.mask);
+        Tensor out = Tensor::empty({ks.numel() + 1}, ot, dev).poison_();
+        const size_t wb = ws_bytes(d, c.mask);
+        Tensor ws = Tensor::empty({static_cast<int64_t>(wb / 4) + 1}, DType::f32, dev).poison_();
+        Tensor xd = x.to(dev);
+        const float scale = 0.5f;
+        reduce_sum(xd.numel() ? xd.raw() : nullptr, xt, d, c.mask, scale, out.raw(), ot, ws.raw(), current_stream());
+        std::vector<double> want, mag;
+        sum_reference(x.to(DType::f32), c.mask, want, mag);
+        const std::vector<float> got = out.to(Device::cpu()).to_vector();
+        for (size_t o = 0; o < want.size(); ++o) {
+          const double w = scale * want[o];
+          const double tol = 1e-5 * scale * mag[o] + (ot == DType::bf16 ? 8e-3 * std::fabs(w) : 0.0) + 1e-30;
+          INFO("output " << o << " got " << got[o] << " want " << w);
+          CHECK(std::fabs(got[o] - w) <= tol);
+        }
+        CHECK(std::isnan(got[want.size()]));  // nothing past the output
+        // Deterministic: the same bits again.
+        Tensor again = Tensor::empty({ks.numel()}, ot, dev).poison_();
+        reduce_sum(xd.numel() ? xd.raw() : nullptr, xt, d, c.mask, scale, again.raw(), ot, ws.raw(), current_stream());
+        CHECK(bit_mismatches(again.to(Device::cpu()), out.slice(0, ks.numel()).to(Device::cpu())) == 0);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+#if defined(DIFFUSE_HAVE_SIMT)
+TEST_CASE("reduce_sum under the emulator: rows, columns, splits, several groups", "[emu][kernels]") {
+  for_each_order([] { check_reduce_sum(emu::reduce_sum, emu::reduce_sum_workspace_bytes, Device::cpu()); });
+}
+#endif
+
+TEST_CASE("reduce_sum on the GPU", "[cuda][kernels]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  check_reduce_sum(cuda::reduce_sum, cuda::reduce_sum_workspace_bytes, Device::cuda(0));
+#endif
+}

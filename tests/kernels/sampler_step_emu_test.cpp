@@ -153,6 +153,23 @@ TEST_CASE("sampler_step under the emulator matches sampler_step_cpu for every op
   });
 }
 
+TEST_CASE("sampler_step under the emulator draws seed ^ *seed_xor when the word is given", "[emu][kernels]") {
+  // The word a captured CUDA graph rewrites between replays: the noise must be that of the
+  // combined seed, as sampler_step_cpu draws it with the plain seed.
+  Options o{StepPrediction::eps, false, false, false, false, false, false};
+  Case c = make_case(o, 2, 3, 15);
+  const uint64_t word = 0x1234abcdull;
+  Case plain = c;
+  plain.p.seed = c.p.seed ^ word;
+  const Result want = run_cpu(plain, false);
+  SamplerStepParams p = c.p;
+  p.coeffs = c.coeffs.data();
+  p.seed_xor = &word;
+  Tensor got = Tensor::empty({c.batch, c.N}).poison_();
+  emu::sampler_step(p, c.z.data<float>(), c.model.data<float>(), nullptr, got.data<float>(), c.N, c.batch, nullptr);
+  CHECK(bit_mismatches(got, want.z_next) == 0);
+}
+
 #endif  // DIFFUSE_HAVE_SIMT
 
 TEST_CASE("sampler_step on the GPU matches sampler_step_cpu", "[cuda][kernels]") {
