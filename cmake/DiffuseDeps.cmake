@@ -49,3 +49,11 @@ else()
   endif()
 endif()
 message(STATUS "diffuse: OpenBLAS ${DIFFUSE_HAVE_OPENBLAS}")
+
+# oneDNN: its JIT picks the ISA from CPUID features, where OpenBLAS 0.3.21 picks kernels by CPU
+# model and falls back to SSE3 ("Prescott") on models it does not know. Measured on a 2-core
+# AVX-512 Xeon that OpenBLAS calls Prescott: dnnl_sgemm 65-300 GFLOP/s on the convolution GEMMs,
+# OpenBLAS 16-25. Optional: OpenBLAS (or the blocked loop) takes over without it.
+find_package(dnnl QUIET CONFIG)
+set(DIFFUSE_HAVE_DNNL ${dnnl_FOUND})
+message(STATUS "diffuse: oneDNN ${DIFFUSE_HAVE_DNNL}")

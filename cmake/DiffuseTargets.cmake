@@ -16,7 +16,9 @@ list(REMOVE_ITEM DIFFUSE_LIB_SOURCES ${DIFFUSE_CUDA_HOST_SOURCES})
 file(GLOB DIFFUSE_CU_SOURCES CONFIGURE_DEPENDS
      ${CMAKE_SOURCE_DIR}/core/*.cu ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cu)
 
-add_library(diffuse ${DIFFUSE_LIB_SOURCES})
+# Always static: the tests and the CLI link C++ internals; the shared library is diffuse_shared
+# (cmake/DiffusePackage.cmake).
+add_library(diffuse STATIC ${DIFFUSE_LIB_SOURCES})
 set_target_properties(diffuse PROPERTIES POSITION_INDEPENDENT_CODE ON)
 add_library(diffuse::diffuse ALIAS diffuse)
 target_include_directories(diffuse PUBLIC
@@ -33,6 +35,10 @@ if(DIFFUSE_HAVE_OPENBLAS)
   target_include_directories(diffuse SYSTEM PRIVATE ${OpenBLAS_INCLUDE_DIRS})
   target_link_libraries(diffuse PRIVATE ${OpenBLAS_LIBRARIES})
   target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_OPENBLAS=1)
+endif()
+if(DIFFUSE_HAVE_DNNL)
+  target_link_libraries(diffuse PRIVATE DNNL::dnnl)
+  target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_DNNL=1)
 endif()
 if(DIFFUSE_HAVE_CUDA)
   target_sources(diffuse PRIVATE ${DIFFUSE_CUDA_HOST_SOURCES} ${DIFFUSE_CU_SOURCES})
@@ -115,6 +121,11 @@ if(DIFFUSE_TESTS)
       target_link_libraries(${exe} PRIVATE diffuse_emu)
       target_compile_definitions(${exe} PRIVATE DIFFUSE_HAVE_SIMT=1)
     endif()
+    if(dir STREQUAL "tools")
+      # The CLI tests run the real `diffuse` binary as a child process.
+      add_dependencies(${exe} diffuse_cli)
+      target_compile_definitions(${exe} PRIVATE DIFFUSE_CLI_PATH="$<TARGET_FILE:diffuse_cli>")
+    endif()
     foreach(tier cpu emu cuda slow)
       # Only tiers that some test in this folder is tagged with get an entry.
       set(found FALSE)
@@ -132,9 +143,29 @@ if(DIFFUSE_TESTS)
                            ENVIRONMENT "OMP_NUM_THREADS=2")
     endforeach()
   endfunction()
-  foreach(dir core simt kernels autograd models diffusion tools)
+  foreach(dir ${DIFFUSE_TEST_DIRS})
     diffuse_add_test_dir(${dir})
   endforeach()
+endif()
+
+# ---- fuzz targets (DIFFUSE_FUZZ, clang) ---------------------------------------------------------
+# One libFuzzer executable per reader, build/fuzz/fuzz_<name>, with its seed corpus in
+# tests/corpus/<name>; scripts/fuzz.sh runs them. make_fuzz_seeds writes the seeds that only the
+# library itself can produce (a valid checkpoint, the preset configs).
+if(DIFFUSE_FUZZ)
+  file(GLOB DIFFUSE_FUZZ_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/fuzz/fuzz_*.cpp)
+  foreach(src ${DIFFUSE_FUZZ_SOURCES})
+    get_filename_component(name ${src} NAME_WE)
+    add_executable(${name} ${src})
+    target_compile_options(${name} PRIVATE ${DIFFUSE_CXX_FLAGS})
+    target_link_options(${name} PRIVATE -fsanitize=fuzzer)
+    target_link_libraries(${name} PRIVATE diffuse)
+    set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
+  endforeach()
+  add_executable(make_fuzz_seeds ${CMAKE_SOURCE_DIR}/tests/fuzz/make_fuzz_seeds.cpp)
+  target_compile_options(make_fuzz_seeds PRIVATE ${DIFFUSE_CXX_FLAGS})
+  target_link_libraries(make_fuzz_seeds PRIVATE diffuse)
+  set_target_properties(make_fuzz_seeds PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
 endif()
 
 # ---- benchmarks -------------------------------------------------------------------------------

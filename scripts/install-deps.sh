@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what diffuse needs to build, test and train, from Debian's packages. Run as root.
-# Pass --bench to add what the comparison benchmarks need (PyTorch from Debian).
+# Pass --bench to add what the comparison benchmarks need (PyTorch from Debian), --fuzz to add
+# clang with libFuzzer and its OpenMP runtime (scripts/fuzz.sh).
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       catch2 libcli11-dev nlohmann-json3-dev libstb-dev zlib1g-dev libboost-context-dev
-      libopenblas-dev dataset-fashion-mnist)
-if [[ "${1:-}" == "--bench" ]]; then
-  pkgs+=(python3 python3-torch python3-numpy)
-fi
+      libopenblas-dev libdnnl-dev dataset-fashion-mnist)
+for arg in "$@"; do
+  case "$arg" in
+    --bench) pkgs+=(python3 python3-torch python3-numpy) ;;
+    --fuzz) pkgs+=(clang libclang-rt-14-dev libomp-14-dev) ;;
+    *) echo "install-deps.sh: unknown option $arg (expected --bench or --fuzz)" >&2; exit 2 ;;
+  esac
+done
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

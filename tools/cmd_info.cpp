@@ -21,9 +21,9 @@ void register_info(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("info", "Print the version, the build options and the devices found");
   cmd->callback([] {
     std::printf("diffuse %s (%s, %s)\n", DIFFUSE_VERSION, DIFFUSE_BUILD_TYPE, DIFFUSE_CXX_COMPILER);
-    std::printf("build: cuda=%s (architectures: %s) openblas=%s emulator=%s sanitizers=%s\n",
+    std::printf("build: cuda=%s (architectures: %s) onednn=%s openblas=%s emulator=%s sanitizers=%s\n",
                 DIFFUSE_BUILD_CUDA, DIFFUSE_CUDA_ARCHITECTURES[0] ? DIFFUSE_CUDA_ARCHITECTURES : "-",
-                DIFFUSE_BUILD_OPENBLAS, DIFFUSE_BUILD_SIMT, DIFFUSE_BUILD_SANITIZE);
+                DIFFUSE_BUILD_DNNL, DIFFUSE_BUILD_OPENBLAS, DIFFUSE_BUILD_SIMT, DIFFUSE_BUILD_SANITIZE);
 #if defined(_OPENMP)
     std::printf("cpu: %d OpenMP threads\n", omp_get_max_threads());
 #else
