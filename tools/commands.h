@@ -9,5 +9,8 @@ namespace diffuse::tools {
 int& exit_code();
 
 void register_info(CLI::App& root);
+void register_train(CLI::App& root);
+void register_sample(CLI::App& root);
+void register_eval(CLI::App& root);
 
 }  // namespace diffuse::tools

@@ -17,6 +17,9 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("diffuse ") + "0.1.0");
   diffuse::tools::register_info(app);
+  diffuse::tools::register_train(app);
+  diffuse::tools::register_sample(app);
+  diffuse::tools::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,124 @@
+// `diffuse sample`: images from a checkpoint.
+#include <cstdio>
+#include <filesystem>
+
+#include "autograd/tape.h"
+#include "core/check.h"
+#include "core/image_io.h"
+#include "models/diffusion/sampler.h"
+#include "models/train/trainer.h"
+#include "tools/commands.h"
+#include "tools/progress.h"
+
+namespace diffuse::tools {
+
+namespace fs = std::filesystem;
+
+struct SampleArgs {
+  std::string checkpoint;
+  std::string sampler = "ddim";
+  int steps = 50;
+  double eta = 0;
+  double guidance = 0;
+  int label = -1;
+  int batch = 64;
+  uint64_t seed = 0;
+  int count = 64;
+  std::string grid = "samples.png";
+  std::string image_dir;
+  int upscale = 2;
+  bool no_ema = false;
+  bool no_clip = false;
+  std::string spacing = "linspace";
+  std::string device = "auto";
+};
+
+void register_sample(CLI::App& root) {
+  CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
+  auto a = std::make_shared<SampleArgs>();
+  cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
+  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm")->capture_default_str();
+  cmd->add_option("--steps", a->steps, "sampling steps")->capture_default_str();
+  cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
+  cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
+  cmd->add_option("--class", a->label, "class label for a class-conditional model (-1: cycle through the classes)")->capture_default_str();
+  cmd->add_option("--batch", a->batch, "images per forward pass")->capture_default_str();
+  cmd->add_option("--seed", a->seed, "seed of the starting noise (same seed, same images)")->capture_default_str();
+  cmd->add_option("-n,--count", a->count, "number of images")->capture_default_str();
+  cmd->add_option("--grid", a->grid, "PNG file for a grid of all images ('' for none)")->capture_default_str();
+  cmd->add_option("--image-dir", a->image_dir, "also write one PNG per image into this folder");
+  cmd->add_option("--upscale", a->upscale, "integer pixel upscaling of the grid")->capture_default_str();
+  cmd->add_flag("--no-ema", a->no_ema, "use the live weights instead of the EMA weights");
+  cmd->add_flag("--no-clip", a->no_clip, "do not clip the predicted x0 to [-1, 1]");
+  cmd->add_option("--spacing", a->spacing, "timestep spacing for discrete schedules: linspace, leading or trailing")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+
+  cmd->callback([a] {
+    DF_CHECK(a->count >= 1 && a->batch >= 1 && a->steps >= 1, "--count, --batch and --steps must be at least 1");
+    DF_CHECK(a->upscale >= 1 && a->upscale <= 16, "--upscale must be in 1..16");
+    diffusion::SamplerKind kind = diffusion::parse_sampler(a->sampler);
+    Device dev = resolve_device(a->device);
+    train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema);
+    const nn::UNetConfig& uc = m.unet->config();
+    DF_CHECK(a->guidance == 0 || uc.num_classes > 0, "--guidance needs a class-conditional model (trained with --class-cond)");
+    DF_CHECK(a->label < uc.num_classes, "--class ", a->label, ": the model has ", uc.num_classes, " classes");
+    diffusion::DiscreteSchedule sched = train::make_schedule(m.config);
+    diffusion::Prediction pred = train::prediction_of(m.config);
+    diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev);
+    ag::NoGrad ng;
+    std::vector<Tensor> parts;
+    Progress progress("sample", a->count);
+    for (int start = 0; start < a->count; start += a->batch) {
+      int n = std::min(a->batch, a->count - start);
+      diffusion::SamplerOptions o;
+      o.shape = Shape{n, uc.image_size, uc.image_size, uc.in_channels};
+      // Each batch draws its own noise stream, so the images do not depend on --batch... only on
+      // the seed and the image's position.
+      o.seed = a->seed + static_cast<uint64_t>(start) * 0x9E3779B97F4A7C15ull;
+      o.steps = a->steps;
+      o.prediction = pred;
+      o.clip_x0 = !a->no_clip;
+      o.eta = a->eta;
+      o.spacing = a->spacing == "leading" ? diffusion::Spacing::leading
+                  : a->spacing == "trailing" ? diffusion::Spacing::trailing
+                                             : diffusion::Spacing::linspace;
+      if (uc.num_classes > 0) {
+        std::vector<int64_t> l(static_cast<size_t>(n));
+        for (int i = 0; i < n; ++i) l[i] = a->label >= 0 ? a->label : (start + i) % uc.num_classes;
+        o.labels = Tensor::from_vector_i64(l, {n});
+        if (a->guidance != 0) {
+          o.guidance.cfg_scale = a->guidance;
+          o.guidance.null_labels = Tensor::full({n}, uc.num_classes, DType::i64);
+        }
+      }
+      o.callback = [&](int i, int total, const Tensor&, const Tensor&) {
+        progress.update(start + static_cast<int64_t>(n) * (i + 1) / total);
+      };
+      parts.push_back(diffusion::sample(kind, sched, f, o));
+    }
+    Tensor all = Tensor::empty({a->count, uc.image_size, uc.image_size, uc.in_channels});
+    int64_t row = 0;
+    for (const Tensor& p : parts) {
+      all.slice(row, row + p.size(0)).copy_(p);
+      row += p.size(0);
+    }
+    if (!a->grid.empty()) {
+      write_png_grid(a->grid, all, a->upscale);
+      std::printf("wrote %s (%d images, %s, %d steps, seed %llu)\n", a->grid.c_str(), a->count, a->sampler.c_str(),
+                  a->steps, static_cast<unsigned long long>(a->seed));
+    }
+    if (!a->image_dir.empty()) {
+      std::error_code ec;
+      fs::create_directories(a->image_dir, ec);
+      DF_CHECK(!ec, "cannot create ", a->image_dir, ": ", ec.message());
+      for (int i = 0; i < a->count; ++i) {
+        char name[32];
+        std::snprintf(name, sizeof name, "%05d.png", i);
+        write_png((fs::path(a->image_dir) / name).string(), all.select(i), 1);
+      }
+      std::printf("wrote %d images to %s\n", a->count, a->image_dir.c_str());
+    }
+  });
+}
+
+}  // namespace diffuse::tools
