@@ -1,16 +1,11 @@
 // The UNet: presets and their parameter counts, config JSON, names, forward shapes, the
-// classifier, and a double-precision gradcheck of a small UNet (every block kind).
+// classifier. The gradcheck is in unet_gradcheck_test.cpp.
 #include <catch2/catch.hpp>
 
 #include <chrono>
 #include <cmath>
 #include <set>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
-#include "autograd/gradcheck.h"
 #include "models/nn/unet.h"
 #include "tests/test_util.h"
 
@@ -18,32 +13,6 @@ using namespace diffuse;
 using namespace diffuse::nn;
 
 namespace {
-
-// A UNet small enough for finite differences: 4x4 images, two levels (4 and 8 channels), one
-// block per level, attention at 2x2, 2 groups.
-UNetConfig micro_config(bool adm) {
-  UNetConfig c;
-  c.in_channels = 1;
-  c.out_channels = 1;
-  c.image_size = 4;
-  c.base_channels = 2;
-  c.channel_mult = {1, 2};
-  c.num_res_blocks = 1;
-  c.attention_resolutions = {2};
-  c.groups = 1;
-  c.num_heads = 2;
-  if (adm) {
-    c.scale_shift_norm = true;
-    c.resblock_updown = true;
-    c.num_classes = 3;
-    c.learn_sigma = true;
-    c.dropout = 0.2f;
-  } else {
-    c.rescale_residual = true;
-    c.head_channels = 2;
-  }
-  return c;
-}
 
 Tensor timesteps(int64_t B) {
   auto u = test::random_tensor({B}, 0.f, 1000.f).to_vector();
@@ -172,39 +141,4 @@ TEST_CASE("the noisy classifier maps images to logits", "[cpu][models]") {
   ag::Var logits = clf.forward(x, timesteps(2));
   CHECK(logits.shape() == Shape{2, 10});
   ag::clear_tape();
-}
-
-TEST_CASE("a small UNet's gradients match finite differences in f64 (input and parameters)", "[cpu][models]") {
-  // Thousands of evaluations of a network whose tensors have a few dozen elements: a thread team
-  // per op only costs (and under a loaded machine its spinning barriers cost 50x), so one thread.
-#ifdef _OPENMP
-  const int threads = omp_get_max_threads();
-  omp_set_num_threads(1);
-#endif
-  for (bool adm : {false, true}) {
-    CAPTURE(adm);
-    UNetConfig c = micro_config(adm);
-    UNet net(c, test::next_seed());
-    net.to(DType::f64);
-    const int64_t B = 2;
-    Tensor t = timesteps(B);
-    Tensor labels = Tensor::from_vector_i64({1, 3}, {B});
-    // Random weights everywhere (the zero-initialised ends would otherwise hide every gradient
-    // upstream of them); scaled so activations stay of unit order.
-    auto params = net.named_parameters();
-    std::vector<Tensor> inputs = {test::random_normal({B, 4, 4, c.in_channels})};
-    for (auto& [n, v] : params) inputs.push_back(test::random_tensor(v.shape(), -0.5f, 0.5f));
-    INFO(net.num_parameters() << " parameters");
-    auto f = [&](const std::vector<ag::Var>& v) {
-      net.bind_parameters({v.begin() + 1, v.end()});
-      net.set_dropout_seed(7);  // the same dropout masks on every evaluation
-      return net.forward(v[0], t, adm ? labels : Tensor());
-    };
-    auto r = ag::gradcheck(f, inputs);
-    INFO(r.report);
-    CHECK(r.ok);
-  }
-#ifdef _OPENMP
-  omp_set_num_threads(threads);
-#endif
 }
