@@ -113,6 +113,7 @@ class EncoderClassifier : public Module {
   EncoderClassifier(const UNetConfig& cfg, int num_classes, uint64_t seed = 0);
   ag::Var forward(const ag::Var& x, const Tensor& t);  // -> logits (B, num_classes)
   const UNetConfig& config() const { return cfg_; }
+  int num_classes() const { return num_classes_; }
   void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; calls_ = 0; }
 
  private:
