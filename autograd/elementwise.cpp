@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "autograd/autocast.h"
 #include "kernels/elementwise.h"
 
 namespace diffuse::ag {
@@ -15,7 +16,10 @@ using kernels::BinaryOp;
 using kernels::UnaryOp;
 
 // add/sub need only the operands' shapes in backward; mul/div keep the operands (views, no copy).
-Var binary(BinaryOp op, const char* name, const Var& a, const Var& b) {
+Var binary(BinaryOp op, const char* name, const Var& a_in, const Var& b_in) {
+  // Mixed float dtypes (bf16 activations meeting an f32 target) compute in the wider one.
+  Var a = a_in, b = b_in;
+  promote(a, b);
   const Tensor& av = a.value();
   const Tensor& bv = b.value();
   Tensor out = kernels::binary_forward(op, av, bv);

@@ -1,7 +1,10 @@
 // The Var-level ops of autograd/linalg.h: each forward calls its kernel and records the backward
 // rule beside it. Saved tensors are the inputs the rule needs (values, not copies: Tensors share
-// storage), and gradients are computed only for the inputs that require them.
+// storage), and gradients are computed only for the inputs that require them. Under mixed precision
+// the products take their operands through autocast() (autograd/autocast.h).
 #include "autograd/linalg.h"
+
+#include "autograd/autocast.h"
 
 #include "kernels/concat.h"
 #include "kernels/conv2d.h"
@@ -10,7 +13,8 @@
 
 namespace diffuse::ag {
 
-Var matmul(const Var& a, const Var& b) {
+Var matmul(const Var& a_in, const Var& b_in) {
+  const Var a = autocast(a_in), b = autocast(b_in);
   Tensor av = a.value(), bv = b.value();
   bool na = a.requires_grad(), nb = b.requires_grad();
   return record("matmul", kernels::matmul_forward(av, bv), {a, b}, [av, bv, na, nb](const Tensor& g) {
@@ -19,7 +23,8 @@ Var matmul(const Var& a, const Var& b) {
   });
 }
 
-Var linear(const Var& x, const Var& w, const Var& b) {
+Var linear(const Var& x_in, const Var& w_in, const Var& b_in) {
+  const Var x = autocast(x_in), w = autocast(w_in), b = autocast(b_in);
   Tensor xv = x.value(), wv = w.value();
   Tensor bv = b.defined() ? b.value() : Tensor();
   bool nx = x.requires_grad(), nw = w.requires_grad(), nb = b.defined() && b.requires_grad();
@@ -34,7 +39,8 @@ Var linear(const Var& x, const Var& w, const Var& b) {
   });
 }
 
-Var conv2d(const Var& x, const Var& w, const Var& b, Conv2dOptions opt) {
+Var conv2d(const Var& x_in, const Var& w_in, const Var& b_in, Conv2dOptions opt) {
+  const Var x = autocast(x_in), w = autocast(w_in), b = autocast(b_in);
   Tensor xv = x.value(), wv = w.value();
   Tensor bv = b.defined() ? b.value() : Tensor();
   kernels::Conv2dParams p{opt.stride, opt.padding};
@@ -60,7 +66,11 @@ Var avg_pool2x(const Var& x) {
                 [](const Tensor& g) { return std::vector<Tensor>{kernels::avg_pool2x_backward(g)}; });
 }
 
-Var concat_last(const std::vector<Var>& xs) {
+Var concat_last(const std::vector<Var>& xs_in) {
+  // Mixed float dtypes concatenate in the widest (a skip connection kept in f32 meeting bf16).
+  std::vector<Var> xs = xs_in;
+  for (size_t i = 1; i < xs.size(); ++i) promote(xs[0], xs[i]);
+  for (size_t i = 1; i < xs.size(); ++i) xs[i] = cast(xs[i], xs[0].dtype());
   std::vector<Tensor> vs;
   std::vector<int64_t> widths;
   for (const Var& v : xs) {
@@ -80,9 +90,12 @@ Var slice_last(const Var& x, int64_t begin, int64_t end) {
 
 Var reshape(const Var& x, const Shape& s) {
   Shape in = x.shape();
-  return record("reshape", x.value().reshape(s), {x}, [in](const Tensor& g) {
+  Var r = record("reshape", x.value().reshape(s), {x}, [in](const Tensor& g) {
     return std::vector<Tensor>{g.reshape(in)};
   });
+  // A reshaped parameter (a 1x1 convolution's weight as a matrix) keeps its bf16 copy, reshaped.
+  if (x.impl()->lowp.defined() && r.impl() != x.impl()) r.impl()->lowp = x.impl()->lowp.reshape(s);
+  return r;
 }
 
 }  // namespace diffuse::ag

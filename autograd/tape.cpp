@@ -1,6 +1,7 @@
 #include "autograd/tape.h"
 
 #include "core/check.h"
+#include "kernels/elementwise.h"
 
 namespace diffuse::ag {
 
@@ -45,7 +46,9 @@ void Var::set_grad(Tensor g) {
 }
 
 void Var::zero_grad() {
-  if (impl_) impl_->grad = Tensor();
+  if (!impl_) return;
+  if (impl_->grad_in_place && impl_->grad.defined()) impl_->grad.zero_();
+  else impl_->grad = Tensor();
 }
 
 void Var::set_requires_grad(bool r) {
@@ -84,8 +87,9 @@ Tensor accumulate(const Tensor& g, const Tensor& x) {
   if (!g.defined()) return x;
   check_same_shape(g, x, "gradient accumulation");
   DF_CHECK(g.dtype() == x.dtype() && g.device() == x.device(), "gradient accumulation: ", g.str(), " += ", x.str());
+  // Elsewhere than the cpu: one elementwise add kernel (kernels/elementwise.h dispatches by device).
+  if (!g.device().is_cpu()) return kernels::add(g, x);
   Tensor out = Tensor::empty(g.shape(), g.dtype(), g.device());
-  DF_CHECK(g.device().is_cpu(), "gradient accumulation on ", g.device().str(), " needs the CUDA backend");
   if (g.dtype() == DType::f64)
     add_into(out.data<double>(), g.data<double>(), x.data<double>(), g.numel());
   else
@@ -121,7 +125,13 @@ void backward(const Var& root, Tensor grad) {
       if (!in || !in->requires_grad || !grads[i].defined()) continue;
       DF_CHECK(grads[i].shape() == in->value.shape(), "backward of ", it->name, ": gradient ", i, " is ",
                grads[i].shape().str(), ", input is ", in->value.shape().str());
-      in->grad = accumulate(in->grad, grads[i]);
+      if (in->grad_in_place && in->grad.defined()) {
+        DF_CHECK(grads[i].dtype() == in->grad.dtype(), "backward of ", it->name, ": gradient ", i, " is ",
+                 grads[i].str(), ", the in-place buffer ", in->grad.str());
+        kernels::add_(in->grad, grads[i]);
+      } else {
+        in->grad = accumulate(in->grad, grads[i]);
+      }
     }
     it->backward = nullptr;  // free what the node saved
     it->inputs.clear();

@@ -20,6 +20,14 @@ struct VarImpl {
   Tensor grad;  // undefined until a backward reaches this variable
   bool requires_grad = false;
   bool is_leaf = true;
+  // Mixed precision (autograd/autocast.h): a bf16 copy of `value` that whoever writes the value
+  // keeps current (the fused AdamW kernel, EMA swaps), read by ops under autocast instead of a cast
+  // per use. Undefined when there is none.
+  Tensor lowp;
+  // The gradient is a buffer owned elsewhere (a slice of an optimizer's flat gradient buffer on a
+  // GPU): backward adds into it in place instead of replacing it, and zero_grad() zeroes it, so
+  // gradients land where the fused update reads them without a gather or an allocation.
+  bool grad_in_place = false;
 };
 
 // A tensor in the graph. Copies share the same variable (value, gradient).
@@ -34,7 +42,7 @@ class Var {
   const Tensor& grad() const;
   bool has_grad() const { return impl_ && impl_->grad.defined(); }
   void set_grad(Tensor g);
-  void zero_grad();  // drops the gradient; the next backward starts from zero
+  void zero_grad();  // drops the gradient (zeroes it when in place); the next backward starts from zero
   bool requires_grad() const { return impl_ && impl_->requires_grad; }
   void set_requires_grad(bool r);
   Var detach() const { return Var(value(), false); }

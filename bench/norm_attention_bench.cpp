@@ -68,7 +68,7 @@ int main() {
            d = Tensor::randn({B, T, C}, 4);
     kernels::AttentionResult r;
     Timing fwd = time_ms([&] { r = kernels::attention_forward(q, k, v, h); }, 30);
-    Timing bwd = time_ms([&] { kernels::attention_backward(d, q, k, v, r.p, h); }, 30);
+    Timing bwd = time_ms([&] { kernels::attention_backward(d, q, k, v, r, h); }, 30);
     const double fl = 4.0 * B * T * T * C;
     char name[64];
     std::snprintf(name, sizeof name, "%ld,%ld,%ld,%d", (long)B, (long)T, (long)C, h);

@@ -1,6 +1,7 @@
 #include "core/allocator.h"
 
 #include <cstdlib>
+#include <limits>
 #include <map>
 #include <mutex>
 #include <vector>
@@ -14,7 +15,27 @@ size_t allocation_size_class(size_t bytes) {
   if (bytes <= 4096) return (bytes + 63) & ~size_t{63};
   int top = 63 - __builtin_clzll(bytes);    // floor(log2(bytes))
   size_t step = size_t{1} << (top - 2);     // four classes per octave
+  // Rounding up must not wrap: near SIZE_MAX it would hand back a tiny block for a huge request.
+  DF_CHECK(bytes <= std::numeric_limits<size_t>::max() - (step - 1), "cannot allocate ", bytes,
+           " bytes: more than any machine has");
   return (bytes + step - 1) & ~(step - 1);
+}
+
+namespace {
+thread_local HostAllocationLimit* t_limit = nullptr;
+}  // namespace
+
+HostAllocationLimit::HostAllocationLimit(size_t bytes, const char* what)
+    : limit_(bytes), what_(what), outer_(t_limit) {
+  t_limit = this;
+}
+
+HostAllocationLimit::~HostAllocationLimit() { t_limit = outer_; }
+
+void HostAllocationLimit::charge(size_t bytes) {
+  DF_CHECK(bytes <= limit_ - used_, what_, " needs more than ", limit_, " bytes of host memory (",
+           used_, " allocated, ", bytes, " more asked for)");
+  used_ += bytes;
 }
 
 namespace {
@@ -34,6 +55,7 @@ HostCache& host_cache() {
 
 void* cpu_allocate(size_t bytes) {
   size_t cls = allocation_size_class(bytes);
+  if (t_limit) t_limit->charge(cls);
   HostCache& c = host_cache();
   {
     std::lock_guard<std::mutex> lock(c.mu);

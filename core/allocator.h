@@ -25,6 +25,8 @@ struct MemoryStats {
   uint64_t cache_hits = 0;    // allocations served from the free lists
 };
 
+// The size class of a request. Requests too large for any class (within 2^62 of SIZE_MAX, more
+// than any machine has) throw diffuse::Error instead of wrapping around to a small block.
 size_t allocation_size_class(size_t bytes);
 
 // Host memory, 64-byte aligned (one cache line; AVX-512 loads).
@@ -33,6 +35,25 @@ void cpu_deallocate(void* p, size_t bytes);
 MemoryStats cpu_memory_stats();
 void cpu_reset_peak();
 void cpu_empty_cache();
+
+// Caps the host memory that tensors allocated on this thread may take while the scope lives: an
+// allocation that would take the scope's total (size classes, freed blocks not credited back)
+// past `bytes` throws diffuse::Error naming `what` and both numbers. For building something whose
+// size an untrusted file decides: a checkpoint whose config describes a model far larger than the
+// weights it holds is refused instead of allocated. Scopes nest; the innermost one is charged.
+class HostAllocationLimit {
+ public:
+  HostAllocationLimit(size_t bytes, const char* what);
+  ~HostAllocationLimit();
+  HostAllocationLimit(const HostAllocationLimit&) = delete;
+  HostAllocationLimit& operator=(const HostAllocationLimit&) = delete;
+  void charge(size_t bytes);  // throws when over the limit
+
+ private:
+  size_t limit_, used_ = 0;
+  const char* what_;
+  HostAllocationLimit* outer_;
+};
 
 // Device memory on `device`, ordered on `stream` (a cudaStream_t, or nullptr for the default).
 void* cuda_allocate(size_t bytes, int device, void* stream);

@@ -84,10 +84,17 @@ Storage::~Storage() {
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   DF_CHECK(dtype != DType::f64 || device.is_cpu(), "f64 tensors live on the cpu only (gradchecks)");
-  for (int i = 0; i < shape.rank(); ++i)
+  // The size is computed with overflow checks: a shape read from a file or a config can multiply
+  // past 64 bits, where numel() would be undefined behaviour and a wrapped byte count would
+  // allocate a small block for a huge tensor.
+  uint64_t bytes = dtype_size(dtype);
+  for (int i = 0; i < shape.rank(); ++i) {
     DF_CHECK(shape[i] >= 0, "cannot make a tensor of shape ", shape.str());
-  size_t bytes = static_cast<size_t>(shape.numel()) * dtype_size(dtype);
-  return Tensor(std::make_shared<Storage>(bytes, device), 0, shape, dtype);
+    DF_CHECK(!__builtin_mul_overflow(bytes, static_cast<uint64_t>(shape[i]), &bytes) &&
+                 bytes <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()),
+             "cannot make a tensor of shape ", shape.str(), " ", dtype_name(dtype), ": its size overflows 64 bits");
+  }
+  return Tensor(std::make_shared<Storage>(static_cast<size_t>(bytes), device), 0, shape, dtype);
 }
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {

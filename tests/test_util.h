@@ -69,7 +69,8 @@ inline Diff compare(const Tensor& got, const Tensor& want, double abs_floor = 1e
 }
 
 // True when every element is within atol + rtol * |want| and nothing non-finite disagrees.
-inline bool allclose(const std::vector<float>& got, const std::vector<float>& want, double rtol, double atol) {
+template <class T>
+bool allclose(const std::vector<T>& got, const std::vector<T>& want, double rtol, double atol) {
   if (got.size() != want.size()) return false;
   for (size_t i = 0; i < got.size(); ++i) {
     if (std::isnan(got[i]) || std::isnan(want[i])) return false;
@@ -79,8 +80,18 @@ inline bool allclose(const std::vector<float>& got, const std::vector<float>& wa
   return true;
 }
 
+// f64 tensors compare in double: rounding both to f32 first would put a whole f32 ulp (~6e-8
+// relative) between two values that agree to 1e-16 whenever they straddle a rounding boundary.
+inline std::vector<double> f64_values(const Tensor& t) {
+  Tensor c = t.device().is_cpu() ? t : t.to(Device::cpu());
+  return std::vector<double>(c.data<double>(), c.data<double>() + c.numel());
+}
+
 inline bool allclose(const Tensor& got, const Tensor& want, double rtol, double atol) {
-  return got.shape() == want.shape() && allclose(got.to_vector(), want.to_vector(), rtol, atol);
+  if (!(got.shape() == want.shape())) return false;
+  if (got.dtype() == DType::f64 && want.dtype() == DType::f64)
+    return allclose(f64_values(got), f64_values(want), rtol, atol);
+  return allclose(got.to_vector(), want.to_vector(), rtol, atol);
 }
 
 }  // namespace diffuse::test

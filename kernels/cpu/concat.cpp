@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "kernels/cuda/dispatch.h"
 #include "kernels/concat.h"
 
 namespace diffuse::kernels {
@@ -30,6 +31,10 @@ void copy_rows(char* dst, int64_t ds, const char* src, int64_t ss, int64_t rows,
 
 Tensor concat_last_forward(const std::vector<Tensor>& xs) {
   DF_CHECK(!xs.empty(), "concat_last of nothing");
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (xs[0].defined() && xs[0].device().is_cuda()) return gpu::concat_last_forward(xs);
+#endif
+
   Shape out = xs[0].shape();
   int64_t total = 0;
   for (const Tensor& t : xs) {
@@ -68,6 +73,9 @@ std::vector<Tensor> concat_last_backward(const Tensor& g, const std::vector<int6
 }
 
 Tensor slice_last_forward(const Tensor& x, int64_t begin, int64_t end) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.defined() && x.device().is_cuda()) return gpu::slice_last_forward(x, begin, end);
+#endif
   check_cpu(x, "slice_last");
   const int64_t C = x.size(-1);
   DF_CHECK(0 <= begin && begin <= end && end <= C, "slice_last [", begin, ", ", end, ") of ", x.shape().str());
@@ -82,6 +90,9 @@ Tensor slice_last_forward(const Tensor& x, int64_t begin, int64_t end) {
 }
 
 Tensor slice_last_backward(const Tensor& g, int64_t total, int64_t begin) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (g.defined() && g.device().is_cuda()) return gpu::slice_last_backward(g, total, begin);
+#endif
   check_cpu(g, "slice_last backward");
   const int64_t c = g.size(-1);
   DF_CHECK(0 <= begin && begin + c <= total, "slice_last backward: gradient ", g.str(), " at ", begin, " of ", total);

@@ -22,15 +22,10 @@
 #include <cstring>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-#if defined(DIFFUSE_HAVE_OPENBLAS)
-#include <cblas.h>
-#endif
-
 #include "core/check.h"
 #include "kernels/conv2d.h"
+#include "kernels/cuda/dispatch.h"
+#include "kernels/cpu/row_chunks.h"
 #include "kernels/gemm.h"
 
 namespace diffuse::kernels {
@@ -147,26 +142,7 @@ void ref_backward(const T* gy, const T* x, const T* w, T* dx, T* dw, T* db, cons
 
 // ---- fast path ----------------------------------------------------------------------------------
 
-// Rows per chunk: ~256 KB of cols, and at least 128 rows. The chunk and the GEMM's packed panels
-// then stay in the 2 MB L2 of the target, and the GEMM still runs at its full rate (OpenBLAS
-// SkylakeX kernels, one thread: ~100 GFLOP/s at M = 256..1024 rows against ~67 for the whole
-// 50k-row product, whose operands stream from memory). The floor matters where K is long
-// (3x3x256: 16 rows would leave the GEMM at half its rate). Chosen by bench/cpu_conv.cpp over
-// 128 KB..1 MB and floors 16..128; the figures are in docs/benchmarks.md.
-constexpr int64_t kChunkBytes = 256 << 10, kMinChunkRows = 128;
-
-int64_t chunk_rows(const Geometry& g, size_t elem) {
-  const int64_t r = kChunkBytes / (g.K() * static_cast<int64_t>(elem));
-  return std::max(r / 16 * 16, kMinChunkRows);
-}
-
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
+int64_t chunk_rows(const Geometry& g, size_t elem) { return rows::chunk_rows(g.K(), elem); }
 
 // Thread-local scratch, reused across calls: a training step calls conv2d dozens of times with
 // a handful of sizes, and a fresh allocation per call would page-fault its way through memory.
@@ -176,33 +152,6 @@ T* scratch(int slot, size_t n) {
   thread_local std::vector<T> buf[2];
   if (buf[slot].size() < n) buf[slot].resize(n);
   return buf[slot].data();
-}
-
-// Runs body(t, T) on `threads` OpenMP threads with OpenBLAS held at one thread: each thread
-// calls single-threaded GEMMs on its own chunks (a pthreads OpenBLAS would otherwise start its
-// own threads inside each call, on the same 2 cores). openblas_set_num_threads is global, which
-// is fine while one thread drives the model, as the trainer and the sampler do.
-template <class F>
-void parallel_serial_blas(int threads, F&& body) {
-  if (threads <= 1) {
-    body(0, 1);
-    return;
-  }
-#if defined(DIFFUSE_HAVE_OPENBLAS)
-  const int blas_threads = openblas_get_num_threads();
-  if (blas_threads > 1) openblas_set_num_threads(1);
-#endif
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef _OPENMP
-    body(omp_get_thread_num(), omp_get_num_threads());
-#else
-    body(0, 1);
-#endif
-  }
-#if defined(DIFFUSE_HAVE_OPENBLAS)
-  if (blas_threads > 1) openblas_set_num_threads(blas_threads);
-#endif
 }
 
 // Rows [m0, m1) of cols: for each output pixel, its KH*KW input runs of Cin (zeros outside).
@@ -262,23 +211,6 @@ void col2im_rows(const T* dcols, T* dx, const Geometry& g, int64_t m0, int64_t m
   }
 }
 
-// Thread t of nt gets items [n t / nt, n (t+1) / nt): contiguous, fixed by the thread count, so
-// every sum is formed in the same order whatever the timing.
-inline int64_t share(int64_t n, int t, int nt) { return n * t / nt; }
-
-// Row chunks [m0, m1) of an M-row product, R rows each, split across threads: body(t, m0, m1).
-int chunk_threads(int64_t M, int64_t R) {
-  return static_cast<int>(std::clamp<int64_t>((M + R - 1) / R, 1, max_threads()));
-}
-
-template <class Body>
-void for_each_chunk(int64_t M, int64_t R, Body&& body) {
-  const int64_t chunks = (M + R - 1) / R;
-  parallel_serial_blas(chunk_threads(M, R), [&](int t, int nt) {
-    for (int64_t c = share(chunks, t, nt); c < share(chunks, t + 1, nt); ++c) body(t, c * R, std::min(M, c * R + R));
-  });
-}
-
 // Rows [m0, m1) of cols: x itself for a 1x1 stride-1 unpadded conv, else built in `scratch`.
 template <class T>
 const T* cols_rows(const T* x, T* scratch_rows, const Geometry& g, int64_t m0, int64_t m1) {
@@ -291,62 +223,33 @@ template <class T>
 void fast_forward(const T* x, const T* w, const T* bias, T* y, const Geometry& g) {
   const int64_t K = g.K(), N = g.Cout, R = chunk_rows(g, sizeof(T));
   const T beta = bias ? T(1) : T(0);
-  for_each_chunk(g.M(), R, [&](int, int64_t m0, int64_t m1) {
+  rows::for_each_chunk(g.M(), R, [&](int, int64_t m0, int64_t m1) {
     const T* cols = cols_rows(x, g.direct() ? nullptr : scratch<T>(0, static_cast<size_t>(R * K)), g, m0, m1);
     if (bias)  // C starts at the bias and the GEMM adds onto it: one pass over y
       for (int64_t m = m0; m < m1; ++m) std::memcpy(y + m * N, bias, sizeof(T) * N);
-    gemm(false, true, m1 - m0, N, K, T(1), cols, K, w, K, beta, y + m0 * N, N);
+    rows::chunk_gemm(false, true, m1 - m0, N, K, T(1), cols, K, w, K, beta, y + m0 * N, N);
   });
 }
 
-// db: column sums of gy, per-thread partials in double added in thread order.
-template <class T>
-void bias_grad(const T* gy, T* db, const Geometry& g) {
-  const int64_t M = g.M(), N = g.Cout;
-  const int nt = static_cast<int>(std::clamp<int64_t>(M * N / 65536, 1, max_threads()));
-  std::vector<double> part(static_cast<size_t>(nt * N), 0.0);
-#pragma omp parallel for num_threads(nt) schedule(static, 1)
-  for (int t = 0; t < nt; ++t) {
-    double* p = part.data() + t * N;
-    for (int64_t m = share(M, t, nt); m < share(M, t + 1, nt); ++m)
-      for (int64_t n = 0; n < N; ++n) p[n] += gy[m * N + n];
-  }
-  for (int64_t n = 0; n < N; ++n) {
-    double acc = 0;
-    for (int t = 0; t < nt; ++t) acc += part[t * N + n];
-    db[n] = static_cast<T>(acc);
-  }
-}
-
-// dw = gy^T cols, chunk by chunk, even for a 1x1 conv: OpenBLAS threads a single tall-skinny
-// product (Cout x Cin x 50k rows) over its small C, which measured 3-6x slower on 2 threads.
-// Thread 0 accumulates straight into dw, the others into partials added after in thread order.
+// dw = gy^T cols, chunk by chunk (per-thread partials, kernels/cpu/row_chunks.h), even for a
+// 1x1 conv: OpenBLAS threading one tall-skinny Cout x Cin x 50k product measured 3-6x slower.
 template <class T>
 void weight_grad(const T* gy, const T* x, T* dw, const Geometry& g) {
-  const int64_t K = g.K(), N = g.Cout, R = chunk_rows(g, sizeof(T));
-  const int nt = chunk_threads(g.M(), R);
-  std::vector<T> part(static_cast<size_t>((nt - 1) * N * K));
-  std::vector<char> started(static_cast<size_t>(nt), 0);
-  auto acc_of = [&](int t) { return t == 0 ? dw : part.data() + (t - 1) * N * K; };
-  for_each_chunk(g.M(), R, [&](int t, int64_t m0, int64_t m1) {
-    const T* cols = cols_rows(x, g.direct() ? nullptr : scratch<T>(0, static_cast<size_t>(R * K)), g, m0, m1);
-    gemm(true, false, N, K, m1 - m0, T(1), gy + m0 * N, N, cols, K, started[t] ? T(1) : T(0), acc_of(t), K);
-    started[t] = 1;
-  });
-  if (!started[0]) std::fill(dw, dw + N * K, T(0));
-  for (int t = 1; t < nt; ++t)
-    if (started[t]) {
-      const T* p = acc_of(t);
-      for (int64_t i = 0; i < N * K; ++i) dw[i] += p[i];
-    }
+  const int64_t K = g.K(), R = chunk_rows(g, sizeof(T));
+  rows::gemm_tn_over_rows(
+      g.M(), g.Cout, K, gy,
+      [&](int64_t m0, int64_t m1) {
+        return cols_rows(x, g.direct() ? nullptr : scratch<T>(0, static_cast<size_t>(R * K)), g, m0, m1);
+      },
+      dw, R);
 }
 
 template <class T>
 void data_grad(const T* gy, const T* w, T* dx, const Geometry& g) {
   const int64_t K = g.K(), N = g.Cout, P = g.Ho * g.Wo, HWC = g.H * g.W * g.Cin;
   if (g.direct()) {  // dcols is dx: any chunking, straight into dx
-    for_each_chunk(g.M(), chunk_rows(g, sizeof(T)), [&](int, int64_t m0, int64_t m1) {
-      gemm(false, false, m1 - m0, K, N, T(1), gy + m0 * N, N, w, K, T(0), dx + m0 * K, K);
+    rows::for_each_chunk(g.M(), chunk_rows(g, sizeof(T)), [&](int, int64_t m0, int64_t m1) {
+      rows::chunk_gemm(false, false, m1 - m0, K, N, T(1), gy + m0 * N, N, w, K, T(0), dx + m0 * K, K);
     });
     return;
   }
@@ -364,17 +267,17 @@ void data_grad(const T* gy, const T* w, T* dx, const Geometry& g) {
     for (int64_t b = b0; b < b1; b += images)
       for (int64_t c = 0; c < per_image; ++c) {
         const int64_t m0 = b * P + c * R, m1 = std::min({m0 + R, (b + 1) * P + (images - 1) * P, b1 * P});
-        gemm(false, false, m1 - m0, K, N, T(1), gy + m0 * N, N, w, K, T(0), dcols, K);
+        rows::chunk_gemm(false, false, m1 - m0, K, N, T(1), gy + m0 * N, N, w, K, T(0), dcols, K);
         col2im_rows(dcols, dx, g, m0, m1);
       }
   };
-  // With fewer images than threads, one thread runs and OpenBLAS threads each chunk's GEMM.
-  const int nt = static_cast<int>(std::min<int64_t>(max_threads(), g.B));
+  // With fewer images than threads, one thread runs and the GEMM library threads each chunk.
+  const int nt = static_cast<int>(std::min<int64_t>(rows::max_threads(), g.B));
   if (nt <= 1) {
     run(0, g.B);
     return;
   }
-  parallel_serial_blas(nt, [&](int t, int T_) { run(share(g.B, t, T_), share(g.B, t + 1, T_)); });
+  rows::parallel_serial_blas(nt, [&](int t, int T_) { run(rows::share(g.B, t, T_), rows::share(g.B, t + 1, T_)); });
 }
 
 template <class T>
@@ -393,7 +296,8 @@ Shape conv2d_output_shape(const Shape& xs, const Shape& ws, const Conv2dParams& 
            ws.str(), ", stride ", p.stride, ", padding ", p.padding);
   DF_CHECK(xs[1] + 2 * p.padding >= ws[1] && xs[2] + 2 * p.padding >= ws[2], "conv2d: kernel ", ws[1], "x", ws[2],
            " larger than the padded input ", xs.str());
-  const int64_t Ho = (xs[1] + 2 * p.padding - ws[1]) / p.stride + 1, Wo = (xs[2] + 2 * p.padding - ws[2]) / p.stride + 1;
+  const int64_t Ho = (xs[1] + 2 * p.padding - ws[1]) / p.stride + 1;
+  const int64_t Wo = (xs[2] + 2 * p.padding - ws[2]) / p.stride + 1;
   return Shape{xs[0], Ho, Wo, ws[0]};
 }
 
@@ -412,7 +316,7 @@ void conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const C
   check_grads(gy, x, w, g, r);
   auto run = [&](auto tag) {
     using T = decltype(tag);
-    if (r.db.defined()) bias_grad(gy.data<T>(), r.db.data<T>(), g);
+    if (r.db.defined()) rows::column_sums(gy.data<T>(), g.M(), g.Cout, r.db.data<T>());
     if (r.dw.defined()) weight_grad(gy.data<T>(), x.data<T>(), r.dw.data<T>(), g);
     if (r.dx.defined()) data_grad(gy.data<T>(), w.data<T>(), r.dx.data<T>(), g);
   };
@@ -451,6 +355,9 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
     cpu::conv2d_forward(x, w, bias, p, y);
     return y;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::conv2d_forward(x, w, bias, p);  // cuDNN, NHWC
+#endif
   DF_FAIL("conv2d on ", x.device().str(), " needs the CUDA backend");
 }
 
@@ -464,6 +371,9 @@ Conv2dGrads conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, 
     cpu::conv2d_backward(gy, x, w, p, r);
     return r;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::conv2d_backward(gy, x, w, p, need_x, need_w, need_b);
+#endif
   DF_FAIL("conv2d on ", x.device().str(), " needs the CUDA backend");
 }
 

@@ -19,6 +19,7 @@
 
 #include "core/check.h"
 #include "core/philox.h"
+#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -593,6 +594,9 @@ void sum(const Tensor& x, const std::vector<int>& axes, Tensor& out) {
 
 // ---- dispatch -------------------------------------------------------------------------------
 Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (a.device().is_cuda()) return gpu::binary_forward(op, a, b);
+#endif
   check_cpu(a, "binary op");
   check_cpu(b, "binary op");
   Tensor out = Tensor::empty(broadcast_shape(a.shape(), b.shape()), a.dtype(), a.device());
@@ -606,6 +610,9 @@ Tensor mul(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::m
 Tensor div(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::div, a, b); }
 
 Tensor sum_to(const Tensor& g, const Shape& shape) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (g.device().is_cuda()) return gpu::sum_to(g, shape);
+#endif
   check_cpu(g, "sum_to");
   if (g.shape() == shape) return g;
   Tensor out = Tensor::empty(shape, g.dtype(), g.device());
@@ -614,6 +621,9 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
 }
 
 Tensor broadcast_to(const Tensor& x, const Shape& shape) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::broadcast_to(x, shape);
+#endif
   check_cpu(x, "broadcast_to");
   Tensor out = Tensor::empty(shape, x.dtype(), x.device());
   cpu::broadcast_to(x, out);
@@ -627,7 +637,8 @@ BinaryGrads binary_backward(BinaryOp op, const Tensor& dy, const Tensor& a, cons
   // add hands dy itself on where no sum was needed; both operands of x + x would then share one
   // buffer as their gradients, which an optimizer scaling gradients in place would scale twice.
   auto own = [&](Tensor t) { return t.same_storage(dy) && need_da && need_db ? t.clone() : t; };
-  check_cpu(dy, "binary backward");
+  DF_CHECK(dy.device() == a.device() && dy.device() == b.device(), "binary backward: ", dy.str(), " for ", a.str(),
+           " and ", b.str());
   DF_CHECK(dy.shape() == broadcast_shape(a.shape(), b.shape()), "binary backward: gradient ", dy.str(), " for ",
            a.str(), " and ", b.str());
   BinaryGrads g;
@@ -655,6 +666,9 @@ BinaryGrads binary_backward(BinaryOp op, const Tensor& dy, const Tensor& a, cons
 }
 
 Tensor unary_forward(UnaryOp op, const Tensor& x) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::unary_forward(op, x);
+#endif
   check_cpu(x, unary_name(op));
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   cpu::unary_forward(op, x, y);
@@ -662,6 +676,9 @@ Tensor unary_forward(UnaryOp op, const Tensor& x) {
 }
 
 Tensor unary_backward(UnaryOp op, const Tensor& dy, const Tensor& x) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::unary_backward(op, dy, x);
+#endif
   check_cpu(x, unary_name(op));
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   cpu::unary_backward(op, dy, x, dx);
@@ -669,6 +686,9 @@ Tensor unary_backward(UnaryOp op, const Tensor& dy, const Tensor& x) {
 }
 
 Tensor add_scalar(const Tensor& x, double s) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::affine(x, 1.0, s);
+#endif
   check_cpu(x, "add_scalar");
   Tensor y = x.clone();
   dispatch_float(x.dtype(), "add_scalar", [&](auto t) {
@@ -681,12 +701,18 @@ Tensor add_scalar(const Tensor& x, double s) {
 }
 
 Tensor mul_scalar(const Tensor& x, double s) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::affine(x, s, 0.0);
+#endif
   Tensor y = x.clone();
   scale_(y, s);
   return y;
 }
 
 void axpby(double a, const Tensor& x, double b, Tensor& y) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (y.device().is_cuda()) return gpu::axpby(a, x, b, y);
+#endif
   check_cpu(y, "axpby");
   check_same_shape(x, y, "axpby");
   DF_CHECK(x.dtype() == y.dtype(), "axpby: ", x.str(), ", ", y.str());
@@ -703,6 +729,9 @@ void axpby(double a, const Tensor& x, double b, Tensor& y) {
 }
 
 void add_(Tensor& y, const Tensor& x, double alpha) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (y.device().is_cuda()) return gpu::axpby(alpha, x, 1.0, y);
+#endif
   check_cpu(y, "add_");
   check_same_shape(x, y, "add_");
   DF_CHECK(x.dtype() == y.dtype(), "add_: ", x.str(), ", ", y.str());
@@ -716,6 +745,9 @@ void add_(Tensor& y, const Tensor& x, double alpha) {
 }
 
 void scale_(Tensor& y, double s) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (y.device().is_cuda()) return gpu::scale_(y, s);
+#endif
   check_cpu(y, "scale_");
   dispatch_float(y.dtype(), "scale_", [&](auto t) {
     using T = decltype(t);
@@ -726,6 +758,9 @@ void scale_(Tensor& y, double s) {
 }
 
 Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::sum(x, axes, keepdim);
+#endif
   check_cpu(x, "sum");
   Tensor out = Tensor::empty(reduced_shape(x.shape(), axes, keepdim), x.dtype(), x.device());
   cpu::sum(x, axes, out);
@@ -735,12 +770,20 @@ Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim) {
 Tensor mean(const Tensor& x, const std::vector<int>& axes, bool keepdim) {
   int64_t count = 1;
   keepdim_shape(x.shape(), axes, &count);
+#if defined(DIFFUSE_HAVE_CUDA)
+  // One pass: the kernel's final write scales the sums.
+  if (x.device().is_cuda()) return gpu::sum(x, axes, keepdim, 1.0 / static_cast<double>(std::max<int64_t>(count, 1)));
+#endif
+
   Tensor out = sum(x, axes, keepdim);
   scale_(out, 1.0 / static_cast<double>(std::max<int64_t>(count, 1)));
   return out;
 }
 
 Tensor sum_all(const Tensor& x) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::sum(x.reshape({x.numel()}), {0}, false);
+#endif
   check_cpu(x, "sum_all");
   Tensor out = Tensor::empty({1}, x.dtype(), x.device());
   cpu::sum_to(x, out);
@@ -748,6 +791,10 @@ Tensor sum_all(const Tensor& x) {
 }
 
 Tensor mean_all(const Tensor& x) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda())
+    return gpu::sum(x.reshape({x.numel()}), {0}, false, 1.0 / static_cast<double>(std::max<int64_t>(x.numel(), 1)));
+#endif
   Tensor out = sum_all(x);
   scale_(out, 1.0 / static_cast<double>(std::max<int64_t>(x.numel(), 1)));
   return out;
@@ -773,6 +820,9 @@ void dropout_typed(const T* x, T* y, int64_t n, float p, uint64_t seed, uint64_t
 }
 
 Tensor dropout_apply(const Tensor& x, float p, uint64_t seed, uint64_t offset, const char* what) {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::dropout(x, p, seed, offset);
+#endif
   check_cpu(x, what);
   DF_CHECK(p >= 0.f && p < 1.f, what, ": p = ", p, " (in [0, 1) expected)");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());

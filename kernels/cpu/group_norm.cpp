@@ -24,6 +24,7 @@
 
 #include "core/check.h"
 #include "kernels/cpu/vec_math.h"
+#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -451,6 +452,9 @@ GroupNormResult group_norm_forward(const Tensor& x, const Tensor& gamma, const T
     cpu::group_norm_forward(x, gamma, beta, scale, shift, opt, r.y, r.mean, r.rstd);
     return r;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::group_norm_forward(x, gamma, beta, scale, shift, opt);
+#endif
   DF_FAIL("group_norm on ", x.device().str(), " needs the CUDA backend");
 }
 
@@ -467,6 +471,9 @@ GroupNormGrads group_norm_backward(const Tensor& dy, const Tensor& x, const Tens
     cpu::group_norm_backward(dy, x, mean, rstd, gamma, beta, scale, shift, opt, g);
     return g;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::group_norm_backward(dy, x, mean, rstd, gamma, beta, scale, shift, opt);
+#endif
   DF_FAIL("group_norm on ", x.device().str(), " needs the CUDA backend");
 }
 

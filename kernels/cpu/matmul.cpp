@@ -5,12 +5,17 @@
 // Rules (row-major, G the gradient of y):
 //   matmul  y = A B        dA = G B^T           dB = A^T G
 //   linear  y = X W^T + b  dX = G W             dW = G^T X            db = column sums of G
-// The fast path is one kernels::gemm (OpenBLAS, threaded) per product; the reference is the same
-// calls on gemm_reference, the plain triple loop.
+// The fast path: matmul is one kernels::gemm (OpenBLAS, threaded) per product; linear, whose M is
+// often B*H*W pixel rows (the UNet's 1x1 convolutions and attention projections run through it),
+// cuts its rows into L2-sized chunks of single-threaded GEMMs on OpenMP threads, with dW summed
+// from per-thread partials (kernels/cpu/row_chunks.h says why and what it measured). The reference
+// is the same products on gemm_reference, the plain triple loop.
 #include <cstring>
 #include <vector>
 
 #include "core/check.h"
+#include "kernels/cuda/dispatch.h"
+#include "kernels/cpu/row_chunks.h"
 #include "kernels/gemm.h"
 #include "kernels/matmul.h"
 
@@ -91,30 +96,62 @@ void mm_backward(Gemm<T> gm, const Tensor& g, const Tensor& a, const Tensor& b, 
   }
 }
 
+// Reference: whole products on gemm_reference.
 template <class T>
-void lin_forward(Gemm<T> gm, const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, const LinearDims& d) {
+void lin_forward_ref(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, const LinearDims& d) {
   T* yp = y.data<T>();
-  T beta = T(0);
-  if (bias.defined()) {  // C starts at the bias and the GEMM adds onto it: one pass over y
-    const T* bp = bias.data<T>();
-#pragma omp parallel for if (d.M * d.Out > 65536)
-    for (int64_t m = 0; m < d.M; ++m) std::memcpy(yp + m * d.Out, bp, sizeof(T) * d.Out);
-    beta = T(1);
-  }
-  gm(false, true, d.M, d.Out, d.In, T(1), x.data<T>(), d.In, w.data<T>(), d.In, beta, yp, d.Out);
+  if (bias.defined())
+    for (int64_t m = 0; m < d.M; ++m) std::memcpy(yp + m * d.Out, bias.data<T>(), sizeof(T) * d.Out);
+  gemm_reference<T>(false, true, d.M, d.Out, d.In, T(1), x.data<T>(), d.In, w.data<T>(), d.In,
+                    bias.defined() ? T(1) : T(0), yp, d.Out);
 }
 
 template <class T>
-void lin_backward(Gemm<T> gm, const Tensor& g, const Tensor& x, const Tensor& w, LinearGrads& r, const LinearDims& d) {
+void lin_backward_ref(const Tensor& g, const Tensor& x, const Tensor& w, LinearGrads& r, const LinearDims& d) {
   const T* gp = g.data<T>();
-  if (r.dx.defined()) gm(false, false, d.M, d.In, d.Out, T(1), gp, d.Out, w.data<T>(), d.In, T(0), r.dx.data<T>(), d.In);
-  if (r.dw.defined()) gm(true, false, d.Out, d.In, d.M, T(1), gp, d.Out, x.data<T>(), d.In, T(0), r.dw.data<T>(), d.In);
-  if (r.db.defined()) {  // column sums, in double: M can be B*H*W = 50k rows
-    std::vector<double> acc(static_cast<size_t>(d.Out), 0.0);
-    for (int64_t m = 0; m < d.M; ++m)
-      for (int64_t o = 0; o < d.Out; ++o) acc[o] += gp[m * d.Out + o];
-    for (int64_t o = 0; o < d.Out; ++o) r.db.data<T>()[o] = static_cast<T>(acc[o]);
+  if (r.dx.defined())
+    gemm_reference<T>(false, false, d.M, d.In, d.Out, T(1), gp, d.Out, w.data<T>(), d.In, T(0), r.dx.data<T>(), d.In);
+  if (r.dw.defined())
+    gemm_reference<T>(true, false, d.Out, d.In, d.M, T(1), gp, d.Out, x.data<T>(), d.In, T(0), r.dw.data<T>(), d.In);
+  if (r.db.defined())
+    for (int64_t o = 0; o < d.Out; ++o) {
+      double acc = 0;
+      for (int64_t m = 0; m < d.M; ++m) acc += gp[m * d.Out + o];
+      r.db.data<T>()[o] = static_cast<T>(acc);
+    }
+}
+
+// Fast path: row chunks of x / y / dx / g, each a single-threaded GEMM.
+template <class T>
+void lin_forward_fast(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y, const LinearDims& d) {
+  const T *xp = x.data<T>(), *wp = w.data<T>(), *bp = bias.defined() ? bias.data<T>() : nullptr;
+  T* yp = y.data<T>();
+  rows::for_each_chunk(d.M, rows::chunk_rows(d.In, sizeof(T)), [&](int, int64_t m0, int64_t m1) {
+    if (bp)  // C starts at the bias and the GEMM adds onto it: one pass over y
+      for (int64_t m = m0; m < m1; ++m) std::memcpy(yp + m * d.Out, bp, sizeof(T) * d.Out);
+    rows::chunk_gemm(false, true, m1 - m0, d.Out, d.In, T(1), xp + m0 * d.In, d.In, wp, d.In, bp ? T(1) : T(0),
+                     yp + m0 * d.Out, d.Out);
+  });
+}
+
+template <class T>
+void lin_backward_fast(const Tensor& g, const Tensor& x, const Tensor& w, LinearGrads& r, const LinearDims& d) {
+  const T* gp = g.data<T>();
+  if (r.dx.defined()) {
+    T* dx = r.dx.data<T>();
+    const T* wp = w.data<T>();
+    rows::for_each_chunk(d.M, rows::chunk_rows(d.In, sizeof(T)), [&](int, int64_t m0, int64_t m1) {
+      rows::chunk_gemm(false, false, m1 - m0, d.In, d.Out, T(1), gp + m0 * d.Out, d.Out, wp, d.In, T(0),
+                       dx + m0 * d.In, d.In);
+    });
   }
+  if (r.dw.defined()) {
+    const T* xp = x.data<T>();
+    rows::gemm_tn_over_rows(
+        d.M, d.Out, d.In, gp, [&](int64_t m0, int64_t) { return xp + m0 * d.In; }, r.dw.data<T>(),
+        rows::chunk_rows(d.In, sizeof(T)));
+  }
+  if (r.db.defined()) rows::column_sums(gp, d.M, d.Out, r.db.data<T>());
 }
 
 void check_matmul_grads(const Tensor& g, const Tensor& a, const Tensor& b, const MatmulGrads& r, const MatmulDims& d) {
@@ -157,14 +194,20 @@ template <bool Ref>
 void do_linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y) {
   const LinearDims d = linear_dims(x, w, bias);
   check_out(y, linear_out_shape(x, d.Out), x.dtype(), "linear", "y");
-  with_gemm<Ref>(x.dtype(), [&](auto gm, auto tag) { lin_forward<decltype(tag)>(gm, x, w, bias, y, d); });
+  with_gemm<Ref>(x.dtype(), [&](auto, auto tag) {
+    using T = decltype(tag);
+    (Ref ? lin_forward_ref<T> : lin_forward_fast<T>)(x, w, bias, y, d);
+  });
 }
 
 template <bool Ref>
 void do_linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, LinearGrads& r) {
   const LinearDims d = linear_dims(x, w, Tensor());
   check_linear_grads(g, x, w, r, d);
-  with_gemm<Ref>(x.dtype(), [&](auto gm, auto tag) { lin_backward<decltype(tag)>(gm, g, x, w, r, d); });
+  with_gemm<Ref>(x.dtype(), [&](auto, auto tag) {
+    using T = decltype(tag);
+    (Ref ? lin_backward_ref<T> : lin_backward_fast<T>)(g, x, w, r, d);
+  });
 }
 
 }  // namespace
@@ -202,6 +245,9 @@ Tensor matmul_forward(const Tensor& a, const Tensor& b) {
     cpu::matmul_forward(a, b, y);
     return y;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (a.device().is_cuda()) return gpu::matmul_forward(a, b);  // cuBLASLt
+#endif
   DF_FAIL("matmul on ", a.device().str(), " needs the CUDA backend");
 }
 
@@ -213,6 +259,9 @@ MatmulGrads matmul_backward(const Tensor& g, const Tensor& a, const Tensor& b, b
     cpu::matmul_backward(g, a, b, r);
     return r;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (a.device().is_cuda()) return gpu::matmul_backward(g, a, b, need_a, need_b);
+#endif
   DF_FAIL("matmul on ", a.device().str(), " needs the CUDA backend");
 }
 
@@ -223,6 +272,9 @@ Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
     cpu::linear_forward(x, w, bias, y);
     return y;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::linear_forward(x, w, bias);  // cuBLASLt, bias in the epilogue
+#endif
   DF_FAIL("linear on ", x.device().str(), " needs the CUDA backend");
 }
 
@@ -235,6 +287,9 @@ LinearGrads linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, b
     cpu::linear_backward(g, x, w, r);
     return r;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::linear_backward(g, x, w, need_x, need_w, need_b);
+#endif
   DF_FAIL("linear on ", x.device().str(), " needs the CUDA backend");
 }
 

@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "kernels/cuda/dispatch.h"
 #include "kernels/resample.h"
 
 namespace diffuse::kernels {
@@ -71,8 +72,9 @@ void block_sum_fast(const T* big, T* small, int64_t B, int64_t H, int64_t W, int
         const T* p00 = big + ((b * 2 * H + 2 * h) * 2 * W + 2 * w) * C;
         const T* p10 = p00 + 2 * W * C;
         T* o = small + ((b * H + h) * W + w) * C;
+        // Summed in the reference's order, so the two agree exactly.
 #pragma omp simd
-        for (int64_t c = 0; c < C; ++c) o[c] = scale * (((p00[c] + p00[C + c]) + p10[c]) + p10[C + c]);  // the reference's order
+        for (int64_t c = 0; c < C; ++c) o[c] = scale * (((p00[c] + p00[C + c]) + p10[c]) + p10[C + c]);
       }
 }
 
@@ -100,7 +102,8 @@ void up_ref(const T* x, T* y, int64_t B, int64_t H, int64_t W, int64_t C) {
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < 2 * H; ++h)
       for (int64_t w = 0; w < 2 * W; ++w)
-        for (int64_t c = 0; c < C; ++c) y[((b * 2 * H + h) * 2 * W + w) * C + c] = x[((b * H + h / 2) * W + w / 2) * C + c];
+        for (int64_t c = 0; c < C; ++c)
+          y[((b * 2 * H + h) * 2 * W + w) * C + c] = x[((b * H + h / 2) * W + w / 2) * C + c];
 }
 
 template <class T>
@@ -192,6 +195,9 @@ Tensor upsample_nearest2x_forward(const Tensor& x) {
     cpu::upsample_nearest2x_forward(x, y);
     return y;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::upsample_nearest2x_forward(x);
+#endif
   DF_FAIL("upsample_nearest2x on ", x.device().str(), " needs the CUDA backend");
 }
 
@@ -202,6 +208,9 @@ Tensor upsample_nearest2x_backward(const Tensor& g) {
     cpu::upsample_nearest2x_backward(g, dx);
     return dx;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (g.device().is_cuda()) return gpu::upsample_nearest2x_backward(g);
+#endif
   DF_FAIL("upsample_nearest2x on ", g.device().str(), " needs the CUDA backend");
 }
 
@@ -212,6 +221,9 @@ Tensor avg_pool2x_forward(const Tensor& x) {
     cpu::avg_pool2x_forward(x, y);
     return y;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::avg_pool2x_forward(x);
+#endif
   DF_FAIL("avg_pool2x on ", x.device().str(), " needs the CUDA backend");
 }
 
@@ -222,6 +234,9 @@ Tensor avg_pool2x_backward(const Tensor& g) {
     cpu::avg_pool2x_backward(g, dx);
     return dx;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (g.device().is_cuda()) return gpu::avg_pool2x_backward(g);
+#endif
   DF_FAIL("avg_pool2x on ", g.device().str(), " needs the CUDA backend");
 }
 

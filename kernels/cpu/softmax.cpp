@@ -10,6 +10,7 @@
 
 #include "core/check.h"
 #include "kernels/cpu/vec_math.h"
+#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -134,6 +135,9 @@ Tensor softmax_last_forward(const Tensor& x) {
     cpu::softmax_last_forward(x, y);
     return y;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (x.device().is_cuda()) return gpu::softmax_last_forward(x);
+#endif
   DF_FAIL("softmax_last on ", x.device().str(), " needs the CUDA backend");
 }
 
@@ -143,6 +147,9 @@ Tensor softmax_last_backward(const Tensor& dy, const Tensor& y) {
     cpu::softmax_last_backward(dy, y, dx);
     return dx;
   }
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (y.device().is_cuda()) return gpu::softmax_last_backward(dy, y);
+#endif
   DF_FAIL("softmax_last on ", y.device().str(), " needs the CUDA backend");
 }
 

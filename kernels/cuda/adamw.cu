@@ -10,6 +10,7 @@
 // round trip between the norm reduction and the update.
 #include "kernels/cuda/portable.cuh"
 
+#include "core/philox.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/common.cuh"
 
@@ -21,7 +22,9 @@ using kernels::AdamWParams;
 
 constexpr int kBlock = 256;
 
-// Host-computed constants of the step, passed by value.
+// Constants of the step, from AdamWParams: on the host (passed by value), or by each thread from
+// device memory (a graph replay). Every operation is explicitly rounded, so both give the bits the
+// CPU loop's constants have (nvcc would otherwise contract 1 - lr * wd into an FMA).
 struct StepConsts {
   float decay_factor;  // 1 - lr * wd
   float step_size;     // lr / bc1
@@ -29,7 +32,21 @@ struct StepConsts {
   float bc2_sqrt, eps;
   float d, cd;         // ema decay and 1 - decay
   float max_norm;
+  int skip_nonfinite;
 };
+
+DF_HD_INLINE StepConsts consts_of(const AdamWParams& p) {
+  using namespace philox_detail;  // mul/add/div rounded alike on the host and the device
+  StepConsts s;
+  s.decay_factor = add(1.f, -mul(p.lr, p.weight_decay));
+  s.step_size = div(p.lr, p.bc1);
+  s.b1 = p.beta1, s.b2 = p.beta2, s.c1 = add(1.f, -p.beta1), s.c2 = add(1.f, -p.beta2);
+  s.bc2_sqrt = p.bc2_sqrt, s.eps = p.eps;
+  s.d = p.ema_decay, s.cd = add(1.f, -p.ema_decay);
+  s.max_norm = p.max_grad_norm;
+  s.skip_nonfinite = p.skip_nonfinite;
+  return s;
+}
 
 DF_DEVICE_INLINE void update_one(float& w, float g, float& m, float& v, float* ema, bool decay, const StepConsts& s) {
   const float mi = s.b1 * m + s.c1 * g;
@@ -48,7 +65,11 @@ __global__ void __launch_bounds__(kBlock) adamw_update_kernel(float* __restrict_
                                                               __nv_bfloat16* __restrict__ w_bf16,
                                                               const uint8_t* __restrict__ decay_mask,
                                                               const float* __restrict__ grad_sumsq, int64_t n,
-                                                              StepConsts s, bool vec) {
+                                                              StepConsts s, const AdamWParams* __restrict__ dp,
+                                                              bool vec) {
+  if (dp) s = consts_of(*dp);
+  // A non-finite norm: every thread leaves its elements alone (no barrier, so returning is safe).
+  if (s.skip_nonfinite && grad_sumsq && !isfinite(*grad_sumsq)) return;
   // torch.nn.utils.clip_grad_norm_: scale by max_norm / (norm + 1e-6) when that is below 1.
   float clip = 1.0f;
   if (grad_sumsq && s.max_norm > 0.0f) {
@@ -95,26 +116,23 @@ __global__ void __launch_bounds__(kBlock) adamw_update_kernel(float* __restrict_
 }  // namespace
 
 void adamw_update(float* w, const float* g, float* m, float* v, float* ema, void* w_bf16, const uint8_t* decay_mask,
-                  const float* grad_sumsq, int64_t n, const AdamWParams& p, void* stream) {
+                  const float* grad_sumsq, int64_t n, const AdamWParams& p, void* stream,
+                  const AdamWParams* device_params) {
   DF_CHECK(n >= 0, "adamw_update: negative size ", n);
   if (n == 0) return;
   DF_CHECK(w && g && m && v, "adamw_update: null buffer");
-  DF_CHECK(p.bc1 > 0 && p.bc2_sqrt > 0, "adamw_update: bias corrections must be positive (step t >= 1)");
+  // Staged scalars are checked where they are staged (models/train/optim.cpp).
+  DF_CHECK(device_params || (p.bc1 > 0 && p.bc2_sqrt > 0),
+           "adamw_update: bias corrections must be positive (step t >= 1)");
   // The CPU loop's constants, rounded the same way.
-  StepConsts s;
-  s.decay_factor = 1.f - p.lr * p.weight_decay;
-  s.step_size = p.lr / p.bc1;
-  s.b1 = p.beta1, s.b2 = p.beta2, s.c1 = 1.f - p.beta1, s.c2 = 1.f - p.beta2;
-  s.bc2_sqrt = p.bc2_sqrt, s.eps = p.eps;
-  s.d = p.ema_decay, s.cd = 1.f - p.ema_decay;
-  s.max_norm = p.max_grad_norm;
+  const StepConsts s = consts_of(p);
   // The vector path needs 16-byte aligned f32 buffers, an 8-byte aligned bf16 copy and a 4-byte
   // aligned mask, which the flat buffers of models/train (64-byte segments) always are.
   auto aligned = [](const void* q, uintptr_t a) { return q == nullptr || reinterpret_cast<uintptr_t>(q) % a == 0; };
   const bool vec = aligned(w, 16) && aligned(g, 16) && aligned(m, 16) && aligned(v, 16) && aligned(ema, 16) &&
                    aligned(w_bf16, 8) && aligned(decay_mask, 4);
   DF_LAUNCH(adamw_update_kernel, dim3(detail::grid_for((n + 3) / 4, kBlock)), dim3(kBlock), 0, stream, w, g, m, v, ema,
-            static_cast<__nv_bfloat16*>(w_bf16), decay_mask, grad_sumsq, n, s, vec);
+            static_cast<__nv_bfloat16*>(w_bf16), decay_mask, grad_sumsq, n, s, device_params, vec);
 }
 
 }  // namespace diffuse::DF_BACKEND

@@ -56,6 +56,10 @@ inline float __saturatef(float x) { return x > 0.0f ? (x < 1.0f ? x : 1.0f) : 0.
 
 using std::fmaxf;
 using std::fminf;
+// CUDA's classification functions, callable unqualified in device code.
+using std::isfinite;
+using std::isinf;
+using std::isnan;
 
 // CUDA's min/max overloads for arithmetic types (global, unlike std::min/max).
 #define DF_SIMT_MINMAX(T)                                  \

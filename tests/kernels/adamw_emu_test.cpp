@@ -131,6 +131,40 @@ TEST_CASE("adamw_update under the emulator matches the reference loop", "[emu][k
   });
 }
 
+TEST_CASE("adamw_update under the emulator: scalars read from device memory, non-finite norms skipped",
+          "[emu][kernels]") {
+  // The scalars a captured graph reads when it runs must give what the by-value launch gives.
+  for_each_order([] {
+    const int64_t n = 1027;
+    State in = random_state(n, true, true);
+    double sq = 0;
+    for (float x : in.g.to_vector()) sq += double(x) * x;
+    const float sumsq = static_cast<float>(sq);
+    AdamWParams p = params(5, 0.05f);
+    p.skip_nonfinite = 1;
+    const State want = reference(in, p, &sumsq);
+    State got{in.w.clone(), in.g, in.m.clone(), in.v.clone(), in.ema.clone(), in.mask};
+    Tensor bb = Tensor::empty({n}, DType::bf16).poison_();
+    AdamWParams garbage;  // what the by-value argument holds is ignored
+    garbage.bc1 = garbage.bc2_sqrt = 1.f;
+    emu::adamw_update(got.w.data<float>(), in.g.data<float>(), got.m.data<float>(), got.v.data<float>(),
+                      got.ema.data<float>(), bb.raw(), in.mask.data<uint8_t>(), &sumsq, n, garbage, nullptr, &p);
+    check_state(got, want, bb);
+    // A non-finite squared norm: nothing moves, not even the bf16 copy.
+    for (float bad : {INFINITY, NAN}) {
+      State same{got.w.clone(), in.g, got.m.clone(), got.v.clone(), got.ema.clone(), in.mask};
+      Tensor bb2 = bb.clone();
+      emu::adamw_update(same.w.data<float>(), in.g.data<float>(), same.m.data<float>(), same.v.data<float>(),
+                        same.ema.data<float>(), bb2.raw(), in.mask.data<uint8_t>(), &bad, n, p, nullptr);
+      CHECK(bit_mismatches(same.w, got.w) == 0);
+      CHECK(bit_mismatches(same.m, got.m) == 0);
+      CHECK(bit_mismatches(same.v, got.v) == 0);
+      CHECK(bit_mismatches(same.ema, got.ema) == 0);
+      CHECK(bit_mismatches(bb2, bb) == 0);
+    }
+  });
+}
+
 #endif  // DIFFUSE_HAVE_SIMT
 
 TEST_CASE("adamw_update on the GPU matches the reference loop", "[cuda][kernels]") {

@@ -11,7 +11,7 @@ using namespace diffuse;
 
 namespace {
 
-// Integers in [-4, 4): every product and every partial sum over K <= 64 is an integer below 2^24,
+// Integers in [-4, 4): every product and every partial sum of the sizes below is an integer under 2^24,
 // exact in f32 in any summation order, so the fast path must equal the reference bit for bit.
 Tensor ints(const Shape& s) {
   Tensor t = test::random_tensor(s, -4.f, 4.f);
@@ -40,8 +40,9 @@ TEST_CASE("matmul equals the triple loop exactly on small integers", "[cpu][kern
   };
   for (C c : {C{0, 5, 7, 4}, C{0, 1, 1, 1}, C{0, 33, 64, 17}, C{3, 5, 7, 4}, C{1, 2, 9, 1}, C{4, 16, 3, 31}}) {
     CAPTURE(c.Bt, c.M, c.K, c.N);
-    const Shape as = c.Bt ? Shape{c.Bt, c.M, c.K} : Shape{c.M, c.K}, bs = c.Bt ? Shape{c.Bt, c.K, c.N} : Shape{c.K, c.N},
-                ys = c.Bt ? Shape{c.Bt, c.M, c.N} : Shape{c.M, c.N};
+    const Shape as = c.Bt ? Shape{c.Bt, c.M, c.K} : Shape{c.M, c.K};
+    const Shape bs = c.Bt ? Shape{c.Bt, c.K, c.N} : Shape{c.K, c.N};
+    const Shape ys = c.Bt ? Shape{c.Bt, c.M, c.N} : Shape{c.M, c.N};
     Tensor a = ints(as), b = ints(bs), g = ints(ys);
     Tensor y = poisoned(ys), want = poisoned(ys);
     kernels::cpu::matmul_forward(a, b, y);
@@ -65,8 +66,10 @@ TEST_CASE("linear equals the triple loop exactly on small integers", "[cpu][kern
     int64_t Out;
     bool bias;
   };
+  // The last two span several row chunks of the fast path (and so several threads' partial dW):
+  // sums stay below 300 * 16 (y, dx) and 1000 * 16 (dW), still exact.
   for (const C& c : {C{{2, 3, 6}, 4, true}, C{{1, 1}, 1, false}, C{{5, 33}, 7, true}, C{{2, 7, 7, 16}, 8, true},
-                     C{{9, 5}, 3, false}}) {
+                     C{{9, 5}, 3, false}, C{{1000, 300}, 5, true}, C{{4, 250, 64}, 3, false}}) {
     CAPTURE(c.x.str(), c.Out, c.bias);
     const int64_t In = c.x[-1];
     Shape ys = c.x;
