@@ -162,6 +162,10 @@ if(DIFFUSE_FUZZ)
     target_link_libraries(${name} PRIVATE diffuse)
     set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
   endforeach()
+endif()
+# make_fuzz_seeds is a plain program (no libFuzzer): built with the fuzz targets or the tests, so
+# any build can rewrite the seeds after a format change.
+if(DIFFUSE_FUZZ OR DIFFUSE_TESTS)
   add_executable(make_fuzz_seeds ${CMAKE_SOURCE_DIR}/tests/fuzz/make_fuzz_seeds.cpp)
   target_compile_options(make_fuzz_seeds PRIVATE ${DIFFUSE_CXX_FLAGS})
   target_link_libraries(make_fuzz_seeds PRIVATE diffuse)

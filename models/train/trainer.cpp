@@ -4,6 +4,7 @@
 #include <sys/file.h>
 #include <unistd.h>
 
+#include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -12,9 +13,11 @@
 
 #include "autograd/elementwise.h"
 #include "autograd/tape.h"
+#include "core/allocator.h"
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/image_io.h"
+#include "core/json_util.h"
 #include "core/philox.h"
 #include "core/safetensors.h"
 #include "kernels/noise.h"
@@ -71,13 +74,10 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   const nlohmann::json known = c.to_json();
   for (auto it = j.begin(); it != j.end(); ++it)
     DF_CHECK(known.contains(it.key()), "training config: unknown key '", it.key(), "'");
+  // json_to, not get<T>: nlohmann's conversions are unchecked casts (core/json_util.h).
   auto get = [&](const char* key, auto& field) {
-    if (!j.contains(key)) return;
-    try {
-      field = j.at(key).get<std::remove_reference_t<decltype(field)>>();
-    } catch (const nlohmann::json::exception& e) {
-      DF_FAIL("training config: key '", key, "' has the wrong type (", e.what(), ")");
-    }
+    if (j.contains(key) && !json_to(j.at(key), field))
+      DF_FAIL("training config: key '", key, "' has the wrong type or is out of range: ", json_brief(j.at(key)));
   };
   get("preset", c.preset);
   if (j.contains("model")) {
@@ -212,6 +212,25 @@ void check_writable(const std::string& dir) {
   fs::remove(probe, ec);
 }
 
+// write_file_atomic writes `<name>.tmp.<pid>` and renames it; a run killed in between leaves
+// that temporary behind, and every kill during a checkpoint write would leave a checkpoint-sized
+// file (found by the kill test, tests/tools/kill_test.cpp). Called with the folder lock held, so
+// no other run can be writing them: only the names the trainer itself writes are removed.
+void remove_stale_temporaries(const std::string& dir) {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    const size_t tmp = name.rfind(".tmp.");
+    if (tmp == std::string::npos || tmp + 5 == name.size() ||
+        name.find_first_not_of("0123456789", tmp + 5) != std::string::npos)
+      continue;
+    const std::string base = name.substr(0, tmp);
+    const bool ours = base == "checkpoint.safetensors" || base == ".write-test" ||
+                      (base.rfind("samples_", 0) == 0 && base.size() > 4 && base.compare(base.size() - 4, 4, ".png") == 0);
+    if (ours) fs::remove(e.path(), ec);
+  }
+}
+
 std::string idx_file(const std::string& dir, const std::string& stem) {
   for (const char* ext : {"-ubyte.gz", "-ubyte", ".gz", ""}) {
     std::string p = (fs::path(dir) / (stem + ext)).string();
@@ -344,15 +363,32 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
   };
   DF_CHECK(meta("format") == "diffuse-checkpoint-1", path, ": unknown checkpoint format '", meta("format"), "'");
   LoadedModel m;
-  try {
-    m.config = TrainConfig::from_json(nlohmann::json::parse(meta("config")));
-    m.unet = std::make_shared<nn::UNet>(nn::UNetConfig::from_json(nlohmann::json::parse(meta("unet"))));
-  } catch (const nlohmann::json::exception& e) {
-    DF_FAIL(path, ": malformed config in the checkpoint metadata (", e.what(), ")");
-  }
-  m.step = std::stoll(meta("step"));
+  // std::stoll would throw std::invalid_argument, which is not the diffuse::Error a caller expects
+  // for a malformed file, and accepts trailing junk.
+  const std::string step = meta("step");
+  const auto [end, ec] = std::from_chars(step.data(), step.data() + step.size(), m.step);
+  DF_CHECK(ec == std::errc() && end == step.data() + step.size() && m.step >= 0, path, ": malformed step '", step,
+           "' in the checkpoint metadata");
   std::map<std::string, Tensor> weights = with_prefix(st.tensors, ema ? "ema." : "model.");
   weights.erase("num_updates");
+  // The model is built from the metadata's config before its weights are matched against it. A
+  // config that describes a far larger model than the file holds (a corrupt or hostile file:
+  // found by fuzzing, where 200 bytes asked for 60 GB) is refused by the allocation limit instead
+  // of allocated. A real checkpoint holds exactly the model's parameters, so the size classes of
+  // its weights as f32, twice over, leave room for whatever construction allocates besides.
+  size_t weight_bytes = size_t{1} << 20;
+  for (const auto& [name, t] : weights)
+    weight_bytes += 2 * allocation_size_class(static_cast<size_t>(t.numel()) * sizeof(float));
+  try {
+    m.config = TrainConfig::from_json(nlohmann::json::parse(meta("config")));
+    nn::UNetConfig unet_config = nn::UNetConfig::from_json(nlohmann::json::parse(meta("unet")));
+    HostAllocationLimit limit(weight_bytes, "the model that the checkpoint's config describes");
+    m.unet = std::make_shared<nn::UNet>(unet_config);
+  } catch (const nlohmann::json::exception& e) {
+    DF_FAIL(path, ": malformed config in the checkpoint metadata (", e.what(), ")");
+  } catch (const Error& e) {
+    DF_FAIL(path, ": ", e.what());
+  }
   try {
     m.unet->load_state(weights);
   } catch (const Error& e) {
@@ -370,6 +406,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   r.cfg = cfg_in;
   check_writable(r.cfg.out_dir);
   FolderLock lock(r.cfg.out_dir);
+  remove_stale_temporaries(r.cfg.out_dir);
   const std::string ckpt = checkpoint_path(r.cfg);
   SafeTensors resumed;
   bool resuming = resume && fs::exists(ckpt);
@@ -377,7 +414,14 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     resumed = read_safetensors(ckpt);
     auto it = resumed.metadata.find("config");
     DF_CHECK(it != resumed.metadata.end(), ckpt, ": no training config in the checkpoint; cannot resume");
-    TrainConfig stored = TrainConfig::from_json(nlohmann::json::parse(it->second));
+    TrainConfig stored;
+    try {
+      stored = TrainConfig::from_json(nlohmann::json::parse(it->second));
+    } catch (const nlohmann::json::exception& e) {
+      DF_FAIL(ckpt, ": malformed training config in the checkpoint metadata (", e.what(), "); cannot resume");
+    } catch (const Error& e) {
+      DF_FAIL(ckpt, ": ", e.what(), "; cannot resume");
+    }
     // The run continues as it was configured; only how long, how often and where may change.
     stored.steps = r.cfg.steps;
     stored.log_every = r.cfg.log_every;

@@ -7,9 +7,12 @@
 
 #include <filesystem>
 
+#include "core/file_io.h"
 #include "core/image_io.h"
 #include "core/safetensors.h"
 #include "models/data/dataset.h"
+#include "models/nn/unet.h"
+#include "models/train/trainer.h"
 
 using namespace diffuse;
 namespace fs = std::filesystem;
@@ -32,9 +35,10 @@ std::string corpus_dir() {
   return {};
 }
 
-// Runs `load` on every file of the folder: ok_* must load, bad_* must throw an Error naming it.
+// Runs `load` on every file of the folder: ok_* must load, bad_* must throw an Error naming it
+// (or, with names_path false, any diffuse::Error: a config parser never sees a path).
 template <class F>
-void check_folder(const std::string& sub, F&& load) {
+void check_folder(const std::string& sub, F&& load, bool names_path = true) {
   const std::string root = corpus_dir();
   if (root.empty()) {
     WARN("skipped: tests/corpus not found (set DIFFUSE_SOURCE_DIR)");
@@ -48,7 +52,8 @@ void check_folder(const std::string& sub, F&& load) {
       CHECK_NOTHROW(load(path));
       ++ok;
     } else if (name.rfind("bad_", 0) == 0) {
-      CHECK_THROWS_WITH(load(path), Catch::Contains(path));
+      if (names_path) CHECK_THROWS_WITH(load(path), Catch::Contains(path));
+      else CHECK_THROWS_AS(load(path), Error);
       ++bad;
     }
   }
@@ -76,4 +81,28 @@ TEST_CASE("corpus: cifar", "[cpu][data][corpus]") {
 
 TEST_CASE("corpus: images", "[cpu][data][corpus]") {
   check_folder("images", [](const std::string& p) { read_image(p, 3); });
+}
+
+// The seeds of tests/fuzz/fuzz_checkpoint (written by tests/fuzz/make_fuzz_seeds): a real tiny
+// checkpoint loads with EMA and with live weights; wrong names, wrong shapes, a missing tensor, a
+// config of another model and plain safetensors are refused naming the file.
+TEST_CASE("corpus: checkpoint", "[cpu][data][corpus]") {
+  check_folder("checkpoint", [](const std::string& p) {
+    train::load_checkpoint(p, Device::cpu(), true);
+    train::load_checkpoint(p, Device::cpu(), false);
+  });
+}
+
+namespace {
+nlohmann::json read_json(const std::string& p) {
+  std::vector<uint8_t> b = read_file(p);
+  return nlohmann::json::parse(b.begin(), b.end());
+}
+}  // namespace
+
+TEST_CASE("corpus: configs", "[cpu][data][corpus]") {
+  check_folder("unet_config", [](const std::string& p) { nn::UNetConfig::from_json(read_json(p)); }, false);
+  check_folder("train_config", [](const std::string& p) {
+    train::TrainConfig::from_json(read_json(p)).unet_config(28, 1, 10);
+  }, false);
 }
