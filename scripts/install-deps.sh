@@ -5,7 +5,10 @@
 set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       catch2 libcli11-dev nlohmann-json3-dev libstb-dev zlib1g-dev libboost-context-dev
-      libopenblas-dev libdnnl-dev dataset-fashion-mnist)
+      libopenblas-dev libdnnl-dev dataset-fashion-mnist
+      # binutils: readelf and nm check the shared library's soname and exports; python3 and NumPy
+      # run examples/python/embed_ctypes.py (tests/capi/embed_examples.sh)
+      binutils python3 python3-numpy)
 for arg in "$@"; do
   case "$arg" in
     --bench) pkgs+=(python3 python3-torch python3-numpy) ;;
