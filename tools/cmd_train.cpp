@@ -43,6 +43,7 @@ void register_train(CLI::App& root) {
   cmd->add_option("--ema-warmup", cfg->ema_warmup, "EMA decay warm-up min(decay, (1+n)/(10+n))")->capture_default_str();
   cmd->add_option("--batch", cfg->batch, "batch size")->capture_default_str();
   cmd->add_option("--steps", cfg->steps, "training steps in all (a resumed run continues to this count)")->capture_default_str();
+  cmd->add_option("--epochs", cfg->epochs, "train for this many passes over the dataset instead of --steps (0: use --steps)")->capture_default_str();
   cmd->add_flag("--class-cond", cfg->class_cond, "condition on class labels (with label dropout for classifier-free guidance)");
   cmd->add_option("--label-dropout", cfg->label_dropout, "share of labels replaced by the null class")->capture_default_str();
   cmd->add_option("--dataset", cfg->dataset, "fashion-mnist, mnist:<dir>, cifar10:<dir>, images:<dir>, or idx:<images>,<labels>")->capture_default_str();
@@ -97,6 +98,7 @@ void register_train(CLI::App& root) {
     double last_loss = 0, last_rate = 0;
     train::TrainCallbacks cb;
     cb.on_step = [&](const train::StepStats& s) {
+      if (s.total_steps > 0) progress->set_total(s.total_steps);
       if (s.images_per_s > 0) { last_loss = s.loss; last_rate = s.images_per_s; }
       char extra[128];
       std::snprintf(extra, sizeof extra, "loss %.4f  %.0f img/s%s", last_loss, last_rate,

@@ -17,6 +17,9 @@ class Progress {
       : label_(std::move(label)), total_(total), start_(start), done_(start), tty_(isatty(2)),
         t0_(std::chrono::steady_clock::now()) {}
 
+  // The total, when it is known only once the work has started.
+  void set_total(int64_t total) { total_ = total; }
+
   // `extra` is shown after the counts (e.g. "loss 0.0412  312 img/s").
   void update(int64_t done, const std::string& extra = "") {
     done_ = done;

@@ -52,6 +52,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"ema_warmup", ema_warmup},
           {"batch", batch},
           {"steps", steps},
+          {"epochs", epochs},
           {"class_cond", class_cond},
           {"label_dropout", label_dropout},
           {"dataset", dataset},
@@ -99,6 +100,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("ema_warmup", c.ema_warmup);
   get("batch", c.batch);
   get("steps", c.steps);
+  get("epochs", c.epochs);
   get("class_cond", c.class_cond);
   get("label_dropout", c.label_dropout);
   get("dataset", c.dataset);
@@ -122,6 +124,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   DF_CHECK(c.timesteps >= 2, "training config: timesteps must be at least 2");
   DF_CHECK(c.batch >= 1, "training config: batch must be at least 1");
   DF_CHECK(c.steps >= 1, "training config: steps must be at least 1");
+  DF_CHECK(c.epochs >= 0 && c.epochs <= 1e6, "training config: epochs must be in [0, 1e6] (0: use steps)");
   DF_CHECK(c.lr > 0, "training config: lr must be positive");
   DF_CHECK(c.label_dropout >= 0 && c.label_dropout < 1, "training config: label_dropout must be in [0, 1)");
   DF_CHECK(c.ema_decay >= 0 && c.ema_decay < 1, "training config: ema_decay must be in [0, 1)");
@@ -424,6 +427,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     }
     // The run continues as it was configured; only how long, how often and where may change.
     stored.steps = r.cfg.steps;
+    stored.epochs = r.cfg.epochs;
     stored.log_every = r.cfg.log_every;
     stored.sample_every = r.cfg.sample_every;
     stored.checkpoint_every = r.cfg.checkpoint_every;
@@ -435,6 +439,10 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   r.device = resolve_device(cfg.device);
   set_current_device(r.device);
   r.data = load_dataset(cfg.dataset, "train");
+  if (cfg.epochs > 0) {  // whole passes over the training set, the last one possibly partial
+    const double n = static_cast<double>(r.data.images.shape()[0]);
+    r.cfg.steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.epochs * n / cfg.batch)));
+  }
   const Shape& ishape = r.data.images.shape();
   DF_CHECK(ishape[1] == ishape[2], "dataset ", cfg.dataset, ": images are ", ishape[1], "x", ishape[2],
            "; the UNet needs square images");
@@ -566,7 +574,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       double dt = std::chrono::duration<double>(now - t_last).count();
       t_last = now;
       StepStats st{r.step, loss_n ? loss_acc / loss_n : NAN, gnorm, r.opt->lr_at(r.step),
-                   dt > 0 ? since_log * B / dt : 0, r.nonfinite_total};
+                   dt > 0 ? since_log * B / dt : 0, r.nonfinite_total, cfg.steps};
       log << st.step << ',' << st.loss << ',' << st.grad_norm << ',' << st.lr << ',' << st.images_per_s << ','
           << st.nonfinite_skipped << '\n';
       log.flush();
@@ -575,7 +583,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       loss_n = 0;
       since_log = 0;
     } else if (cb.on_step) {
-      cb.on_step(StepStats{r.step, lv, gnorm, r.opt->lr_at(r.step), 0, r.nonfinite_total});
+      cb.on_step(StepStats{r.step, lv, gnorm, r.opt->lr_at(r.step), 0, r.nonfinite_total, cfg.steps});
     }
     if (cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0 && r.step < cfg.steps) {
       write_checkpoint(r);

@@ -38,6 +38,7 @@ struct TrainConfig {
   bool ema_warmup = true;
   int batch = 64;
   int64_t steps = 2000;
+  double epochs = 0;               // > 0: train ceil(epochs * images / batch) steps instead of `steps`
   // conditioning
   bool class_cond = false;
   double label_dropout = 0.1;      // classifier-free guidance: share of labels replaced by null
@@ -68,6 +69,7 @@ struct StepStats {
   double lr = 0;
   double images_per_s = 0;
   int64_t nonfinite_skipped = 0;
+  int64_t total_steps = 0;    // the run's length (from --epochs once the dataset is known)
 };
 
 struct TrainCallbacks {

@@ -172,3 +172,14 @@ TEST_CASE("non-finite steps are skipped, counted, and stop the run; no non-finit
     }
   }
 }
+
+TEST_CASE("--epochs trains whole passes over the dataset", "[cpu][tools]") {
+  TempDir dir;
+  train::TrainConfig c = tiny_config(make_idx(dir, 10), dir / "run");
+  c.epochs = 1.5;  // 15 images at batch 4: 4 steps
+  c.steps = 1000;  // ignored while epochs is set
+  std::string path = train::train(c, false);
+  CHECK(read_safetensors(path).tensors.at("trainer.state").to_vector_i64()[0] == 4);
+  c.epochs = -1;
+  CHECK_THROWS_WITH(train::TrainConfig::from_json(c.to_json()), Catch::Contains("epochs"));
+}
