@@ -8,7 +8,7 @@ pkgs=(build-essential cmake ninja-build pkg-config
       libopenblas-dev libdnnl-dev dataset-fashion-mnist
       # binutils: readelf and nm check the shared library's soname and exports; python3 and NumPy
       # run examples/python/embed_ctypes.py (tests/capi/embed_examples.sh)
-      binutils python3 python3-numpy)
+      binutils python3 python3-numpy python3-pip)
 for arg in "$@"; do
   case "$arg" in
     --bench) pkgs+=(python3 python3-torch python3-numpy) ;;
@@ -24,4 +24,10 @@ if ((${#missing[@]})); then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The safetensors package (PyPI; Debian has none): tests/capi/embed_examples.sh reads a checkpoint
+# with it, as PyTorch users would. Debian's python refuses pip installs outside a venv unless told.
+if ! python3 -c 'import safetensors' 2>/dev/null; then
+  python3 -m pip install -q safetensors 2>/dev/null ||
+    python3 -m pip install -q --break-system-packages safetensors
 fi

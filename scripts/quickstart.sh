@@ -6,8 +6,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIFFUSE_TESTS=OFF -DDIFFUSE_BENCH=OFF > /dev/null
-cmake --build build -j "$(nproc)" --target diffuse_cli
+# The CUDA backend only where a GPU answers: nvcc alone (as on a CPU-only machine with the toolkit)
+# would spend minutes compiling kernels that cannot run.
+cuda=OFF
+if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then cuda=AUTO; fi
+echo "building diffuse (CUDA backend: $cuda; log in build/quickstart-build.log)"
+mkdir -p build
+if ! { cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIFFUSE_CUDA=$cuda -DDIFFUSE_TESTS=OFF \
+         -DDIFFUSE_BENCH=OFF && cmake --build build -j "$(nproc)" --target diffuse_cli; } \
+       > build/quickstart-build.log 2>&1; then
+  tail -n 40 build/quickstart-build.log
+  echo "quickstart: the build failed (whole log: build/quickstart-build.log)" >&2
+  exit 1
+fi
 ./build/diffuse info
 out=${OUT:-runs/quickstart}
 if ./build/diffuse info | grep -q '^cuda:'; then

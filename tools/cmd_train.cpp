@@ -101,8 +101,11 @@ void register_train(CLI::App& root) {
       if (s.total_steps > 0) progress->set_total(s.total_steps);
       if (s.images_per_s > 0) { last_loss = s.loss; last_rate = s.images_per_s; }
       char extra[128];
-      std::snprintf(extra, sizeof extra, "loss %.4f  %.0f img/s%s", last_loss, last_rate,
-                    s.nonfinite_skipped ? "  (non-finite steps skipped)" : "");
+      if (last_rate > 0)
+        std::snprintf(extra, sizeof extra, "loss %.4f  %.0f img/s%s", last_loss, last_rate,
+                      s.nonfinite_skipped ? "  (non-finite steps skipped)" : "");
+      else  // nothing measured before the first log row
+        std::snprintf(extra, sizeof extra, "%s", s.nonfinite_skipped ? "(non-finite steps skipped)" : "");
       progress->update(s.step, extra);
     };
     cb.on_message = [&](const std::string& m) { std::fprintf(stderr, "\n%s\n", m.c_str()); };

@@ -64,6 +64,44 @@ step "a checkpoint: diffuse train, 2 steps of a small class-conditional UNet"
 ckpt=$work/run/checkpoint.safetensors
 [[ -f "$ckpt" ]] || fail "diffuse train wrote no $ckpt"
 
+step "the checkpoint in the safetensors package's reader (what PyTorch users load it with)"
+if python3 -c 'import safetensors, numpy' 2>/dev/null; then
+  python3 - "$ckpt" <<'PY' || fail "the safetensors package does not read $ckpt as documented"
+import json, sys
+from safetensors import safe_open
+path = sys.argv[1]
+frameworks = ["np"]
+try:
+    import torch  # noqa: F401
+    frameworks.append("pt")
+except ImportError:
+    pass
+for fw in frameworks:
+    with safe_open(path, framework=fw) as f:
+        meta, keys = f.metadata(), set(f.keys())
+        assert meta["format"] == "diffuse-checkpoint-1", meta.get("format")
+        unet = json.loads(meta["unet"])
+        assert json.loads(meta["config"])["objective"] == "v"
+        base = unet["base_channels"]
+        # docs/models.md: NHWC convolution weights (Cout, KH, KW, Cin); live weights under model.,
+        # EMA under ema., AdamW moments under opt.m. / opt.v.
+        want = {"model.conv_in.weight": (base, 3, 3, 1), "ema.conv_in.weight": (base, 3, 3, 1),
+                "opt.m.conv_in.weight": (base, 3, 3, 1), "model.label_emb.weight": (11, 4 * base)}
+        for name, shape in want.items():
+            assert name in keys, name
+            t = f.get_tensor(name)
+            assert tuple(t.shape) == shape, (name, tuple(t.shape), shape)
+            assert str(t.dtype).endswith("float32"), (name, t.dtype)
+        step = f.get_tensor("trainer.state")
+        assert int(step[0]) == 2 and int(meta["step"]) == 2
+        n = sum(1 for k in keys if k.startswith("model."))
+        assert n == sum(1 for k in keys if k.startswith("ema.") and k != "ema.num_updates"), "model/ema names differ"
+    print(f"  {fw}: {len(keys)} tensors, {n} parameters, names and shapes as documented")
+PY
+else
+  echo "  skipped: python3 with safetensors and NumPy is missing (scripts/install-deps.sh installs them)"
+fi
+
 # One set of sampling settings for every program below.
 sample_args=(--steps 4 --seed 11 --upscale 2 --device cpu --no-clip)
 step "diffuse sample -> cli.png"
