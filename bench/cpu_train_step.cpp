@@ -2,17 +2,19 @@
 // cpu, the figures that decide how good the quickstart's samples are.
 //
 //   build/bench/cpu_train_step [--preset tiny] [--batch 64] [--steps 20] [--sample-batch 256]
-//                              [--sample-steps 50] [--threads N] [--json out.json]
+//                              [--sample-steps 50] [--threads N] [--lr 2e-4] [--json out.json]
 //
 // Training step = forward, eps-MSE loss, backward, clip, AdamW + EMA, exactly what
 // `diffuse train` runs (random data of the dataset's shape; data loading is not timed).
 // Prints the median ms per step (after 3 warm-up steps), images/s, peak resident memory
 // (getrusage), and the allocator's system allocations during the timed steps (0 in the steady
-// state). Sampling: DDIM with the same UNet under no_grad.
+// state). Sampling: DDIM with the same UNet under no_grad. The JSON also carries the parameter
+// count and the peak RSS of the whole run, which bench/torch_cpu_tiny.py checks and compares.
 #include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -55,6 +57,7 @@ double peak_rss_mib() {
 int main(int argc, char** argv) {
   std::string preset = "tiny", json;
   int batch = 64, steps = 20, sample_batch = 256, sample_steps = 50, threads = 0;
+  float lr = 2e-4f;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     auto next = [&]() -> std::string {
@@ -67,10 +70,11 @@ int main(int argc, char** argv) {
     else if (a == "--sample-batch") sample_batch = std::stoi(next());
     else if (a == "--sample-steps") sample_steps = std::stoi(next());
     else if (a == "--threads") threads = std::stoi(next());
+    else if (a == "--lr") lr = std::stof(next());
     else if (a == "--json") json = next();
     else {
       std::fprintf(stderr, "usage: cpu_train_step [--preset P] [--batch N] [--steps N] [--sample-batch N] "
-                           "[--sample-steps N] [--threads N] [--json FILE]\n");
+                           "[--sample-steps N] [--threads N] [--lr X] [--json FILE]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -85,7 +89,9 @@ int main(int argc, char** argv) {
     nn::UNet unet(cfg, 0);
     unet.train();
     auto params = unet.named_parameters();
-    train::AdamW opt(params, {});
+    train::AdamWOptions ao;
+    ao.lr = lr;
+    train::AdamW opt(params, ao);
     train::EMA ema(params, 0.999f, true);
     auto sched = diffusion::DiscreteSchedule::linear(1000);
     const int64_t H = cfg.image_size, C = cfg.in_channels;
@@ -139,13 +145,15 @@ int main(int argc, char** argv) {
     std::printf("sample DDIM %d steps, batch %d: %.2f s, %.1f images/s, peak RSS %.0f MiB\n", sample_steps,
                 sample_batch, sample_s, sample_batch / sample_s, peak_rss_mib());
     if (!json.empty()) {
-      char buf[512];
+      char buf[768];
       int n = std::snprintf(buf, sizeof buf,
-                            "{\"preset\": \"%s\", \"threads\": %d, \"batch\": %d, \"train_ms_per_step\": %.3f, "
-                            "\"train_images_per_s\": %.2f, \"train_peak_rss_mib\": %.1f, \"sample_batch\": %d, "
-                            "\"sample_steps\": %d, \"sample_images_per_s\": %.2f}\n",
-                            preset.c_str(), threads, batch, step_ms, batch * 1000.0 / step_ms, train_rss,
-                            sample_batch, sample_steps, sample_batch / sample_s);
+                            "{\"preset\": \"%s\", \"parameters\": %lld, \"threads\": %d, \"batch\": %d, "
+                            "\"steps\": %d, \"train_ms_per_step\": %.3f, \"train_images_per_s\": %.2f, "
+                            "\"train_peak_rss_mib\": %.1f, \"sample_batch\": %d, \"sample_steps\": %d, "
+                            "\"sample_seconds\": %.3f, \"sample_images_per_s\": %.2f, \"peak_rss_mib\": %.1f}\n",
+                            preset.c_str(), static_cast<long long>(unet.num_parameters()), threads, batch, steps,
+                            step_ms, batch * 1000.0 / step_ms, train_rss, sample_batch, sample_steps, sample_s,
+                            sample_batch / sample_s, peak_rss_mib());
       write_file_atomic(json, buf, static_cast<size_t>(n));
     }
   } catch (const std::exception& e) {
