@@ -11,7 +11,8 @@
 # Knobs: STEPS (timed training steps after 3 warm-up steps, 20), THREADS (OpenMP threads for
 # diffuse, torch.set_num_threads for PyTorch; nproc), SAMPLE_BATCH (256), SAMPLE_STEPS (50),
 # BUILD_DIR (build-compare), JOBS (build jobs; nproc), SKIP_DEPS=1 (do not run install-deps.sh).
-# The defaults take ~4 minutes on 2 cores after the build (~4 minutes more from a clean clone).
+# The defaults took 155 s on 2 cores from a clean clone, about half of it the build
+# (docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
