@@ -45,6 +45,20 @@ DeviceStream::~DeviceStream() {
   cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
 }
 
+CudaStream::CudaStream(Device d) : device_(d) {
+  DF_CHECK(d.is_cuda(), "CudaStream on ", d.str());
+  set_current_device(d);
+  DF_CUDA_CHECK(cudaDeviceSynchronize());  // as DeviceStream: earlier work on other streams is done
+  cudaStream_t s = nullptr;
+  DF_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  stream_ = s;
+}
+
+CudaStream::~CudaStream() {
+  cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
+  cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+}
+
 struct CudaGraph::Impl {
   Device device;
   CudaGraphPool* pool = nullptr;
@@ -121,6 +135,9 @@ void CudaGraph::reset() {
 
 DeviceStream::DeviceStream(Device d) : device_(d) { DF_FAIL("DeviceStream on ", d.str(), ": ", cuda_unavailable_reason()); }
 DeviceStream::~DeviceStream() = default;
+
+CudaStream::CudaStream(Device d) : device_(d) { DF_FAIL("CudaStream on ", d.str(), ": ", cuda_unavailable_reason()); }
+CudaStream::~CudaStream() = default;
 
 struct CudaGraph::Impl {};
 CudaGraph::CudaGraph() : impl_(std::make_unique<Impl>()) {}

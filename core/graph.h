@@ -55,6 +55,24 @@ class DeviceStream {
   void* prev_ = nullptr;
 };
 
+// A non-blocking CUDA stream that an object keeps for its loops (a device sampler, a training
+// step): unlike DeviceStream it is not made current; the owner selects it around each use with
+// StreamGuard(stream()). Creating it waits once for the device (see DeviceStream); destroying it
+// waits for the work queued on it.
+class CudaStream {
+ public:
+  explicit CudaStream(Device d);
+  ~CudaStream();
+  CudaStream(const CudaStream&) = delete;
+  CudaStream& operator=(const CudaStream&) = delete;
+  void* stream() const { return stream_; }
+  Device device() const { return device_; }
+
+ private:
+  Device device_;
+  void* stream_ = nullptr;
+};
+
 // One captured graph. begin() starts capturing the current stream (not the legacy default one),
 // with allocations served from the graph's own pool; end() finishes and instantiates it; replay()
 // launches it on the current stream. Destroying it returns its memory to the device cache (after

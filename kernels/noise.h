@@ -4,6 +4,9 @@
 // the same stream Tensor::randn(x.shape(), seed, offset) gives; so the CUDA kernel and this
 // reference draw bit-identical eps, and z_t agrees up to float rounding (one FMA).
 //
+// On a GPU inside a PhiloxSeedXorScope (core/graph.h) the seed is seed ^ the scope's device word,
+// read when the kernel runs: a captured training step draws each replay's noise from its own seed.
+//
 // Shapes: x (B, ...) (NHWC images); alpha, sigma (B), x's dtype (f32, or f64 with eps rounded
 // from the f32 variate); z and eps caller-allocated with x's shape and dtype (both overwritten).
 #pragma once

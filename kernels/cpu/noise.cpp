@@ -8,6 +8,7 @@
 #include "kernels/noise.h"
 
 #include "core/check.h"
+#include "core/graph.h"
 #include "core/philox.h"
 #include "core/stream.h"
 #include "kernels/cuda/noise.h"
@@ -78,7 +79,8 @@ void noise_forward(const Tensor& x, const Tensor& alpha, const Tensor& sigma, ui
       check_device(*t, x.device(), "noise_forward");
     set_current_device(x.device());
     return cuda::noise_forward(x.data<float>(), alpha.data<float>(), sigma.data<float>(), z.data<float>(),
-                               eps.data<float>(), x.size(0), x.numel() / x.size(0), seed, offset, current_stream());
+                               eps.data<float>(), x.size(0), x.numel() / x.size(0), seed, offset, current_stream(),
+                               philox_seed_xor());
   }
 #endif
   DF_FAIL("noise_forward on ", x.device().str(), " needs the CUDA backend");

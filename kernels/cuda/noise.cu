@@ -28,7 +28,9 @@ __global__ void __launch_bounds__(kBlock) noise_forward_kernel(const float* __re
                                                                const float* __restrict__ alpha,
                                                                const float* __restrict__ sigma, float* __restrict__ z,
                                                                float* __restrict__ eps, int64_t n, int64_t per_sample,
-                                                               uint64_t seed, uint64_t offset, bool vec) {
+                                                               uint64_t seed, uint64_t offset,
+                                                               const uint64_t* __restrict__ seed_xor, bool vec) {
+  if (seed_xor) seed ^= *seed_xor;
   const int64_t blocks = (n + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
   for (int64_t k = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; k < blocks; k += stride) {
@@ -67,14 +69,14 @@ __global__ void __launch_bounds__(kBlock) noise_forward_kernel(const float* __re
 }  // namespace
 
 void noise_forward(const float* x, const float* alpha, const float* sigma, float* z, float* eps, int64_t batch,
-                   int64_t n_per_sample, uint64_t seed, uint64_t offset, void* stream) {
+                   int64_t n_per_sample, uint64_t seed, uint64_t offset, void* stream, const uint64_t* seed_xor) {
   DF_CHECK(batch >= 0 && n_per_sample >= 0, "noise_forward: negative size ", batch, " x ", n_per_sample);
   const int64_t n = batch * n_per_sample;
   if (n == 0) return;
   DF_CHECK(x && alpha && sigma && z, "noise_forward: null pointer");
   const bool vec = detail::aligned16(x) && detail::aligned16(z) && (eps == nullptr || detail::aligned16(eps));
   DF_LAUNCH(noise_forward_kernel, dim3(detail::grid_for((n + 3) / 4, kBlock)), dim3(kBlock), 0, stream, x, alpha,
-            sigma, z, eps, n, n_per_sample, seed, offset, vec);
+            sigma, z, eps, n, n_per_sample, seed, offset, seed_xor, vec);
 }
 
 }  // namespace diffuse::DF_BACKEND

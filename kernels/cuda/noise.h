@@ -10,9 +10,12 @@
                 offset) for any shape of batch * n_per_sample elements, bit for bit)                  \
        z[i]   = alpha[b] * x[i] + sigma[b] * eps[i]  (two rounded products, one rounded sum)          \
      alpha, sigma: (batch) floats in device memory. x, z, eps: (batch, n_per_sample) f32; eps may be  \
-     null when only z is wanted. */                                                                  \
+     null when only z is wanted. seed_xor (nullable, device memory): the stream's seed is             \
+     seed ^ *seed_xor, read when the kernel runs, so a captured CUDA graph of a training step draws   \
+     another step's noise per replay (core/graph.h, PhiloxSeedXorScope). */                           \
   void noise_forward(const float* x, const float* alpha, const float* sigma, float* z, float* eps, int64_t batch, \
-                     int64_t n_per_sample, uint64_t seed, uint64_t offset, void* stream);
+                     int64_t n_per_sample, uint64_t seed, uint64_t offset, void* stream,                \
+                     const uint64_t* seed_xor = nullptr);
 
 namespace diffuse {
 namespace cuda { DIFFUSE_NOISE_LAUNCHERS }

@@ -150,56 +150,64 @@ void notify(const SamplerOptions& o, int k, int n, const Tensor& z, const Tensor
 // Which DDPM/DDIM/VDM update: the coefficients of z_next = c_z z + c_x0 x0 + c_eps eps + noise.
 enum class Update { ddpm, ddim, vdm };
 
+// The coefficients of step k (from ts[k] to ts[k + 1]) of a grid sampler.
+SamplerStepCoeffs grid_coeffs(const Schedule& sch, const std::vector<double>& ts, int k, const SamplerOptions& o,
+                              Update u) {
+  const int n = static_cast<int>(ts.size()) - 1;
+  const Level lt = level(sch, ts[k]), ls = level(sch, ts[k + 1]);
+  const bool last = k == n - 1;
+  SamplerStepCoeffs c;
+  c.alpha = static_cast<float>(lt.a);
+  c.sigma = static_cast<float>(lt.s);
+  switch (u) {
+    case Update::ddpm: {
+      // Posterior q(z_s | z_t, x0) between grid points (Ho et al. eq. 7 with the respaced
+      // beta = 1 - alpha_bar_t / alpha_bar_s, improved-DDPM SpacedDiffusion).
+      const double ratio = lt.a2 / ls.a2;  // 1 - beta
+      const double beta = 1.0 - ratio;
+      c.c_x0 = static_cast<float>(beta * ls.a / lt.s2);
+      c.c_z = static_cast<float>(ls.s2 * std::sqrt(ratio) / lt.s2);
+      const double beta_tilde = beta * ls.s2 / lt.s2;
+      if (!last) {
+        if (o.variance == VarianceKind::learned) {
+          c.c_noise = 1;
+          c.log_var_min = static_cast<float>(std::log(beta_tilde));
+          c.log_var_max = static_cast<float>(std::log(beta));
+        } else {
+          c.c_noise = static_cast<float>(std::sqrt(o.variance == VarianceKind::beta ? beta : beta_tilde));
+        }
+      }
+      break;
+    }
+    case Update::ddim: {
+      // Song et al. 2021, eq. 12 and 16: sigma(eta) = eta sqrt((1-a_s)/(1-a_t)) sqrt(1 - a_t/a_s).
+      const double sd = o.eta * std::sqrt(ls.s2 / lt.s2) * std::sqrt(std::max(0.0, 1.0 - lt.a2 / ls.a2));
+      c.c_x0 = static_cast<float>(ls.a);
+      c.c_eps = static_cast<float>(std::sqrt(std::max(0.0, ls.s2 - sd * sd)));
+      c.c_noise = last ? 0.f : static_cast<float>(sd);
+      break;
+    }
+    case Update::vdm: {
+      // VDM app. A.4 / their sample_step: c = -expm1(g_s - g_t) = 1 - SNR_t / SNR_s,
+      // z_s = sqrt(a_s / a_t) (z_t - sigma_t c eps) + sqrt((1 - alpha_s^2) c) noise.
+      const double cc = -std::expm1(ls.g - lt.g);
+      const double r = std::sqrt(ls.a2 / lt.a2);
+      c.c_z = static_cast<float>(r);
+      c.c_eps = static_cast<float>(-r * lt.s * cc);
+      c.c_noise = last && ls.s2 == 0 ? 0.f : static_cast<float>(std::sqrt(ls.s2 * cc));
+      break;
+    }
+  }
+  return c;
+}
+
 Tensor grid_sampler(const Schedule& sch, const Denoiser& f, const SamplerOptions& o, Update u) {
   const std::vector<double> ts = sampling_times(sch, o);
   const int n = static_cast<int>(ts.size()) - 1;
   Tensor z = initial_latent(o);
   for (int k = 0; k < n; ++k) {
-    const Level lt = level(sch, ts[k]), ls = level(sch, ts[k + 1]);
-    const bool last = k == n - 1;
-    SamplerStepCoeffs c;
-    c.alpha = static_cast<float>(lt.a);
-    c.sigma = static_cast<float>(lt.s);
-    switch (u) {
-      case Update::ddpm: {
-        // Posterior q(z_s | z_t, x0) between grid points (Ho et al. eq. 7 with the respaced
-        // beta = 1 - alpha_bar_t / alpha_bar_s, improved-DDPM SpacedDiffusion).
-        const double ratio = lt.a2 / ls.a2;  // 1 - beta
-        const double beta = 1.0 - ratio;
-        c.c_x0 = static_cast<float>(beta * ls.a / lt.s2);
-        c.c_z = static_cast<float>(ls.s2 * std::sqrt(ratio) / lt.s2);
-        const double beta_tilde = beta * ls.s2 / lt.s2;
-        if (!last) {
-          if (o.variance == VarianceKind::learned) {
-            c.c_noise = 1;
-            c.log_var_min = static_cast<float>(std::log(beta_tilde));
-            c.log_var_max = static_cast<float>(std::log(beta));
-          } else {
-            c.c_noise = static_cast<float>(std::sqrt(o.variance == VarianceKind::beta ? beta : beta_tilde));
-          }
-        }
-        break;
-      }
-      case Update::ddim: {
-        // Song et al. 2021, eq. 12 and 16: sigma(eta) = eta sqrt((1-a_s)/(1-a_t)) sqrt(1 - a_t/a_s).
-        const double sd = o.eta * std::sqrt(ls.s2 / lt.s2) * std::sqrt(std::max(0.0, 1.0 - lt.a2 / ls.a2));
-        c.c_x0 = static_cast<float>(ls.a);
-        c.c_eps = static_cast<float>(std::sqrt(std::max(0.0, ls.s2 - sd * sd)));
-        c.c_noise = last ? 0.f : static_cast<float>(sd);
-        break;
-      }
-      case Update::vdm: {
-        // VDM app. A.4 / their sample_step: c = -expm1(g_s - g_t) = 1 - SNR_t / SNR_s,
-        // z_s = sqrt(a_s / a_t) (z_t - sigma_t c eps) + sqrt((1 - alpha_s^2) c) noise.
-        const double cc = -std::expm1(ls.g - lt.g);
-        const double r = std::sqrt(ls.a2 / lt.a2);
-        c.c_z = static_cast<float>(r);
-        c.c_eps = static_cast<float>(-r * lt.s * cc);
-        c.c_noise = last && ls.s2 == 0 ? 0.f : static_cast<float>(std::sqrt(ls.s2 * cc));
-        break;
-      }
-    }
-    Eval e = evaluate(f, z, ts[k], lt.s, o);
+    const SamplerStepCoeffs c = grid_coeffs(sch, ts, k, o, u);
+    Eval e = evaluate(f, z, ts[k], level(sch, ts[k]).s, o);
     Tensor x0;
     z = run_step(e, z, c, o, static_cast<uint64_t>(k) + 1, Tensor(), &x0);
     notify(o, k, n, z, x0);
@@ -239,6 +247,19 @@ std::vector<double> sampling_times(const Schedule& s, const SamplerOptions& o) {
 }
 
 int discrete_index(float t, int T) { return std::clamp(static_cast<int>(std::lround(static_cast<double>(t) * T)) - 1, 0, T - 1); }
+
+GridPlan grid_plan(SamplerKind kind, const Schedule& s, const SamplerOptions& o) {
+  DF_CHECK(kind == SamplerKind::ddpm || kind == SamplerKind::ddim || kind == SamplerKind::vdm,
+           "grid_plan: only the DDPM, DDIM and VDM samplers take one step per grid point");
+  const Update u = kind == SamplerKind::ddpm ? Update::ddpm : kind == SamplerKind::ddim ? Update::ddim : Update::vdm;
+  GridPlan p;
+  p.times = sampling_times(s, o);
+  const int n = static_cast<int>(p.times.size()) - 1;
+  for (int k = 0; k < n; ++k) p.coeffs.push_back(grid_coeffs(s, p.times, k, o, u));
+  const Level l0 = level(s, 0.0);
+  p.alpha0 = l0.s2 > 0 ? l0.a : 1.0;
+  return p;
+}
 
 Tensor sample_ddpm(const Schedule& s, const Denoiser& f, const SamplerOptions& o) { return grid_sampler(s, f, o, Update::ddpm); }
 Tensor sample_ddim(const Schedule& s, const Denoiser& f, const SamplerOptions& o) { return grid_sampler(s, f, o, Update::ddim); }

@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "kernels/sampler_step.h"
 #include "models/diffusion/objective.h"
 #include "models/diffusion/schedule.h"
 
@@ -102,6 +103,18 @@ Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o
 enum class SamplerKind { ddpm, ddim, vdm, dpmpp_2m, euler, heun };
 SamplerKind parse_sampler(const std::string& name);  // "ddpm", "ddim", "vdm", "dpm++2m", "euler", "heun"
 Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const SamplerOptions& o);
+
+// The whole plan of a DDPM, DDIM or VDM run, computed on the host before any step: the time grid
+// (t_0 > ... > t_N = 0) and the coefficients of each of the N fused steps, exactly those the
+// sampler itself uses (the same code computes them). A loop that stays on a GPU (device_sampler.h)
+// uploads it once and replays it; options that need the host between steps (guidance, callbacks)
+// are not part of a plan.
+struct GridPlan {
+  std::vector<double> times;
+  std::vector<kernels::SamplerStepCoeffs> coeffs;  // step k: from times[k] to times[k + 1]
+  double alpha0 = 1;  // what the result is divided by at t = 0 (1 where sigma(0) = 0)
+};
+GridPlan grid_plan(SamplerKind kind, const Schedule& s, const SamplerOptions& o);
 
 // Spherical interpolation of two latents per sample (Shoemake 1985; DDIM sec. 5.3):
 // sin((1-a) th)/sin th * x + sin(a th)/sin th * y, th the angle between x_b and y_b.

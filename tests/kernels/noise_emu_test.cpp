@@ -75,6 +75,19 @@ TEST_CASE("noise_forward under the emulator: eps is the CPU's Philox stream, z e
   });
 }
 
+TEST_CASE("noise_forward under the emulator: the seed word of a graph replay XORs the seed", "[emu][kernels]") {
+  // A captured training step keeps its launch arguments; the device word decides the noise.
+  const int64_t B = 3, N = 37;
+  const uint64_t seed = next_seed(), word = next_seed();
+  Inputs in = make_inputs(B, N);
+  Tensor z = Tensor::empty({B, N}).poison_(), eps = Tensor::empty({B, N}).poison_();
+  emu::noise_forward(in.x.data<float>(), in.alpha.data<float>(), in.sigma.data<float>(), z.data<float>(),
+                     eps.data<float>(), B, N, seed, 5, nullptr, &word);
+  const Tensor want_eps = Tensor::randn({B, N}, seed ^ word, 5);
+  CHECK(bit_mismatches(eps, want_eps) == 0);
+  CHECK(bit_mismatches(z, z_reference(in, want_eps)) == 0);
+}
+
 #endif  // DIFFUSE_HAVE_SIMT
 
 TEST_CASE("noise_forward on the GPU draws the CPU's noise", "[cuda][kernels]") {

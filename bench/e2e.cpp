@@ -1,0 +1,517 @@
+// bench/e2e: the end-to-end figures of issue 11 on one GPU: a whole training step and a whole
+// sampler step of a UNet preset, as images/s and achieved TFLOP/s, with and without CUDA graphs.
+//
+//   build/bench/e2e [--preset ddpm-cifar10,fmnist] [--batch 128] [--sample-batch 256,1]
+//                   [--sample-steps 20] [--sampler ddpm|ddim] [--graph both|on|off] [--fp32]
+//                   [--warmup 5] [--iters 30] [--json out.json] [--flops-only]
+//                   [--export-twin PRESET FILE] [--help]
+//
+// Training step (models/train/graph_step.h, DeviceTrainStep): the batch copied into the step's
+// buffer, noising with eps drawn in the kernel, the UNet forward under bf16 autocast, the eps
+// MSE, backward, the global-norm clip, AdamW and the EMA in one launch. Data: random images of the
+// preset's shape in [-1, 1], resident on the GPU (loading is not timed). Sampler step
+// (models/diffusion/device_sampler.h, DeviceSampler): one UNet forward without the tape and the
+// fused sampler update, noise drawn in the kernel; a run of --sample-steps steps is timed and
+// divided by the steps.
+//
+// Timing: CUDA events on the loop's own stream around each step (each sampling run), after
+// --warmup steps (the first of which also captures the graph); the median of --iters. The events
+// measure the device timeline, so launch gaps the host leaves in the uncaptured path count.
+// Steady state: the host-device synchronisations (core/stream.h) and the allocator's cudaMalloc
+// calls during the timed steps are printed and go to the JSON; both must be 0.
+//
+// FLOPs: counted from the layers of the model (unet_count below, which walks the config as the
+// UNet's constructor does and checks itself against the model's parameter count). Only the matrix
+// products are counted (convolutions, linear layers, attention's two products), the usual "model
+// FLOPs": a 3x3 conv from Cin to Cout at an Ho x Wo output is 2 B Ho Wo 9 Cin Cout, a linear of
+// M rows 2 M In Out, attention over T tokens of C channels 4 B T^2 C (Q K^T and P V). A training
+// step is 3x the forward (backward: the gradients of the input and of the weights of every
+// product, 2x the forward). Achieved TFLOP/s is that count over the median time; its share of the
+// GPU's bf16 matrix rate is against one large cuBLASLt GEMM timed at start-up.
+//
+// The PyTorch side is bench/torch_e2e.py; bench/e2e.sh runs both and prints the ratios. The
+// PyTorch model is checked against this one: same parameter count, and (--export-twin) the same
+// forward output for the same weights and input.
+//
+// Without a GPU it says so in one line and exits 0 (--flops-only and --export-twin still work).
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "autograd/autocast.h"
+#include "core/allocator.h"
+#include "core/check.h"
+#include "core/device.h"
+#include "core/safetensors.h"
+#include "core/stream.h"
+#include "models/diffusion/device_sampler.h"
+#include "models/diffusion/schedule.h"
+#include "models/nn/unet.h"
+#include "models/train/graph_step.h"
+
+#if defined(DIFFUSE_HAVE_CUDA)
+#include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/dispatch.h"
+#endif
+
+using namespace diffuse;
+using nlohmann::json;
+
+namespace {
+
+// ---- FLOPs and parameters from the layers ------------------------------------------------------
+
+struct Count {
+  double flops = 0;   // forward, matrix products only
+  int64_t params = 0;
+};
+
+// The UNet of models/nn/unet.cpp, layer by layer, at batch B.
+Count unet_count(const nn::UNetConfig& c, int64_t B) {
+  Count k;
+  const int64_t E = c.emb_channels();
+  auto linear = [&](int64_t in, int64_t out, int64_t rows) {  // y (rows, out) = x (rows, in) W^T + b
+    k.params += in * out + out;
+    k.flops += 2.0 * static_cast<double>(rows) * in * out;
+  };
+  auto conv = [&](int64_t in, int64_t out, int64_t kernel, int64_t size_out) {  // NHWC, "same" padding
+    k.params += kernel * kernel * in * out + out;
+    k.flops += 2.0 * B * size_out * size_out * kernel * kernel * static_cast<double>(in) * out;
+  };
+  auto norm = [&](int64_t ch) { k.params += 2 * ch; };
+  enum Resample { none, up, down };
+  auto res = [&](int64_t in, int64_t out, int64_t size_in, Resample r) {  // ResBlock (layers.h)
+    const int64_t so = r == up ? 2 * size_in : r == down ? size_in / 2 : size_in;
+    norm(in);
+    conv(in, out, 3, so);
+    linear(E, c.scale_shift_norm ? 2 * out : out, B);  // emb_proj
+    norm(out);
+    conv(out, out, 3, so);
+    if (in != out) linear(in, out, B * so * so);  // the 1x1 skip conv is a GEMM over the pixels
+  };
+  auto attn = [&](int64_t ch, int64_t size) {  // AttentionBlock: norm, qkv, attention, proj
+    const int64_t T = size * size;
+    norm(ch);
+    linear(ch, 3 * ch, B * T);
+    k.flops += 4.0 * B * static_cast<double>(T) * T * ch;  // Q K^T and P V, summed over the heads
+    linear(ch, ch, B * T);
+  };
+  auto has_attn = [&](int64_t size) {
+    return std::find(c.attention_resolutions.begin(), c.attention_resolutions.end(), size) !=
+           c.attention_resolutions.end();
+  };
+  linear(c.base_channels, E, B);  // time.fc1
+  linear(E, E, B);                // time.fc2
+  if (c.num_classes > 0) k.params += (c.num_classes + 1) * E;  // a lookup: no FLOPs
+  int64_t ch = int64_t{c.channel_mult[0]} * c.base_channels, size = c.image_size;
+  conv(c.in_channels, ch, 3, size);
+  std::vector<int64_t> skips = {ch};
+  const size_t L = c.channel_mult.size();
+  for (size_t i = 0; i < L; ++i) {
+    const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
+    for (int j = 0; j < c.num_res_blocks; ++j) {
+      res(ch, out, size, none);
+      ch = out;
+      if (has_attn(size)) attn(ch, size);
+      skips.push_back(ch);
+    }
+    if (i + 1 < L) {
+      if (c.resblock_updown) res(ch, ch, size, down);
+      else if (c.conv_resample) conv(ch, ch, 3, size / 2);
+      skips.push_back(ch);
+      size /= 2;
+    }
+  }
+  res(ch, ch, size, none);
+  attn(ch, size);
+  res(ch, ch, size, none);
+  for (size_t k_ = 0; k_ < L; ++k_) {
+    const size_t i = L - 1 - k_;
+    const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
+    for (int j = 0; j <= c.num_res_blocks; ++j) {
+      const int64_t skip = skips.back();
+      skips.pop_back();
+      res(ch + skip, out, size, none);
+      ch = out;
+      if (has_attn(size)) attn(ch, size);
+    }
+    if (i > 0) {
+      if (c.resblock_updown) res(ch, ch, size, up);
+      else if (c.conv_resample) conv(ch, ch, 3, 2 * size);
+      size *= 2;
+    }
+  }
+  norm(ch);
+  conv(ch, c.output_channels(), 3, size);
+  return k;
+}
+
+// ---- options ---------------------------------------------------------------------------------
+
+struct Options {
+  std::vector<std::string> presets = {"ddpm-cifar10", "fmnist"};
+  int batch = 128;
+  std::vector<int> sample_batches = {256, 1};
+  int sample_steps = 20;
+  std::string sampler = "ddpm";
+  std::vector<bool> graphs = {true, false};
+  bool bf16 = true;
+  int warmup = 5, iters = 30;
+  std::string json_path;
+  bool flops_only = false;
+  std::string twin_preset, twin_path;  // --export-twin
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  size_t at = 0;
+  while (at <= s.size()) {
+    const size_t comma = s.find(',', at);
+    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return out;
+}
+
+void usage() {
+  std::printf(
+      "bench/e2e: end-to-end training and sampling throughput of UNet presets on one GPU\n"
+      "\n"
+      "  --preset LIST        presets, comma-separated (default ddpm-cifar10,fmnist)\n"
+      "  --batch N            training batch (default 128)\n"
+      "  --sample-batch LIST  sampling batches (default 256,1)\n"
+      "  --sample-steps N     steps of each timed sampling run (default 20)\n"
+      "  --sampler NAME       ddpm (ancestral, noise each step) or ddim (default ddpm)\n"
+      "  --graph MODE         both, on (CUDA graphs) or off (every kernel launched) (default both)\n"
+      "  --fp32               activations in f32 (default: bf16 autocast)\n"
+      "  --warmup N           untimed steps / runs first (default 5; the first captures the graph)\n"
+      "  --iters N            timed steps / runs; the median is reported (default 30)\n"
+      "  --json PATH          also write the results as JSON\n"
+      "  --flops-only         print parameters and FLOPs per image of each preset and exit (no GPU needed)\n"
+      "  --export-twin PRESET FILE\n"
+      "                       write the preset's weights (zero-initialised layers drawn at random), an\n"
+      "                       input and diffuse's f32 cpu output to FILE (safetensors) and exit, for\n"
+      "                       bench/torch_e2e.py --check-twin (no GPU needed)\n"
+      "  --help               this text\n"
+      "\n"
+      "Without a GPU it prints one line saying so and exits 0.\n");
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  auto value = [&](int& i) -> std::string {
+    DF_CHECK(i + 1 < argc, "e2e: ", argv[i], " needs a value (--help)");
+    return argv[++i];
+  };
+  auto to_int = [](const std::string& s, const char* what) {
+    char* end = nullptr;
+    const long v = std::strtol(s.c_str(), &end, 10);
+    DF_CHECK(end && *end == 0 && v >= 1 && v <= (1 << 20), "e2e: ", what, " must be a positive integer, got '", s, "'");
+    return static_cast<int>(v);
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      usage();
+      std::exit(0);
+    } else if (a == "--preset") {
+      o.presets = split(value(i));
+    } else if (a == "--batch") {
+      o.batch = to_int(value(i), "--batch");
+    } else if (a == "--sample-batch") {
+      o.sample_batches.clear();
+      for (const std::string& s : split(value(i))) o.sample_batches.push_back(to_int(s, "--sample-batch"));
+    } else if (a == "--sample-steps") {
+      o.sample_steps = to_int(value(i), "--sample-steps");
+    } else if (a == "--sampler") {
+      o.sampler = value(i);
+      DF_CHECK(o.sampler == "ddpm" || o.sampler == "ddim", "e2e: --sampler ddpm or ddim, got '", o.sampler, "'");
+    } else if (a == "--graph") {
+      const std::string g = value(i);
+      DF_CHECK(g == "both" || g == "on" || g == "off", "e2e: --graph both, on or off, got '", g, "'");
+      o.graphs = g == "both" ? std::vector<bool>{true, false} : std::vector<bool>{g == "on"};
+    } else if (a == "--fp32") {
+      o.bf16 = false;
+    } else if (a == "--warmup") {
+      o.warmup = to_int(value(i), "--warmup");
+    } else if (a == "--iters") {
+      o.iters = to_int(value(i), "--iters");
+    } else if (a == "--json") {
+      o.json_path = value(i);
+    } else if (a == "--flops-only") {
+      o.flops_only = true;
+    } else if (a == "--export-twin") {
+      o.twin_preset = value(i);
+      o.twin_path = value(i);
+    } else {
+      DF_FAIL("e2e: unknown argument '", a, "' (--help)");
+    }
+  }
+  for (const std::string& p : o.presets) (void)nn::UNetConfig::preset(p);  // fails on an unknown name
+  return o;
+}
+
+// The PyTorch twin's check (bench/torch_e2e.py --check-twin): the weights, an input and the f32 cpu
+// output of the preset, in one safetensors file. The zero-initialised layers (conv2, proj,
+// out_conv) get small random values, or every output would be 0 and the check would prove little.
+void export_twin(const std::string& preset, const std::string& path) {
+  const nn::UNetConfig c = nn::UNetConfig::preset(preset);
+  nn::UNet net(c, 7);
+  net.eval();
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& [name, p] : net.named_parameters()) {
+    bool zero = true;
+    for (float v : p.value().to_vector()) zero = zero && v == 0.f;
+    if (zero) p.value().copy_(Tensor::rand(p.shape(), 99, nn::name_hash(name), -0.05f, 0.05f));
+    tensors.emplace_back("model." + name, p.value());
+  }
+  const Tensor x = Tensor::randn({2, c.image_size, c.image_size, c.in_channels}, 5);
+  const Tensor t = Tensor::from_vector({3.f, 711.f}, {2});
+  ag::NoGrad no_grad;
+  const Tensor y = net.forward(ag::Var(x), t).value();
+  tensors.emplace_back("x", x);
+  tensors.emplace_back("t", t);
+  tensors.emplace_back("y", y);
+  write_safetensors_atomic(path, tensors);
+  std::printf("wrote %s: %s weights, input and output\n", path.c_str(), preset.c_str());
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v[v.size() / 2];
+}
+
+#if defined(DIFFUSE_HAVE_CUDA)
+
+// Times `f` between two events on `stream`: the device timeline of one step or run.
+class EventTimer {
+ public:
+  explicit EventTimer(void* stream) : s_(static_cast<cudaStream_t>(stream)) {}
+  ~EventTimer() {
+    for (auto& [a, b] : pairs_) cudaEventDestroy(a), cudaEventDestroy(b);
+  }
+  template <class F>
+  void time(F&& f) {
+    cudaEvent_t a, b;
+    DF_CUDA_CHECK(cudaEventCreate(&a));
+    DF_CUDA_CHECK(cudaEventCreate(&b));
+    DF_CUDA_CHECK(cudaEventRecord(a, s_));
+    f();
+    DF_CUDA_CHECK(cudaEventRecord(b, s_));
+    pairs_.emplace_back(a, b);
+  }
+  // Waits for the last event, then the milliseconds of each pair.
+  std::vector<double> ms() {
+    std::vector<double> out;
+    if (pairs_.empty()) return out;
+    DF_CUDA_CHECK(cudaEventSynchronize(pairs_.back().second));
+    for (auto& [a, b] : pairs_) {
+      float t = 0;
+      DF_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+      out.push_back(t);
+    }
+    return out;
+  }
+
+ private:
+  cudaStream_t s_;
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> pairs_;
+};
+
+// Counters over the timed region: host syncs and cudaMalloc calls must stay at zero.
+struct Waste {
+  uint64_t syncs0, allocs0;
+  explicit Waste(int dev) : syncs0(host_syncs()), allocs0(cuda_memory_stats(dev).system_allocs) {}
+  json done(int dev) const {
+    return {{"host_syncs", host_syncs() - syncs0}, {"device_allocs", cuda_memory_stats(dev).system_allocs - allocs0}};
+  }
+};
+
+std::shared_ptr<nn::UNet> make_unet(const std::string& preset, Device gpu) {
+  auto unet = std::make_shared<nn::UNet>(nn::UNetConfig::preset(preset), 0);
+  unet->to(gpu);
+  return unet;
+}
+
+json bench_train(const Options& o, const std::string& preset, bool graph, double fwd_flops_per_image, double peak) {
+  const Device gpu = Device::cuda(0);
+  const nn::UNetConfig cfg = nn::UNetConfig::preset(preset);
+  auto unet = make_unet(preset, gpu);
+  const int64_t B = o.batch, S = cfg.image_size, C = cfg.in_channels;
+  // A few resident batches, so the copy into the step's buffer is a real one.
+  std::vector<Tensor> data;
+  for (int i = 0; i < 4; ++i) data.push_back(Tensor::rand({B, S, S, C}, 1000 + i, 0, -1.f, 1.f, gpu));
+  train::DeviceTrainOptions to;
+  to.bf16 = o.bf16;
+  to.graph = graph;
+  to.seed = 1;
+  train::DeviceTrainStep step(unet, to);
+  for (int i = 0; i < o.warmup; ++i) step.step(data[i % data.size()]);
+  step.synchronize();
+  EventTimer timer(step.stream());
+  Waste waste(gpu.index);
+  for (int i = 0; i < o.iters; ++i) timer.time([&] { step.step(data[i % data.size()]); });
+  const json w = waste.done(gpu.index);  // before ms(): the wait there is the benchmark's own
+  const double ms = median(timer.ms());
+  const double flops = 3.0 * fwd_flops_per_image * B;  // forward + backward (2x)
+  const double tflops = flops / (ms * 1e-3) / 1e12;
+  std::printf("  train   %-5s batch %4lld: %9.3f ms/step %10.1f img/s %8.1f TFLOP/s (%4.1f%% of bf16 GEMM)  "
+              "syncs %llu allocs %llu  loss %.4f\n",
+              graph ? "graph" : "eager", static_cast<long long>(B), ms, B / (ms * 1e-3), tflops, 100 * tflops / peak,
+              static_cast<unsigned long long>(w["host_syncs"]), static_cast<unsigned long long>(w["device_allocs"]),
+              step.loss());
+  return {{"graph", graph},
+          {"batch", B},
+          {"median_ms", ms},
+          {"images_per_s", B / (ms * 1e-3)},
+          {"tflops", tflops},
+          {"share_of_bf16_gemm", tflops / peak},
+          {"steady_state", w},
+          {"loss", step.loss()}};
+}
+
+json bench_sample(const Options& o, const std::string& preset, bool graph, int B, double fwd_flops_per_image,
+                  double peak) {
+  const Device gpu = Device::cuda(0);
+  const nn::UNetConfig cfg = nn::UNetConfig::preset(preset);
+  auto unet = make_unet(preset, gpu);
+  unet->eval();
+  // The persistent bf16 weights a trained model samples with (a training step keeps them).
+  std::vector<ag::Var> vars;
+  std::vector<int64_t> offsets;
+  int64_t total = 0;
+  for (const ag::Var& p : unet->parameters()) {
+    vars.push_back(p);
+    offsets.push_back(total);
+    total += p.numel();
+  }
+  std::unique_ptr<ag::Bf16Weights> lowp;
+  if (o.bf16) lowp = std::make_unique<ag::Bf16Weights>(vars, offsets, total);
+  diffusion::DeviceSamplerOptions so;
+  so.kind = o.sampler == "ddpm" ? diffusion::SamplerKind::ddpm : diffusion::SamplerKind::ddim;
+  so.sampler.shape = Shape{B, cfg.image_size, cfg.image_size, cfg.in_channels};
+  so.sampler.steps = o.sample_steps;
+  so.sampler.clip_x0 = true;
+  so.time_of = train::unet_time_of(1000);
+  so.graph = graph;
+  so.device = gpu;
+  diffusion::DeviceSampler sampler(diffusion::DiscreteSchedule::linear(1000), train::unet_device_denoiser(unet, o.bf16),
+                                   so);
+  const int warm = std::max(2, o.warmup / 2), iters = std::max(5, o.iters / 3);
+  for (int i = 0; i < warm; ++i) sampler.run(static_cast<uint64_t>(i));
+  sampler.synchronize();
+  EventTimer timer(sampler.stream());
+  Waste waste(gpu.index);
+  for (int i = 0; i < iters; ++i) timer.time([&] { sampler.run(static_cast<uint64_t>(100 + i)); });
+  const json w = waste.done(gpu.index);
+  const double run_ms = median(timer.ms());
+  const double step_ms = run_ms / sampler.steps();
+  const double tflops = fwd_flops_per_image * B / (step_ms * 1e-3) / 1e12;
+  std::printf("  sample  %-5s batch %4d: %9.3f ms/step %10.1f img-steps/s %8.1f TFLOP/s (%4.1f%% of bf16 GEMM)  "
+              "syncs %llu allocs %llu\n",
+              graph ? "graph" : "eager", B, step_ms, B / (step_ms * 1e-3), tflops, 100 * tflops / peak,
+              static_cast<unsigned long long>(w["host_syncs"]), static_cast<unsigned long long>(w["device_allocs"]));
+  return {{"graph", graph},
+          {"batch", B},
+          {"sampler", o.sampler},
+          {"steps", sampler.steps()},
+          {"median_run_ms", run_ms},
+          {"median_step_ms", step_ms},
+          {"images_per_s", B / (run_ms * 1e-3)},
+          {"image_steps_per_s", B / (step_ms * 1e-3)},
+          {"tflops", tflops},
+          {"share_of_bf16_gemm", tflops / peak},
+          {"steady_state", w}};
+}
+
+#endif  // DIFFUSE_HAVE_CUDA
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Options o = parse(argc, argv);
+  if (!o.twin_path.empty()) {
+    export_twin(o.twin_preset, o.twin_path);
+    return 0;
+  }
+  std::string command;
+  for (int i = 0; i < argc; ++i) {
+    if (i) command += ' ';
+    command += argv[i];
+  }
+
+  // Count every preset first: the walk must reproduce the model's parameter count.
+  std::vector<Count> counts;
+  for (const std::string& p : o.presets) {
+    const nn::UNetConfig cfg = nn::UNetConfig::preset(p);
+    const Count k = unet_count(cfg, 1);
+    const int64_t params = nn::UNet(cfg, 0).num_parameters();
+    DF_CHECK(k.params == params, "e2e: the FLOP walk of ", p, " counts ", k.params, " parameters, the model has ",
+             params, ": unet_count no longer matches models/nn/unet.cpp");
+    counts.push_back(k);
+  }
+  if (o.flops_only) {
+    for (size_t i = 0; i < o.presets.size(); ++i)
+      std::printf("%-14s %12lld parameters  %8.3f GFLOP forward per image  %8.3f GFLOP training per image\n",
+                  o.presets[i].c_str(), static_cast<long long>(counts[i].params), counts[i].flops / 1e9,
+                  3 * counts[i].flops / 1e9);
+    return 0;
+  }
+  if (!cuda_available()) {
+    std::printf("e2e: no GPU (%s); nothing measured\n", cuda_unavailable_reason().c_str());
+    return 0;
+  }
+#if defined(DIFFUSE_HAVE_CUDA)
+  const CudaDeviceInfo dev = cuda_devices().at(0);
+  set_current_device(Device::cuda(0));
+  const double peak = kernels::gpu::measure_bf16_gemm_tflops();
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  std::printf("e2e on %s (sm_%d%d, %d SMs), %s; bf16 GEMM (8192^3, cuBLASLt): %.1f TFLOP/s\n", dev.name.c_str(),
+              dev.cc_major, dev.cc_minor, dev.sm_count, date, peak);
+  json out = {{"device", dev.name},
+              {"compute_capability", std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor)},
+              {"sms", dev.sm_count},
+              {"date", date},
+              {"command", command},
+              {"bf16", o.bf16},
+              {"bf16_gemm_tflops", peak},
+              {"presets", json::array()}};
+  for (size_t i = 0; i < o.presets.size(); ++i) {
+    const std::string& p = o.presets[i];
+    std::printf("%s: %lld parameters, %.3f GFLOP forward per image\n", p.c_str(),
+                static_cast<long long>(counts[i].params), counts[i].flops / 1e9);
+    json r = {{"preset", p},
+              {"parameters", counts[i].params},
+              {"forward_gflop_per_image", counts[i].flops / 1e9},
+              {"train", json::array()},
+              {"sample", json::array()}};
+    for (bool g : o.graphs) r["train"].push_back(bench_train(o, p, g, counts[i].flops, peak));
+    for (int b : o.sample_batches)
+      for (bool g : o.graphs) r["sample"].push_back(bench_sample(o, p, g, b, counts[i].flops, peak));
+    out["presets"].push_back(r);
+  }
+  if (!o.json_path.empty()) {
+    std::ofstream f(o.json_path);
+    DF_CHECK(f.good(), "e2e: cannot write ", o.json_path);
+    f << out.dump(2) << '\n';
+    std::printf("wrote %s\n", o.json_path.c_str());
+  }
+#endif
+  return 0;
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "e2e: %s\n", e.what());
+  return 1;
+}

@@ -1,0 +1,296 @@
+// models/train/graph_step.cpp: the device training step and the UNet denoiser of graph_step.h.
+// B batch; n the flat parameter buffer's length (ParamLayout, padding included).
+#include "models/train/graph_step.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "autograd/autocast.h"
+#include "autograd/elementwise.h"
+#include "autograd/tape.h"
+#include "core/check.h"
+#include "core/graph.h"
+#include "core/stream.h"
+#include "kernels/elementwise.h"
+#include "kernels/noise.h"
+#include "models/diffusion/objective.h"
+#include "models/diffusion/schedule.h"
+
+#if defined(DIFFUSE_HAVE_CUDA)
+#include "core/tensor_cuda.h"
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/reduce.h"
+#endif
+
+namespace diffuse::train {
+
+namespace {
+
+// The staging buffer, in floats: the seed word (8 bytes) at 0, AdamWParams at 4 (16-byte aligned),
+// then t, alpha, sigma and the loss weights, B each, from kArrays.
+constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16;
+#if defined(DIFFUSE_HAVE_CUDA)
+static_assert(sizeof(kernels::AdamWParams) <= (kArrays - kParamsAt) * sizeof(float), "AdamWParams fits its slot");
+#endif
+
+// Philox offsets of the step's draws; the seed word, not the offset, changes from step to step.
+constexpr uint64_t kTimestepStreams = 8, kTimestepStream = 1;  // train(): (seed, 8 s + 1)
+constexpr uint64_t kNoiseOffset = 2;
+constexpr uint64_t kDropoutSalt = 0x64726f706f7574ull;  // "dropout": dropout's seed differs from noise's
+
+// splitmix64 of (seed, step): the seed word of step s.
+uint64_t step_word(uint64_t seed, int64_t s) {
+  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (static_cast<uint64_t>(s) + 1);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// The step records its forward whatever the caller's grad mode is.
+class GradMode {
+ public:
+  GradMode() : prev_(ag::grad_enabled()) { ag::set_grad_enabled(true); }
+  ~GradMode() { ag::set_grad_enabled(prev_); }
+  GradMode(const GradMode&) = delete;
+  GradMode& operator=(const GradMode&) = delete;
+
+ private:
+  bool prev_;
+};
+
+diffusion::Prediction prediction_of(const std::string& objective) {
+  if (objective == "x0") return diffusion::Prediction::x0;
+  if (objective == "v") return diffusion::Prediction::v;
+  DF_CHECK(objective == "eps", "DeviceTrainStep: objective '", objective, "' (expected eps, x0 or v)");
+  return diffusion::Prediction::eps;
+}
+
+}  // namespace
+
+DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTrainOptions& o)
+    : unet_(std::move(unet)), o_(o) {
+  DF_CHECK(unet_, "DeviceTrainStep: no model");
+  DF_CHECK(unet_->config().num_classes == 0, "DeviceTrainStep: class-conditional models are not supported yet (the ",
+           "UNet checks labels on the host)");
+  (void)prediction_of(o_.objective);
+  DF_CHECK(o_.schedule == "linear" || o_.schedule == "cosine", "DeviceTrainStep: schedule '", o_.schedule, "'");
+  DF_CHECK(o_.loss_weight == "none" || o_.loss_weight == "min-snr", "DeviceTrainStep: loss_weight '", o_.loss_weight,
+           "'");
+  DF_CHECK(o_.timesteps >= 2, "DeviceTrainStep: timesteps ", o_.timesteps);
+  const AdamWOptions& a = o_.adamw;
+  DF_CHECK(a.lr >= 0.f && a.eps > 0.f && a.beta1 >= 0.f && a.beta1 < 1.f && a.beta2 >= 0.f && a.beta2 < 1.f &&
+               a.warmup_steps >= 0,
+           "DeviceTrainStep: AdamW lr ", a.lr, ", betas ", a.beta1, ", ", a.beta2, ", eps ", a.eps);
+  DF_CHECK(o_.ema_decay >= 0.f && o_.ema_decay <= 1.f, "DeviceTrainStep: EMA decay ", o_.ema_decay);
+  abar_ = (o_.schedule == "cosine" ? diffusion::DiscreteSchedule::cosine(o_.timesteps)
+                                   : diffusion::DiscreteSchedule::linear(o_.timesteps))
+              .alphas_cumprod();
+
+  NamedParams params = unet_->named_parameters();
+  DF_CHECK(!params.empty(), "DeviceTrainStep: the model has no parameters");
+  device_ = params[0].second.device();
+  for (const auto& [name, p] : params)
+    DF_CHECK(p.device() == device_ && device_.is_cuda() && p.dtype() == DType::f32, "DeviceTrainStep: parameter ",
+             name, " is ", p.value().str(), "; every parameter must be f32 on one GPU");
+  layout_ = ParamLayout::of(params);
+
+  stream_ = std::make_unique<CudaStream>(device_);
+  graph_ = std::make_unique<CudaGraph>();
+  StreamGuard guard(stream_->stream());
+  const int64_t n = std::max<int64_t>(layout_.total, 1);
+  // The flat buffers. Padding is zero in the weights and gradients, so the update keeps it zero.
+  w_ = Tensor::zeros({n}, DType::f32, device_);
+  g_ = Tensor::zeros({n}, DType::f32, device_);
+  m_ = Tensor::zeros({n}, DType::f32, device_);
+  v_ = Tensor::zeros({n}, DType::f32, device_);
+  std::vector<ag::Var> vars;
+  std::vector<int64_t> offsets;
+  for (size_t i = 0; i < params.size(); ++i) {
+    ag::Var& p = params[i].second;
+    Tensor wv = layout_.view(w_, i);
+    wv.copy_(p.value());
+    p.value() = wv;
+    p.impl()->grad = layout_.view(g_, i);  // backward adds into it (VarImpl::grad_in_place)
+    p.impl()->grad_in_place = true;
+    vars.push_back(p);
+    offsets.push_back(layout_.segments[i].offset);
+  }
+  ema_ = w_.clone();
+  if (o_.bf16) lowp_ = std::make_unique<ag::Bf16Weights>(vars, offsets, layout_.total);
+  if (a.weight_decay != 0.f && !a.decay_vectors) {
+    // AdamW's decay_vectors = false: no decay on one-dimensional parameters (biases, norms).
+    std::vector<float> mask(static_cast<size_t>(n), 0.f);
+    for (size_t i = 0; i < params.size(); ++i)
+      if (params[i].second.dim() > 1)
+        std::fill_n(mask.begin() + layout_.segments[i].offset, layout_.segments[i].numel, 1.f);
+    decay_mask_ = Tensor::from_vector(mask, {n}).to(device_).to(DType::u8);
+  }
+  sumsq_ = Tensor::zeros({1}, DType::f32, device_);
+  loss_ = Tensor::zeros({1}, DType::f32, device_);
+#if defined(DIFFUSE_HAVE_CUDA)
+  reduce_ws_ = Tensor::empty({std::max<int64_t>(cuda::reduce_all_workspace(n), 1)}, DType::f32, device_);
+#endif
+  diffuse::synchronize(device_);  // set-up: the buffers are filled before the first step
+}
+
+DeviceTrainStep::~DeviceTrainStep() {
+  if (!stream_) return;
+  StreamGuard guard(stream_->stream());
+  graph_.reset();  // waits for the device, then frees the graph's memory
+  lowp_.reset();
+}
+
+bool DeviceTrainStep::captured() const { return graph_ && graph_->ready(); }
+void* DeviceTrainStep::stream() const { return stream_->stream(); }
+
+void DeviceTrainStep::synchronize() {
+  StreamGuard guard(stream_->stream());
+  diffuse::synchronize(device_);
+}
+
+float DeviceTrainStep::loss() {
+  StreamGuard guard(stream_->stream());
+  return loss_.item();
+}
+
+double DeviceTrainStep::grad_norm() {
+  StreamGuard guard(stream_->stream());
+  return std::sqrt(static_cast<double>(sumsq_.item()));
+}
+
+#if defined(DIFFUSE_HAVE_CUDA)
+
+void DeviceTrainStep::stage(const Tensor& x) {
+  DF_CHECK(x.defined() && x.dim() == 4 && x.dtype() == DType::f32, "DeviceTrainStep: x must be f32 (B, H, W, C), got ",
+           x.defined() ? x.str() : std::string("undefined"));
+  const int64_t B = x.size(0);
+  if (!x_.defined() || !(x_.shape() == x.shape())) {
+    // A new shape: new static buffers, and a new capture (the old graph reads the old ones).
+    graph_ = std::make_unique<CudaGraph>();
+    x_ = Tensor::empty(x.shape(), DType::f32, device_);
+    staging_ = Tensor::zeros({kArrays + 4 * B}, DType::f32, device_);
+    host_staging_.assign(static_cast<size_t>(kArrays + 4 * B), 0.f);
+  }
+  x_.copy_(x);
+
+  const int64_t s = steps_, t = s + 1;  // 0-based step index; AdamW's 1-based step
+  const diffusion::Prediction pred = prediction_of(o_.objective);
+  float* h = host_staging_.data();
+  const uint64_t word = step_word(o_.seed, s);
+  std::memcpy(h + kWordAt, &word, sizeof word);
+  // AdamW::step's scalars, computed the same way (optim.cpp), and EMA::next_decay's.
+  const AdamWOptions& a = o_.adamw;
+  kernels::AdamWParams p;
+  p.lr = (a.warmup_steps > 0 && t < a.warmup_steps)
+             ? a.lr * static_cast<float>(t) / static_cast<float>(a.warmup_steps)
+             : a.lr;
+  p.beta1 = a.beta1;
+  p.beta2 = a.beta2;
+  p.eps = a.eps;
+  p.weight_decay = a.weight_decay;
+  p.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(t)));
+  p.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(t))));
+  const double nu = static_cast<double>(s);
+  p.ema_decay = o_.ema_warmup ? std::min(o_.ema_decay, static_cast<float>((1.0 + nu) / (10.0 + nu))) : o_.ema_decay;
+  p.max_grad_norm = o_.grad_clip > 0 ? static_cast<float>(o_.grad_clip) : 0.f;
+  p.skip_nonfinite = 1;
+  std::memcpy(h + kParamsAt, &p, sizeof p);
+  const std::vector<int> ts = diffusion::uniform_timesteps(o_.timesteps, static_cast<int>(B), o_.seed,
+                                                           static_cast<uint64_t>(s) * kTimestepStreams + kTimestepStream);
+  for (int64_t b = 0; b < B; ++b) {
+    const double ab = abar_[static_cast<size_t>(ts[b])];
+    h[kArrays + b] = static_cast<float>(ts[b]);
+    h[kArrays + B + b] = static_cast<float>(std::sqrt(ab));
+    h[kArrays + 2 * B + b] = static_cast<float>(std::sqrt(1 - ab));
+    h[kArrays + 3 * B + b] =
+        o_.loss_weight == "min-snr" ? static_cast<float>(diffusion::min_snr_weight(pred, ab / (1 - ab))) : 1.f;
+  }
+  cuda::tensor_upload(staging_.raw(), h, host_staging_.size() * sizeof(float), stream_->stream());
+}
+
+void DeviceTrainStep::body() {
+  const int64_t B = x_.size(0), n = g_.numel();
+  const Tensor t = staging_.slice(kArrays, kArrays + B);
+  const Tensor alpha = staging_.slice(kArrays + B, kArrays + 2 * B);
+  const Tensor sigma = staging_.slice(kArrays + 2 * B, kArrays + 3 * B);
+  const Tensor weights = staging_.slice(kArrays + 3 * B, kArrays + 4 * B);
+  const auto* word = reinterpret_cast<const uint64_t*>(staging_.data<float>() + kWordAt);
+  const auto* params = reinterpret_cast<const kernels::AdamWParams*>(staging_.data<float>() + kParamsAt);
+
+  PhiloxSeedXorScope seeds(word);
+  ag::Autocast autocast(o_.bf16);
+  GradMode grad_on;
+  g_.zero_();  // one fill for every gradient (they are views of g_)
+  Tensor z = Tensor::empty(x_.shape(), DType::f32, device_), eps = Tensor::empty(x_.shape(), DType::f32, device_);
+  kernels::noise_forward(x_, alpha, sigma, o_.seed, kNoiseOffset, z, eps);
+  Tensor target;
+  switch (prediction_of(o_.objective)) {
+    case diffusion::Prediction::eps: target = eps; break;
+    case diffusion::Prediction::x0: target = x_; break;
+    default: {  // v = alpha eps - sigma x (Salimans & Ho 2022)
+      const Tensor a4 = alpha.reshape({B, 1, 1, 1}), s4 = sigma.reshape({B, 1, 1, 1});
+      target = kernels::sub(kernels::mul(eps, a4), kernels::mul(x_, s4));
+    }
+  }
+  unet_->set_dropout_seed(o_.seed ^ kDropoutSalt);  // per-call offsets restart: the same at every step
+  ag::Var out = unet_->forward(ag::Var(z), t);
+  ag::Var loss = ag::weighted_mse(out, ag::Var(target), weights);
+  ag::backward(loss);
+  cuda::reduce_all(g_.data<float>(), n, kernels::ReduceOp::sum_squares, reduce_ws_.data<float>(),
+                   sumsq_.data<float>(), stream_->stream());
+  kernels::AdamWParams host_params;  // ignored: the kernel reads `params` on the device
+  cuda::adamw_update(w_.data<float>(), g_.data<float>(), m_.data<float>(), v_.data<float>(), ema_.data<float>(),
+                     lowp_ ? lowp_->buffer().raw() : nullptr,
+                     decay_mask_.defined() ? decay_mask_.data<uint8_t>() : nullptr, sumsq_.data<float>(), n,
+                     host_params, stream_->stream(), params);
+  loss_.copy_(loss.value().reshape({1}));
+}
+
+void DeviceTrainStep::step(const Tensor& x) {
+  unet_->train();
+  StreamGuard guard(stream_->stream());
+  set_current_device(device_);
+  stage(x);
+  if (!o_.graph) {
+    body();
+  } else if (graph_->ready()) {
+    graph_->replay();
+  } else {
+    body();  // this step, and the warm-up: plans and algorithm searches wait for the GPU here
+    graph_->begin(device_);
+    try {
+      body();  // recorded, not run: the replays of the later steps execute it
+    } catch (...) {
+      ag::clear_tape();
+      graph_ = std::make_unique<CudaGraph>();  // abandons the capture and its memory
+      throw;
+    }
+    graph_->end();
+  }
+  ++steps_;
+}
+
+#else  // a build without CUDA: the constructor's CudaStream has already refused
+
+void DeviceTrainStep::stage(const Tensor&) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+void DeviceTrainStep::body() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+void DeviceTrainStep::step(const Tensor&) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+
+#endif
+
+diffusion::DeviceDenoiser unet_device_denoiser(std::shared_ptr<nn::UNet> unet, bool bf16) {
+  DF_CHECK(unet, "unet_device_denoiser: no model");
+  return [unet, bf16](const Tensor& z, const Tensor& t) {
+    ag::NoGrad no_grad;
+    ag::Autocast autocast(bf16);
+    Tensor out = unet->forward(ag::Var(z), t).value();
+    return out.dtype() == DType::f32 ? out : out.to(DType::f32);
+  };
+}
+
+std::function<float(double)> unet_time_of(int timesteps) {
+  // make_denoiser: t goes through a f32 tensor, then v * float(T) - 1.f.
+  return [timesteps](double t) { return static_cast<float>(t) * static_cast<float>(timesteps) - 1.f; };
+}
+
+}  // namespace diffuse::train

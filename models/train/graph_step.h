@@ -1,0 +1,127 @@
+// models/train/graph_step.h: a diffusion training step that stays on one GPU, captured once as a
+// CUDA graph and replayed; and the UNet as the denoiser of a device sampling loop.
+//
+// One step, all on the device: the batch (a static buffer) is noised with eps drawn in the kernel,
+// z_t = alpha_t x + sigma_t eps; the UNet's forward under bf16 autocast (its persistent bf16
+// weights, ag::Bf16Weights); the objective's per-sample weighted MSE; backward, every parameter's
+// gradient accumulated in place into one flat f32 buffer; the squared global norm of that buffer
+// (one fixed-order reduction); and one fused launch for clipping, AdamW, the EMA and the bf16
+// weight copy, which leaves everything unchanged, on the device, when the norm is not finite.
+//
+// What changes between steps reaches the device in one upload of a few KB before each step (a
+// kernel whose arguments carry the bytes: no pinned memory, no wait): the timesteps, alpha_t,
+// sigma_t and the loss weights of the batch; the AdamW scalars of step t (learning rate with
+// warm-up, bias corrections, EMA decay with warm-up), read by the update kernel when it runs; and
+// a 64-bit word that the noise and dropout kernels XOR into their seeds (PhiloxSeedXorScope).
+// Every kernel argument is the same at every step, so with `graph` the step is captured at the end
+// of the first one (which runs uncaptured, since cuDNN's algorithm search and cuBLASLt's heuristics
+// wait for the GPU, which a capture cannot) and every later step is one upload, one copy of the
+// batch and one graph launch. Without `graph` the same code launches each kernel; both paths give
+// the same bits. A batch of another shape drops the graph and captures again.
+//
+// Steady state, from the second step: no host-device synchronisation and no cudaMalloc (with the
+// graph not even a cache lookup: its memory is its own pool, core/graph.h). The loss and the
+// gradient norm stay on the device; loss() and grad_norm() read them, and wait.
+//
+// Randomness: step s (0-based) draws its timesteps on the host from Philox (seed, 8 s + 1), as
+// train() does; its noise and dropout masks from (seed ^ w_s) at fixed offsets, w_s a hash of
+// (seed, s). Unlike train() on the cpu (noise keyed by offset), so the two draw different, equally
+// random numbers. The step counter advances on the host, so a step that the device skipped (not
+// finite) still counts for the warm-up and the bias corrections.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/tensor.h"
+#include "models/diffusion/device_sampler.h"
+#include "models/nn/unet.h"
+#include "models/train/optim.h"
+
+namespace diffuse {
+class CudaGraph;
+class CudaStream;
+}  // namespace diffuse
+namespace diffuse::ag {
+class Bf16Weights;
+}  // namespace diffuse::ag
+
+namespace diffuse::train {
+
+struct DeviceTrainOptions {
+  int timesteps = 1000;
+  std::string schedule = "linear";   // linear | cosine
+  std::string objective = "eps";     // eps | x0 | v
+  std::string loss_weight = "none";  // none | min-snr (gamma 5)
+  // lr, beta1, beta2, eps, weight_decay, decay_vectors, warmup_steps (flat is implied). The
+  // defaults of train(): lr 2e-4 with 100 warm-up steps.
+  AdamWOptions adamw{2e-4f, 0.9f, 0.999f, 1e-8f, 0.f, true, 100, true};
+  double grad_clip = 1.0;  // global norm; 0: no clipping
+  float ema_decay = 0.999f;
+  bool ema_warmup = true;
+  bool bf16 = true;   // activations in bf16 under autocast (f32 master weights either way)
+  bool graph = true;  // capture the step once per shape and replay it
+  uint64_t seed = 0;
+};
+
+class DeviceTrainStep {
+ public:
+  // unet: on a GPU, f32 parameters, unconditional (num_classes 0: label checks would read the
+  // labels on the host). Its parameters move into one flat buffer (each Var's value becomes a view
+  // of it) with their gradients in a second one; do not move the model afterwards (Module::to).
+  DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTrainOptions& o);
+  ~DeviceTrainStep();
+  DeviceTrainStep(const DeviceTrainStep&) = delete;
+  DeviceTrainStep& operator=(const DeviceTrainStep&) = delete;
+
+  // One step on x (B, H, W, C) f32 in [-1, 1], on this GPU or on the cpu (copied in stream order;
+  // a device batch must have been written before this object was built or on stream()). Returns
+  // without waiting for the device.
+  void step(const Tensor& x);
+
+  int64_t steps() const { return steps_; }
+  bool captured() const;
+  float loss();        // the last step's loss (waits)
+  double grad_norm();  // the last step's global gradient norm before clipping (waits)
+  void synchronize();
+  void* stream() const;
+  Device device() const { return device_; }
+
+  // The flat f32 buffers (ParamLayout order, on the device): weights, EMA, AdamW's moments.
+  const ParamLayout& layout() const { return layout_; }
+  const Tensor& weights() const { return w_; }
+  const Tensor& ema() const { return ema_; }
+  const Tensor& adam_m() const { return m_; }
+  const Tensor& adam_v() const { return v_; }
+
+ private:
+  void stage(const Tensor& x);  // the step's inputs, outside any graph
+  void body();                  // the step's device work: what a graph captures
+
+  std::shared_ptr<nn::UNet> unet_;
+  DeviceTrainOptions o_;
+  Device device_;
+  ParamLayout layout_;
+  std::vector<double> abar_;  // the schedule's alpha_bar per step
+  int64_t steps_ = 0;
+  std::unique_ptr<CudaStream> stream_;
+  std::unique_ptr<CudaGraph> graph_;
+  std::unique_ptr<ag::Bf16Weights> lowp_;
+  Tensor w_, g_, m_, v_, ema_;  // flat f32
+  Tensor decay_mask_;           // u8, or undefined (weight decay everywhere)
+  Tensor x_;                    // the batch (static: the graph reads it)
+  Tensor staging_;              // f32: seed word, AdamW scalars, t, alpha, sigma, loss weights
+  std::vector<float> host_staging_;
+  Tensor sumsq_, reduce_ws_, loss_;
+};
+
+// The UNet as a device denoiser (z, t on the GPU, t on DDPM's step scale; see
+// DeviceSamplerOptions::time_of and unet_time_of): a forward pass without the tape, under bf16
+// autocast when bf16, returning f32. Runs the model in whatever mode it is in: eval() for sampling.
+diffusion::DeviceDenoiser unet_device_denoiser(std::shared_ptr<nn::UNet> unet, bool bf16);
+// Sampler time t to the step index a UNet trained on T steps was trained on: t T - 1, in the float
+// arithmetic of make_denoiser (trainer.h), so the device and cpu samplers feed the same times.
+std::function<float(double)> unet_time_of(int timesteps);
+
+}  // namespace diffuse::train
