@@ -50,7 +50,8 @@ if(DIFFUSE_HAVE_CUDA)
     target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_CUDNN=1)
   endif()
   set_target_properties(diffuse PROPERTIES CUDA_SEPARABLE_COMPILATION OFF)
-  # Report each kernel's registers, shared memory and spills (tests/kernels/spill_test reads it).
+  # Report each kernel's registers, shared memory and spills: cmake/nvcc_spill_guard.sh keeps the
+  # report beside each object and fails the build on a spill.
   target_compile_options(diffuse PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-v>)
 endif()
 

@@ -55,7 +55,11 @@ void register_eval(CLI::App& root) {
     int64_t n = a->count == 0 ? test.size() : std::min<int64_t>(a->count, test.size());
     diffusion::DiscreteSchedule sched = train::make_schedule(m.config);
     diffusion::Prediction pred = train::prediction_of(m.config);
+    // The VLB uses the model's own variance where it learned one (hybrid; improved DDPM sec. 3.1),
+    // so it needs all 2C channels; the inversion round trip takes the eps channels.
+    const bool learned = train::learned_variance(m.config);
     diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev);
+    diffusion::Denoiser f_vlb = learned ? train::make_denoiser(m.unet, m.config.timesteps, dev, true) : f;
     ag::NoGrad ng;
     std::vector<double> per_sample;
     double prior = 0, diff = 0, dec = 0;
@@ -64,10 +68,11 @@ void register_eval(CLI::App& root) {
       int64_t e = std::min<int64_t>(n, s + a->batch);
       diffusion::VlbOptions o;
       o.prediction = pred;
+      o.variance = learned ? diffusion::VarianceKind::learned : diffusion::VarianceKind::beta_tilde;
       o.seed = a->seed + static_cast<uint64_t>(s);
       o.strata = a->strata;
       if (uc.num_classes > 0) o.labels = test.labels.slice(s, e);
-      diffusion::BitsPerDim b = diffusion::vlb_bits_per_dim(sched, f, test.images.slice(s, e), o);
+      diffusion::BitsPerDim b = diffusion::vlb_bits_per_dim(sched, f_vlb, test.images.slice(s, e), o);
       per_sample.insert(per_sample.end(), b.per_sample.begin(), b.per_sample.end());
       prior += b.prior_bpd * (e - s);
       diff += b.diffusion_bpd * (e - s);
@@ -79,12 +84,14 @@ void register_eval(CLI::App& root) {
     mean /= static_cast<double>(per_sample.size());
     for (double v : per_sample) var += (v - mean) * (v - mean);
     double se = per_sample.size() > 1 ? std::sqrt(var / (per_sample.size() - 1) / per_sample.size()) : 0;
-    std::printf("bits/dim  %.4f +- %.4f  (prior %.4f, diffusion %.4f, decoder %.4f; %lld test images, %s)\n", mean, se,
-                prior / n, diff / n, dec / n, static_cast<long long>(n),
-                a->strata ? ("stratified, " + std::to_string(a->strata) + " strata").c_str() : "all terms");
+    const char* variance = learned ? "learned" : "beta_tilde";
+    std::printf("bits/dim  %.4f +- %.4f  (prior %.4f, diffusion %.4f, decoder %.4f; %lld test images, %s, "
+                "variance %s)\n", mean, se, prior / n, diff / n, dec / n, static_cast<long long>(n),
+                a->strata ? ("stratified, " + std::to_string(a->strata) + " strata").c_str() : "all terms", variance);
     nlohmann::json out{{"checkpoint", a->checkpoint}, {"step", m.step},   {"images", n},
                        {"bits_per_dim", mean},        {"stderr", se},     {"prior_bpd", prior / n},
-                       {"diffusion_bpd", diff / n},   {"decoder_bpd", dec / n}, {"strata", a->strata}};
+                       {"diffusion_bpd", diff / n},   {"decoder_bpd", dec / n}, {"strata", a->strata},
+                       {"variance", variance}};
     if (a->inversion_count > 0) {
       int64_t k = std::min<int64_t>(a->inversion_count, test.size());
       Tensor x0 = test.images.slice(0, k);

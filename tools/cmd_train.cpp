@@ -28,7 +28,7 @@ void register_train(CLI::App& root) {
   cmd->add_option("--config", *config_file, "JSON file of training settings (keys as the flags, with _ for -); flags given on the command line override it");
   cmd->add_option("--preset", cfg->preset, "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64")->capture_default_str();
   cmd->add_option("--model", *model_json, "JSON object of UNet keys overriding the preset, e.g. '{\"base_channels\": 48}'");
-  cmd->add_option("--objective", cfg->objective, "what the network predicts: eps, x0 or v")->capture_default_str();
+  cmd->add_option("--objective", cfg->objective, "what the network predicts: eps, x0, v, or hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels)")->capture_default_str();
   cmd->add_option("--schedule", cfg->schedule, "noise schedule: linear (DDPM) or cosine (improved DDPM)")->capture_default_str();
   cmd->add_option("--timesteps", cfg->timesteps, "diffusion steps T")->capture_default_str();
   cmd->add_option("--loss-weight", cfg->loss_weight, "per-sample loss weight: none or min-snr (gamma 5)")->capture_default_str();

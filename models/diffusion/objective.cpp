@@ -157,6 +157,11 @@ double normal_kl(double m1, double lv1, double m2, double lv2) {
   return 0.5 * (-1.0 + lv2 - lv1 + std::exp(lv1 - lv2) + d * d * std::exp(-lv2));
 }
 
+double normal_kl_dlv2(double m1, double lv1, double m2, double lv2) {
+  const double d = m1 - m2;
+  return 0.5 * (1.0 - std::exp(lv1 - lv2) - d * d * std::exp(-lv2));
+}
+
 Tensor normal_kl_per_sample(const Tensor& m1, const Tensor& lv1, const Tensor& m2, const Tensor& lv2) {
   const int64_t B = batch_of(m1);
   check_same_shape(m1, lv1, "normal_kl");
@@ -189,6 +194,27 @@ double discretized_gaussian_log_likelihood(double x, double mean, double log_sca
   else if (x > 0.999) p = upper_tail(lo);
   else p = lo > 0 ? upper_tail(lo) - upper_tail(hi) : upper_tail(-hi) - upper_tail(-lo);
   return std::log(std::max(p, 1e-12));
+}
+
+double discretized_gaussian_log_likelihood_dlog_scale(double x, double mean, double log_scale) {
+  // The edges u = (x - mean -+ 1/255) e^{-log_scale} have du/d log_scale = -u, and dQ(u)/du =
+  // -phi(u), so an edge's Q(u) moves by u phi(u): p = Q(lo) - Q(hi) in the middle, 1 - Q(hi) and
+  // Q(lo) in the end bins, exactly the forward's three branches.
+  const double inv_std = std::exp(-log_scale);
+  const double hi = inv_std * (x - mean + 1.0 / 255.0), lo = inv_std * (x - mean - 1.0 / 255.0);
+  auto phi = [](double u) { return std::exp(-0.5 * u * u) / std::sqrt(2.0 * std::numbers::pi); };
+  double p, dp;
+  if (x < -0.999) {
+    p = 1.0 - upper_tail(hi);
+    dp = -hi * phi(hi);
+  } else if (x > 0.999) {
+    p = upper_tail(lo);
+    dp = lo * phi(lo);
+  } else {
+    p = lo > 0 ? upper_tail(lo) - upper_tail(hi) : upper_tail(-hi) - upper_tail(-lo);
+    dp = lo * phi(lo) - hi * phi(hi);
+  }
+  return p < 1e-12 ? 0.0 : dp / p;
 }
 
 Tensor discretized_gaussian_log_likelihood(const Tensor& x, const Tensor& mean, const Tensor& log_scale) {
@@ -227,15 +253,18 @@ Posterior q_posterior(const DiscreteSchedule& s, int i, const Tensor& x0, const 
   return {mean, s.posterior_variance()[i], s.posterior_log_variance_clipped()[i]};
 }
 
-Tensor learned_log_variance(const DiscreteSchedule& s, int i, const Tensor& raw) {
+double learned_log_variance(const DiscreteSchedule& s, int i, double raw) {
   const double min_log = s.posterior_log_variance_clipped()[i], max_log = std::log(s.betas()[i]);
+  const double v = 0.5 * (raw + 1.0);
+  return v * max_log + (1.0 - v) * min_log;
+}
+
+Tensor learned_log_variance(const DiscreteSchedule& s, int i, const Tensor& raw) {
+  DF_CHECK(i >= 0 && i < s.T(), "learned_log_variance: step ", i, " of ", s.T());
   Tensor out = Tensor::empty(raw.shape());
   const float* r = raw.data<float>();
   float* o = out.data<float>();
-  for (int64_t j = 0; j < raw.numel(); ++j) {
-    const double v = 0.5 * (r[j] + 1.0);
-    o[j] = static_cast<float>(v * max_log + (1.0 - v) * min_log);
-  }
+  for (int64_t j = 0; j < raw.numel(); ++j) o[j] = static_cast<float>(learned_log_variance(s, i, r[j]));
   return out;
 }
 

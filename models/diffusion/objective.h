@@ -55,12 +55,18 @@ double min_snr_weight(Prediction p, double snr, double gamma = 5.0);
 
 // KL(N(m1, e^lv1) || N(m2, e^lv2)) elementwise, in nats (improved-DDPM `normal_kl`).
 double normal_kl(double m1, double lv1, double m2, double lv2);
+// Its derivative in the second log variance: 0.5 (1 - e^{lv1 - lv2} - (m1 - m2)^2 e^{-lv2}).
+double normal_kl_dlv2(double m1, double lv1, double m2, double lv2);
 // Elementwise with tensors of one shape, summed per sample: (B).
 Tensor normal_kl_per_sample(const Tensor& m1, const Tensor& lv1, const Tensor& m2, const Tensor& lv2);
 // log of the probability mass of bin x under N(mean, e^{2 log_scale}), data on 256 levels in
 // [-1, 1]: bins of width 2/255 centred on the levels, the end bins open to -inf / +inf
 // (improved-DDPM `discretized_gaussian_log_likelihood`; Ho et al. eq. 13). Elementwise.
 double discretized_gaussian_log_likelihood(double x, double mean, double log_scale);
+// Its derivative in log_scale: (dp / d log_scale) / p with dp/d log_scale = lo phi(lo) - hi phi(hi)
+// (hi, lo the standardised bin edges, which scale as e^{-log_scale}); an open end bin keeps its one
+// edge. 0 where the mass is clamped at 1e-12, as the forward is flat there.
+double discretized_gaussian_log_likelihood_dlog_scale(double x, double mean, double log_scale);
 Tensor discretized_gaussian_log_likelihood(const Tensor& x, const Tensor& mean, const Tensor& log_scale);
 
 // Prior term L_T = KL(q(z_1 | x) || N(0, I)) per sample, nats; z_1 at t = 1 of any schedule.
@@ -85,6 +91,8 @@ ModelMeanVariance p_mean_variance(const DiscreteSchedule& s, int i, const Tensor
 // log Sigma = v log beta_t + (1 - v) log beta_tilde_t (Nichol & Dhariwal eq. 15), with
 // v = (r + 1)/2 from the raw output r in [-1, 1] as in their code.
 Tensor learned_log_variance(const DiscreteSchedule& s, int i, const Tensor& raw);
+// The same for one element; d/d raw is (log beta_t - log beta_tilde_t) / 2.
+double learned_log_variance(const DiscreteSchedule& s, int i, double raw);
 
 // One VLB term per sample, nats: i = 0 gives L_0 = -log p(x0 | x_1) (the discretized decoder),
 // i > 0 gives L_i = KL(q(x_{i-1} | x_i, x0) || p(x_{i-1} | x_i)) (improved-DDPM `_vb_terms_bpd`).

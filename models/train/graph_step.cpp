@@ -38,8 +38,8 @@ constexpr uint64_t kTimestepStreams = 8, kTimestepStream = 1;  // train(): (seed
 constexpr uint64_t kNoiseOffset = 2;
 constexpr uint64_t kDropoutSalt = 0x64726f706f7574ull;  // "dropout": dropout's seed differs from noise's
 
-// splitmix64 of (seed, step): the seed word of step s.
-uint64_t step_word(uint64_t seed, int64_t s) {
+// splitmix64 of (seed, step): the seed word of step s. Only the CUDA step calls it.
+[[maybe_unused]] uint64_t step_word(uint64_t seed, int64_t s) {
   uint64_t z = seed + 0x9E3779B97F4A7C15ull * (static_cast<uint64_t>(s) + 1);
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
   z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;

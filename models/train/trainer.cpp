@@ -22,6 +22,7 @@
 #include "core/safetensors.h"
 #include "kernels/noise.h"
 #include "models/data/dataset.h"
+#include "models/diffusion/hybrid_loss.h"
 #include "models/diffusion/objective.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
@@ -115,8 +116,8 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("sample_count", c.sample_count);
   get("sample_steps", c.sample_steps);
   get("max_nonfinite", c.max_nonfinite);
-  DF_CHECK(c.objective == "eps" || c.objective == "x0" || c.objective == "v", "training config: objective '",
-           c.objective, "' (expected eps, x0 or v)");
+  DF_CHECK(c.objective == "eps" || c.objective == "x0" || c.objective == "v" || c.objective == "hybrid",
+           "training config: objective '", c.objective, "' (expected eps, x0, v or hybrid)");
   DF_CHECK(c.schedule == "linear" || c.schedule == "cosine", "training config: schedule '", c.schedule,
            "' (expected linear or cosine)");
   DF_CHECK(c.loss_weight == "none" || c.loss_weight == "min-snr", "training config: loss_weight '", c.loss_weight,
@@ -139,6 +140,14 @@ nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_cl
   j["out_channels"] = channels;
   j["num_classes"] = class_cond ? num_classes : 0;
   for (auto it = model.begin(); it != model.end(); ++it) j[it.key()] = it.value();
+  // The objective decides the output channels: the hybrid loss trains a learned variance, 2C
+  // channels (eps, then the variance); every other objective regresses C. A preset's learn_sigma
+  // (imagenet64) follows the objective; an explicit model key that contradicts it is an error.
+  const bool hybrid = objective == "hybrid";
+  DF_CHECK(!model.contains("learn_sigma") || model.at("learn_sigma") == hybrid, "training config: model key "
+           "learn_sigma = ", model.contains("learn_sigma") ? model.at("learn_sigma").dump() : "", " but objective '",
+           objective, "' ", hybrid ? "needs" : "cannot train", " a learned variance (use --objective hybrid for one)");
+  j["learn_sigma"] = hybrid;
   nn::UNetConfig u = nn::UNetConfig::from_json(j);
   u.validate();
   return u;
@@ -152,16 +161,23 @@ diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
 diffusion::Prediction prediction_of(const TrainConfig& c) {
   if (c.objective == "x0") return diffusion::Prediction::x0;
   if (c.objective == "v") return diffusion::Prediction::v;
-  return diffusion::Prediction::eps;
+  return diffusion::Prediction::eps;  // eps and hybrid (eps, plus the variance channels)
 }
 
-diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device) {
-  return [unet, timesteps, device](const Tensor& z, const Tensor& t, const Tensor& labels) {
+bool learned_variance(const TrainConfig& c) { return c.objective == "hybrid"; }
+
+diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device, bool with_variance) {
+  const bool learned = unet->config().learn_sigma;
+  DF_CHECK(!with_variance || learned, "make_denoiser: the variance channels were asked for, but the UNet has no "
+           "learned variance (learn_sigma)");
+  return [unet, timesteps, device, learned, with_variance](const Tensor& z, const Tensor& t, const Tensor& labels) {
     std::vector<float> steps = t.to_vector();
     for (float& v : steps) v = v * static_cast<float>(timesteps) - 1.f;
     Tensor tt = Tensor::from_vector(steps, {static_cast<int64_t>(steps.size())}, device);
     ag::Var out = unet->forward(ag::Var(z.to(device)), tt, labels.defined() ? labels.to(device) : labels);
-    return out.value().to(Device::cpu());
+    Tensor host = out.value().to(Device::cpu());
+    if (learned && !with_variance) return diffusion::split_learned_variance(host).first;
+    return host;
   };
 }
 
@@ -392,6 +408,9 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
   } catch (const Error& e) {
     DF_FAIL(path, ": ", e.what());
   }
+  DF_CHECK(m.unet->config().learn_sigma == learned_variance(m.config), path, ": the UNet ",
+           m.unet->config().learn_sigma ? "has" : "has no", " learned variance but the training objective is '",
+           m.config.objective, "'");
   try {
     m.unet->load_state(weights);
   } catch (const Error& e) {
@@ -499,6 +518,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
 
   const int B = cfg.batch;
   const diffusion::Prediction pred = prediction_of(cfg);
+  const bool hybrid = learned_variance(cfg);
   const auto& abar = r.schedule.alphas_cumprod();
   int64_t consecutive_bad = 0;
   auto t_last = std::chrono::steady_clock::now();
@@ -542,7 +562,10 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
     ag::Var out = r.unet->forward(ag::Var(z), Tensor::from_vector(tf, {B}, r.device), y);
     std::vector<float> wf(weights.begin(), weights.end());
-    ag::Var loss = ag::weighted_mse(out, ag::Var(target), Tensor::from_vector(wf, {B}, r.device));
+    const Tensor w = Tensor::from_vector(wf, {B}, r.device);
+    // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
+    ag::Var loss = hybrid ? diffusion::hybrid_loss(r.schedule, ts, x, z, eps, out, w).loss
+                          : ag::weighted_mse(out, ag::Var(target), w);
     double lv = loss.value().item();
     double gnorm = 0;
     bool ok = std::isfinite(lv);

@@ -26,7 +26,7 @@ struct TrainConfig {
   std::string preset = "tiny";
   nlohmann::json model = nlohmann::json::object();  // UNetConfig keys overriding the preset
   // diffusion
-  std::string objective = "eps";   // eps | x0 | v
+  std::string objective = "eps";   // eps | x0 | v | hybrid (eps + learned variance, improved DDPM)
   std::string schedule = "linear"; // linear | cosine
   int timesteps = 1000;
   std::string loss_weight = "none"; // none | min-snr (gamma 5)
@@ -97,9 +97,15 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = t
 // The sampler's view of a trained UNet: the samplers pass continuous time t in [0, 1] with
 // discrete step i at t = (i + 1) / T, while the network was trained on the step index i (DDPM's
 // embedding scale), so t maps to t * T - 1. Inputs and outputs are cpu f32; the model runs on
-// `device`.
-diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device);
+// `device`. A UNet with a learned variance (objective hybrid) gives its first C channels, the
+// prediction, which every sampler takes; with_variance keeps all 2C for the consumers of
+// VarianceKind::learned (DDPM ancestral sampling, the VLB).
+diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device,
+                                  bool with_variance = false);
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c);
+// What the first C output channels predict (hybrid: eps).
 diffusion::Prediction prediction_of(const TrainConfig& c);
+// Whether the network also outputs the variance channels (objective hybrid).
+bool learned_variance(const TrainConfig& c);
 
 }  // namespace diffuse::train

@@ -122,7 +122,8 @@ namespace {
 
 // A small UNet with attention and every layer kind the presets use, on the cpu, with its
 // zero-initialised layers (conv2, proj, out_conv) drawn at random: a fresh UNet outputs exactly 0.
-std::shared_ptr<nn::UNet> small_unet(uint64_t seed) {
+// Only the [cuda] tests call it.
+[[maybe_unused]] std::shared_ptr<nn::UNet> small_unet(uint64_t seed) {
   nn::UNetConfig c = nn::UNetConfig::preset("tiny");
   c.image_size = 8;
   c.attention_resolutions = {4};

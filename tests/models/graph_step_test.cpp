@@ -28,7 +28,8 @@ nn::UNetConfig small_config() {
   return c;
 }
 
-int64_t mismatches(const Tensor& a, const Tensor& b) {
+// Only the [cuda] tests call it.
+[[maybe_unused]] int64_t mismatches(const Tensor& a, const Tensor& b) {
   if (!(a.shape() == b.shape())) return -1;
   const std::vector<float> x = a.to_vector(), y = b.to_vector();
   int64_t bad = 0;

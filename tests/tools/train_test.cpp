@@ -9,6 +9,7 @@
 #include "core/safetensors.h"
 #include "models/train/trainer.h"
 #include "tests/test_util.h"
+#include "tests/tools/cli_util.h"
 
 using namespace diffuse;
 namespace fs = std::filesystem;
@@ -182,4 +183,81 @@ TEST_CASE("--epochs trains whole passes over the dataset", "[cpu][tools]") {
   CHECK(read_safetensors(path).tensors.at("trainer.state").to_vector_i64()[0] == 4);
   c.epochs = -1;
   CHECK_THROWS_WITH(train::TrainConfig::from_json(c.to_json()), Catch::Contains("epochs"));
+}
+
+TEST_CASE("--objective hybrid trains a learned variance (2C output channels); sample and eval use it", "[cpu][tools]") {
+  TempDir dir;
+  const std::string data = make_idx(dir, 12);
+  train::TrainConfig c = tiny_config(data, dir / "run");
+  c.objective = "hybrid";
+  std::string path = train::train(c, false);
+  SafeTensors st = read_safetensors(path);
+  // The output conv has 2C = 2 channels: eps, then the raw variance (NHWC weights: Cout first).
+  CHECK(st.tensors.at("model.out_conv.weight").shape() == Shape{2, 3, 3, 8});
+  CHECK(st.tensors.at("ema.out_conv.bias").shape() == Shape{2});
+  CHECK(nlohmann::json::parse(st.metadata.at("unet"))["learn_sigma"] == true);
+  // Every logged loss is finite: L_simple plus the VLB term, both of a sane size at init.
+  std::ifstream log(dir / "run/log.csv");
+  std::string line;
+  std::getline(log, line);
+  int rows = 0;
+  while (std::getline(log, line)) {
+    const double loss = std::stod(line.substr(line.find(',') + 1));
+    INFO(line);
+    CHECK(std::isfinite(loss));
+    CHECK(loss > 0);
+    CHECK(loss < 100);
+    ++rows;
+  }
+  CHECK(rows == 3);
+
+  // The samplers get the eps channels; with_variance keeps all 2C.
+  train::LoadedModel m = train::load_checkpoint(path, Device::cpu());
+  CHECK(train::learned_variance(m.config));
+  CHECK(train::prediction_of(m.config) == diffusion::Prediction::eps);
+  const Tensor z = test::random_normal({2, 8, 8, 1}), t = Tensor::from_vector({0.5f, 1.f}, {2});
+  const Tensor y = Tensor::from_vector_i64({3, 10}, {2});
+  CHECK(train::make_denoiser(m.unet, m.config.timesteps, Device::cpu())(z, t, y).shape() == Shape{2, 8, 8, 1});
+  CHECK(train::make_denoiser(m.unet, m.config.timesteps, Device::cpu(), true)(z, t, y).shape() == Shape{2, 8, 8, 2});
+
+  // The CLI end to end: DDPM with the learned variance, DDIM with eps, eval's VLB with the
+  // learned variance.
+  const std::string out = dir / "cli.log";
+  std::string text;
+  for (const char* sampler : {"ddpm", "ddim"}) {
+    INFO(sampler);
+    const int code = test::run({test::cli_path(), "sample", path, "--sampler", sampler, "--steps", "4", "--count", "3",
+                                "--grid", dir / (std::string(sampler) + ".png"), "--device", "cpu"},
+                               out, &text);
+    INFO(text);
+    CHECK(code == 0);
+    CHECK(fs::exists(dir / (std::string(sampler) + ".png")));
+  }
+  const int code = test::run({test::cli_path(), "eval", path, "--count", "4", "--strata", "3", "--inversion-count", "2",
+                              "--inversion-steps", "3", "--device", "cpu", "--json", dir / "eval.json"},
+                             out, &text);
+  INFO(text);
+  REQUIRE(code == 0);
+  const nlohmann::json e = nlohmann::json::parse(test::slurp_text(dir / "eval.json"));
+  CHECK(e["variance"] == "learned");
+  CHECK(std::isfinite(e["bits_per_dim"].get<double>()));
+  CHECK(e["bits_per_dim"].get<double>() > 0);
+}
+
+TEST_CASE("hybrid: config checks and the --help text", "[cpu][tools]") {
+  train::TrainConfig c;
+  c.objective = "hybrid";
+  CHECK(c.unet_config(8, 1, 0).learn_sigma);
+  CHECK(c.unet_config(8, 1, 0).output_channels() == 2);
+  c.objective = "eps";
+  c.preset = "imagenet64";  // a learned-sigma preset follows the objective
+  CHECK_FALSE(c.unet_config(64, 3, 0).learn_sigma);
+  c.preset = "tiny";
+  c.model = {{"learn_sigma", true}};
+  CHECK_THROWS_WITH(c.unet_config(8, 1, 0), Catch::Contains("objective hybrid"));
+  CHECK_THROWS_WITH(train::TrainConfig::from_json({{"objective", "vlb"}}), Catch::Contains("eps, x0, v or hybrid"));
+  TempDir dir;
+  std::string text;
+  CHECK(test::run({test::cli_path(), "train", "--help"}, dir / "help.log", &text) == 0);
+  CHECK_THAT(text, Catch::Contains("hybrid"));
 }

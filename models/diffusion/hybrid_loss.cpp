@@ -1,0 +1,98 @@
+// models/diffusion/hybrid_loss.cpp: see hybrid_loss.h for the loss, its units and its sources.
+#include "models/diffusion/hybrid_loss.h"
+
+#include <cmath>
+#include <numbers>
+
+#include "autograd/elementwise.h"
+#include "autograd/linalg.h"
+#include "core/check.h"
+
+namespace diffuse::diffusion {
+
+ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0,
+                             const Tensor& xt, const Tensor& pred, const ag::Var& raw, Prediction p) {
+  const Tensor& r = raw.value();
+  DF_CHECK(r.defined() && r.dim() >= 2 && r.size(0) == static_cast<int64_t>(steps.size()),
+           "learned_variance_vlb: raw variance ", r.defined() ? r.str() : std::string("undefined"), " for ",
+           steps.size(), " steps (expected (B, ..., C) with one step per sample)");
+  DF_CHECK(r.dtype() == DType::f32 || r.dtype() == DType::f64 || r.dtype() == DType::bf16,
+           "learned_variance_vlb: raw variance of dtype ", r.str());
+  check_same_shape(x0, r, "learned_variance_vlb");
+  check_same_shape(xt, r, "learned_variance_vlb");
+  check_same_shape(pred, r, "learned_variance_vlb");
+  const int64_t B = r.size(0), N = r.numel() / B;
+  // The constants (data, latent, the detached prediction) in f32, as p_mean_variance and
+  // q_posterior take them; the variance in double, so a gradcheck's 1e-6 steps are resolved.
+  const Tensor x = x0.to(Device::cpu()).to(DType::f32), z = xt.to(Device::cpu()).to(DType::f32),
+               e = pred.to(Device::cpu()).to(DType::f32), rr = r.to(Device::cpu()).to(DType::f64);
+  const double* rp = rr.data<double>();
+  const double to_bpd = 1.0 / (static_cast<double>(N) * std::numbers::ln2);
+  Tensor value = Tensor::empty({B}, DType::f64);
+  // Forward returns what backward needs: the per-element derivative of each sample's term.
+  Tensor dvalue = Tensor::empty(r.shape(), DType::f64);
+  double* vp = value.data<double>();
+  double* dp = dvalue.data<double>();
+  for (int64_t b = 0; b < B; ++b) {
+    const int i = steps[b];
+    DF_CHECK(i >= 0 && i < s.T(), "learned_variance_vlb: step ", i, " of ", s.T());
+    const Tensor xb = x.slice(b, b + 1), zb = z.slice(b, b + 1);
+    // The mean of p(x_{t-1} | x_t) from the prediction alone; the variance kind does not enter it.
+    const Tensor mean = p_mean_variance(s, i, zb, e.slice(b, b + 1), p, VarianceKind::beta_tilde).mean;
+    const float* mu = mean.data<float>();
+    const double dlv_dr = 0.5 * (std::log(s.betas()[i]) - s.posterior_log_variance_clipped()[i]);
+    const double* rb = rp + b * N;
+    double* db = dp + b * N;
+    double acc = 0;
+    if (i == 0) {
+      // L_0 = -log p(x0 | x_1), the discretized decoder with log_scale = log Sigma / 2.
+      const float* xv = xb.data<float>();
+      for (int64_t j = 0; j < N; ++j) {
+        const double ls = 0.5 * learned_log_variance(s, 0, rb[j]);
+        acc -= discretized_gaussian_log_likelihood(xv[j], mu[j], ls);
+        db[j] = -discretized_gaussian_log_likelihood_dlog_scale(xv[j], mu[j], ls) * 0.5 * dlv_dr * to_bpd;
+      }
+    } else {
+      // L_t = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)).
+      const Posterior q = q_posterior(s, i, xb, zb);
+      const float* qm = q.mean.data<float>();
+      for (int64_t j = 0; j < N; ++j) {
+        const double lv = learned_log_variance(s, i, rb[j]);
+        acc += normal_kl(qm[j], q.log_variance_clipped, mu[j], lv);
+        db[j] = normal_kl_dlv2(qm[j], q.log_variance_clipped, mu[j], lv) * dlv_dr * to_bpd;
+      }
+    }
+    vp[b] = acc * to_bpd;
+  }
+  const DType dtype = r.dtype();
+  const Device device = r.device();
+  return ag::record("learned_variance_vlb", value.to(dtype).to(device), {raw},
+                    [dvalue, dtype, device, B, N](const Tensor& g) {
+                      const Tensor gh = g.to(Device::cpu()).to(DType::f64);
+                      Tensor dr = Tensor::empty(dvalue.shape(), DType::f64);
+                      const double* gp = gh.data<double>();
+                      const double* d = dvalue.data<double>();
+                      double* o = dr.data<double>();
+                      for (int64_t b = 0; b < B; ++b)
+                        for (int64_t j = b * N; j < (b + 1) * N; ++j) o[j] = gp[b] * d[j];
+                      return std::vector<Tensor>{dr.to(dtype).to(device)};
+                    });
+}
+
+HybridLoss hybrid_loss(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0, const Tensor& xt,
+                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda) {
+  DF_CHECK(out.defined() && out.dim() == xt.dim() && out.size(-1) == 2 * xt.size(-1), "hybrid_loss: the network "
+           "returned ", out.defined() ? out.value().str() : std::string("nothing"), " for x_t ", xt.str(),
+           " (a learned variance needs 2C channels: eps, then the variance)");
+  const int64_t C = xt.size(-1);
+  ag::Var eps_hat = ag::slice_last(out, 0, C);
+  ag::Var raw = ag::slice_last(out, C, 2 * C);
+  HybridLoss h;
+  h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), weights);
+  // eps_hat.value() is a plain tensor: the stop-gradient on the mean.
+  h.vlb = ag::mean_all(learned_variance_vlb(s, steps, x0, xt, eps_hat.value(), raw, Prediction::eps));
+  h.loss = ag::add(h.mse, ag::mul_scalar(h.vlb, lambda * s.T()));
+  return h;
+}
+
+}  // namespace diffuse::diffusion

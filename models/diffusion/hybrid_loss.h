@@ -1,0 +1,50 @@
+// models/diffusion/hybrid_loss.h: the hybrid objective of improved DDPM (Nichol & Dhariwal 2021,
+// sec. 3.1, eq. 16): L_hybrid = L_simple + lambda L_vlb, lambda = 0.001, for a network with a
+// learned variance (2C output channels: eps, then the raw variance r; objective.h).
+//
+// The VLB part trains only the variance: the mean behind it is detached (their code's
+// `frozen_out`), so L_simple alone drives the eps channels. It is one differentiable op,
+// learned_variance_vlb, whose forward is objective.h's math (p_mean_variance, q_posterior,
+// normal_kl, the discretized decoder) and whose backward in r is analytic:
+//   t > 0: L_t = sum_j KL(N(mu~, beta~) || N(mu, Sigma)), dKL/d log Sigma = normal_kl_dlv2;
+//   t = 0: L_0 = -sum_j log p_disc(x_j; mu, log_scale = log Sigma / 2),
+//          d/d log_scale = discretized_gaussian_log_likelihood_dlog_scale;
+//   log Sigma = v log beta_t + (1 - v) log beta~_t, v = (r + 1)/2, so d log Sigma/dr = (log beta_t - log beta~_t)/2.
+//
+// Units as improved-diffusion's `_vb_terms_bpd`: bits per dim, the per-sample sum divided by
+// N ln 2. L_vlb = sum_t L_t is estimated per sample by T L_t at the uniformly drawn t, so lambda
+// L_vlb = (lambda T) L_t: with lambda = 0.001 this is their default RESCALED_MSE loss
+// (`vb *= num_timesteps / 1000`), and exactly L_simple + L_t at T = 1000.
+//
+// Shapes: B batch, N elements per sample, the last dimension C channels (NHWC images).
+// Runs on the host: B N closed-form terms beside a UNet forward; inputs on another device are
+// copied, and the output and gradient go back to the variance channels' device and dtype.
+#pragma once
+
+#include <vector>
+
+#include "autograd/tape.h"
+#include "core/tensor.h"
+#include "models/diffusion/objective.h"
+#include "models/diffusion/schedule.h"
+
+namespace diffuse::diffusion {
+
+// Per-sample VLB term L_{t_b} in bits per dim, (B), differentiable in `raw` only.
+//   steps (B) 0-based step indices; x0, xt, pred, raw (B, ..., C) of one shape.
+//   pred is the network's prediction (of kind `p`), taken as a constant (stop-gradient).
+// f32 or f64 (the output and gradient have raw's dtype; the math is double throughout).
+ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0,
+                             const Tensor& xt, const Tensor& pred, const ag::Var& raw, Prediction p = Prediction::eps);
+
+struct HybridLoss {
+  ag::Var loss;  // {1}: mse + lambda T vlb
+  ag::Var mse;   // {1}: mean_b w_b ||eps - eps_hat||^2 / N on the first C channels
+  ag::Var vlb;   // {1}: mean_b L_{t_b}, bits per dim (gradient into the last C channels only)
+};
+// out (B, ..., 2C) the network's output, eps the noise behind xt = alpha x0 + sigma eps, weights
+// (B) per-sample weights of the mse part (1, or Min-SNR; not applied to the VLB).
+HybridLoss hybrid_loss(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0, const Tensor& xt,
+                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda = 1e-3);
+
+}  // namespace diffuse::diffusion
