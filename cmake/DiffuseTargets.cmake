@@ -183,4 +183,16 @@ if(DIFFUSE_BENCH)
     target_link_libraries(${name} PRIVATE diffuse)
     set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
   endforeach()
+  # The benchmarks' no-GPU path, on every machine: CUDA_VISIBLE_DEVICES=-1 hides any GPU, and each
+  # program must print exactly one line saying so and exit 0.
+  if(DIFFUSE_TESTS)
+    foreach(name kernels e2e)
+      if(TARGET ${name})
+        add_test(NAME bench.${name}.no_gpu
+                 COMMAND ${CMAKE_SOURCE_DIR}/bench/check_no_gpu.sh $<TARGET_FILE:${name}> ${name})
+        set_tests_properties(bench.${name}.no_gpu PROPERTIES LABELS cpu ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1"
+                             TIMEOUT 120)
+      endif()
+    endforeach()
+  endif()
 endif()

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 
 #include "core/dtype.h"
 
@@ -24,6 +25,21 @@
                           int64_t Tk, int heads, int D, void* workspace, void* stream);
 
 namespace diffuse {
-namespace cuda { DIFFUSE_ATTENTION_LAUNCHERS }
+namespace cuda {
+DIFFUSE_ATTENTION_LAUNCHERS
+
+// The bf16 tensor-core twins (kernels/cuda/attention_tc.cu; GPU only, the emulator cannot run mma).
+// Same contract as attention_forward / attention_backward above, bf16 only, and the saved
+// log-sum-exp is the same quantity, so either backward takes either forward's. Supported: bf16,
+// head dims 32 and 64, every pointer 16-byte aligned, and a current device of compute capability
+// 8.0 or newer; the dispatch runs the SIMT kernels otherwise.
+bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);
+void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq,
+                          int64_t Tk, int heads, int D, void* stream);
+// The workspace is attention_backward_workspace_bytes(B, Tq, heads).
+void attention_tc_backward(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                           const float* lse, void* dq, void* dk, void* dv, int64_t B, int64_t Tq, int64_t Tk, int heads,
+                           int D, void* workspace, void* stream);
+}  // namespace cuda
 namespace emu { DIFFUSE_ATTENTION_LAUNCHERS }
 }  // namespace diffuse

@@ -48,8 +48,9 @@ GroupNormResult group_norm_forward(const Tensor& x, const Tensor& gamma, const T
 GroupNormGrads group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
                                    const Tensor& gamma, const Tensor& beta, const Tensor& scale, const Tensor& shift,
                                    const GroupNormOptions& opt);
-// Head dims 32 and 64 run the flash kernels (saved = the row log-sum-exp (B, heads, Tq) f32); other
-// head dims materialise S = Q K^T per head with cuBLASLt and keep P (B, heads, Tq, Tk), as the cpu.
+// Head dims 32 and 64 run the flash kernels (saved = the row log-sum-exp (B, heads, Tq) f32): the
+// bf16 tensor-core ones for bf16 on sm_80+, the SIMT ones otherwise. Other head dims materialise
+// S = Q K^T per head with cuBLASLt and keep P (B, heads, Tq, Tk), as the cpu.
 AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int heads);
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionResult& fwd, int heads);

@@ -193,8 +193,13 @@ AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor
   r.out = Tensor::empty(q.shape(), q.dtype(), q.device());
   if (cuda::attention_supports_head_dim(g.D)) {
     r.saved = Tensor::empty({g.B, g.heads, g.Tq}, DType::f32, q.device());
-    cuda::attention_forward(q.raw(), k.raw(), v.raw(), r.out.raw(), r.saved.data<float>(), q.dtype(), g.B, g.Tq, g.Tk,
-                            g.heads, g.D, current_stream());
+    // bf16 on sm_80+: the tensor-core kernels; f32, older GPUs or unaligned views: the SIMT ones.
+    if (cuda::attention_tc_supported(q.dtype(), g.D, {q.raw(), k.raw(), v.raw(), r.out.raw()}))
+      cuda::attention_tc_forward(q.raw(), k.raw(), v.raw(), r.out.raw(), r.saved.data<float>(), g.B, g.Tq, g.Tk,
+                                 g.heads, g.D, current_stream());
+    else
+      cuda::attention_forward(q.raw(), k.raw(), v.raw(), r.out.raw(), r.saved.data<float>(), q.dtype(), g.B, g.Tq,
+                              g.Tk, g.heads, g.D, current_stream());
     return r;
   }
   // Materialised: S = scale Q_h K_h^T in f32 (B, heads, Tq, Tk), P = softmax(S) (kept in q's dtype
@@ -226,9 +231,16 @@ AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Ten
     DF_CHECK(cuda::attention_supports_head_dim(g.D) && fwd.out.defined() && fwd.out.shape() == q.shape(),
              "attention backward: the forward's output is needed with its log-sum-exp");
     Tensor ws = workspace(cuda::attention_backward_workspace_bytes(g.B, g.Tq, g.heads), q.device());
-    cuda::attention_backward(dout.raw(), q.raw(), k.raw(), v.raw(), fwd.out.raw(), saved.data<float>(), r.dq.raw(),
-                             r.dk.raw(), r.dv.raw(), q.dtype(), g.B, g.Tq, g.Tk, g.heads, g.D, ws.raw(),
-                             current_stream());
+    if (cuda::attention_tc_supported(q.dtype(), g.D,
+                                     {dout.raw(), q.raw(), k.raw(), v.raw(), fwd.out.raw(), r.dq.raw(), r.dk.raw(),
+                                      r.dv.raw()}))
+      cuda::attention_tc_backward(dout.raw(), q.raw(), k.raw(), v.raw(), fwd.out.raw(), saved.data<float>(),
+                                  r.dq.raw(), r.dk.raw(), r.dv.raw(), g.B, g.Tq, g.Tk, g.heads, g.D, ws.raw(),
+                                  current_stream());
+    else
+      cuda::attention_backward(dout.raw(), q.raw(), k.raw(), v.raw(), fwd.out.raw(), saved.data<float>(), r.dq.raw(),
+                               r.dk.raw(), r.dv.raw(), q.dtype(), g.B, g.Tq, g.Tk, g.heads, g.D, ws.raw(),
+                               current_stream());
     return r;
   }
   DF_CHECK(saved.dim() == 4 && saved.shape() == Shape({g.B, g.heads, g.Tq, g.Tk}),

@@ -1,5 +1,7 @@
 // kernels/cuda/attention.cu under the emulator ([emu]) and on a GPU ([cuda]) against double
-// loops of kernels/attention.h's formulas (materialising P, as kernels::ref does).
+// loops of kernels/attention.h's formulas (materialising P, as kernels::ref does); and the bf16
+// tensor-core kernels of kernels/cuda/attention_tc.cu ([cuda] only) against the same loops and the
+// SIMT kernels.
 //
 // Tolerances. f32: a score is a D-term dot product (D <= 64) of values in [-1, 1], scaled by
 // 1/sqrt(D): its f32 error is at most 64 eps * 8 = 3e-5 absolute, which P inherits as a relative
@@ -13,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 #include <vector>
 
 #include "core/device.h"
@@ -180,5 +183,68 @@ TEST_CASE("flash attention on the GPU matches the materialised reference", "[cud
             return Grads{out.to_vector(), dq.to_vector(), dk.to_vector(), dv.to_vector()};
           },
           g, t);
+#endif
+}
+
+// The bf16 tensor-core kernels (kernels/cuda/attention_tc.cu) against the double reference and
+// against the SIMT kernels on the same inputs. Tolerances: the tensor-core kernels round P (and
+// dS in backward) to bf16 before the second product, where the SIMT ones keep them in f32: one more
+// bf16 rounding (2^-8 relative) of every term of a sum, on top of the output's own rounding and
+// the bf16 forward output that Delta reads. So twice the SIMT bound above against the reference
+// (rtol 1.6e-2, atol 1.6e-2 * max|want|), and the sum of the two bounds between the two kernels
+// (2.4e-2). Odd token counts (37, 100, 77: partial tiles in every kernel), batch 1, cross-attention
+// both ways, both head dims, and the UNet's 16x16 shape.
+TEST_CASE("tensor-core flash attention matches the SIMT kernels and the reference", "[cuda][kernels]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  set_current_device(gpu);
+  const Geo geos[] = {{1, 37, 37, 1, 64}, {1, 5, 100, 2, 64}, {2, 100, 77, 8, 32}, {1, 33, 33, 3, 32},
+                      {4, 256, 256, 4, 64}};
+  const DType t = DType::bf16;
+  for (const Geo& g : geos) {
+    INFO("B=" << g.B << " Tq=" << g.Tq << " Tk=" << g.Tk << " heads=" << g.heads << " D=" << g.D);
+    const Inputs in = make_inputs(g, t);
+    Tensor q = in.q.to(gpu), k = in.k.to(gpu), v = in.v.to(gpu), dout = in.dout.to(gpu);
+    REQUIRE(cuda::attention_tc_supported(t, g.D, {q.raw(), k.raw(), v.raw(), dout.raw()}) ==
+            (cuda_devices().at(0).cc_major >= 8));
+    if (cuda_devices().at(0).cc_major < 8) return;
+    const Grads want = reference(g, in.q.to_vector(), in.k.to_vector(), in.v.to_vector(), in.dout.to_vector());
+    auto run = [&](bool tc) {
+      Tensor out = Tensor::empty(in.q.shape(), t, gpu).poison_();
+      Tensor lse = Tensor::empty({g.B, g.heads, g.Tq}, DType::f32, gpu).poison_();
+      Tensor dq = Tensor::empty(in.q.shape(), t, gpu).poison_();
+      Tensor dk = Tensor::empty(in.k.shape(), t, gpu).poison_(), dv = Tensor::empty(in.v.shape(), t, gpu).poison_();
+      Tensor ws = Tensor::empty({g.B * g.heads * g.Tq}, DType::f32, gpu).poison_();
+      if (tc) {
+        cuda::attention_tc_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), g.B, g.Tq, g.Tk, g.heads,
+                                   g.D, current_stream());
+        cuda::attention_tc_backward(dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), dq.raw(),
+                                    dk.raw(), dv.raw(), g.B, g.Tq, g.Tk, g.heads, g.D, ws.raw(), current_stream());
+      } else {
+        cuda::attention_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), t, g.B, g.Tq, g.Tk, g.heads,
+                                g.D, current_stream());
+        cuda::attention_backward(dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), dq.raw(),
+                                 dk.raw(), dv.raw(), t, g.B, g.Tq, g.Tk, g.heads, g.D, ws.raw(), current_stream());
+      }
+      return std::pair<Grads, std::vector<float>>{
+          Grads{out.to_vector(), dq.to_vector(), dk.to_vector(), dv.to_vector()}, lse.to_vector()};
+    };
+    const auto [tc, tc_lse] = run(true);
+    const auto [simt, simt_lse] = run(false);
+    const std::pair<const char*, const std::vector<float> Grads::*> parts[] = {
+        {"out", &Grads::out}, {"dq", &Grads::dq}, {"dk", &Grads::dk}, {"dv", &Grads::dv}};
+    for (const auto& [name, member] : parts) {
+      const std::vector<float>& w = want.*member;
+      INFO(name << " tensor cores vs reference: " << compare(tc.*member, w).str());
+      CHECK(allclose(tc.*member, w, 1.6e-2, 1.6e-2 * max_abs(w)));
+      INFO(name << " tensor cores vs SIMT: " << compare(tc.*member, simt.*member).str());
+      CHECK(allclose(tc.*member, simt.*member, 2.4e-2, 2.4e-2 * max_abs(w)));
+    }
+    // The log-sum-exp is f32 on both sides, from scores that differ only in summation order (the
+    // bf16 products are exact in f32): f32 agreement.
+    INFO("lse: " << compare(tc_lse, simt_lse).str());
+    CHECK(allclose(tc_lse, simt_lse, 1e-4, 1e-4));
+  }
 #endif
 }

@@ -1,0 +1,587 @@
+// bench/kernels: every hand-written kernel of kernels/cuda on one GPU, against the hardware's
+// measured limits and against cuBLAS / the copy engine where one does the same work (issue 4,
+// item 4). The PyTorch side of the same ops and shapes is bench/torch_kernels.py; bench/kernels.sh
+// runs both and prints the ratios against issue 4's targets.
+//
+//   build/bench/kernels [--only SUBSTRING] [--warmup 10] [--iters 50] [--json out.json] [--help]
+//
+// Shapes: the DDPM CIFAR-10 UNet at batch 128 (32x32x128 and 16x16x256 feature maps, images
+// 32x32x3, 35.7M parameters) and a 64x64 model at batch 32 (64x64x128 maps, images 64x64x3).
+// Attention runs at issue 4's target shapes, 256 and 1024 tokens of 4 heads of 64 channels; also
+// the CIFAR UNet's own attention (one head of 256 channels), which the dispatch sends to cuBLASLt
+// (the flash kernels have head dims 32 and 64).
+//
+// Each figure: the median of --iters runs after --warmup runs, each run timed alone with CUDA
+// events on the stream, with L2 flushed before it (a memset of a buffer of twice the L2 size), so
+// every run reads its inputs from device memory as a training step does. Achieved GB/s is the
+// fewest bytes the kernel must move (each input read once, each output written once; the formula
+// is written beside each case below) over the time; TFLOP/s the matrix FLOPs over the time. The
+// shares are of the two ceilings this program measures when it starts: the copy bandwidth of one
+// 1 GiB device-to-device cudaMemcpyAsync (bytes read plus bytes written) and the bf16 rate of one
+// 8192^3 cuBLASLt GEMM (kernels/cuda/gemm_cuda.cpp, measure_bf16_gemm_tflops).
+//
+// Without a GPU it prints one line saying so and exits 0 (the device check is core/device.h's,
+// as in bench/e2e).
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "core/check.h"
+#include "core/device.h"
+
+#if defined(DIFFUSE_HAVE_CUDA)
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
+#include "core/stream.h"
+#include "core/tensor.h"
+#include "kernels/cuda/adamw.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/concat.h"
+#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/group_norm.h"
+#include "kernels/cuda/noise.h"
+#include "kernels/cuda/reduce.h"
+#include "kernels/cuda/resample.h"
+#include "kernels/cuda/sampler_step.h"
+#include "kernels/cuda/softmax.h"
+#include "kernels/cuda/time_embedding.h"
+#include "models/nn/unet.h"
+#endif
+
+using namespace diffuse;
+using nlohmann::json;
+
+namespace {
+
+struct Options {
+  std::string only;
+  int warmup = 10, iters = 50;
+  std::string json_path;
+};
+
+void usage() {
+  std::printf(
+      "bench/kernels: each hand-written CUDA kernel of diffuse, its time, GB/s and TFLOP/s, as a share of\n"
+      "the device's measured copy bandwidth and bf16 matrix rate, beside cuBLAS / copy-engine baselines\n"
+      "\n"
+      "  --only SUBSTRING     only the cases whose kernel name contains SUBSTRING\n"
+      "  --warmup N           untimed runs of each case first (default 10)\n"
+      "  --iters N            timed runs, each after an L2 flush; the median is reported (default 50)\n"
+      "  --json PATH          also write the results as JSON\n"
+      "  --help               this text\n"
+      "\n"
+      "Without a GPU it prints one line saying so and exits 0.\n");
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  auto value = [&](int& i) -> std::string {
+    DF_CHECK(i + 1 < argc, "kernels: ", argv[i], " needs a value (--help)");
+    return argv[++i];
+  };
+  auto to_int = [](const std::string& s, const char* what) {
+    char* end = nullptr;
+    const long v = std::strtol(s.c_str(), &end, 10);
+    DF_CHECK(end && *end == 0 && v >= 1 && v <= 100000, "kernels: ", what, " must be a positive integer, got '", s,
+             "'");
+    return static_cast<int>(v);
+  };
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--help" || a == "-h") {
+      usage();
+      std::exit(0);
+    } else if (a == "--only") {
+      o.only = value(i);
+    } else if (a == "--warmup") {
+      o.warmup = to_int(value(i), "--warmup");
+    } else if (a == "--iters") {
+      o.iters = to_int(value(i), "--iters");
+    } else if (a == "--json") {
+      o.json_path = value(i);
+    } else {
+      DF_FAIL("kernels: unknown option '", a, "' (--help)");
+    }
+  }
+  return o;
+}
+
+#if defined(DIFFUSE_HAVE_CUDA)
+
+// One row of the table. bytes and flops come from the formula in `formula` (also in the JSON);
+// `bound` says which ceiling the share is taken against.
+struct Case {
+  std::string kernel, shape, impl;  // impl: diffuse, diffuse-simt, diffuse-tc, cublas, copy-engine
+  double bytes = 0, flops = 0;
+  std::string formula;
+  bool matrix_bound = false;
+  std::function<void()> run;
+};
+
+class Bench {
+ public:
+  Bench(const Options& o, const CudaDeviceInfo& dev) : o_(o) {
+    stream_ = static_cast<cudaStream_t>(current_stream());
+    int l2 = 0;
+    DF_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev.index));
+    flush_bytes_ = std::max<size_t>(2 * static_cast<size_t>(l2), size_t{64} << 20);
+    DF_CUDA_CHECK(cudaMalloc(&flush_, flush_bytes_));
+    DF_CUDA_CHECK(cudaEventCreate(&e0_));
+    DF_CUDA_CHECK(cudaEventCreate(&e1_));
+  }
+  ~Bench() {
+    cudaFree(flush_);
+    cudaEventDestroy(e0_);
+    cudaEventDestroy(e1_);
+  }
+
+  // Median milliseconds of f, each run after an L2 flush (the memset is outside the events).
+  double median_ms(const std::function<void()>& f) {
+    for (int i = 0; i < o_.warmup; ++i) f();
+    DF_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    std::vector<float> t(o_.iters);
+    for (int i = 0; i < o_.iters; ++i) {
+      DF_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xff, flush_bytes_, stream_));
+      DF_CUDA_CHECK(cudaEventRecord(e0_, stream_));
+      f();
+      DF_CUDA_CHECK(cudaEventRecord(e1_, stream_));
+      DF_CUDA_CHECK(cudaEventSynchronize(e1_));
+      DF_CUDA_CHECK(cudaEventElapsedTime(&t[i], e0_, e1_));
+    }
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    return t[t.size() / 2];
+  }
+
+  // The copy bandwidth: 1 GiB device to device, bytes read plus bytes written.
+  double copy_gbps() {
+    const size_t n = size_t{1} << 30;
+    void *a = nullptr, *b = nullptr;
+    DF_CUDA_CHECK(cudaMalloc(&a, n));
+    DF_CUDA_CHECK(cudaMalloc(&b, n));
+    DF_CUDA_CHECK(cudaMemsetAsync(a, 0x5a, n, stream_));
+    const double ms = median_ms([&] { DF_CUDA_CHECK(cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, stream_)); });
+    cudaFree(a);
+    cudaFree(b);
+    return 2.0 * static_cast<double>(n) / (ms * 1e-3) / 1e9;
+  }
+
+ private:
+  const Options& o_;
+  cudaStream_t stream_ = nullptr;
+  void* flush_ = nullptr;
+  size_t flush_bytes_ = 0;
+  cudaEvent_t e0_ = nullptr, e1_ = nullptr;
+};
+
+// Device tensors of random values (never zeros: see docs/benchmarks.md).
+Tensor rnd(const Shape& s, DType t, uint64_t seed, float lo = -1.f, float hi = 1.f) {
+  Tensor x = Tensor::empty(s, DType::f32, Device::cuda(0));
+  x.uniform_(seed, 0, lo, hi);
+  return t == DType::f32 ? x : x.to(t);
+}
+Tensor dev_empty(const Shape& s, DType t) { return Tensor::empty(s, t, Device::cuda(0)); }
+
+std::string shape_str(std::initializer_list<int64_t> d) {
+  std::string s;
+  for (int64_t x : d) {
+    if (!s.empty()) s += 'x';
+    s += std::to_string(x);
+  }
+  return s;
+}
+
+struct Feature {  // a (B, H, W, C) bf16 feature map of a UNet
+  const char* model;
+  int64_t B, H, W, C;
+  int G;
+};
+
+// The cases. Tensors are captured by value in the closures (shared storage), so they live as long
+// as the case. `S` is the stream every launcher gets.
+std::vector<Case> make_cases(cublasHandle_t blas) {
+  void* S = current_stream();
+  std::vector<Case> cs;
+  const double b16 = 2, f32 = 4;  // bytes per element
+  const Feature maps[] = {{"cifar10", 128, 32, 32, 128, 32}, {"cifar10", 128, 16, 16, 256, 32},
+                          {"64x64", 32, 64, 64, 128, 32}};
+  struct Images {
+    const char* model;
+    int64_t B, n;  // n = H W C per image
+  };
+  const Images images[] = {{"cifar10", 128, 32 * 32 * 3}, {"64x64", 32, 64 * 64 * 3}};
+
+  // ---- noising q(z_t | x), noise drawn in the kernel ----
+  for (const Images& im : images) {
+    Tensor x = rnd({im.B, im.n}, DType::f32, 1), a = rnd({im.B}, DType::f32, 2, 0.1f, 1.f);
+    Tensor s = rnd({im.B}, DType::f32, 3, 0.1f, 1.f), z = dev_empty({im.B, im.n}, DType::f32);
+    Tensor eps = dev_empty({im.B, im.n}, DType::f32);
+    const double n = double(im.B) * im.n;
+    cs.push_back({"noise_forward", std::string(im.model) + " " + shape_str({im.B, im.n}), "diffuse",
+                  /* read x, write z and eps (f32), alpha and sigma per sample */ 3 * f32 * n + 2 * f32 * im.B, 0,
+                  "12 B n + 8 B", false, [=]() mutable {
+                    cuda::noise_forward(x.data<float>(), a.data<float>(), s.data<float>(), z.data<float>(),
+                                        eps.data<float>(), im.B, im.n, 7, 0, S);
+                  }});
+  }
+
+  // ---- sinusoidal time embedding: (B) -> (B, 4 * 128) ----
+  for (int64_t B : {int64_t{128}, int64_t{32}}) {
+    const int dim = 512;
+    Tensor t = rnd({B}, DType::f32, 4, 0.f, 999.f), out = dev_empty({B, dim}, DType::f32);
+    cs.push_back({"timestep_embedding", shape_str({B, dim}), "diffuse",
+                  /* read t, write out (f32) */ f32 * B + f32 * B * dim, 0, "4 B + 4 B dim", false, [=]() mutable {
+                    cuda::timestep_embedding(t.data<float>(), out.data<float>(), B, dim,
+                                             kernels::TimeEmbeddingOptions{}, S);
+                  }});
+  }
+
+  // ---- GroupNorm + SiLU, bf16 NHWC, f32 gamma/beta and statistics ----
+  for (const Feature& f : maps) {
+    const int64_t N = f.H * f.W;
+    const double n = double(f.B) * N * f.C;
+    Tensor x = rnd({f.B, N, f.C}, DType::bf16, 5), y = dev_empty({f.B, N, f.C}, DType::bf16);
+    Tensor dy = rnd({f.B, N, f.C}, DType::bf16, 6), dx = dev_empty({f.B, N, f.C}, DType::bf16);
+    Tensor gamma = rnd({f.C}, DType::f32, 7, 0.5f, 1.5f), beta = rnd({f.C}, DType::f32, 8);
+    Tensor mean = dev_empty({f.B, f.G}, DType::f32), rstd = dev_empty({f.B, f.G}, DType::f32);
+    Tensor dgamma = dev_empty({f.C}, DType::f32), dbeta = dev_empty({f.C}, DType::f32);
+    Tensor ws = dev_empty({static_cast<int64_t>(cuda::group_norm_workspace_bytes(f.B, N, f.C, f.G)) + 16}, DType::u8);
+    const std::string shape = std::string(f.model) + " " + shape_str({f.B, f.H, f.W, f.C}) + " G" + std::to_string(f.G);
+    cs.push_back({"group_norm_silu_forward", shape, "diffuse",
+                  /* read x, write y (bf16); statistics and parameters are O(B G + C) */ 2 * b16 * n, 0, "4 B H W C",
+                  false, [=]() mutable {
+                    cuda::group_norm_forward(x.raw(), y.raw(), DType::bf16, gamma.data<float>(), beta.data<float>(),
+                                             nullptr, nullptr, mean.data<float>(), rstd.data<float>(), f.B, N, f.C, f.G,
+                                             1e-5f, true, ws.raw(), S);
+                  }});
+    cs.push_back({"group_norm_silu_backward", shape, "diffuse",
+                  /* read dy and x, write dx (bf16) */ 3 * b16 * n, 0, "6 B H W C", false, [=]() mutable {
+                    cuda::group_norm_backward(dy.raw(), x.raw(), dx.raw(), DType::bf16, mean.data<float>(),
+                                              rstd.data<float>(), gamma.data<float>(), beta.data<float>(), nullptr,
+                                              nullptr, dgamma.data<float>(), dbeta.data<float>(), nullptr, nullptr,
+                                              f.B, N, f.C, f.G, true, ws.raw(), S);
+                  }});
+  }
+
+  // ---- attention, bf16: SIMT and tensor-core flash kernels ----
+  struct Attn {
+    const char* what;
+    int64_t B, T;
+    int heads, D;
+  };
+  const Attn attns[] = {{"cifar10 16x16", 128, 256, 4, 64}, {"64x64 32x32", 32, 1024, 4, 64}};
+  for (const Attn& at : attns) {
+    const int64_t C = int64_t{at.heads} * at.D;
+    Tensor q = rnd({at.B, at.T, C}, DType::bf16, 9), k = rnd({at.B, at.T, C}, DType::bf16, 10);
+    Tensor v = rnd({at.B, at.T, C}, DType::bf16, 11), dout = rnd({at.B, at.T, C}, DType::bf16, 12);
+    Tensor out = dev_empty({at.B, at.T, C}, DType::bf16), lse = dev_empty({at.B, at.heads, at.T}, DType::f32);
+    Tensor dq = dev_empty({at.B, at.T, C}, DType::bf16), dk = dev_empty({at.B, at.T, C}, DType::bf16);
+    Tensor dv = dev_empty({at.B, at.T, C}, DType::bf16);
+    Tensor ws = dev_empty({at.B * at.heads * at.T}, DType::f32);
+    const double t2c = double(at.B) * at.T * at.T * C;
+    const std::string shape = std::string(at.what) + " B" + std::to_string(at.B) + " T" + std::to_string(at.T) + " " +
+                              std::to_string(at.heads) + "x" + std::to_string(at.D);
+    // Forward: Q K^T and P V, 2 B T^2 C each. Backward: five products (S recomputed, dP, dV, dQ, dK).
+    const double fwd_flops = 4 * t2c, bwd_flops = 10 * t2c;
+    const bool tc = cuda::attention_tc_supported(DType::bf16, at.D, {q.raw(), k.raw(), v.raw(), out.raw()});
+    // The backward reads the forward's out and lse: the SIMT forward writes them once here.
+    cuda::attention_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), DType::bf16, at.B, at.T, at.T,
+                            at.heads, at.D, S);
+    cs.push_back({"attention_forward", shape, "diffuse-simt", 0, fwd_flops, "4 B T^2 C", true, [=]() mutable {
+                    cuda::attention_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), DType::bf16, at.B,
+                                            at.T, at.T, at.heads, at.D, S);
+                  }});
+    if (tc)
+      cs.push_back({"attention_forward", shape, "diffuse-tc", 0, fwd_flops, "4 B T^2 C", true, [=]() mutable {
+                      cuda::attention_tc_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), at.B, at.T,
+                                                 at.T, at.heads, at.D, S);
+                    }});
+    cs.push_back({"attention_backward", shape, "diffuse-simt", 0, bwd_flops, "10 B T^2 C", true, [=]() mutable {
+                    cuda::attention_backward(dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(),
+                                             dq.raw(), dk.raw(), dv.raw(), DType::bf16, at.B, at.T, at.T, at.heads,
+                                             at.D, ws.raw(), S);
+                  }});
+    if (tc)
+      cs.push_back({"attention_backward", shape, "diffuse-tc", 0, bwd_flops, "10 B T^2 C", true, [=]() mutable {
+                      cuda::attention_tc_backward(dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(),
+                                                  dq.raw(), dk.raw(), dv.raw(), at.B, at.T, at.T, at.heads, at.D,
+                                                  ws.raw(), S);
+                    }});
+  }
+  {  // The CIFAR UNet's own attention: one head of 256 channels, through the dispatch (cuBLASLt, P kept).
+    const int64_t B = 128, T = 256, C = 256;
+    Tensor q = rnd({B, T, C}, DType::bf16, 13), k = rnd({B, T, C}, DType::bf16, 14);
+    Tensor v = rnd({B, T, C}, DType::bf16, 15);
+    cs.push_back({"attention_forward", "cifar10 16x16 B128 T256 1x256", "cublas", 0, 4.0 * B * T * T * C, "4 B T^2 C",
+                  true, [=]() { (void)kernels::gpu::attention_forward(q, k, v, 1); }});
+  }
+
+  // ---- the fused sampler step (DDIM with eta / DDPM: z, eps in; noise drawn in the kernel) ----
+  for (const Images& im : images) {
+    Tensor z = rnd({im.B, im.n}, DType::f32, 16), eps = rnd({im.B, im.n}, DType::f32, 17);
+    Tensor zn = dev_empty({im.B, im.n}, DType::f32);
+    std::vector<kernels::SamplerStepCoeffs> hc(im.B);
+    for (auto& c : hc) c = {0.9f, 0.43f, 1.05f, 0.f, -0.1f, 0.f, 0.05f, 0.f, 0.f};
+    const size_t cbytes = hc.size() * sizeof(kernels::SamplerStepCoeffs);
+    Tensor coeffs = dev_empty({static_cast<int64_t>(cbytes)}, DType::u8);
+    DF_CUDA_CHECK(cudaMemcpy(coeffs.raw(), hc.data(), cbytes, cudaMemcpyHostToDevice));
+    const double n = double(im.B) * im.n;
+    cs.push_back({"sampler_step", std::string(im.model) + " " + shape_str({im.B, im.n}), "diffuse",
+                  /* read z and the model output, write z_next (f32) */ 3 * f32 * n, 0, "12 B n", false,
+                  [=]() mutable {
+                    kernels::SamplerStepParams p;
+                    p.coeffs = static_cast<const kernels::SamplerStepCoeffs*>(coeffs.raw());
+                    p.clip_x0 = true;
+                    p.seed = 11;
+                    cuda::sampler_step(p, z.data<float>(), eps.data<float>(), nullptr, zn.data<float>(), im.n,
+                                       static_cast<int>(im.B), S);
+                  }});
+  }
+
+  // ---- AdamW + EMA over the DDPM CIFAR-10 UNet's flat parameters, global-norm clipping ----
+  {
+    const int64_t n = nn::UNet(nn::UNetConfig::preset("ddpm-cifar10"), 0).num_parameters();
+    Tensor w = rnd({n}, DType::f32, 18), g = rnd({n}, DType::f32, 19), m = rnd({n}, DType::f32, 20, -1e-3f, 1e-3f);
+    Tensor v = rnd({n}, DType::f32, 21, 0.f, 1e-6f), ema = rnd({n}, DType::f32, 22);
+    Tensor wb = dev_empty({n}, DType::bf16), sumsq = dev_empty({1}, DType::f32);
+    Tensor red_ws = dev_empty({cuda::reduce_all_workspace(n)}, DType::f32);
+    cuda::reduce_all(g.data<float>(), n, kernels::ReduceOp::sum_squares, red_ws.data<float>(), sumsq.data<float>(), S);
+    const std::string shape = "ddpm-cifar10 " + std::to_string(n) + " params";
+    cs.push_back({"adamw_ema", shape, "diffuse",
+                  /* read w g m v ema, write w m v ema (f32), write the bf16 copy */ 9 * f32 * n + b16 * n, 0, "38 n",
+                  false, [=]() mutable {
+                    kernels::AdamWParams p;
+                    p.lr = 2e-4f, p.weight_decay = 0.01f, p.bc1 = 0.1f, p.bc2_sqrt = 0.03f, p.ema_decay = 0.9999f;
+                    p.max_grad_norm = 1.f;
+                    cuda::adamw_update(w.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(),
+                                       ema.data<float>(), wb.raw(), nullptr, sumsq.data<float>(), n, p, S);
+                  }});
+    cs.push_back({"grad_norm (reduce_all sum of squares)", shape, "diffuse", /* read g (f32) */ f32 * n, 0, "4 n",
+                  false, [=]() mutable {
+                    cuda::reduce_all(g.data<float>(), n, kernels::ReduceOp::sum_squares, red_ws.data<float>(),
+                                     sumsq.data<float>(), S);
+                  }});
+  }
+
+  // ---- softmax (bf16 rows) and cross-entropy (f32 logits) ----
+  {
+    const int64_t rows = 128 * 256, L = 256;  // the materialised attention's P at 16x16
+    Tensor x = rnd({rows, L}, DType::bf16, 23, -4.f, 4.f), y = dev_empty({rows, L}, DType::bf16);
+    Tensor dy = rnd({rows, L}, DType::bf16, 24), dx = dev_empty({rows, L}, DType::bf16);
+    cuda::softmax_forward(x.raw(), y.raw(), DType::bf16, rows, L, S);
+    const std::string shape = shape_str({rows, L});
+    cs.push_back({"softmax_forward", shape, "diffuse", /* read x, write y (bf16) */ 2 * b16 * rows * L, 0, "4 R L",
+                  false, [=]() mutable { cuda::softmax_forward(x.raw(), y.raw(), DType::bf16, rows, L, S); }});
+    cs.push_back({"softmax_backward", shape, "diffuse", /* read dy and y, write dx */ 3 * b16 * rows * L, 0, "6 R L",
+                  false,
+                  [=]() mutable { cuda::softmax_backward(dy.raw(), y.raw(), dx.raw(), DType::bf16, rows, L, S); }});
+  }
+  {
+    const int64_t B = 8192, K = 1000;
+    Tensor logits = rnd({B, K}, DType::f32, 25, -4.f, 4.f), dl = dev_empty({B, K}, DType::f32);
+    std::vector<int64_t> hl(B);
+    for (int64_t i = 0; i < B; ++i) hl[i] = (i * 7919) % K;
+    Tensor labels = Tensor::from_vector_i64(hl, {B}).to(Device::cuda(0));
+    Tensor lse = dev_empty({B}, DType::f32), row = dev_empty({B}, DType::f32), loss = dev_empty({1}, DType::f32);
+    Tensor dloss = Tensor::full({1}, 1.0, DType::f32, Device::cuda(0));
+    const std::string shape = shape_str({B, K});
+    cs.push_back({"cross_entropy_forward", shape, "diffuse", /* read logits (f32) */ f32 * B * K, 0, "4 B K", false,
+                  [=]() mutable {
+                    cuda::cross_entropy_forward(logits.data<float>(), labels.data<int64_t>(), lse.data<float>(),
+                                                row.data<float>(), loss.data<float>(), B, K, S);
+                  }});
+    cs.push_back({"cross_entropy_backward", shape, "diffuse", /* read logits, write dlogits (f32) */ 2 * f32 * B * K, 0,
+                  "8 B K", false, [=]() mutable {
+                    cuda::cross_entropy_backward(dloss.data<float>(), logits.data<float>(), labels.data<int64_t>(),
+                                                 lse.data<float>(), dl.data<float>(), B, K, S);
+                  }});
+  }
+
+  // ---- elementwise on the 32x32x128 map (bf16) and one f32 axpby with its cuBLAS twin ----
+  {
+    const Feature f = maps[0];
+    const int64_t N = f.H * f.W;
+    const double n = double(f.B) * N * f.C;
+    Tensor a = rnd({f.B, N, f.C}, DType::bf16, 26), b = rnd({f.B, N, f.C}, DType::bf16, 27);
+    Tensor e = rnd({f.B, 1, f.C}, DType::bf16, 28), out = dev_empty({f.B, N, f.C}, DType::bf16);
+    const std::string shape = std::string(f.model) + " " + shape_str({f.B, f.H, f.W, f.C});
+    const kernels::Dims d{f.B, N, f.C}, de{f.B, 1, f.C};
+    cs.push_back({"add (residual)", shape, "diffuse", /* read a and b, write out (bf16) */ 3 * b16 * n, 0, "6 B H W C",
+                  false, [=]() mutable {
+                    cuda::binary_forward(kernels::BinaryOp::add, a.raw(), d, b.raw(), d, out.raw(), DType::bf16, S);
+                  }});
+    cs.push_back({"add (per-sample embedding, broadcast)", shape, "diffuse",
+                  /* read a, write out (bf16); e is B C */ 2 * b16 * n + b16 * f.B * f.C, 0, "4 B H W C + 2 B C", false,
+                  [=]() mutable {
+                    cuda::binary_forward(kernels::BinaryOp::add, a.raw(), d, e.raw(), de, out.raw(), DType::bf16, S);
+                  }});
+    cs.push_back({"silu_forward", shape, "diffuse", /* read x, write y (bf16) */ 2 * b16 * n, 0, "4 B H W C", false,
+                  [=]() mutable { cuda::silu_forward(a.raw(), out.raw(), DType::bf16, static_cast<int64_t>(n), S); }});
+    cs.push_back({"silu_backward", shape, "diffuse", /* read x and dy, write dx (bf16) */ 3 * b16 * n, 0, "6 B H W C",
+                  false, [=]() mutable {
+                    cuda::silu_backward(a.raw(), b.raw(), out.raw(), DType::bf16, static_cast<int64_t>(n), false, S);
+                  }});
+    Tensor bias_g = dev_empty({f.C}, DType::f32);
+    Tensor red_ws = dev_empty({static_cast<int64_t>(cuda::reduce_sum_workspace_bytes(d, 0b011)) + 16}, DType::u8);
+    cs.push_back({"reduce_sum (bias gradient)", shape, "diffuse", /* read g (bf16), write C f32 */ b16 * n + f32 * f.C,
+                  0, "2 B H W C + 4 C", false, [=]() mutable {
+                    cuda::reduce_sum(b.raw(), DType::bf16, d, 0b011, 1.f, bias_g.raw(), DType::f32, red_ws.raw(), S);
+                  }});
+    const int64_t m = static_cast<int64_t>(n);
+    Tensor xf = rnd({m}, DType::f32, 29), yf = rnd({m}, DType::f32, 30);
+    cs.push_back({"axpby f32 (y = a x + y)", shape_str({m}), "diffuse", /* read x and y, write y */ 3 * f32 * m, 0,
+                  "12 n", false, [=]() mutable {
+                    cuda::axpby(0.5f, xf.data<float>(), 1.f, yf.data<float>(), DType::f32, m, S);
+                  }});
+    cs.push_back({"axpby f32 (y = a x + y)", shape_str({m}), "cublas", 3 * f32 * m, 0, "12 n", false, [=]() mutable {
+                    const float alpha = 0.5f;
+                    DF_CHECK(cublasSaxpy(blas, static_cast<int>(m), &alpha, xf.data<float>(), 1, yf.data<float>(), 1) ==
+                                 CUBLAS_STATUS_SUCCESS,
+                             "cublasSaxpy failed");
+                  }});
+  }
+
+  // ---- upsample / downsample between 16x16x256 and 32x32x256 (bf16) ----
+  {
+    const int64_t B = 128, H = 16, W = 16, C = 256;
+    const double small = double(B) * H * W * C, big = 4 * small;
+    Tensor lo = rnd({B, H, W, C}, DType::bf16, 31), hi = rnd({B, 2 * H, 2 * W, C}, DType::bf16, 32);
+    Tensor lo_out = dev_empty({B, H, W, C}, DType::bf16), hi_out = dev_empty({B, 2 * H, 2 * W, C}, DType::bf16);
+    const std::string shape = "cifar10 " + shape_str({B, H, W, C}) + " <-> " + shape_str({B, 2 * H, 2 * W, C});
+    const double bytes = b16 * (small + big);  // read one side, write the other
+    cs.push_back({"upsample_nearest2x_forward", shape, "diffuse", bytes, 0, "2 (n + 4 n)", false, [=]() mutable {
+                    cuda::upsample_nearest2x_forward(lo.raw(), hi_out.raw(), DType::bf16, B, H, W, C, S);
+                  }});
+    cs.push_back({"upsample_nearest2x_backward", shape, "diffuse", bytes, 0, "2 (4 n + n)", false, [=]() mutable {
+                    cuda::upsample_nearest2x_backward(hi.raw(), lo_out.raw(), DType::bf16, B, H, W, C, S);
+                  }});
+    cs.push_back({"avg_pool2x_forward", shape, "diffuse", bytes, 0, "2 (4 n + n)", false, [=]() mutable {
+                    cuda::avg_pool2x_forward(hi.raw(), lo_out.raw(), DType::bf16, B, H, W, C, S);
+                  }});
+    cs.push_back({"avg_pool2x_backward", shape, "diffuse", bytes, 0, "2 (n + 4 n)", false, [=]() mutable {
+                    cuda::avg_pool2x_backward(lo.raw(), hi_out.raw(), DType::bf16, B, H, W, C, S);
+                  }});
+  }
+
+  // ---- concat along channels (the UNet's skip connections): two (B H W, C) halves into 2C ----
+  {
+    const int64_t rows = 128 * 32 * 32, C = 128;
+    Tensor a = rnd({rows, C}, DType::bf16, 33), b = rnd({rows, C}, DType::bf16, 34);
+    Tensor out = dev_empty({rows, 2 * C}, DType::bf16);
+    const int64_t row_bytes = C * 2;
+    const std::string shape = "cifar10 " + shape_str({128, 32, 32, C}) + " x2";
+    const double bytes = 2 * 2 * b16 * double(rows) * C;  // read both inputs, write the output
+    cs.push_back({"concat (copy_rows)", shape, "diffuse", bytes, 0, "8 B H W C", false, [=]() mutable {
+                    char* o = static_cast<char*>(out.raw());
+                    cuda::copy_rows(o, 2 * row_bytes, a.raw(), row_bytes, rows, row_bytes, S);
+                    cuda::copy_rows(o + row_bytes, 2 * row_bytes, b.raw(), row_bytes, rows, row_bytes, S);
+                  }});
+    cs.push_back({"concat (copy_rows)", shape, "copy-engine", bytes, 0, "8 B H W C", false, [=]() mutable {
+                    char* o = static_cast<char*>(out.raw());
+                    cudaStream_t st = static_cast<cudaStream_t>(S);
+                    DF_CUDA_CHECK(cudaMemcpy2DAsync(o, 2 * row_bytes, a.raw(), row_bytes, row_bytes, rows,
+                                                    cudaMemcpyDeviceToDevice, st));
+                    DF_CUDA_CHECK(cudaMemcpy2DAsync(o + row_bytes, 2 * row_bytes, b.raw(), row_bytes, row_bytes, rows,
+                                                    cudaMemcpyDeviceToDevice, st));
+                  }});
+  }
+  return cs;
+}
+
+int run_gpu(const Options& o, const std::string& command) {
+  const CudaDeviceInfo dev = cuda_devices().at(0);
+  set_current_device(Device::cuda(0));
+  Bench bench(o, dev);
+  const double copy = bench.copy_gbps();
+  const double peak = kernels::gpu::measure_bf16_gemm_tflops();
+  char date[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
+  std::printf("kernels on %s (sm_%d%d, %d SMs), %s\n", dev.name.c_str(), dev.cc_major, dev.cc_minor, dev.sm_count,
+              date);
+  std::printf("copy bandwidth (1 GiB device to device, read + write): %.0f GB/s; bf16 GEMM (8192^3, cuBLASLt): %.1f "
+              "TFLOP/s\n",
+              copy, peak);
+  std::printf("median of %d runs after %d warm-up runs, L2 flushed before each run\n\n", o.iters, o.warmup);
+
+  cublasHandle_t blas = nullptr;
+  DF_CHECK(cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS, "kernels: cublasCreate failed");
+  DF_CHECK(cublasSetStream(blas, static_cast<cudaStream_t>(current_stream())) == CUBLAS_STATUS_SUCCESS,
+           "kernels: cublasSetStream failed");
+  json rows = json::array();
+  {
+    std::vector<Case> cases = make_cases(blas);
+    std::printf("%-38s %-42s %-12s %10s %9s %7s %9s %7s  %s\n", "kernel", "shape", "impl", "time_us", "GB/s", "%copy",
+                "TFLOP/s", "%bf16", "formula");
+    for (Case& c : cases) {
+      if (!o.only.empty() && c.kernel.find(o.only) == std::string::npos) continue;
+      const double ms = bench.median_ms(c.run);
+      const double gbps = c.bytes / (ms * 1e-3) / 1e9, tflops = c.flops / (ms * 1e-3) / 1e12;
+      char gb[16] = "-", gbs[16] = "-", tf[16] = "-", tfs[16] = "-";
+      if (c.bytes > 0)
+        std::snprintf(gb, sizeof gb, "%.0f", gbps), std::snprintf(gbs, sizeof gbs, "%.0f%%", 100 * gbps / copy);
+      if (c.flops > 0)
+        std::snprintf(tf, sizeof tf, "%.1f", tflops), std::snprintf(tfs, sizeof tfs, "%.0f%%", 100 * tflops / peak);
+      std::printf("%-38s %-42s %-12s %10.1f %9s %7s %9s %7s  %s\n", c.kernel.c_str(), c.shape.c_str(), c.impl.c_str(),
+                  ms * 1e3, gb, gbs, tf, tfs, c.formula.c_str());
+      std::fflush(stdout);
+      json r = {{"kernel", c.kernel}, {"shape", c.shape},  {"impl", c.impl},
+                {"time_us", ms * 1e3}, {"formula", c.formula}, {"bound", c.matrix_bound ? "matrix" : "memory"}};
+      if (c.bytes > 0) r["bytes"] = c.bytes, r["gbps"] = gbps, r["copy_share"] = gbps / copy;
+      if (c.flops > 0) r["flops"] = c.flops, r["tflops"] = tflops, r["bf16_share"] = tflops / peak;
+      rows.push_back(r);
+    }
+  }
+  cublasDestroy(blas);
+  if (!o.json_path.empty()) {
+    const json out = {{"device", dev.name},
+                      {"compute_capability", std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor)},
+                      {"sms", dev.sm_count},
+                      {"date", date},
+                      {"command", command},
+                      {"warmup", o.warmup},
+                      {"iters", o.iters},
+                      {"copy_gbps", copy},
+                      {"bf16_gemm_tflops", peak},
+                      {"rows", rows}};
+    std::ofstream f(o.json_path);
+    DF_CHECK(f.good(), "kernels: cannot write ", o.json_path);
+    f << out.dump(2) << '\n';
+    std::printf("wrote %s\n", o.json_path.c_str());
+  }
+  return 0;
+}
+
+#endif  // DIFFUSE_HAVE_CUDA
+
+}  // namespace
+
+int main(int argc, char** argv) try {
+  const Options o = parse(argc, argv);
+  std::string command;
+  for (int i = 0; i < argc; ++i) {
+    if (i) command += ' ';
+    command += argv[i];
+  }
+  if (!cuda_available()) {
+    std::printf("kernels: no GPU (%s); nothing measured\n", cuda_unavailable_reason().c_str());
+    return 0;
+  }
+#if defined(DIFFUSE_HAVE_CUDA)
+  return run_gpu(o, command);
+#else
+  return 0;
+#endif
+} catch (const std::exception& e) {
+  std::fprintf(stderr, "kernels: %s\n", e.what());
+  return 1;
+}
