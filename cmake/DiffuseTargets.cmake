@@ -194,5 +194,11 @@ if(DIFFUSE_BENCH)
                              TIMEOUT 120)
       endif()
     endforeach()
+    # On a GPU (cuda tier; skipped elsewhere): every case of the kernel benchmark runs, a few times.
+    if(TARGET kernels)
+      add_test(NAME bench.kernels.gpu
+               COMMAND ${CMAKE_SOURCE_DIR}/bench/check_on_gpu.sh $<TARGET_FILE:kernels> kernels --warmup 1 --iters 3)
+      set_tests_properties(bench.kernels.gpu PROPERTIES LABELS cuda SKIP_RETURN_CODE 77 TIMEOUT 600)
+    endif()
   endif()
 endif()
