@@ -21,6 +21,7 @@ struct EvalArgs {
   int count = 256;
   int batch = 64;
   int strata = 50;
+  int t_samples = 1;
   int inversion_steps = 50;
   int inversion_count = 16;
   uint64_t seed = 0;
@@ -37,6 +38,7 @@ void register_eval(CLI::App& root) {
   cmd->add_option("-n,--count", a->count, "test images to evaluate (0: the whole split)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "images per batch")->capture_default_str();
   cmd->add_option("--strata", a->strata, "stratified VLB estimate with this many strata (0: all T terms, exact but T model calls)")->capture_default_str();
+  cmd->add_option("--t-samples", a->t_samples, "vdm models: Monte Carlo draws of (t, eps) per image for the continuous-time diffusion term of the VDM bound")->capture_default_str();
   cmd->add_option("--inversion-steps", a->inversion_steps, "DDIM steps of the inversion round trip")->capture_default_str();
   cmd->add_option("--inversion-count", a->inversion_count, "images in the inversion round trip (0: skip)")->capture_default_str();
   cmd->add_option("--seed", a->seed, "seed of the noise draws of the estimate")->capture_default_str();
@@ -46,6 +48,7 @@ void register_eval(CLI::App& root) {
 
   cmd->callback([a] {
     DF_CHECK(a->batch >= 1 && a->count >= 0 && a->strata >= 0, "--batch must be >= 1, --count and --strata >= 0");
+    DF_CHECK(a->t_samples >= 1, "--t-samples must be at least 1");
     Device dev = resolve_device(a->device);
     train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema);
     data::Dataset test = train::load_dataset(a->dataset.empty() ? m.config.dataset : a->dataset, "test");
@@ -53,7 +56,10 @@ void register_eval(CLI::App& root) {
     DF_CHECK(test.images.size(1) == uc.image_size && test.images.size(3) == uc.in_channels, "the test images are ",
              test.images.shape().str(), " but the model takes ", uc.image_size, "x", uc.image_size, "x", uc.in_channels);
     int64_t n = a->count == 0 ? test.size() : std::min<int64_t>(a->count, test.size());
-    diffusion::DiscreteSchedule sched = train::make_schedule(m.config);
+    const std::shared_ptr<const diffusion::Schedule> sched = train::model_schedule(m);
+    // vdm: the continuous-time VDM bound (Kingma et al. 2021 eq. 11-17) on the model's own
+    // schedule, the quantity it was trained on; otherwise the discrete VLB of Ho et al. eq. 5.
+    const bool vdm = train::continuous_time(m.config);
     diffusion::Prediction pred = train::prediction_of(m.config);
     // The VLB uses the model's own variance where it learned one (hybrid; improved DDPM sec. 3.1),
     // so it needs all 2C channels; the inversion round trip takes the eps channels.
@@ -66,13 +72,25 @@ void register_eval(CLI::App& root) {
     Progress progress("eval", n);
     for (int64_t s = 0; s < n; s += a->batch) {
       int64_t e = std::min<int64_t>(n, s + a->batch);
-      diffusion::VlbOptions o;
-      o.prediction = pred;
-      o.variance = learned ? diffusion::VarianceKind::learned : diffusion::VarianceKind::beta_tilde;
-      o.seed = a->seed + static_cast<uint64_t>(s);
-      o.strata = a->strata;
-      if (uc.num_classes > 0) o.labels = test.labels.slice(s, e);
-      diffusion::BitsPerDim b = diffusion::vlb_bits_per_dim(sched, f_vlb, test.images.slice(s, e), o);
+      diffusion::BitsPerDim b;
+      if (vdm) {
+        diffusion::VdmBoundOptions o;
+        o.prediction = pred;
+        o.seed = a->seed + static_cast<uint64_t>(s);
+        o.t_samples = a->t_samples;
+        if (uc.num_classes > 0) o.labels = test.labels.slice(s, e);
+        b = diffusion::vdm_bits_per_dim(*sched, f, test.images.slice(s, e), o);
+      } else {
+        diffusion::VlbOptions o;
+        o.prediction = pred;
+        o.variance = learned ? diffusion::VarianceKind::learned : diffusion::VarianceKind::beta_tilde;
+        o.seed = a->seed + static_cast<uint64_t>(s);
+        o.strata = a->strata;
+        if (uc.num_classes > 0) o.labels = test.labels.slice(s, e);
+        const auto* discrete = dynamic_cast<const diffusion::DiscreteSchedule*>(sched.get());
+        DF_CHECK(discrete != nullptr, "eval: objective '", m.config.objective, "' without DDPM betas");
+        b = diffusion::vlb_bits_per_dim(*discrete, f_vlb, test.images.slice(s, e), o);
+      }
       per_sample.insert(per_sample.end(), b.per_sample.begin(), b.per_sample.end());
       prior += b.prior_bpd * (e - s);
       diff += b.diffusion_bpd * (e - s);
@@ -85,13 +103,22 @@ void register_eval(CLI::App& root) {
     for (double v : per_sample) var += (v - mean) * (v - mean);
     double se = per_sample.size() > 1 ? std::sqrt(var / (per_sample.size() - 1) / per_sample.size()) : 0;
     const char* variance = learned ? "learned" : "beta_tilde";
-    std::printf("bits/dim  %.4f +- %.4f  (prior %.4f, diffusion %.4f, decoder %.4f; %lld test images, %s, "
-                "variance %s)\n", mean, se, prior / n, diff / n, dec / n, static_cast<long long>(n),
-                a->strata ? ("stratified, " + std::to_string(a->strata) + " strata").c_str() : "all terms", variance);
+    const std::string how = vdm ? "VDM bound, " + sched->name() + " schedule, " + std::to_string(a->t_samples) +
+                                      " t-sample" + (a->t_samples > 1 ? "s" : "")
+                                : (a->strata ? "stratified, " + std::to_string(a->strata) + " strata" : "all terms") +
+                                      ", variance " + variance;
+    std::printf("bits/dim  %.4f +- %.4f  (prior %.4f, diffusion %.4f, decoder %.4f; %lld test images, %s)\n", mean, se,
+                prior / n, diff / n, dec / n, static_cast<long long>(n), how.c_str());
     nlohmann::json out{{"checkpoint", a->checkpoint}, {"step", m.step},   {"images", n},
                        {"bits_per_dim", mean},        {"stderr", se},     {"prior_bpd", prior / n},
-                       {"diffusion_bpd", diff / n},   {"decoder_bpd", dec / n}, {"strata", a->strata},
-                       {"variance", variance}};
+                       {"diffusion_bpd", diff / n},   {"decoder_bpd", dec / n}, {"bound", vdm ? "vdm" : "vlb"}};
+    if (vdm) {
+      out["schedule"] = sched->name();
+      out["t_samples"] = a->t_samples;
+    } else {
+      out["strata"] = a->strata;
+      out["variance"] = variance;
+    }
     if (a->inversion_count > 0) {
       int64_t k = std::min<int64_t>(a->inversion_count, test.size());
       Tensor x0 = test.images.slice(0, k);
@@ -100,9 +127,9 @@ void register_eval(CLI::App& root) {
       so.steps = a->inversion_steps;
       so.prediction = pred;
       if (uc.num_classes > 0) so.labels = test.labels.slice(0, k);
-      Tensor zT = diffusion::ddim_invert(sched, f, x0, so);
+      Tensor zT = diffusion::ddim_invert(*sched, f, x0, so);
       so.z_T = zT;
-      Tensor back = diffusion::sample_ddim(sched, f, so);
+      Tensor back = diffusion::sample_ddim(*sched, f, so);
       std::vector<float> a0 = x0.to_vector(), b0 = back.to_vector();
       double se2 = 0, mx = 0;
       for (size_t i = 0; i < a0.size(); ++i) {

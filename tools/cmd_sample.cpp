@@ -37,7 +37,7 @@ void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
   auto a = std::make_shared<SampleArgs>();
   cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
-  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm (ddpm uses a hybrid model's learned variance)")->capture_default_str();
+  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm (ddpm uses a hybrid model's learned variance; all take a vdm model's continuous, possibly learned, schedule)")->capture_default_str();
   cmd->add_option("--steps", a->steps, "sampling steps")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
   cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
@@ -62,7 +62,9 @@ void register_sample(CLI::App& root) {
     const nn::UNetConfig& uc = m.unet->config();
     DF_CHECK(a->guidance == 0 || uc.num_classes > 0, "--guidance needs a class-conditional model (trained with --class-cond)");
     DF_CHECK(a->label < uc.num_classes, "--class ", a->label, ": the model has ", uc.num_classes, " classes");
-    diffusion::DiscreteSchedule sched = train::make_schedule(m.config);
+    // A discrete objective's DDPM betas, or a vdm model's continuous (learned or linear log-SNR)
+    // schedule, whose times the samplers space uniformly in t.
+    const std::shared_ptr<const diffusion::Schedule> sched = train::model_schedule(m);
     diffusion::Prediction pred = train::prediction_of(m.config);
     // A learned variance (objective hybrid) is used where the sampler has a variance to choose:
     // DDPM ancestral steps (improved DDPM eq. 15 on the respaced betas). The other samplers take
@@ -99,7 +101,7 @@ void register_sample(CLI::App& root) {
       o.callback = [&](int i, int total, const Tensor&, const Tensor&) {
         progress.update(start + static_cast<int64_t>(n) * (i + 1) / total);
       };
-      parts.push_back(diffusion::sample(kind, sched, f, o));
+      parts.push_back(diffusion::sample(kind, *sched, f, o));
     }
     Tensor all = Tensor::empty({a->count, uc.image_size, uc.image_size, uc.in_channels});
     int64_t row = 0;

@@ -28,8 +28,8 @@ void register_train(CLI::App& root) {
   cmd->add_option("--config", *config_file, "JSON file of training settings (keys as the flags, with _ for -); flags given on the command line override it");
   cmd->add_option("--preset", cfg->preset, "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64")->capture_default_str();
   cmd->add_option("--model", *model_json, "JSON object of UNet keys overriding the preset, e.g. '{\"base_channels\": 48}'");
-  cmd->add_option("--objective", cfg->objective, "what the network predicts: eps, x0, v, or hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels)")->capture_default_str();
-  cmd->add_option("--schedule", cfg->schedule, "noise schedule: linear (DDPM) or cosine (improved DDPM)")->capture_default_str();
+  cmd->add_option("--objective", cfg->objective, "what the network predicts: eps, x0, v, hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels), or vdm (eps in continuous time, trained on the VDM likelihood bound in bits/dim: prior + reconstruction + 0.5 gamma'(t) ||eps - eps_hat||^2; Kingma et al. 2021)")->capture_default_str();
+  CLI::Option* schedule_opt = cmd->add_option("--schedule", cfg->schedule, "noise schedule: linear (DDPM betas) or cosine (improved DDPM); with --objective vdm: learned (the default there: a monotone SNR network trained with the model, saved as snr.*) or linear (VDM's fixed linear log-SNR, -13.3 to 5)")->capture_default_str();
   cmd->add_option("--timesteps", cfg->timesteps, "diffusion steps T")->capture_default_str();
   cmd->add_option("--loss-weight", cfg->loss_weight, "per-sample loss weight: none or min-snr (gamma 5)")->capture_default_str();
   cmd->add_option("--lr", cfg->lr, "AdamW learning rate")->capture_default_str();
@@ -60,8 +60,9 @@ void register_train(CLI::App& root) {
   cmd->add_option("--max-nonfinite", cfg->max_nonfinite, "consecutive non-finite steps before the run stops")->capture_default_str();
   cmd->add_flag("--resume", *resume, "continue the run in --out from its checkpoint (exactly: same batches, same noise)");
 
-  cmd->callback([cmd, cfg, config_file, resume, model_json] {
+  cmd->callback([cmd, cfg, config_file, resume, model_json, schedule_opt] {
     train::TrainConfig c = *cfg;
+    bool schedule_given = schedule_opt->count() > 0;
     if (!config_file->empty()) {
       std::ifstream in(*config_file);
       DF_CHECK(in.good(), "cannot read the config file ", *config_file);
@@ -73,6 +74,7 @@ void register_train(CLI::App& root) {
       }
       // Flags given on the command line win over the file.
       nlohmann::json flags = cfg->to_json();
+      if (j.is_object() && j.contains("schedule")) schedule_given = true;
       train::TrainConfig from_file = train::TrainConfig::from_json(j);
       nlohmann::json merged = from_file.to_json();
       for (CLI::Option* o : cmd->get_options()) {
@@ -91,6 +93,8 @@ void register_train(CLI::App& root) {
         DF_FAIL("--model: not valid JSON (", e.what(), ")");
       }
     }
+    // VDM's point is the learned schedule: it is what --objective vdm trains unless told otherwise.
+    if (c.objective == "vdm" && !schedule_given) c.schedule = "learned";
     c = train::TrainConfig::from_json(c.to_json());  // validates
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

@@ -31,7 +31,9 @@ SNRNet::Output SNRNet::forward(const Tensor& t) const {
   DF_CHECK(t.defined() && t.dim() == 1, "SNRNet: t must be (B), got ", t.defined() ? t.shape().str() : "undefined");
   const int64_t B = t.numel();
   const DType dt = w1_->dtype();
-  Tensor tt = (t.dtype() == dt ? t : t.to(dt)).reshape({B, 1});
+  // The constants below follow the parameters' device, so the net trains beside the UNet.
+  const Device dev = w1_->device();
+  Tensor tt = (t.dtype() == dt ? t : t.to(dt)).to(dev).reshape({B, 1});
   const double inv_k = 1.0 / features_;
 
   // Value and tangent (d/dt) of g at x (N, 1), carried together.
@@ -45,14 +47,14 @@ SNRNet::Output SNRNet::forward(const Tensor& t) const {
     ag::Var v = ag::add(h1, ag::mul_scalar(ag::positive_linear(s, *w3_), inv_k));
     if (!tangent) return Dual{v, {}};
     // dh1/dt = softplus(w1); dz/dt = softplus(w2) dh1; ds = s (1 - s) dz; dg = dh1 + l3(ds) / K.
-    ag::Var dh1 = ag::positive_linear(ag::Var(Tensor::full({N, 1}, 1.0, dt)), *w1_);
+    ag::Var dh1 = ag::positive_linear(ag::Var(Tensor::full({N, 1}, 1.0, dt, dev)), *w1_);
     ag::Var dz = ag::positive_linear(dh1, *w2_);
     ag::Var ds = ag::mul(ag::mul(s, ag::add_scalar(ag::neg(s), 1.0)), dz);
     ag::Var d = ag::add(dh1, ag::mul_scalar(ag::positive_linear(ds, *w3_), inv_k));
     return Dual{v, d};
   };
   Dual gt = g(tt, true);
-  ag::Var g0 = g(Tensor::zeros({1, 1}, dt), false).v, g1 = g(Tensor::full({1, 1}, 1.0, dt), false).v;
+  ag::Var g0 = g(Tensor::zeros({1, 1}, dt, dev), false).v, g1 = g(Tensor::full({1, 1}, 1.0, dt, dev), false).v;
   // gamma = gmin + (gmax - gmin) (g(t) - g(0)) / (g(1) - g(0)); gamma' = (gmax - gmin) g'(t) / (g(1) - g(0)).
   ag::Var scale = ag::div(ag::sub(*gamma_max_, *gamma_min_), ag::sub(g1, g0));  // (1, 1)
   ag::Var gamma = ag::add(*gamma_min_, ag::mul(scale, ag::sub(gt.v, g0)));
@@ -62,12 +64,12 @@ SNRNet::Output SNRNet::forward(const Tensor& t) const {
 
 double SNRNet::gamma(double t) const {
   ag::NoGrad ng;
-  return forward(Tensor::full({1}, t, w1_->dtype())).gamma.value().to(DType::f64).data<double>()[0];
+  return forward(Tensor::full({1}, t, w1_->dtype())).gamma.value().to(Device::cpu()).to(DType::f64).data<double>()[0];
 }
 
 double SNRNet::dgamma_dt(double t) const {
   ag::NoGrad ng;
-  return forward(Tensor::full({1}, t, w1_->dtype())).dgamma.value().to(DType::f64).data<double>()[0];
+  return forward(Tensor::full({1}, t, w1_->dtype())).dgamma.value().to(Device::cpu()).to(DType::f64).data<double>()[0];
 }
 
 }  // namespace diffuse::nn

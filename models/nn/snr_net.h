@@ -14,6 +14,9 @@
 // to learn the schedule by minimising the loss variance.
 #pragma once
 
+#include <memory>
+
+#include "models/diffusion/schedule.h"
 #include "models/nn/module.h"
 
 namespace diffuse::nn {
@@ -35,6 +38,20 @@ class SNRNet : public Module {
  private:
   int features_;
   ag::Var *w1_, *b1_, *w2_, *b2_, *w3_, *gamma_min_, *gamma_max_;
+};
+
+// The samplers' and the bound's view of a trained SNRNet: a continuous diffusion::Schedule whose
+// gamma(t) and gamma'(t) are the network's (one forward each, no graph). The net is shared, so
+// an EMA swap or a later load shows through.
+class SNRSchedule : public diffusion::Schedule {
+ public:
+  explicit SNRSchedule(std::shared_ptr<const SNRNet> net) : net_(std::move(net)) {}
+  double gamma(double t) const override { return net_->gamma(t); }
+  double dgamma_dt(double t) const override { return net_->dgamma_dt(t); }
+  std::string name() const override { return "learned"; }
+
+ private:
+  std::shared_ptr<const SNRNet> net_;
 };
 
 }  // namespace diffuse::nn

@@ -12,6 +12,7 @@
 #include <fstream>
 
 #include "autograd/elementwise.h"
+#include "autograd/linalg.h"
 #include "autograd/tape.h"
 #include "core/allocator.h"
 #include "core/check.h"
@@ -26,6 +27,7 @@
 #include "models/diffusion/objective.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
+#include "models/diffusion/vdm_loss.h"
 #include "models/train/ema.h"
 #include "models/train/optim.h"
 
@@ -116,12 +118,20 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("sample_count", c.sample_count);
   get("sample_steps", c.sample_steps);
   get("max_nonfinite", c.max_nonfinite);
-  DF_CHECK(c.objective == "eps" || c.objective == "x0" || c.objective == "v" || c.objective == "hybrid",
-           "training config: objective '", c.objective, "' (expected eps, x0, v or hybrid)");
-  DF_CHECK(c.schedule == "linear" || c.schedule == "cosine", "training config: schedule '", c.schedule,
-           "' (expected linear or cosine)");
+  DF_CHECK(c.objective == "eps" || c.objective == "x0" || c.objective == "v" || c.objective == "hybrid" ||
+               c.objective == "vdm",
+           "training config: objective '", c.objective, "' (expected eps, x0, v, hybrid or vdm)");
+  if (c.objective == "vdm")
+    DF_CHECK(c.schedule == "linear" || c.schedule == "learned", "training config: schedule '", c.schedule,
+             "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
+  else
+    DF_CHECK(c.schedule == "linear" || c.schedule == "cosine", "training config: schedule '", c.schedule,
+             "' (expected linear or cosine", c.schedule == "learned" ? "; a learned schedule needs objective vdm" : "",
+             ")");
   DF_CHECK(c.loss_weight == "none" || c.loss_weight == "min-snr", "training config: loss_weight '", c.loss_weight,
            "' (expected none or min-snr)");
+  DF_CHECK(c.objective != "vdm" || c.loss_weight == "none", "training config: loss_weight '", c.loss_weight,
+           "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
   DF_CHECK(c.timesteps >= 2, "training config: timesteps must be at least 2");
   DF_CHECK(c.batch >= 1, "training config: batch must be at least 1");
   DF_CHECK(c.steps >= 1, "training config: steps must be at least 1");
@@ -154,6 +164,8 @@ nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_cl
 }
 
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
+  DF_CHECK(!continuous_time(c), "objective vdm has a continuous schedule (", c.schedule, "), not DDPM betas: use "
+           "model_schedule");
   return c.schedule == "cosine" ? diffusion::DiscreteSchedule::cosine(c.timesteps)
                                 : diffusion::DiscreteSchedule::linear(c.timesteps);
 }
@@ -165,6 +177,24 @@ diffusion::Prediction prediction_of(const TrainConfig& c) {
 }
 
 bool learned_variance(const TrainConfig& c) { return c.objective == "hybrid"; }
+
+bool continuous_time(const TrainConfig& c) { return c.objective == "vdm"; }
+
+std::shared_ptr<nn::SNRNet> make_snr_net(const TrainConfig& c) {
+  if (!continuous_time(c) || c.schedule != "learned") return nullptr;
+  // Its own init stream, so the UNet's init is the same with either schedule.
+  return std::make_shared<nn::SNRNet>(1024, static_cast<float>(kVdmGammaMin), static_cast<float>(kVdmGammaMax),
+                                      c.seed ^ 0x5e11a7edull);
+}
+
+std::shared_ptr<const diffusion::Schedule> model_schedule(const LoadedModel& m) {
+  if (!continuous_time(m.config)) return std::make_shared<diffusion::DiscreteSchedule>(make_schedule(m.config));
+  if (m.config.schedule == "learned") {
+    DF_CHECK(m.snr != nullptr, "model_schedule: a learned schedule but no SNR net loaded");
+    return std::make_shared<nn::SNRSchedule>(m.snr);
+  }
+  return std::make_shared<diffusion::LinearLogSNR>(kVdmGammaMin, kVdmGammaMax);
+}
 
 diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device, bool with_variance) {
   const bool learned = unet->config().learn_sigma;
@@ -185,7 +215,7 @@ namespace {
 
 // Random streams of one run: each use draws from (seed, step * kStreams + use).
 constexpr uint64_t kStreams = 8;
-enum Stream : uint64_t { kTimesteps = 1, kNoise = 2, kLabelDrop = 3, kDropout = 4 };
+enum Stream : uint64_t { kTimesteps = 1, kNoise = 2, kLabelDrop = 3, kDropout = 4, kNoise0 = 5 };
 
 uint64_t stream(int64_t step, Stream s) { return static_cast<uint64_t>(step) * kStreams + s; }
 
@@ -308,6 +338,8 @@ struct Run {
   Device device;
   data::Dataset data;
   std::shared_ptr<nn::UNet> unet;
+  std::shared_ptr<nn::SNRNet> snr;  // vdm with the learned schedule: trained by the same optimizer
+  std::shared_ptr<const diffusion::Schedule> continuous;  // vdm: the schedule the sample grids use
   std::unique_ptr<AdamW> opt;
   std::unique_ptr<EMA> ema;
   std::unique_ptr<data::Batcher> batcher;
@@ -325,6 +357,12 @@ void write_checkpoint(Run& r) {
              ": no checkpoint is written (the previous one is kept)");
     tensors.emplace_back("model." + name, var.value());
   }
+  if (r.snr)
+    for (auto& [name, var] : r.snr->named_parameters()) {
+      DF_CHECK(all_finite(var.value()), "parameter snr.", name, " is not finite at step ", r.step,
+               ": no checkpoint is written (the previous one is kept)");
+      tensors.emplace_back("snr." + name, var.value());
+    }
   for (auto& [name, t] : r.ema->state()) tensors.emplace_back(name, t);
   for (auto& [name, t] : r.opt->state()) tensors.emplace_back(name, t);
   data::BatcherState bs = r.batcher->state();
@@ -362,11 +400,87 @@ Tensor sample_grid(Run& r, int64_t step) {
     o.labels = Tensor::from_vector_i64(labels, {r.cfg.sample_count});
   }
   diffusion::Denoiser f = make_denoiser(r.unet, r.cfg.timesteps, r.device);
-  Tensor x = diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);
+  // vdm: VDM's own ancestral sampler on the (EMA) learned schedule.
+  Tensor x = r.continuous ? diffusion::sample(diffusion::SamplerKind::vdm, *r.continuous, f, o)
+                          : diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);
   r.unet->train();
   r.ema->swap();
   (void)step;
   return x;
+}
+
+// One step's loss of a discrete objective: uniform steps, z_t and eps from the fused noising
+// kernel, the UNet on the step index; the MSE to the prediction target (optionally Min-SNR
+// weighted), or the hybrid loss.
+ag::Var ddpm_step_loss(Run& r, const Tensor& x, const Tensor& y, int64_t s) {
+  const TrainConfig& cfg = r.cfg;
+  const int B = cfg.batch;
+  const diffusion::Prediction pred = prediction_of(cfg);
+  const bool hybrid = learned_variance(cfg);
+  const auto& abar = r.schedule.alphas_cumprod();
+  std::vector<int> ts = diffusion::uniform_timesteps(cfg.timesteps, B, cfg.seed, stream(s, kTimesteps));
+  std::vector<float> tf(B), alpha(B), sigma(B);
+  std::vector<double> alpha_d(B), sigma_d(B), weights(B, 1.0);
+  for (int b = 0; b < B; ++b) {
+    tf[b] = static_cast<float>(ts[b]);
+    alpha_d[b] = std::sqrt(abar[ts[b]]);
+    sigma_d[b] = std::sqrt(1 - abar[ts[b]]);
+    alpha[b] = static_cast<float>(alpha_d[b]);
+    sigma[b] = static_cast<float>(sigma_d[b]);
+    if (cfg.loss_weight == "min-snr")
+      weights[b] = diffusion::min_snr_weight(pred, abar[ts[b]] / (1 - abar[ts[b]]));
+  }
+  Tensor z = Tensor::empty(x.shape(), DType::f32, r.device), eps = Tensor::empty(x.shape(), DType::f32, r.device);
+  kernels::noise_forward(x, Tensor::from_vector(alpha, {B}, r.device), Tensor::from_vector(sigma, {B}, r.device),
+                         cfg.seed, stream(s, kNoise), z, eps);
+  Tensor target = pred == diffusion::Prediction::eps ? eps
+                                                     : diffusion::prediction_target(pred, x, eps, alpha_d, sigma_d);
+  ag::Var out = r.unet->forward(ag::Var(z), Tensor::from_vector(tf, {B}, r.device), y);
+  std::vector<float> wf(weights.begin(), weights.end());
+  const Tensor w = Tensor::from_vector(wf, {B}, r.device);
+  // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
+  return hybrid ? diffusion::hybrid_loss(r.schedule, ts, x, z, eps, out, w).loss
+                : ag::weighted_mse(out, ag::Var(target), w);
+}
+
+// One step's VDM loss (vdm_loss.h), bits per dim: low-discrepancy t (VDM app. I.1), the schedule
+// evaluated at the batch's times and at t = 0, 1 in one forward (gamma(0), gamma(1) enter the
+// decoder and the prior terms), z_t differentiable in gamma, and the UNet on t's time input
+// t T - 1 (make_denoiser's map). With the learned schedule the loss's gradient reaches the SNR
+// net through gamma'(t), through z_t and through gamma(0), gamma(1): the plain joint gradient of
+// VDM's code, not the variance-minimising schedule update of VDM sec. 5.2.
+ag::Var vdm_step_loss(Run& r, const Tensor& x, const Tensor& y, int64_t s) {
+  const TrainConfig& cfg = r.cfg;
+  const int B = cfg.batch;
+  const std::vector<double> t = diffusion::low_discrepancy_times(B, cfg.seed, stream(s, kTimesteps));
+  std::vector<float> ts(static_cast<size_t>(B) + 2), tin(static_cast<size_t>(B));
+  for (int b = 0; b < B; ++b) {
+    ts[b] = static_cast<float>(t[b]);
+    tin[b] = static_cast<float>(t[b] * cfg.timesteps - 1.0);
+  }
+  ts[B] = 0.f;
+  ts[B + 1] = 1.f;
+  ag::Var gamma, dgamma;  // (B + 2)
+  if (r.snr) {
+    nn::SNRNet::Output o = r.snr->forward(Tensor::from_vector(ts, {B + 2}, r.device));
+    gamma = o.gamma;
+    dgamma = o.dgamma;
+  } else {  // the fixed schedule: constants
+    std::vector<float> g(ts.size()), dg(ts.size());
+    for (size_t i = 0; i < ts.size(); ++i) {
+      g[i] = static_cast<float>(r.continuous->gamma(ts[i]));
+      dg[i] = static_cast<float>(r.continuous->dgamma_dt(ts[i]));
+    }
+    gamma = ag::Var(Tensor::from_vector(g, {B + 2}, r.device));
+    dgamma = ag::Var(Tensor::from_vector(dg, {B + 2}, r.device));
+  }
+  const Tensor eps = Tensor::randn(x.shape(), cfg.seed, stream(s, kNoise), r.device);
+  const Tensor eps0 = Tensor::randn(x.shape(), cfg.seed, stream(s, kNoise0), r.device);
+  ag::Var z = diffusion::vdm_q_sample(x, eps, ag::slice_last(gamma, 0, B));
+  ag::Var eps_hat = r.unet->forward(z, Tensor::from_vector(tin, {B}, r.device), y);
+  return diffusion::vdm_loss(x, eps, eps_hat, ag::slice_last(dgamma, 0, B), eps0, ag::slice_last(gamma, B, B + 1),
+                             ag::slice_last(gamma, B + 1, B + 2))
+      .loss;
 }
 
 }  // namespace
@@ -390,6 +504,10 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
            "' in the checkpoint metadata");
   std::map<std::string, Tensor> weights = with_prefix(st.tensors, ema ? "ema." : "model.");
   weights.erase("num_updates");
+  // A learned schedule's weights: "snr.*" live, "ema.snr.*" averaged (the EMA tracks them with
+  // the UNet's).
+  std::map<std::string, Tensor> snr_weights = with_prefix(ema ? weights : st.tensors, "snr.");
+  for (const auto& [name, t] : snr_weights) weights.erase("snr." + name);
   // The model is built from the metadata's config before its weights are matched against it. A
   // config that describes a far larger model than the file holds (a corrupt or hostile file:
   // found by fuzzing, where 200 bytes asked for 60 GB) is refused by the allocation limit instead
@@ -415,6 +533,17 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
     m.unet->load_state(weights);
   } catch (const Error& e) {
     DF_FAIL(path, ": ", e.what());
+  }
+  m.snr = make_snr_net(m.config);
+  DF_CHECK(m.snr || snr_weights.empty(), path, ": the checkpoint holds SNR-net weights (snr.*) but its config (objective '",
+           m.config.objective, "', schedule '", m.config.schedule, "') has no learned schedule");
+  if (m.snr) {
+    try {
+      m.snr->load_state(snr_weights);
+    } catch (const Error& e) {
+      DF_FAIL(path, ": the learned schedule: ", e.what());
+    }
+    m.snr->to(device);
   }
   m.unet->to(device);
   m.unet->eval();
@@ -471,7 +600,18 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
                                       cfg.seed);
   r.unet->to(r.device);
   r.unet->train();
-  r.schedule = make_schedule(cfg);
+  const bool vdm = continuous_time(cfg);
+  if (vdm) {
+    r.snr = make_snr_net(cfg);
+    if (r.snr) {
+      r.snr->to(r.device);
+      r.continuous = std::make_shared<nn::SNRSchedule>(r.snr);
+    } else {
+      r.continuous = std::make_shared<diffusion::LinearLogSNR>(kVdmGammaMin, kVdmGammaMax);
+    }
+  } else {
+    r.schedule = make_schedule(cfg);
+  }
 
   AdamWOptions ao;
   ao.lr = static_cast<float>(cfg.lr);
@@ -481,6 +621,10 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   ao.weight_decay = static_cast<float>(cfg.weight_decay);
   ao.warmup_steps = cfg.warmup;
   auto params = r.unet->named_parameters();
+  // The learned schedule's parameters join the UNet's: one optimizer, one gradient clip, one EMA
+  // (VDM trains both with the same loss and optimizer), checkpointed as snr.*, ema.snr.*, opt.*.snr.*.
+  if (r.snr)
+    for (auto& [name, var] : r.snr->named_parameters()) params.emplace_back("snr." + name, var);
   r.opt = std::make_unique<AdamW>(params, ao);
   r.ema = std::make_unique<EMA>(params, static_cast<float>(cfg.ema_decay), cfg.ema_warmup);
   data::BatcherOptions bo;
@@ -494,6 +638,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   if (resuming) {
     try {
       r.unet->load_state(with_prefix(resumed.tensors, "model."));
+      if (r.snr) r.snr->load_state(with_prefix(resumed.tensors, "snr."));
       r.ema->load_state(resumed.tensors);
       r.opt->load_state(resumed.tensors);
     } catch (const Error& e) {
@@ -517,9 +662,6 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   if (new_log) log << "step,loss,grad_norm,lr,images_per_s,nonfinite_skipped\n";
 
   const int B = cfg.batch;
-  const diffusion::Prediction pred = prediction_of(cfg);
-  const bool hybrid = learned_variance(cfg);
-  const auto& abar = r.schedule.alphas_cumprod();
   int64_t consecutive_bad = 0;
   auto t_last = std::chrono::steady_clock::now();
   double loss_acc = 0;
@@ -533,23 +675,6 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     labels = batch.labels;
     const int64_t s = r.step;
 
-    std::vector<int> ts = diffusion::uniform_timesteps(cfg.timesteps, B, cfg.seed, stream(s, kTimesteps));
-    std::vector<float> tf(B), alpha(B), sigma(B);
-    std::vector<double> alpha_d(B), sigma_d(B), weights(B, 1.0);
-    for (int b = 0; b < B; ++b) {
-      tf[b] = static_cast<float>(ts[b]);
-      alpha_d[b] = std::sqrt(abar[ts[b]]);
-      sigma_d[b] = std::sqrt(1 - abar[ts[b]]);
-      alpha[b] = static_cast<float>(alpha_d[b]);
-      sigma[b] = static_cast<float>(sigma_d[b]);
-      if (cfg.loss_weight == "min-snr")
-        weights[b] = diffusion::min_snr_weight(pred, abar[ts[b]] / (1 - abar[ts[b]]));
-    }
-    Tensor z = Tensor::empty(x.shape(), DType::f32, r.device), eps = Tensor::empty(x.shape(), DType::f32, r.device);
-    kernels::noise_forward(x, Tensor::from_vector(alpha, {B}, r.device), Tensor::from_vector(sigma, {B}, r.device),
-                           cfg.seed, stream(s, kNoise), z, eps);
-    Tensor target = pred == diffusion::Prediction::eps ? eps
-                                                       : diffusion::prediction_target(pred, x, eps, alpha_d, sigma_d);
     Tensor y;
     if (r.unet->config().num_classes > 0) {
       // Classifier-free guidance: a share of the labels becomes the null class.
@@ -560,12 +685,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       y = Tensor::from_vector_i64(l, {B}, r.device);
     }
     r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
-    ag::Var out = r.unet->forward(ag::Var(z), Tensor::from_vector(tf, {B}, r.device), y);
-    std::vector<float> wf(weights.begin(), weights.end());
-    const Tensor w = Tensor::from_vector(wf, {B}, r.device);
-    // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
-    ag::Var loss = hybrid ? diffusion::hybrid_loss(r.schedule, ts, x, z, eps, out, w).loss
-                          : ag::weighted_mse(out, ag::Var(target), w);
+    ag::Var loss = vdm ? vdm_step_loss(r, x, y, s) : ddpm_step_loss(r, x, y, s);
     double lv = loss.value().item();
     double gnorm = 0;
     bool ok = std::isfinite(lv);

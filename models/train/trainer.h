@@ -17,6 +17,7 @@
 #include "models/data/dataset.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
+#include "models/nn/snr_net.h"
 #include "models/nn/unet.h"
 
 namespace diffuse::train {
@@ -26,8 +27,15 @@ struct TrainConfig {
   std::string preset = "tiny";
   nlohmann::json model = nlohmann::json::object();  // UNetConfig keys overriding the preset
   // diffusion
-  std::string objective = "eps";   // eps | x0 | v | hybrid (eps + learned variance, improved DDPM)
-  std::string schedule = "linear"; // linear | cosine
+  // eps | x0 | v | hybrid (eps + learned variance, improved DDPM) | vdm (continuous-time VDM bound,
+  // eps prediction; Kingma et al. 2021)
+  std::string objective = "eps";
+  // eps, x0, v, hybrid: linear | cosine (DDPM betas). vdm: linear (VDM's fixed linear log-SNR,
+  // gamma from kVdmGammaMin to kVdmGammaMax) | learned (the SNRNet, trained jointly; `diffuse
+  // train --objective vdm` picks it unless --schedule is given).
+  std::string schedule = "linear";
+  // Discrete objectives: T. vdm: time stays continuous; T only scales the network's time input,
+  // t in [0, 1] -> t T - 1, the map make_denoiser applies for every sampler.
   int timesteps = 1000;
   std::string loss_weight = "none"; // none | min-snr (gamma 5)
   // optimisation
@@ -89,6 +97,7 @@ data::Dataset load_dataset(const std::string& spec, const std::string& split);
 // A model loaded from a checkpoint, ready to sample (EMA weights unless ema = false).
 struct LoadedModel {
   std::shared_ptr<nn::UNet> unet;
+  std::shared_ptr<nn::SNRNet> snr;  // objective vdm with schedule learned (its EMA weights unless ema = false)
   TrainConfig config;
   int64_t step = 0;
 };
@@ -102,7 +111,20 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = t
 // VarianceKind::learned (DDPM ancestral sampling, the VLB).
 diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device,
                                   bool with_variance = false);
+// The DDPM schedule of a discrete objective (eps, x0, v, hybrid); throws for vdm, whose schedule
+// is continuous (model_schedule).
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c);
+// The schedule that samplers and bounds use with a loaded model: make_schedule's for a discrete
+// objective; for vdm the learned SNRNet (nn::SNRSchedule over m.snr) or VDM's linear log-SNR.
+std::shared_ptr<const diffusion::Schedule> model_schedule(const LoadedModel& m);
+// VDM's ends of the log-SNR schedule (their config: gamma_min -13.3, gamma_max 5), the fixed
+// linear schedule's and the learned schedule's starting point.
+inline constexpr double kVdmGammaMin = -13.3, kVdmGammaMax = 5.0;
+// Objective vdm: continuous time, the VDM bound as the loss.
+bool continuous_time(const TrainConfig& c);
+// A fresh SNRNet for objective vdm with schedule learned (1024 features, as VDM), initialised from
+// the run's seed; nullptr otherwise.
+std::shared_ptr<nn::SNRNet> make_snr_net(const TrainConfig& c);
 // What the first C output channels predict (hybrid: eps).
 diffusion::Prediction prediction_of(const TrainConfig& c);
 // Whether the network also outputs the variance channels (objective hybrid).

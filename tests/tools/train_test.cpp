@@ -10,72 +10,11 @@
 #include "models/train/trainer.h"
 #include "tests/test_util.h"
 #include "tests/tools/cli_util.h"
+#include "tests/tools/train_util.h"
 
 using namespace diffuse;
+using namespace diffuse::test::train_util;
 namespace fs = std::filesystem;
-
-namespace {
-
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("diffuse-train-test-" + std::to_string(test::next_seed()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& s) const { return (path / s).string(); }
-};
-
-void put_be32(std::ofstream& f, uint32_t v) {
-  unsigned char b[4] = {static_cast<unsigned char>(v >> 24), static_cast<unsigned char>(v >> 16),
-                        static_cast<unsigned char>(v >> 8), static_cast<unsigned char>(v)};
-  f.write(reinterpret_cast<const char*>(b), 4);
-}
-
-// n random 8x8 grey images and labels 0..9 as raw IDX files.
-std::string make_idx(const TempDir& dir, int n) {
-  std::ofstream im(dir / "img.idx", std::ios::binary), lb(dir / "lbl.idx", std::ios::binary);
-  put_be32(im, 0x803);
-  put_be32(im, n);
-  put_be32(im, 8);
-  put_be32(im, 8);
-  put_be32(lb, 0x801);
-  put_be32(lb, n);
-  uint64_t s = test::next_seed();
-  for (int i = 0; i < n * 64; ++i) {
-    s = s * 6364136223846793005ull + 1442695040888963407ull;
-    im.put(static_cast<char>(s >> 56));
-  }
-  for (int i = 0; i < n; ++i) lb.put(static_cast<char>(i % 10));
-  return "idx:" + (dir / "img.idx") + "," + (dir / "lbl.idx");
-}
-
-train::TrainConfig tiny_config(const std::string& dataset, const std::string& out) {
-  train::TrainConfig c;
-  c.dataset = dataset;
-  c.out_dir = out;
-  c.model = {{"base_channels", 8}, {"channel_mult", {1, 2}}, {"num_res_blocks", 1},
-             {"attention_resolutions", {4}}, {"groups", 4}};
-  c.batch = 4;
-  c.steps = 6;
-  c.warmup = 2;
-  c.log_every = 2;
-  c.checkpoint_every = 3;
-  c.sample_every = 0;
-  c.sample_count = 4;
-  c.sample_steps = 2;
-  c.seed = 11;
-  c.device = "cpu";
-  c.class_cond = true;
-  return c;
-}
-
-std::map<std::string, Tensor> tensors_of(const std::string& path) { return read_safetensors(path).tensors; }
-
-}  // namespace
 
 TEST_CASE("a stopped and resumed run equals the uninterrupted run bit for bit", "[cpu][tools]") {
   TempDir dir;
@@ -255,7 +194,7 @@ TEST_CASE("hybrid: config checks and the --help text", "[cpu][tools]") {
   c.preset = "tiny";
   c.model = {{"learn_sigma", true}};
   CHECK_THROWS_WITH(c.unet_config(8, 1, 0), Catch::Contains("objective hybrid"));
-  CHECK_THROWS_WITH(train::TrainConfig::from_json({{"objective", "vlb"}}), Catch::Contains("eps, x0, v or hybrid"));
+  CHECK_THROWS_WITH(train::TrainConfig::from_json({{"objective", "vlb"}}), Catch::Contains("eps, x0, v, hybrid or vdm"));
   TempDir dir;
   std::string text;
   CHECK(test::run({test::cli_path(), "train", "--help"}, dir / "help.log", &text) == 0);
