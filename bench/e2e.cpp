@@ -287,7 +287,7 @@ void export_twin(const std::string& preset, const std::string& path) {
   std::printf("wrote %s: %s weights, input and output\n", path.c_str(), preset.c_str());
 }
 
-double median(std::vector<double> v) {
+[[maybe_unused]] double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0 : v[v.size() / 2];
 }

@@ -336,6 +336,7 @@ const char* diffuse_status_name(diffuse_status status) noexcept {
     case DIFFUSE_ERR_CALLBACK: return "DIFFUSE_ERR_CALLBACK";
     case DIFFUSE_ERR_OUT_OF_MEMORY: return "DIFFUSE_ERR_OUT_OF_MEMORY";
     case DIFFUSE_ERR_INTERNAL: return "DIFFUSE_ERR_INTERNAL";
+    default: break;  // any other int a C caller passes, the *_ENUM_ bounds included
   }
   return "unknown status";
 }

@@ -52,7 +52,7 @@ class DeviceStream {
  private:
   Device device_;
   void* stream_ = nullptr;
-  void* prev_ = nullptr;
+  [[maybe_unused]] void* prev_ = nullptr;  // used by the CUDA build only
 };
 
 // A non-blocking CUDA stream that an object keeps for its loops (a device sampler, a training

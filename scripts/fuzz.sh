@@ -5,20 +5,24 @@
 # allocation over 1 GiB stops the run with the input saved under the log folder.
 # Usage: scripts/fuzz.sh [seconds-per-target] [build-dir]
 #   env: TARGETS (e.g. "safetensors idx", default: every tests/fuzz/fuzz_*.cpp), LOGS (default
-#        fuzz-logs), JOBS
-# A long run of one target (docs/reliability.md has the figures of the last one):
-#   nice build-fuzz/fuzz/fuzz_idx -runs=10000000 -dict=tests/fuzz/idx.dict /tmp/idx tests/corpus/idx
+#        fuzz-logs), JOBS, RUNS (a number of executions per target instead of a time limit)
+# The long run (docs/reliability.md has its figures):
+#   RUNS=10000000 TARGETS=idx bash scripts/fuzz.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-10}
 build=${2:-build-fuzz}
 logs=${LOGS:-fuzz-logs}
-bash scripts/install-deps.sh --fuzz
 if [[ -z "${TARGETS:-}" ]]; then
   TARGETS=$(cd tests/fuzz && ls fuzz_*.cpp | sed 's/^fuzz_//; s/\.cpp$//' | tr '\n' ' ')
 fi
-CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDIFFUSE_FUZZ=ON \
-      -DDIFFUSE_TESTS=OFF -DDIFFUSE_BENCH=OFF -DDIFFUSE_CUDA=OFF -DDIFFUSE_WERROR=ON > /dev/null
+# FUZZ_CONFIGURED=1: the build folder is already configured with DIFFUSE_FUZZ=ON (scripts/sanitize.sh).
+if [[ -z "${FUZZ_CONFIGURED:-}" ]]; then
+  bash scripts/install-deps.sh --fuzz
+  CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+        "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -gline-tables-only" "-DCMAKE_C_FLAGS_RELEASE=-O1 -gline-tables-only" \
+        -DDIFFUSE_FUZZ=ON -DDIFFUSE_TESTS=OFF -DDIFFUSE_BENCH=OFF -DDIFFUSE_CUDA=OFF -DDIFFUSE_WERROR=ON > /dev/null
+fi
 targets=()
 for t in $TARGETS; do targets+=("fuzz_$t"); done
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target "${targets[@]}"
@@ -29,10 +33,16 @@ for t in $TARGETS; do
   dict=()
   [[ -f tests/fuzz/$t.dict ]] && dict=(-dict="tests/fuzz/$t.dict")
   # One thread: the readers are serial, and libFuzzer measures coverage per input.
-  if OMP_NUM_THREADS=1 "$build/fuzz/fuzz_$t" -max_total_time="$secs" -timeout=10 -rss_limit_mb=2048 \
+  limit=(-max_total_time="$secs")
+  [[ -n "${RUNS:-}" ]] && limit=(-runs="$RUNS")
+  t0=$SECONDS
+  if OMP_NUM_THREADS=1 "$build/fuzz/fuzz_$t" "${limit[@]}" -timeout=10 -rss_limit_mb=2048 \
        -malloc_limit_mb=1024 -print_final_stats=1 -artifact_prefix="$logs/$t-" "${dict[@]}" \
        "$scratch" "tests/corpus/$t" > "$logs/$t.log" 2>&1; then
-    echo "fuzz_$t: $(grep -E '^stat::number_of_executed_units' "$logs/$t.log" | awk '{print $2}') runs in ${secs} s, no findings"
+    runs=$(grep -E '^stat::number_of_executed_units' "$logs/$t.log" | awk '{print $2}')
+    # The last status line: "#N DONE cov: C ft: F corp: ..." (edges and features covered).
+    cov=$(grep -E '^#[0-9]+' "$logs/$t.log" | tail -n 1 | sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+).*/cov \1, ft \2/')
+    echo "fuzz_$t: $runs runs in $((SECONDS - t0)) s ($cov), no findings"
   else
     echo "fuzz_$t: FOUND A PROBLEM (input and report under $logs/):"
     grep -E 'ERROR|SUMMARY|FUZZ_CHECK|runtime error|Test unit written' "$logs/$t.log" | head -10

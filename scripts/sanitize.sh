@@ -1,21 +1,38 @@
 #!/usr/bin/env bash
-# The sanitizer pass of CI: AddressSanitizer and UndefinedBehaviorSanitizer (DIFFUSE_SANITIZE=ON,
-# any UB report aborts) over the test folders that hold the file readers, the tensors, autograd
-# and the trainer, then their cpu tier. The CUDA backend and the benchmarks are left out to keep
-# the build within CI's budget; the emu tier under ASan is the command in docs/reliability.md.
-# Usage: scripts/sanitize.sh [build-dir]   (env: JOBS, TEST_DIRS)
+# The sanitizer pass of CI, one clang build for two jobs: the tree compiled with AddressSanitizer,
+# UndefinedBehaviorSanitizer (any UB report aborts) and libFuzzer's coverage instrumentation
+# (DIFFUSE_FUZZ=ON), then
+#   1. the cpu tier of the test folders in TEST_DIRS under ASan + UBSan (+ LeakSanitizer);
+#   2. every libFuzzer target (tests/fuzz) for FUZZ_SECONDS on its seed corpus (scripts/fuzz.sh).
+# -O1 with line tables only: the sanitizers' usual optimisation level, and stack traces with file
+# and line, at half the build time of -O2 -g. The CUDA backend and the benchmarks are left out to
+# keep the build within CI's budget; the emu tier under ASan is the command in docs/reliability.md.
+# Usage: scripts/sanitize.sh [build-dir]   (env: JOBS, TEST_DIRS, FUZZ_SECONDS (0: no fuzzing))
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=${1:-build-asan}
+build=${1:-build-san}
 dirs=${TEST_DIRS:-core;autograd;models;tools}
+secs=${FUZZ_SECONDS:-10}
+jobs=${JOBS:-$(nproc)}
 start=$SECONDS
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DDIFFUSE_SANITIZE=ON -DDIFFUSE_CUDA=OFF \
-      -DDIFFUSE_BENCH=OFF -DDIFFUSE_TESTS=ON -DDIFFUSE_WERROR=ON "-DDIFFUSE_TEST_DIRS=$dirs" > /dev/null
-cmake --build "$build" -j "${JOBS:-$(nproc)}" > "$build/sanitize-build.log" 2>&1 ||
+bash scripts/install-deps.sh --fuzz
+mkdir -p "$build"
+CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+      "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -gline-tables-only" "-DCMAKE_C_FLAGS_RELEASE=-O1 -gline-tables-only" \
+      -DDIFFUSE_FUZZ=ON -DDIFFUSE_CUDA=OFF -DDIFFUSE_BENCH=OFF -DDIFFUSE_TESTS=ON -DDIFFUSE_WERROR=ON \
+      "-DDIFFUSE_TEST_DIRS=$dirs" > "$build/sanitize-configure.log"
+cmake --build "$build" -j "$jobs" > "$build/sanitize-build.log" 2>&1 ||
   { tail -n 60 "$build/sanitize-build.log"; echo "sanitize.sh: the sanitizer build failed" >&2; exit 1; }
 echo "sanitize.sh: built in $((SECONDS - start)) s"
 # halt_on_error: the first report fails the test; detect_leaks: LeakSanitizer too.
 export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
-ctest --test-dir "$build" -L cpu --output-on-failure -j "${JOBS:-$(nproc)}"
-echo "sanitize.sh: cpu tier clean under ASan + UBSan ($((SECONDS - start)) s in all)"
+t0=$SECONDS
+ctest --test-dir "$build" -L cpu --output-on-failure -j "$jobs"
+echo "sanitize.sh: cpu tier clean under ASan + UBSan in $((SECONDS - t0)) s"
+if ((secs > 0)); then
+  t0=$SECONDS
+  FUZZ_CONFIGURED=1 bash scripts/fuzz.sh "$secs" "$build"
+  echo "sanitize.sh: every fuzz target ran ${secs} s on its corpus with no finding ($((SECONDS - t0)) s)"
+fi
+echo "sanitize.sh: done in $((SECONDS - start)) s"

@@ -91,7 +91,10 @@ typedef enum diffuse_status {
   DIFFUSE_ERR_UNSUPPORTED = 3,      /* asked for something this build or machine lacks (CUDA) */
   DIFFUSE_ERR_CALLBACK = 4,         /* the denoiser callback returned non-zero or wrote non-finite values */
   DIFFUSE_ERR_OUT_OF_MEMORY = 5,    /* host or device memory ran out */
-  DIFFUSE_ERR_INTERNAL = 6          /* a bug in diffuse: please report the message */
+  DIFFUSE_ERR_INTERNAL = 6,         /* a bug in diffuse: please report the message */
+  /* Not statuses: every int is a value of the type (see diffuse_prediction). */
+  DIFFUSE_STATUS_MIN_ENUM_ = -0x7fffffff - 1,
+  DIFFUSE_STATUS_MAX_ENUM_ = 0x7fffffff
 } diffuse_status;
 
 /* What a denoiser returns (Salimans & Ho 2022): the noise eps, the clean data x0, or
@@ -99,7 +102,12 @@ typedef enum diffuse_status {
 typedef enum diffuse_prediction {
   DIFFUSE_PREDICT_EPS = 0,
   DIFFUSE_PREDICT_X0 = 1,
-  DIFFUSE_PREDICT_V = 2
+  DIFFUSE_PREDICT_V = 2,
+  /* Not predictions: together they make every int a value of the type, so that a C caller's
+   * out-of-range value reaches the library's check (DIFFUSE_ERR_INVALID_ARGUMENT) instead of being
+   * undefined behaviour in C++, whose enums hold only the values their enumerators' bits span. */
+  DIFFUSE_PREDICT_MIN_ENUM_ = -0x7fffffff - 1,
+  DIFFUSE_PREDICT_MAX_ENUM_ = 0x7fffffff
 } diffuse_prediction;
 
 typedef struct diffuse_model diffuse_model;       /* a UNet loaded from a checkpoint */

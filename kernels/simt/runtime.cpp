@@ -80,7 +80,7 @@ std::string short_path(const char* file) {
   return file;
 }
 
-std::string where(const std::source_location& l) { return short_path(l.file_name()) + ":" + std::to_string(l.line()); }
+std::string where(const SourceLoc& l) { return short_path(l.file_name()) + ":" + std::to_string(l.line()); }
 
 std::string idx3(uint3 v) {
   char buf[48];
@@ -186,7 +186,7 @@ struct Thread : detail::ThreadCtx {
   // At a barrier:
   detail::BarrierKind barrier_kind{};
   int pred = 0, result = 0;
-  std::source_location loc;
+  SourceLoc loc;
   // At a warp collective (the call lives in the waiting thread's frame):
   detail::WarpCall* call = nullptr;
   // AddressSanitizer's view of this fiber.
@@ -224,7 +224,7 @@ const char* barrier_name(detail::BarrierKind k) {
   }
   return "?";
 }
-bool same_loc(const std::source_location& a, const std::source_location& b) {
+bool same_loc(const SourceLoc& a, const SourceLoc& b) {
   return a.line() == b.line() && a.column() == b.column() &&
          (a.file_name() == b.file_name() || std::strcmp(a.file_name(), b.file_name()) == 0);
 }
@@ -801,7 +801,7 @@ void* dynamic_shared() {
   return rt().arena;
 }
 
-int block_barrier(BarrierKind kind, int pred, const std::source_location& loc) {
+int block_barrier(BarrierKind kind, int pred, const SourceLoc& loc) {
   Runtime& R = rt();
   Thread& t = current(barrier_name(kind));
   t.state = State::barrier;

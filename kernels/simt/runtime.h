@@ -19,6 +19,33 @@ typedef struct df_simt_stream_st* df_stream_t;
 
 namespace diffuse::simt {
 
+// Where a barrier or a warp operation was called, for the emulator's divergence messages:
+// std::source_location where the standard library provides it; clang before 15 ships the header
+// without the builtin behind it (libstdc++ then leaves std::source_location undeclared), so the
+// same interface from __builtin_FILE / LINE / COLUMN, which clang and gcc evaluate at the call
+// site when they sit in a default argument, as std::source_location::current() does.
+#if defined(__cpp_lib_source_location)
+using SourceLoc = std::source_location;
+#else
+struct SourceLoc {
+  static constexpr SourceLoc current(const char* file = __builtin_FILE(), unsigned line = __builtin_LINE(),
+                                     unsigned column = __builtin_COLUMN()) noexcept {
+    SourceLoc l;
+    l.file_ = file;
+    l.line_ = line;
+    l.column_ = column;
+    return l;
+  }
+  constexpr const char* file_name() const noexcept { return file_; }
+  constexpr unsigned line() const noexcept { return line_; }
+  constexpr unsigned column() const noexcept { return column_; }
+
+ private:
+  const char* file_ = "";
+  unsigned line_ = 0, column_ = 0;
+};
+#endif
+
 // The order in which a block's threads are started and resumed. A race-free kernel gives the
 // same result under every order; a missing __syncthreads usually does not.
 enum class Order { forward, reverse, random };
@@ -134,7 +161,7 @@ void* shared_alloc(const SharedSite* site, std::size_t bytes, std::size_t align)
 void* dynamic_shared();
 
 enum class BarrierKind : uint8_t { sync, count, all, any };
-int block_barrier(BarrierKind kind, int pred, const std::source_location& loc);
+int block_barrier(BarrierKind kind, int pred, const SourceLoc& loc);
 
 enum class WarpKind : uint8_t {
   syncwarp, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all,
@@ -151,7 +178,7 @@ struct WarpCall {
   void* out = nullptr;       // shuffles: where this lane's result goes
   unsigned size = 0;
   uint32_t result = 0;       // votes and reduces
-  std::source_location loc{};
+  SourceLoc loc{};
 };
 void warp_collective(WarpCall& call);
 

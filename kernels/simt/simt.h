@@ -23,7 +23,6 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
-#include <source_location>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -47,6 +46,9 @@
 
 constexpr int warpSize = 32;
 
+// The call site of a barrier or warp operation (runtime.h), a default argument of each.
+using df_loc = ::diffuse::simt::SourceLoc;
+
 // ---- built-in indices ---------------------------------------------------------------------------
 #define threadIdx (::diffuse::simt::detail::thread_ctx("threadIdx").thread_idx)
 #define blockIdx (::diffuse::simt::detail::block_ctx("blockIdx").block_idx)
@@ -55,21 +57,21 @@ constexpr int warpSize = 32;
 
 // ---- block barriers -------------------------------------------------------------------------------
 // The call site is part of the barrier: threads at different __syncthreads calls is a fault.
-inline void __syncthreads(const std::source_location& loc = std::source_location::current()) {
+inline void __syncthreads(const df_loc& loc = df_loc::current()) {
   ::diffuse::simt::detail::block_barrier(::diffuse::simt::detail::BarrierKind::sync, 1, loc);
 }
-inline int __syncthreads_count(int pred, const std::source_location& loc = std::source_location::current()) {
+inline int __syncthreads_count(int pred, const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::block_barrier(::diffuse::simt::detail::BarrierKind::count, pred, loc);
 }
-inline int __syncthreads_and(int pred, const std::source_location& loc = std::source_location::current()) {
+inline int __syncthreads_and(int pred, const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::block_barrier(::diffuse::simt::detail::BarrierKind::all, pred, loc);
 }
-inline int __syncthreads_or(int pred, const std::source_location& loc = std::source_location::current()) {
+inline int __syncthreads_or(int pred, const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::block_barrier(::diffuse::simt::detail::BarrierKind::any, pred, loc);
 }
 
 // ---- warp collectives: a rendezvous of the lanes in `mask` ----------------------------------------
-inline void __syncwarp(unsigned mask = 0xffffffffu, const std::source_location& loc = std::source_location::current()) {
+inline void __syncwarp(unsigned mask = 0xffffffffu, const df_loc& loc = df_loc::current()) {
   ::diffuse::simt::detail::WarpCall c;
   c.mask = mask;
   c.loc = loc;
@@ -78,7 +80,7 @@ inline void __syncwarp(unsigned mask = 0xffffffffu, const std::source_location& 
 
 namespace diffuse::simt::detail {
 template <class T>
-T shuffle(WarpKind kind, unsigned mask, const T& var, int param, int width, const std::source_location& loc) {
+T shuffle(WarpKind kind, unsigned mask, const T& var, int param, int width, const df_loc& loc) {
   static_assert(std::is_trivially_copyable_v<T>, "shuffled values must be trivially copyable");
   T result;
   WarpCall c;
@@ -93,7 +95,7 @@ T shuffle(WarpKind kind, unsigned mask, const T& var, int param, int width, cons
   warp_collective(c);
   return result;
 }
-inline uint32_t vote(WarpKind kind, unsigned mask, int value, bool is_signed, const std::source_location& loc) {
+inline uint32_t vote(WarpKind kind, unsigned mask, int value, bool is_signed, const df_loc& loc) {
   WarpCall c;
   c.kind = kind;
   c.mask = mask;
@@ -107,40 +109,40 @@ inline uint32_t vote(WarpKind kind, unsigned mask, int value, bool is_signed, co
 
 template <class T>
 T __shfl_sync(unsigned mask, T var, int srcLane, int width = warpSize,
-              const std::source_location& loc = std::source_location::current()) {
+              const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::shuffle(::diffuse::simt::detail::WarpKind::shfl_idx, mask, var, srcLane, width, loc);
 }
 template <class T>
 T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
-                 const std::source_location& loc = std::source_location::current()) {
+                 const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::shuffle(::diffuse::simt::detail::WarpKind::shfl_up, mask, var,
                                           static_cast<int>(delta), width, loc);
 }
 template <class T>
 T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,
-                   const std::source_location& loc = std::source_location::current()) {
+                   const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::shuffle(::diffuse::simt::detail::WarpKind::shfl_down, mask, var,
                                           static_cast<int>(delta), width, loc);
 }
 template <class T>
 T __shfl_xor_sync(unsigned mask, T var, int laneMask, int width = warpSize,
-                  const std::source_location& loc = std::source_location::current()) {
+                  const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::shuffle(::diffuse::simt::detail::WarpKind::shfl_xor, mask, var, laneMask, width, loc);
 }
 
-inline unsigned __ballot_sync(unsigned mask, int pred, const std::source_location& loc = std::source_location::current()) {
+inline unsigned __ballot_sync(unsigned mask, int pred, const df_loc& loc = df_loc::current()) {
   return ::diffuse::simt::detail::vote(::diffuse::simt::detail::WarpKind::ballot, mask, pred != 0, false, loc);
 }
-inline int __any_sync(unsigned mask, int pred, const std::source_location& loc = std::source_location::current()) {
+inline int __any_sync(unsigned mask, int pred, const df_loc& loc = df_loc::current()) {
   return static_cast<int>(::diffuse::simt::detail::vote(::diffuse::simt::detail::WarpKind::any, mask, pred != 0, false, loc));
 }
-inline int __all_sync(unsigned mask, int pred, const std::source_location& loc = std::source_location::current()) {
+inline int __all_sync(unsigned mask, int pred, const df_loc& loc = df_loc::current()) {
   return static_cast<int>(::diffuse::simt::detail::vote(::diffuse::simt::detail::WarpKind::all, mask, pred != 0, false, loc));
 }
 
 // sm_80 warp reductions.
 #define DF_SIMT_REDUCE(name, kind, T, is_signed)                                                      \
-  inline T name(unsigned mask, T value, const std::source_location& loc = std::source_location::current()) { \
+  inline T name(unsigned mask, T value, const df_loc& loc = df_loc::current()) {                 \
     return static_cast<T>(::diffuse::simt::detail::vote(::diffuse::simt::detail::WarpKind::kind, mask,    \
                                                          static_cast<int>(value), is_signed, loc));      \
   }

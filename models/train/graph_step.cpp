@@ -28,15 +28,16 @@ namespace {
 
 // The staging buffer, in floats: the seed word (8 bytes) at 0, AdamWParams at 4 (16-byte aligned),
 // then t, alpha, sigma and the loss weights, B each, from kArrays.
-constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16;
+// Only the CUDA step reads them.
+[[maybe_unused]] constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16;
 #if defined(DIFFUSE_HAVE_CUDA)
 static_assert(sizeof(kernels::AdamWParams) <= (kArrays - kParamsAt) * sizeof(float), "AdamWParams fits its slot");
 #endif
 
 // Philox offsets of the step's draws; the seed word, not the offset, changes from step to step.
-constexpr uint64_t kTimestepStreams = 8, kTimestepStream = 1;  // train(): (seed, 8 s + 1)
-constexpr uint64_t kNoiseOffset = 2;
-constexpr uint64_t kDropoutSalt = 0x64726f706f7574ull;  // "dropout": dropout's seed differs from noise's
+[[maybe_unused]] constexpr uint64_t kTimestepStreams = 8, kTimestepStream = 1;  // train(): (seed, 8 s + 1)
+[[maybe_unused]] constexpr uint64_t kNoiseOffset = 2;
+[[maybe_unused]] constexpr uint64_t kDropoutSalt = 0x64726f706f7574ull;  // "dropout": dropout's seed differs from noise's
 
 // splitmix64 of (seed, step): the seed word of step s. Only the CUDA step calls it.
 [[maybe_unused]] uint64_t step_word(uint64_t seed, int64_t s) {
