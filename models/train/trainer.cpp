@@ -26,6 +26,7 @@
 #include "models/diffusion/objective.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
+#include "models/train/device_trainer.h"
 #include "models/train/ema.h"
 #include "models/train/optim.h"
 
@@ -61,6 +62,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"seed", seed},
           {"device", device},
           {"bf16", bf16},
+          {"cuda_graph", cuda_graph},
           {"out_dir", out_dir},
           {"log_every", log_every},
           {"sample_every", sample_every},
@@ -109,6 +111,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("seed", c.seed);
   get("device", c.device);
   get("bf16", c.bf16);
+  get("cuda_graph", c.cuda_graph);
   get("out_dir", c.out_dir);
   get("log_every", c.log_every);
   get("sample_every", c.sample_every);
@@ -310,6 +313,7 @@ struct Run {
   std::shared_ptr<nn::UNet> unet;
   std::unique_ptr<AdamW> opt;
   std::unique_ptr<EMA> ema;
+  std::unique_ptr<DeviceTrainer> dev;  // on a GPU: the step, AdamW and the EMA (device_trainer.h)
   std::unique_ptr<data::Batcher> batcher;
   diffusion::DiscreteSchedule schedule = diffusion::DiscreteSchedule::linear(2);
   int64_t step = 0;
@@ -325,8 +329,9 @@ void write_checkpoint(Run& r) {
              ": no checkpoint is written (the previous one is kept)");
     tensors.emplace_back("model." + name, var.value());
   }
-  for (auto& [name, t] : r.ema->state()) tensors.emplace_back(name, t);
-  for (auto& [name, t] : r.opt->state()) tensors.emplace_back(name, t);
+  for (auto& [name, t] : r.dev ? r.dev->state() : r.ema->state()) tensors.emplace_back(name, t);
+  if (!r.dev)
+    for (auto& [name, t] : r.opt->state()) tensors.emplace_back(name, t);
   data::BatcherState bs = r.batcher->state();
   tensors.emplace_back("trainer.state", Tensor::from_vector_i64({r.step, bs.epoch, bs.position, r.nonfinite_total}, {4}));
   std::map<std::string, std::string> meta{{"format", "diffuse-checkpoint-1"},
@@ -346,7 +351,7 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& a
 
 Tensor sample_grid(Run& r, int64_t step) {
   // EMA weights in, sample, live weights back.
-  r.ema->swap();
+  r.dev ? r.dev->swap_ema() : r.ema->swap();
   ag::NoGrad ng;
   r.unet->eval();
   diffusion::SamplerOptions o;
@@ -364,7 +369,7 @@ Tensor sample_grid(Run& r, int64_t step) {
   diffusion::Denoiser f = make_denoiser(r.unet, r.cfg.timesteps, r.device);
   Tensor x = diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);
   r.unet->train();
-  r.ema->swap();
+  r.dev ? r.dev->swap_ema() : r.ema->swap();
   (void)step;
   return x;
 }
@@ -426,6 +431,12 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
 std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& cb) {
   Run r;
   r.cfg = cfg_in;
+  // A missing GPU, or an option its step lacks, fails before anything is written; a resumed run's
+  // stored options are checked once read.
+  if (resume && fs::exists(checkpoint_path(r.cfg)))
+    (void)resolve_device(r.cfg.device);
+  else
+    check_device_training(r.cfg);
   check_writable(r.cfg.out_dir);
   FolderLock lock(r.cfg.out_dir);
   remove_stale_temporaries(r.cfg.out_dir);
@@ -451,10 +462,12 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     stored.sample_every = r.cfg.sample_every;
     stored.checkpoint_every = r.cfg.checkpoint_every;
     stored.device = r.cfg.device;
+    stored.cuda_graph = r.cfg.cuda_graph;
     stored.out_dir = r.cfg.out_dir;
     r.cfg = stored;
   }
   const TrainConfig& cfg = r.cfg;
+  check_device_training(cfg);  // the resumed run's settings
   r.device = resolve_device(cfg.device);
   set_current_device(r.device);
   r.data = load_dataset(cfg.dataset, "train");
@@ -481,8 +494,14 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   ao.weight_decay = static_cast<float>(cfg.weight_decay);
   ao.warmup_steps = cfg.warmup;
   auto params = r.unet->named_parameters();
-  r.opt = std::make_unique<AdamW>(params, ao);
-  r.ema = std::make_unique<EMA>(params, static_cast<float>(cfg.ema_decay), cfg.ema_warmup);
+  if (r.device.is_cuda()) {
+    r.dev = std::make_unique<DeviceTrainer>(r.unet, cfg);
+    if (cb.on_message)
+      cb.on_message("the whole step on " + r.device.str() + (cfg.cuda_graph ? ", captured as a CUDA graph" : ""));
+  } else {
+    r.opt = std::make_unique<AdamW>(params, ao);
+    r.ema = std::make_unique<EMA>(params, static_cast<float>(cfg.ema_decay), cfg.ema_warmup);
+  }
   data::BatcherOptions bo;
   bo.batch_size = cfg.batch;
   bo.seed = cfg.seed;
@@ -494,8 +513,12 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   if (resuming) {
     try {
       r.unet->load_state(with_prefix(resumed.tensors, "model."));
-      r.ema->load_state(resumed.tensors);
-      r.opt->load_state(resumed.tensors);
+      if (r.dev) {
+        r.dev->load_state(resumed.tensors);
+      } else {
+        r.ema->load_state(resumed.tensors);
+        r.opt->load_state(resumed.tensors);
+      }
     } catch (const Error& e) {
       DF_FAIL(ckpt, ": cannot resume: ", e.what());
     }
@@ -521,6 +544,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   const bool hybrid = learned_variance(cfg);
   const auto& abar = r.schedule.alphas_cumprod();
   int64_t consecutive_bad = 0;
+  auto lr_at = [&](int64_t t) { return r.dev ? r.dev->lr_at(t) : r.opt->lr_at(t); };
   auto t_last = std::chrono::steady_clock::now();
   double loss_acc = 0;
   int64_t loss_n = 0, since_log = 0;
@@ -529,55 +553,64 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   while (r.step < cfg.steps) {
     if (cb.should_stop && cb.should_stop()) break;
     data::Batch batch = r.batcher->next();
-    x = batch.images.to(r.device);
-    labels = batch.labels;
     const int64_t s = r.step;
-
-    std::vector<int> ts = diffusion::uniform_timesteps(cfg.timesteps, B, cfg.seed, stream(s, kTimesteps));
-    std::vector<float> tf(B), alpha(B), sigma(B);
-    std::vector<double> alpha_d(B), sigma_d(B), weights(B, 1.0);
-    for (int b = 0; b < B; ++b) {
-      tf[b] = static_cast<float>(ts[b]);
-      alpha_d[b] = std::sqrt(abar[ts[b]]);
-      sigma_d[b] = std::sqrt(1 - abar[ts[b]]);
-      alpha[b] = static_cast<float>(alpha_d[b]);
-      sigma[b] = static_cast<float>(sigma_d[b]);
-      if (cfg.loss_weight == "min-snr")
-        weights[b] = diffusion::min_snr_weight(pred, abar[ts[b]] / (1 - abar[ts[b]]));
-    }
-    Tensor z = Tensor::empty(x.shape(), DType::f32, r.device), eps = Tensor::empty(x.shape(), DType::f32, r.device);
-    kernels::noise_forward(x, Tensor::from_vector(alpha, {B}, r.device), Tensor::from_vector(sigma, {B}, r.device),
-                           cfg.seed, stream(s, kNoise), z, eps);
-    Tensor target = pred == diffusion::Prediction::eps ? eps
-                                                       : diffusion::prediction_target(pred, x, eps, alpha_d, sigma_d);
-    Tensor y;
-    if (r.unet->config().num_classes > 0) {
-      // Classifier-free guidance: a share of the labels becomes the null class.
-      std::vector<int64_t> l = labels.to_vector_i64();
-      for (int b = 0; b < B; ++b)
-        if (philox_uniform(cfg.seed, stream(s, kLabelDrop), static_cast<uint64_t>(b)) < cfg.label_dropout)
-          l[b] = r.unet->config().num_classes;
-      y = Tensor::from_vector_i64(l, {B}, r.device);
-    }
-    r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
-    ag::Var out = r.unet->forward(ag::Var(z), Tensor::from_vector(tf, {B}, r.device), y);
-    std::vector<float> wf(weights.begin(), weights.end());
-    const Tensor w = Tensor::from_vector(wf, {B}, r.device);
-    // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
-    ag::Var loss = hybrid ? diffusion::hybrid_loss(r.schedule, ts, x, z, eps, out, w).loss
-                          : ag::weighted_mse(out, ag::Var(target), w);
-    double lv = loss.value().item();
-    double gnorm = 0;
-    bool ok = std::isfinite(lv);
-    if (ok) {
-      ag::backward(loss);
-      gnorm = clip_grad_norm(params, cfg.grad_clip > 0 ? cfg.grad_clip : 1e30);
-      ok = std::isfinite(gnorm);
+    double lv = 0, gnorm = 0;
+    bool ok = false;
+    if (r.dev) {
+      // The whole step on the GPU; it skips a non-finite step itself (device_trainer.h).
+      const DeviceTrainer::Result d = r.dev->step(batch.images);
+      lv = d.loss;
+      gnorm = d.grad_norm;
+      ok = d.applied;
     } else {
-      ag::clear_tape();
+      x = batch.images.to(r.device);
+      labels = batch.labels;
+      std::vector<int> ts = diffusion::uniform_timesteps(cfg.timesteps, B, cfg.seed, stream(s, kTimesteps));
+      std::vector<float> tf(B), alpha(B), sigma(B);
+      std::vector<double> alpha_d(B), sigma_d(B), weights(B, 1.0);
+      for (int b = 0; b < B; ++b) {
+        tf[b] = static_cast<float>(ts[b]);
+        alpha_d[b] = std::sqrt(abar[ts[b]]);
+        sigma_d[b] = std::sqrt(1 - abar[ts[b]]);
+        alpha[b] = static_cast<float>(alpha_d[b]);
+        sigma[b] = static_cast<float>(sigma_d[b]);
+        if (cfg.loss_weight == "min-snr")
+          weights[b] = diffusion::min_snr_weight(pred, abar[ts[b]] / (1 - abar[ts[b]]));
+      }
+      Tensor z = Tensor::empty(x.shape(), DType::f32, r.device), eps = Tensor::empty(x.shape(), DType::f32, r.device);
+      kernels::noise_forward(x, Tensor::from_vector(alpha, {B}, r.device), Tensor::from_vector(sigma, {B}, r.device),
+                             cfg.seed, stream(s, kNoise), z, eps);
+      Tensor target = pred == diffusion::Prediction::eps ? eps
+                                                         : diffusion::prediction_target(pred, x, eps, alpha_d, sigma_d);
+      Tensor y;
+      if (r.unet->config().num_classes > 0) {
+        // Classifier-free guidance: a share of the labels becomes the null class.
+        std::vector<int64_t> l = labels.to_vector_i64();
+        for (int b = 0; b < B; ++b)
+          if (philox_uniform(cfg.seed, stream(s, kLabelDrop), static_cast<uint64_t>(b)) < cfg.label_dropout)
+            l[b] = r.unet->config().num_classes;
+        y = Tensor::from_vector_i64(l, {B}, r.device);
+      }
+      r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
+      ag::Var out = r.unet->forward(ag::Var(z), Tensor::from_vector(tf, {B}, r.device), y);
+      std::vector<float> wf(weights.begin(), weights.end());
+      const Tensor w = Tensor::from_vector(wf, {B}, r.device);
+      // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
+      ag::Var loss = hybrid ? diffusion::hybrid_loss(r.schedule, ts, x, z, eps, out, w).loss
+                            : ag::weighted_mse(out, ag::Var(target), w);
+      lv = loss.value().item();
+      ok = std::isfinite(lv);
+      if (ok) {
+        ag::backward(loss);
+        gnorm = clip_grad_norm(params, cfg.grad_clip > 0 ? cfg.grad_clip : 1e30);
+        ok = std::isfinite(gnorm);
+      } else {
+        ag::clear_tape();
+      }
+      if (ok) r.opt->step(r.ema.get());
+      r.opt->zero_grad();
     }
     if (ok) {
-      r.opt->step(r.ema.get());
       consecutive_bad = 0;
       loss_acc += lv;
       ++loss_n;
@@ -588,7 +621,6 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
                " consecutive steps (at step ", s + 1, "); stopping. Lower --lr or raise --grad-clip; the last "
                "checkpoint (", ckpt, ") holds finite weights");
     }
-    r.opt->zero_grad();
     ++r.step;
     ++since_log;
 
@@ -596,7 +628,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       auto now = std::chrono::steady_clock::now();
       double dt = std::chrono::duration<double>(now - t_last).count();
       t_last = now;
-      StepStats st{r.step, loss_n ? loss_acc / loss_n : NAN, gnorm, r.opt->lr_at(r.step),
+      StepStats st{r.step, loss_n ? loss_acc / loss_n : NAN, gnorm, lr_at(r.step),
                    dt > 0 ? since_log * B / dt : 0, r.nonfinite_total, cfg.steps};
       log << st.step << ',' << st.loss << ',' << st.grad_norm << ',' << st.lr << ',' << st.images_per_s << ','
           << st.nonfinite_skipped << '\n';
@@ -606,7 +638,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       loss_n = 0;
       since_log = 0;
     } else if (cb.on_step) {
-      cb.on_step(StepStats{r.step, lv, gnorm, r.opt->lr_at(r.step), 0, r.nonfinite_total, cfg.steps});
+      cb.on_step(StepStats{r.step, lv, gnorm, lr_at(r.step), 0, r.nonfinite_total, cfg.steps});
     }
     if (cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0 && r.step < cfg.steps) {
       write_checkpoint(r);
