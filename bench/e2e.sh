@@ -3,7 +3,7 @@
 # diffuse (bench/e2e, with and without CUDA graphs) and the same models in PyTorch
 # (bench/torch_e2e.py, eager and torch.compile), then the ratios against the targets.
 #
-#   bash bench/e2e.sh                          # after a build in build/ (docs/benchmarks-gpu.md)
+#   bash bench/e2e.sh                          # after a build in build/ (docs/benchmarks.md)
 #   BUILD=build-rel PYTHON=.venv/bin/python OUT=/tmp/e2e bash bench/e2e.sh
 #
 # Environment: BUILD (the build folder, default build), PYTHON (an interpreter with torch, default

@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "core/image_io.h"
 #include "models/diffusion/sampler.h"
+#include "models/train/device_sampling.h"
 #include "models/train/trainer.h"
 #include "tools/commands.h"
 #include "tools/progress.h"
@@ -31,6 +32,7 @@ struct SampleArgs {
   bool no_clip = false;
   std::string spacing = "linspace";
   std::string device = "auto";
+  bool cuda_graph = true;
 };
 
 void register_sample(CLI::App& root) {
@@ -51,7 +53,8 @@ void register_sample(CLI::App& root) {
   cmd->add_flag("--no-ema", a->no_ema, "use the live weights instead of the EMA weights");
   cmd->add_flag("--no-clip", a->no_clip, "do not clip the predicted x0 to [-1, 1]");
   cmd->add_option("--spacing", a->spacing, "timestep spacing for discrete schedules: linspace, leading or trailing")->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto. On a GPU, ddpm, ddim and vdm on a model without classes run every step on the device (no guidance; a hybrid model's variance with ddpm only); the other samplers and class-conditional models run host-driven with the model on the GPU. Same seed, same images either way, up to float rounding")->capture_default_str();
+  cmd->add_option("--cuda-graph", a->cuda_graph, "on a GPU, for the samplers that run every step on the device: on captures the whole loop as a CUDA graph once per batch shape and replays it, off launches its kernels one by one (the same images)")->check(CLI::IsMember({"on", "off"}))->default_str("on");
 
   cmd->callback([a] {
     DF_CHECK(a->count >= 1 && a->batch >= 1 && a->steps >= 1, "--count, --batch and --steps must be at least 1");
@@ -72,6 +75,9 @@ void register_sample(CLI::App& root) {
     const bool learned = train::learned_variance(m.config) && kind == diffusion::SamplerKind::ddpm;
     diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev, learned);
     ag::NoGrad ng;
+    std::unique_ptr<train::DeviceSampling> device_loop;  // models/train/device_sampling.h
+    if (dev.is_cuda()) device_loop = std::make_unique<train::DeviceSampling>(m.unet, m.config, dev, a->cuda_graph);
+    bool all_on_device = true;
     std::vector<Tensor> parts;
     Progress progress("sample", a->count);
     for (int start = 0; start < a->count; start += a->batch) {
@@ -101,7 +107,9 @@ void register_sample(CLI::App& root) {
       o.callback = [&](int i, int total, const Tensor&, const Tensor&) {
         progress.update(start + static_cast<int64_t>(n) * (i + 1) / total);
       };
-      parts.push_back(diffusion::sample(kind, *sched, f, o));
+      const bool on_device = device_loop && train::device_loop_supports(kind, uc, m.config, o);
+      all_on_device = all_on_device && on_device;
+      parts.push_back(on_device ? device_loop->sample(kind, *sched, o) : diffusion::sample(kind, *sched, f, o));
     }
     Tensor all = Tensor::empty({a->count, uc.image_size, uc.image_size, uc.in_channels});
     int64_t row = 0;
@@ -111,8 +119,10 @@ void register_sample(CLI::App& root) {
     }
     if (!a->grid.empty()) {
       write_png_grid(a->grid, all, a->upscale);
-      std::printf("wrote %s (%d images, %s, %d steps, seed %llu)\n", a->grid.c_str(), a->count, a->sampler.c_str(),
-                  a->steps, static_cast<unsigned long long>(a->seed));
+      std::printf("wrote %s (%d images, %s, %d steps, seed %llu%s)\n", a->grid.c_str(), a->count, a->sampler.c_str(),
+                  a->steps, static_cast<unsigned long long>(a->seed),
+                  !dev.is_cuda() ? "" : !all_on_device ? ", host-driven" : a->cuda_graph ? ", device loop, CUDA graph"
+                                                                                         : ", device loop");
     }
     if (!a->image_dir.empty()) {
       std::error_code ec;

@@ -51,6 +51,7 @@ void register_train(CLI::App& root) {
   cmd->add_option("--seed", cfg->seed, "seed of every random draw (init, batches, noise)")->capture_default_str();
   cmd->add_option("--device", cfg->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   cmd->add_option("--bf16", cfg->bf16, "bf16 activations on CUDA")->capture_default_str();
+  cmd->add_option("--cuda-graph", cfg->cuda_graph, "on a GPU (where the whole step runs on the device: objectives eps, x0 and v, no --class-cond): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)")->check(CLI::IsMember({"on", "off"}))->default_str("on");
   cmd->add_option("--out", cfg->out_dir, "output folder (checkpoint.safetensors, log.csv, samples_*.png)")->capture_default_str();
   cmd->add_option("--log-every", cfg->log_every, "steps between CSV log rows")->capture_default_str();
   cmd->add_option("--sample-every", cfg->sample_every, "steps between PNG grids of EMA samples (0: only at the end)")->capture_default_str();

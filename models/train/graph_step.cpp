@@ -19,6 +19,7 @@
 #if defined(DIFFUSE_HAVE_CUDA)
 #include "core/tensor_cuda.h"
 #include "kernels/cuda/adamw.h"
+#include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/reduce.h"
 #endif
 
@@ -239,12 +240,40 @@ void DeviceTrainStep::body() {
   ag::backward(loss);
   cuda::reduce_all(g_.data<float>(), n, kernels::ReduceOp::sum_squares, reduce_ws_.data<float>(),
                    sumsq_.data<float>(), stream_->stream());
+  // sumsq += 0 * loss: NaN when the loss is not finite, so the update below skips the step (the
+  // gradient of an infinite loss can be finite).
+  DF_CHECK(loss.value().dtype() == DType::f32 && loss.value().numel() == 1, "DeviceTrainStep: loss ",
+           loss.value().str());
+  cuda::axpby(0.f, loss.value().raw(), 1.f, sumsq_.raw(), DType::f32, 1, stream_->stream());
   kernels::AdamWParams host_params;  // ignored: the kernel reads `params` on the device
   cuda::adamw_update(w_.data<float>(), g_.data<float>(), m_.data<float>(), v_.data<float>(), ema_.data<float>(),
                      lowp_ ? lowp_->buffer().raw() : nullptr,
                      decay_mask_.defined() ? decay_mask_.data<uint8_t>() : nullptr, sumsq_.data<float>(), n,
                      host_params, stream_->stream(), params);
   loss_.copy_(loss.value().reshape({1}));
+}
+
+void DeviceTrainStep::restore(const Tensor& m, const Tensor& v, const Tensor& ema, int64_t steps) {
+  DF_CHECK(m.numel() == m_.numel() && v.numel() == v_.numel() && ema.numel() == ema_.numel() &&
+               m.dtype() == DType::f32 && v.dtype() == DType::f32 && ema.dtype() == DType::f32,
+           "DeviceTrainStep::restore: expected three f32 buffers of ", m_.numel(), " elements, got ", m.str(), ", ",
+           v.str(), ", ", ema.str());
+  DF_CHECK(steps >= 0, "DeviceTrainStep::restore: steps ", steps);
+  diffuse::synchronize(device_);  // the weights were written on another stream
+  StreamGuard guard(stream_->stream());
+  m_.copy_(m.reshape(m_.shape()));
+  v_.copy_(v.reshape(v_.shape()));
+  ema_.copy_(ema.reshape(ema_.shape()));
+  if (lowp_) lowp_->refresh();
+  steps_ = steps;
+  diffuse::synchronize(device_);
+}
+
+void DeviceTrainStep::swap_ema() {
+  StreamGuard guard(stream_->stream());
+  cuda::swap(w_.data<float>(), ema_.data<float>(), w_.numel(), stream_->stream());
+  if (lowp_) lowp_->refresh();
+  diffuse::synchronize(device_);
 }
 
 void DeviceTrainStep::step(const Tensor& x) {
@@ -276,6 +305,10 @@ void DeviceTrainStep::step(const Tensor& x) {
 void DeviceTrainStep::stage(const Tensor&) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
 void DeviceTrainStep::body() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
 void DeviceTrainStep::step(const Tensor&) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+void DeviceTrainStep::restore(const Tensor&, const Tensor&, const Tensor&, int64_t) {
+  DF_FAIL("DeviceTrainStep in a build without CUDA");
+}
+void DeviceTrainStep::swap_ema() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
 
 #endif
 

@@ -6,7 +6,9 @@
 // weights, ag::Bf16Weights); the objective's per-sample weighted MSE; backward, every parameter's
 // gradient accumulated in place into one flat f32 buffer; the squared global norm of that buffer
 // (one fixed-order reduction); and one fused launch for clipping, AdamW, the EMA and the bf16
-// weight copy, which leaves everything unchanged, on the device, when the norm is not finite.
+// weight copy, which leaves everything unchanged, on the device, when the norm is not finite. The
+// loss times 0 is added to that norm, so a non-finite loss skips the step too: a step is skipped
+// exactly when its loss or its gradient is not finite, as train() on the cpu skips it.
 //
 // What changes between steps reaches the device in one upload of a few KB before each step (a
 // kernel whose arguments carry the bytes: no pinned memory, no wait): the timesteps, alpha_t,
@@ -87,6 +89,15 @@ class DeviceTrainStep {
   void synchronize();
   void* stream() const;
   Device device() const { return device_; }
+
+  // Restores a saved run, after the model's weights were written through their views into the
+  // flat buffer (Module::load_state): AdamW's moments and the EMA (flat, ParamLayout order, any
+  // device) and the number of steps done, which keys the next step's draws and scalars. Refreshes
+  // the bf16 weight copies. A captured graph stays valid: it reads the same buffers.
+  void restore(const Tensor& m, const Tensor& v, const Tensor& ema, int64_t steps);
+  // Exchanges the weights with their EMA in place (sample with the EMA, then swap back) and
+  // refreshes the bf16 copies. Waits for the device.
+  void swap_ema();
 
   // The flat f32 buffers (ParamLayout order, on the device): weights, EMA, AdamW's moments.
   const ParamLayout& layout() const { return layout_; }

@@ -28,6 +28,7 @@
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
 #include "models/diffusion/vdm_loss.h"
+#include "models/train/device_trainer.h"
 #include "models/train/ema.h"
 #include "models/train/optim.h"
 
@@ -63,6 +64,7 @@ nlohmann::json TrainConfig::to_json() const {
           {"seed", seed},
           {"device", device},
           {"bf16", bf16},
+          {"cuda_graph", cuda_graph},
           {"out_dir", out_dir},
           {"log_every", log_every},
           {"sample_every", sample_every},
@@ -111,6 +113,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("seed", c.seed);
   get("device", c.device);
   get("bf16", c.bf16);
+  get("cuda_graph", c.cuda_graph);
   get("out_dir", c.out_dir);
   get("log_every", c.log_every);
   get("sample_every", c.sample_every);
@@ -342,6 +345,7 @@ struct Run {
   std::shared_ptr<const diffusion::Schedule> continuous;  // vdm: the schedule the sample grids use
   std::unique_ptr<AdamW> opt;
   std::unique_ptr<EMA> ema;
+  std::unique_ptr<DeviceTrainer> dev;  // on a GPU: the step, AdamW and the EMA (device_trainer.h)
   std::unique_ptr<data::Batcher> batcher;
   diffusion::DiscreteSchedule schedule = diffusion::DiscreteSchedule::linear(2);
   int64_t step = 0;
@@ -363,8 +367,9 @@ void write_checkpoint(Run& r) {
                ": no checkpoint is written (the previous one is kept)");
       tensors.emplace_back("snr." + name, var.value());
     }
-  for (auto& [name, t] : r.ema->state()) tensors.emplace_back(name, t);
-  for (auto& [name, t] : r.opt->state()) tensors.emplace_back(name, t);
+  for (auto& [name, t] : r.dev ? r.dev->state() : r.ema->state()) tensors.emplace_back(name, t);
+  if (!r.dev)
+    for (auto& [name, t] : r.opt->state()) tensors.emplace_back(name, t);
   data::BatcherState bs = r.batcher->state();
   tensors.emplace_back("trainer.state", Tensor::from_vector_i64({r.step, bs.epoch, bs.position, r.nonfinite_total}, {4}));
   std::map<std::string, std::string> meta{{"format", "diffuse-checkpoint-1"},
@@ -384,7 +389,7 @@ std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& a
 
 Tensor sample_grid(Run& r, int64_t step) {
   // EMA weights in, sample, live weights back.
-  r.ema->swap();
+  r.dev ? r.dev->swap_ema() : r.ema->swap();
   ag::NoGrad ng;
   r.unet->eval();
   diffusion::SamplerOptions o;
@@ -404,7 +409,7 @@ Tensor sample_grid(Run& r, int64_t step) {
   Tensor x = r.continuous ? diffusion::sample(diffusion::SamplerKind::vdm, *r.continuous, f, o)
                           : diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);
   r.unet->train();
-  r.ema->swap();
+  r.dev ? r.dev->swap_ema() : r.ema->swap();
   (void)step;
   return x;
 }
@@ -555,6 +560,12 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
 std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& cb) {
   Run r;
   r.cfg = cfg_in;
+  // A missing GPU, or an option its step lacks, fails before anything is written; a resumed run's
+  // stored options are checked once read.
+  if (resume && fs::exists(checkpoint_path(r.cfg)))
+    (void)resolve_device(r.cfg.device);
+  else
+    check_device_training(r.cfg);
   check_writable(r.cfg.out_dir);
   FolderLock lock(r.cfg.out_dir);
   remove_stale_temporaries(r.cfg.out_dir);
@@ -580,10 +591,12 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     stored.sample_every = r.cfg.sample_every;
     stored.checkpoint_every = r.cfg.checkpoint_every;
     stored.device = r.cfg.device;
+    stored.cuda_graph = r.cfg.cuda_graph;
     stored.out_dir = r.cfg.out_dir;
     r.cfg = stored;
   }
   const TrainConfig& cfg = r.cfg;
+  check_device_training(cfg);  // the resumed run's settings
   r.device = resolve_device(cfg.device);
   set_current_device(r.device);
   r.data = load_dataset(cfg.dataset, "train");
@@ -625,8 +638,14 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   // (VDM trains both with the same loss and optimizer), checkpointed as snr.*, ema.snr.*, opt.*.snr.*.
   if (r.snr)
     for (auto& [name, var] : r.snr->named_parameters()) params.emplace_back("snr." + name, var);
-  r.opt = std::make_unique<AdamW>(params, ao);
-  r.ema = std::make_unique<EMA>(params, static_cast<float>(cfg.ema_decay), cfg.ema_warmup);
+  if (r.device.is_cuda()) {
+    r.dev = std::make_unique<DeviceTrainer>(r.unet, cfg);
+    if (cb.on_message)
+      cb.on_message("the whole step on " + r.device.str() + (cfg.cuda_graph ? ", captured as a CUDA graph" : ""));
+  } else {
+    r.opt = std::make_unique<AdamW>(params, ao);
+    r.ema = std::make_unique<EMA>(params, static_cast<float>(cfg.ema_decay), cfg.ema_warmup);
+  }
   data::BatcherOptions bo;
   bo.batch_size = cfg.batch;
   bo.seed = cfg.seed;
@@ -639,8 +658,12 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     try {
       r.unet->load_state(with_prefix(resumed.tensors, "model."));
       if (r.snr) r.snr->load_state(with_prefix(resumed.tensors, "snr."));
-      r.ema->load_state(resumed.tensors);
-      r.opt->load_state(resumed.tensors);
+      if (r.dev) {
+        r.dev->load_state(resumed.tensors);
+      } else {
+        r.ema->load_state(resumed.tensors);
+        r.opt->load_state(resumed.tensors);
+      }
     } catch (const Error& e) {
       DF_FAIL(ckpt, ": cannot resume: ", e.what());
     }
@@ -663,6 +686,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
 
   const int B = cfg.batch;
   int64_t consecutive_bad = 0;
+  auto lr_at = [&](int64_t t) { return r.dev ? r.dev->lr_at(t) : r.opt->lr_at(t); };
   auto t_last = std::chrono::steady_clock::now();
   double loss_acc = 0;
   int64_t loss_n = 0, since_log = 0;
@@ -671,33 +695,42 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   while (r.step < cfg.steps) {
     if (cb.should_stop && cb.should_stop()) break;
     data::Batch batch = r.batcher->next();
-    x = batch.images.to(r.device);
-    labels = batch.labels;
     const int64_t s = r.step;
-
-    Tensor y;
-    if (r.unet->config().num_classes > 0) {
-      // Classifier-free guidance: a share of the labels becomes the null class.
-      std::vector<int64_t> l = labels.to_vector_i64();
-      for (int b = 0; b < B; ++b)
-        if (philox_uniform(cfg.seed, stream(s, kLabelDrop), static_cast<uint64_t>(b)) < cfg.label_dropout)
-          l[b] = r.unet->config().num_classes;
-      y = Tensor::from_vector_i64(l, {B}, r.device);
-    }
-    r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
-    ag::Var loss = vdm ? vdm_step_loss(r, x, y, s) : ddpm_step_loss(r, x, y, s);
-    double lv = loss.value().item();
-    double gnorm = 0;
-    bool ok = std::isfinite(lv);
-    if (ok) {
-      ag::backward(loss);
-      gnorm = clip_grad_norm(params, cfg.grad_clip > 0 ? cfg.grad_clip : 1e30);
-      ok = std::isfinite(gnorm);
+    double lv = 0, gnorm = 0;
+    bool ok = false;
+    if (r.dev) {
+      // The whole step on the GPU; it skips a non-finite step itself (device_trainer.h).
+      const DeviceTrainer::Result d = r.dev->step(batch.images);
+      lv = d.loss;
+      gnorm = d.grad_norm;
+      ok = d.applied;
     } else {
-      ag::clear_tape();
+      x = batch.images.to(r.device);
+      labels = batch.labels;
+      Tensor y;
+      if (r.unet->config().num_classes > 0) {
+        // Classifier-free guidance: a share of the labels becomes the null class.
+        std::vector<int64_t> l = labels.to_vector_i64();
+        for (int b = 0; b < B; ++b)
+          if (philox_uniform(cfg.seed, stream(s, kLabelDrop), static_cast<uint64_t>(b)) < cfg.label_dropout)
+            l[b] = r.unet->config().num_classes;
+        y = Tensor::from_vector_i64(l, {B}, r.device);
+      }
+      r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
+      ag::Var loss = vdm ? vdm_step_loss(r, x, y, s) : ddpm_step_loss(r, x, y, s);
+      lv = loss.value().item();
+      ok = std::isfinite(lv);
+      if (ok) {
+        ag::backward(loss);
+        gnorm = clip_grad_norm(params, cfg.grad_clip > 0 ? cfg.grad_clip : 1e30);
+        ok = std::isfinite(gnorm);
+      } else {
+        ag::clear_tape();
+      }
+      if (ok) r.opt->step(r.ema.get());
+      r.opt->zero_grad();
     }
     if (ok) {
-      r.opt->step(r.ema.get());
       consecutive_bad = 0;
       loss_acc += lv;
       ++loss_n;
@@ -708,7 +741,6 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
                " consecutive steps (at step ", s + 1, "); stopping. Lower --lr or raise --grad-clip; the last "
                "checkpoint (", ckpt, ") holds finite weights");
     }
-    r.opt->zero_grad();
     ++r.step;
     ++since_log;
 
@@ -716,7 +748,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       auto now = std::chrono::steady_clock::now();
       double dt = std::chrono::duration<double>(now - t_last).count();
       t_last = now;
-      StepStats st{r.step, loss_n ? loss_acc / loss_n : NAN, gnorm, r.opt->lr_at(r.step),
+      StepStats st{r.step, loss_n ? loss_acc / loss_n : NAN, gnorm, lr_at(r.step),
                    dt > 0 ? since_log * B / dt : 0, r.nonfinite_total, cfg.steps};
       log << st.step << ',' << st.loss << ',' << st.grad_norm << ',' << st.lr << ',' << st.images_per_s << ','
           << st.nonfinite_skipped << '\n';
@@ -726,7 +758,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       loss_n = 0;
       since_log = 0;
     } else if (cb.on_step) {
-      cb.on_step(StepStats{r.step, lv, gnorm, r.opt->lr_at(r.step), 0, r.nonfinite_total, cfg.steps});
+      cb.on_step(StepStats{r.step, lv, gnorm, lr_at(r.step), 0, r.nonfinite_total, cfg.steps});
     }
     if (cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0 && r.step < cfg.steps) {
       write_checkpoint(r);

@@ -57,6 +57,7 @@ struct TrainConfig {
   uint64_t seed = 0;
   std::string device = "auto";
   bool bf16 = true;                // CUDA activations in bf16 (the cpu computes in f32)
+  bool cuda_graph = true;          // on a GPU: the step captured as a CUDA graph and replayed
   std::string out_dir = "runs/diffuse";
   int64_t log_every = 10;
   int64_t sample_every = 500;      // 0: only at the end

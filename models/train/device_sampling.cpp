@@ -1,0 +1,63 @@
+// models/train/device_sampling.cpp: the device sampling loop behind `diffuse sample`
+// (device_sampling.h).
+#include "models/train/device_sampling.h"
+
+#include "core/check.h"
+#include "models/diffusion/device_sampler.h"
+#include "models/train/graph_step.h"
+#include "models/train/trainer.h"
+
+namespace diffuse::train {
+
+namespace {
+
+bool same_plan(diffusion::SamplerKind ka, const diffusion::SamplerOptions& a, diffusion::SamplerKind kb,
+               const diffusion::SamplerOptions& b) {
+  return ka == kb && a.shape == b.shape && a.steps == b.steps && a.prediction == b.prediction &&
+         a.clip_x0 == b.clip_x0 && a.spacing == b.spacing && a.variance == b.variance && a.eta == b.eta;
+}
+
+}  // namespace
+
+bool device_loop_supports(diffusion::SamplerKind kind, const nn::UNetConfig& unet, const TrainConfig& cfg,
+                          const diffusion::SamplerOptions& o) {
+  using diffusion::SamplerKind;
+  if (kind != SamplerKind::ddpm && kind != SamplerKind::ddim && kind != SamplerKind::vdm) return false;
+  if (unet.num_classes > 0 || o.labels.defined() || o.guidance.cfg_scale != 0 || o.guidance.grad_log_p) return false;
+  if (o.z_T.defined() || !o.timesteps.empty() || !o.section_counts.empty()) return false;
+  const bool learned = learned_variance(cfg);
+  if (learned != (o.variance == diffusion::VarianceKind::learned)) return false;  // 2C outputs only for ddpm
+  if (learned && kind != SamplerKind::ddpm) return false;
+  return true;
+}
+
+DeviceSampling::DeviceSampling(std::shared_ptr<nn::UNet> unet, const TrainConfig& cfg, Device device, bool graph)
+    : unet_(std::move(unet)), timesteps_(cfg.timesteps), device_(device), graph_(graph && device.is_cuda()) {
+  DF_CHECK(unet_, "DeviceSampling: no model");
+}
+
+DeviceSampling::~DeviceSampling() = default;
+
+Tensor DeviceSampling::sample(diffusion::SamplerKind kind, const diffusion::Schedule& s,
+                              const diffusion::SamplerOptions& o) {
+  if (!loop_ || !same_plan(kind, o, kind_, key_)) {
+    loop_.reset();  // its buffers and graph go before the next one's
+    diffusion::DeviceSamplerOptions d;
+    d.kind = kind;
+    d.sampler = o;
+    d.sampler.callback = nullptr;
+    d.time_of = unet_time_of(timesteps_);
+    d.graph = graph_;
+    d.device = device_;
+    // f32, as make_denoiser: the same images as the host-driven samplers on this device.
+    loop_ = std::make_unique<diffusion::DeviceSampler>(s, unet_device_denoiser(unet_, false), d);
+    kind_ = kind;
+    key_ = d.sampler;
+  }
+  loop_->run(o.seed);
+  Tensor out = loop_->to_host();
+  if (o.callback) o.callback(loop_->steps() - 1, loop_->steps(), Tensor(), Tensor());
+  return out;
+}
+
+}  // namespace diffuse::train

@@ -1,0 +1,127 @@
+// models/train/device_trainer.cpp: DeviceTrainStep behind train()'s loop (device_trainer.h).
+// n the flat buffers' length (ParamLayout, padding included).
+#include "models/train/device_trainer.h"
+
+#include <cmath>
+#include <sstream>
+
+#include "core/check.h"
+#include "core/device.h"
+#include "models/train/graph_step.h"
+#include "models/train/trainer.h"
+
+namespace diffuse::train {
+
+void check_device_training(const TrainConfig& cfg) {
+  const Device d = resolve_device(cfg.device);
+  if (!d.is_cuda()) return;
+  // The device step takes no labels (the UNet checks them on the host, which a captured step
+  // cannot) and regresses one target with a weighted MSE (no VLB term).
+  DF_CHECK(!cfg.class_cond, "--class-cond is not supported by the GPU training step (--device ", cfg.device,
+           "); train a class-conditional model with --device cpu");
+  DF_CHECK(!cfg.model.contains("num_classes") || cfg.model.at("num_classes") == 0,
+           "model key num_classes is not supported by the GPU training step (--device ", cfg.device,
+           "); train a class-conditional model with --device cpu");
+  DF_CHECK(cfg.objective == "eps" || cfg.objective == "x0" || cfg.objective == "v", "--objective ", cfg.objective,
+           " is not supported by the GPU training step (--device ", cfg.device,
+           "), which trains eps, x0 or v; train it with --device cpu");
+}
+
+DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& cfg) {
+  check_device_training(cfg);
+  DeviceTrainOptions o;
+  o.timesteps = cfg.timesteps;
+  o.schedule = cfg.schedule;
+  o.objective = cfg.objective;
+  o.loss_weight = cfg.loss_weight;
+  // train()'s AdamW: weight decay on every parameter, the flat layout.
+  adamw_.lr = static_cast<float>(cfg.lr);
+  adamw_.beta1 = static_cast<float>(cfg.beta1);
+  adamw_.beta2 = static_cast<float>(cfg.beta2);
+  adamw_.eps = static_cast<float>(cfg.adam_eps);
+  adamw_.weight_decay = static_cast<float>(cfg.weight_decay);
+  adamw_.decay_vectors = true;
+  adamw_.warmup_steps = cfg.warmup;
+  adamw_.flat = true;
+  o.adamw = adamw_;
+  o.grad_clip = cfg.grad_clip;
+  o.ema_decay = static_cast<float>(cfg.ema_decay);
+  o.ema_warmup = cfg.ema_warmup;
+  o.bf16 = cfg.bf16;
+  o.graph = cfg.cuda_graph;
+  o.seed = cfg.seed;
+  step_ = std::make_unique<DeviceTrainStep>(std::move(unet), o);
+}
+
+DeviceTrainer::~DeviceTrainer() = default;
+
+bool DeviceTrainer::captured() const { return step_->captured(); }
+
+void DeviceTrainer::load_state(const std::map<std::string, Tensor>& ckpt) {
+  const ParamLayout& layout = step_->layout();
+  const int64_t n = step_->weights().numel();
+  std::ostringstream err;
+  int problems = 0;
+  auto find = [&](const std::string& key, const Shape& shape) -> const Tensor* {
+    auto it = ckpt.find(key);
+    if (it == ckpt.end()) {
+      err << "\n  missing: " << key;
+    } else if (!(it->second.shape() == shape)) {
+      err << "\n  shape mismatch: " << key << " should be " << shape.str() << ", is " << it->second.shape().str();
+    } else {
+      return &it->second;
+    }
+    ++problems;
+    return nullptr;
+  };
+  // The flat buffers on the cpu (padding zero), filled segment by segment, then one copy each.
+  Tensor m = Tensor::zeros({n}), v = Tensor::zeros({n}), ema = Tensor::zeros({n});
+  for (size_t i = 0; i < layout.segments.size(); ++i) {
+    const Segment& sg = layout.segments[i];
+    if (const Tensor* t = find("opt.m." + sg.name, sg.shape)) layout.view(m, i).copy_(t->to(DType::f32));
+    if (const Tensor* t = find("opt.v." + sg.name, sg.shape)) layout.view(v, i).copy_(t->to(DType::f32));
+    if (const Tensor* t = find("ema." + sg.name, sg.shape)) layout.view(ema, i).copy_(t->to(DType::f32));
+  }
+  const Tensor* st = find("trainer.state", Shape{4});
+  DF_CHECK(problems == 0, "the GPU training step cannot restore the checkpoint: ", problems, " problem(s)", err.str());
+  const int64_t steps = st->to_vector_i64().at(0);
+  step_->restore(m, v, ema, steps);
+}
+
+std::map<std::string, Tensor> DeviceTrainer::state() {
+  step_->synchronize();
+  const ParamLayout& layout = step_->layout();
+  const Tensor m = step_->adam_m().to(Device::cpu()), v = step_->adam_v().to(Device::cpu()),
+               ema = step_->ema().to(Device::cpu());
+  std::map<std::string, Tensor> out;
+  for (size_t i = 0; i < layout.segments.size(); ++i) {
+    const std::string& name = layout.segments[i].name;
+    out.emplace("opt.m." + name, layout.view(m, i));
+    out.emplace("opt.v." + name, layout.view(v, i));
+    out.emplace("ema." + name, layout.view(ema, i));
+  }
+  out.emplace("opt.step", Tensor::from_vector_i64({step_->steps()}, {1}));
+  out.emplace("ema.num_updates", Tensor::from_vector_i64({step_->steps()}, {1}));
+  return out;
+}
+
+DeviceTrainer::Result DeviceTrainer::step(const Tensor& images) {
+  step_->step(images);
+  Result r;
+  r.loss = step_->loss();
+  r.grad_norm = step_->grad_norm();
+  // The device skipped the update exactly when the norm (which a non-finite loss poisons) is not
+  // finite (graph_step.h).
+  r.applied = std::isfinite(r.grad_norm);
+  return r;
+}
+
+float DeviceTrainer::lr_at(int64_t t) const {
+  if (adamw_.warmup_steps > 0 && t < adamw_.warmup_steps)
+    return adamw_.lr * static_cast<float>(t) / static_cast<float>(adamw_.warmup_steps);
+  return adamw_.lr;
+}
+
+void DeviceTrainer::swap_ema() { step_->swap_ema(); }
+
+}  // namespace diffuse::train
