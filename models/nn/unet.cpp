@@ -335,7 +335,11 @@ void check_input(const ag::Var& x, const UNetConfig& c, const char* who) {
 
 // ---- UNet ---------------------------------------------------------------------------------------
 
-UNet::UNet(const UNetConfig& cfg, uint64_t seed) : cfg_(cfg) {
+UNet::UNet(const UNetConfig& cfg, uint64_t seed) : UNet(cfg, seed, true) {}
+
+UNet::UNet(const UNetConfig& cfg, Undrawn) : UNet(cfg, 0, false) {}
+
+UNet::UNet(const UNetConfig& cfg, uint64_t seed, bool draw) : cfg_(cfg) {
   cfg_.validate();
   const UNetConfig& c = cfg_;
   build_time_embedding(*this, c, time_fc1_, time_fc2_);
@@ -378,7 +382,7 @@ UNet::UNet(const UNetConfig& cfg, uint64_t seed) : cfg_(cfg) {
   DF_CHECK(skips.empty(), "UNet: internal skip bookkeeping");
   out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(c.groups, ch));
   out_conv_ = register_module("out_conv", std::make_shared<Conv2d>(ch, c.output_channels(), 3, 1, /*zero_init=*/true));
-  init_parameters(seed, parse_init_scheme(c.init));
+  if (draw) init_parameters(seed, parse_init_scheme(c.init));
 }
 
 ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels) {

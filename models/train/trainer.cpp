@@ -525,7 +525,7 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
     m.config = TrainConfig::from_json(nlohmann::json::parse(meta("config")));
     nn::UNetConfig unet_config = nn::UNetConfig::from_json(nlohmann::json::parse(meta("unet")));
     HostAllocationLimit limit(weight_bytes, "the model that the checkpoint's config describes");
-    m.unet = std::make_shared<nn::UNet>(unet_config);
+    m.unet = std::make_shared<nn::UNet>(unet_config, nn::UNet::Undrawn{});  // load_state fills it below
   } catch (const nlohmann::json::exception& e) {
     DF_FAIL(path, ": malformed config in the checkpoint metadata (", e.what(), ")");
   } catch (const Error& e) {

@@ -77,6 +77,23 @@ TEST_CASE("init is reproducible from the seed, and the fresh model outputs zero"
   for (float v : y.value().to_vector()) CHECK(v == 0.f);
 }
 
+TEST_CASE("an undrawn UNet has the drawn one's parameters, all 0, until load_state fills them", "[cpu][models]") {
+  auto c = UNetConfig::preset("tiny");
+  c.num_classes = 3;
+  const UNet drawn(c, test::next_seed());
+  UNet undrawn(c, UNet::Undrawn{});
+  const auto want = drawn.state(), got = undrawn.state();
+  REQUIRE(got.size() == want.size());
+  for (const auto& [name, t] : got) {
+    CAPTURE(name);
+    REQUIRE(want.count(name));
+    CHECK(t.shape() == want.at(name).shape());
+    CHECK(t.to_vector() == std::vector<float>(t.numel(), 0.f));
+  }
+  undrawn.load_state(want);
+  for (const auto& [name, t] : undrawn.state()) CHECK(t.to_vector() == want.at(name).to_vector());
+}
+
 TEST_CASE("config JSON round-trips and rejects unknown keys", "[cpu][models]") {
   for (const auto& name : UNetConfig::preset_names()) {
     auto c = UNetConfig::preset(name);
