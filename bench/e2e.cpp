@@ -44,6 +44,7 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "autograd/autocast.h"
@@ -172,91 +173,46 @@ struct Options {
   std::string twin_preset, twin_path;  // --export-twin
 };
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  size_t at = 0;
-  while (at <= s.size()) {
-    const size_t comma = s.find(',', at);
-    out.push_back(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
-    if (comma == std::string::npos) break;
-    at = comma + 1;
-  }
-  return out;
-}
-
-void usage() {
-  std::printf(
-      "bench/e2e: end-to-end training and sampling throughput of UNet presets on one GPU\n"
-      "\n"
-      "  --preset LIST        presets, comma-separated (default ddpm-cifar10,fmnist)\n"
-      "  --batch N            training batch (default 128)\n"
-      "  --sample-batch LIST  sampling batches (default 256,1)\n"
-      "  --sample-steps N     steps of each timed sampling run (default 20)\n"
-      "  --sampler NAME       ddpm (ancestral, noise each step) or ddim (default ddpm)\n"
-      "  --graph MODE         both, on (CUDA graphs) or off (every kernel launched) (default both)\n"
-      "  --fp32               activations in f32 (default: bf16 autocast)\n"
-      "  --warmup N           untimed steps / runs first (default 5; the first captures the graph)\n"
-      "  --iters N            timed steps / runs; the median is reported (default 30)\n"
-      "  --json PATH          also write the results as JSON\n"
-      "  --flops-only         print parameters and FLOPs per image of each preset and exit (no GPU needed)\n"
-      "  --export-twin PRESET FILE\n"
-      "                       write the preset's weights (zero-initialised layers drawn at random), an\n"
-      "                       input and diffuse's f32 cpu output to FILE (safetensors) and exit, for\n"
-      "                       bench/torch_e2e.py --check-twin (no GPU needed)\n"
-      "  --help               this text\n"
-      "\n"
-      "Without a GPU it prints one line saying so and exits 0.\n");
-}
-
+// The flags, through CLI11 like the diffuse CLI: --help lists them; a bad value is one message.
 Options parse(int argc, char** argv) {
   Options o;
-  auto value = [&](int& i) -> std::string {
-    DF_CHECK(i + 1 < argc, "e2e: ", argv[i], " needs a value (--help)");
-    return argv[++i];
-  };
-  auto to_int = [](const std::string& s, const char* what) {
-    char* end = nullptr;
-    const long v = std::strtol(s.c_str(), &end, 10);
-    DF_CHECK(end && *end == 0 && v >= 1 && v <= (1 << 20), "e2e: ", what, " must be a positive integer, got '", s, "'");
-    return static_cast<int>(v);
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      usage();
-      std::exit(0);
-    } else if (a == "--preset") {
-      o.presets = split(value(i));
-    } else if (a == "--batch") {
-      o.batch = to_int(value(i), "--batch");
-    } else if (a == "--sample-batch") {
-      o.sample_batches.clear();
-      for (const std::string& s : split(value(i))) o.sample_batches.push_back(to_int(s, "--sample-batch"));
-    } else if (a == "--sample-steps") {
-      o.sample_steps = to_int(value(i), "--sample-steps");
-    } else if (a == "--sampler") {
-      o.sampler = value(i);
-      DF_CHECK(o.sampler == "ddpm" || o.sampler == "ddim", "e2e: --sampler ddpm or ddim, got '", o.sampler, "'");
-    } else if (a == "--graph") {
-      const std::string g = value(i);
-      DF_CHECK(g == "both" || g == "on" || g == "off", "e2e: --graph both, on or off, got '", g, "'");
-      o.graphs = g == "both" ? std::vector<bool>{true, false} : std::vector<bool>{g == "on"};
-    } else if (a == "--fp32") {
-      o.bf16 = false;
-    } else if (a == "--warmup") {
-      o.warmup = to_int(value(i), "--warmup");
-    } else if (a == "--iters") {
-      o.iters = to_int(value(i), "--iters");
-    } else if (a == "--json") {
-      o.json_path = value(i);
-    } else if (a == "--flops-only") {
-      o.flops_only = true;
-    } else if (a == "--export-twin") {
-      o.twin_preset = value(i);
-      o.twin_path = value(i);
-    } else {
-      DF_FAIL("e2e: unknown argument '", a, "' (--help)");
-    }
+  CLI::App app{"bench/e2e: end-to-end training and sampling throughput of UNet presets on one GPU.\n"
+               "Without a GPU it prints one line saying so and exits 0.",
+               "e2e"};
+  std::string graph = "both";
+  bool fp32 = false;
+  std::vector<std::string> twin;
+  app.add_option("--preset", o.presets, "presets, comma-separated")->delimiter(',')->capture_default_str();
+  app.add_option("--batch", o.batch, "training batch")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--sample-batch", o.sample_batches, "sampling batches, comma-separated")
+      ->delimiter(',')->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--sample-steps", o.sample_steps, "steps of each timed sampling run")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--sampler", o.sampler, "ddpm (ancestral, noise each step) or ddim")
+      ->check(CLI::IsMember({"ddpm", "ddim"}))->capture_default_str();
+  app.add_option("--graph", graph, "both, on (CUDA graphs) or off (every kernel launched)")
+      ->check(CLI::IsMember({"both", "on", "off"}))->capture_default_str();
+  app.add_flag("--fp32", fp32, "activations in f32 (default: bf16 autocast)");
+  app.add_option("--warmup", o.warmup, "untimed steps / runs first (the first captures the graph)")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--iters", o.iters, "timed steps / runs; the median is reported")
+      ->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--json", o.json_path, "also write the results as JSON to this path");
+  app.add_flag("--flops-only", o.flops_only,
+               "print parameters and FLOPs per image of each preset and exit (no GPU needed)");
+  app.add_option("--export-twin", twin, "PRESET FILE: write the preset's weights (zero-initialised layers drawn at "
+                 "random), an input and diffuse's f32 cpu output to FILE (safetensors) and exit, for "
+                 "bench/torch_e2e.py --check-twin (no GPU needed)")->expected(2);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
+  }
+  o.graphs = graph == "both" ? std::vector<bool>{true, false} : std::vector<bool>{graph == "on"};
+  o.bf16 = !fp32;
+  if (twin.size() == 2) {
+    o.twin_preset = twin[0];
+    o.twin_path = twin[1];
   }
   for (const std::string& p : o.presets) (void)nn::UNetConfig::preset(p);  // fails on an unknown name
   return o;

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "core/check.h"
@@ -69,49 +70,23 @@ struct Options {
   std::string json_path;
 };
 
-void usage() {
-  std::printf(
-      "bench/kernels: each hand-written CUDA kernel of diffuse, its time, GB/s and TFLOP/s, as a share of\n"
-      "the device's measured copy bandwidth and bf16 matrix rate, beside cuBLAS / copy-engine baselines\n"
-      "\n"
-      "  --only SUBSTRING     only the cases whose kernel name contains SUBSTRING\n"
-      "  --warmup N           untimed runs of each case first (default 10)\n"
-      "  --iters N            timed runs, each after an L2 flush; the median is reported (default 50)\n"
-      "  --json PATH          also write the results as JSON\n"
-      "  --help               this text\n"
-      "\n"
-      "Without a GPU it prints one line saying so and exits 0.\n");
-}
-
+// The flags, through CLI11 like the diffuse CLI: --help lists them; a bad value is one message.
 Options parse(int argc, char** argv) {
   Options o;
-  auto value = [&](int& i) -> std::string {
-    DF_CHECK(i + 1 < argc, "kernels: ", argv[i], " needs a value (--help)");
-    return argv[++i];
-  };
-  auto to_int = [](const std::string& s, const char* what) {
-    char* end = nullptr;
-    const long v = std::strtol(s.c_str(), &end, 10);
-    DF_CHECK(end && *end == 0 && v >= 1 && v <= 100000, "kernels: ", what, " must be a positive integer, got '", s,
-             "'");
-    return static_cast<int>(v);
-  };
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    if (a == "--help" || a == "-h") {
-      usage();
-      std::exit(0);
-    } else if (a == "--only") {
-      o.only = value(i);
-    } else if (a == "--warmup") {
-      o.warmup = to_int(value(i), "--warmup");
-    } else if (a == "--iters") {
-      o.iters = to_int(value(i), "--iters");
-    } else if (a == "--json") {
-      o.json_path = value(i);
-    } else {
-      DF_FAIL("kernels: unknown option '", a, "' (--help)");
-    }
+  CLI::App app{"bench/kernels: each hand-written CUDA kernel of diffuse, its time, GB/s and TFLOP/s, as a share "
+               "of the device's measured copy bandwidth and bf16 matrix rate, beside cuBLAS / copy-engine "
+               "baselines.\nWithout a GPU it prints one line saying so and exits 0.",
+               "kernels"};
+  app.add_option("--only", o.only, "only the cases whose kernel name contains this");
+  app.add_option("--warmup", o.warmup, "untimed runs of each case first")->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--iters", o.iters, "timed runs, each after an L2 flush; the median is reported")
+      ->check(CLI::Range(1, 100000))->capture_default_str();
+  app.add_option("--json", o.json_path, "also write the results as JSON to this path");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    std::exit(app.exit(e));
   }
   return o;
 }
