@@ -7,6 +7,7 @@
 #include <fstream>
 #include <map>
 #include <string>
+#include <vector>
 
 #include "core/safetensors.h"
 #include "models/train/trainer.h"
@@ -74,6 +75,16 @@ inline train::TrainConfig tiny_config(const std::string& dataset, const std::str
 }
 
 inline std::map<std::string, Tensor> tensors_of(const std::string& path) { return read_safetensors(path).tensors; }
+
+// The loss column of a run's log.csv (step,loss,grad_norm,...), one value a row after the header.
+inline std::vector<double> logged_losses(const std::string& log_csv) {
+  std::ifstream log(log_csv);
+  std::vector<double> losses;
+  std::string line;
+  std::getline(log, line);
+  while (std::getline(log, line)) losses.push_back(std::stod(line.substr(line.find(',') + 1)));
+  return losses;
+}
 
 
 }  // namespace diffuse::test::train_util
