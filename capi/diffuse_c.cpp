@@ -48,7 +48,7 @@ struct diffuse_model {
 };
 
 struct diffuse_schedule {
-  std::unique_ptr<dd::Schedule> schedule;
+  std::shared_ptr<const dd::Schedule> schedule;  // shared: a vdm model's learned one holds its SNR net
   int64_t timesteps = 0;  // 0: continuous
 };
 
@@ -319,6 +319,11 @@ void callback_labels(const diffuse_sampler& s, const int64_t* labels, Job& job) 
 
 const char* prediction_name_list = "0 (eps), 1 (x0) or 2 (v)";
 
+// T of the model's schedule, 0 for a continuous one (objective vdm: learned or linear log-SNR).
+int64_t model_timesteps(const train::LoadedModel& m) {
+  return train::continuous_time(m.config) ? 0 : m.config.timesteps;
+}
+
 }  // namespace
 
 extern "C" {
@@ -455,8 +460,8 @@ diffuse_status diffuse_schedule_from_model(const diffuse_model* model, diffuse_s
     *out = nullptr;
     require(model, "model");
     auto s = std::make_unique<diffuse_schedule>();
-    s->schedule = std::make_unique<dd::DiscreteSchedule>(train::make_schedule(model->loaded.config));
-    s->timesteps = model->loaded.config.timesteps;
+    s->schedule = train::model_schedule(model->loaded);
+    s->timesteps = model_timesteps(model->loaded);
     *out = s.release();
   });
 }
@@ -584,8 +589,8 @@ diffuse_status diffuse_sample(const diffuse_sampler* sampler, const diffuse_sche
     std::unique_ptr<diffuse_schedule> own;
     if (!schedule) {
       own = std::make_unique<diffuse_schedule>();
-      own->schedule = std::make_unique<dd::DiscreteSchedule>(train::make_schedule(m->loaded.config));
-      own->timesteps = m->loaded.config.timesteps;
+      own->schedule = train::model_schedule(m->loaded);
+      own->timesteps = model_timesteps(m->loaded);
       schedule = own.get();
     }
     check_sampler(sampler, schedule);
@@ -642,8 +647,8 @@ diffuse_status diffuse_ddim_invert(const diffuse_sampler* sampler, const diffuse
     std::unique_ptr<diffuse_schedule> own;
     if (!schedule) {
       own = std::make_unique<diffuse_schedule>();
-      own->schedule = std::make_unique<dd::DiscreteSchedule>(train::make_schedule(m->loaded.config));
-      own->timesteps = m->loaded.config.timesteps;
+      own->schedule = train::model_schedule(m->loaded);
+      own->timesteps = model_timesteps(m->loaded);
       schedule = own.get();
     }
     check_sampler(sampler, schedule);

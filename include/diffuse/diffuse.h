@@ -161,7 +161,8 @@ DIFFUSE_API diffuse_status diffuse_model_device(const diffuse_model* model, cons
  * "linear_logsnr" (VDM's continuous schedule; timesteps must be 0). */
 DIFFUSE_API diffuse_status diffuse_schedule_create(const char* name, int64_t timesteps,
                                                    diffuse_schedule** out) DIFFUSE_NOEXCEPT;
-/* The schedule the model was trained with. */
+/* The schedule the model was trained with: discrete (DDPM betas), or continuous for a model trained
+ * with the vdm objective (its learned SNR network, or VDM's linear log-SNR). */
 DIFFUSE_API diffuse_status diffuse_schedule_from_model(const diffuse_model* model, diffuse_schedule** out) DIFFUSE_NOEXCEPT;
 DIFFUSE_API void diffuse_schedule_free(diffuse_schedule* schedule) DIFFUSE_NOEXCEPT;
 /* alpha_t and sigma_t at continuous time t in [0, 1] (either pointer may be NULL). */

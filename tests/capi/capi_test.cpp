@@ -23,6 +23,7 @@
 #include "models/train/trainer.h"
 #include "tests/diffusion/oracle.h"
 #include "tests/test_util.h"
+#include "tests/tools/train_util.h"
 
 using namespace diffuse;
 using namespace diffuse::diffusion;
@@ -427,6 +428,48 @@ void expect_error(F&& call, diffuse_status want, std::initializer_list<const cha
 }
 
 }  // namespace
+
+TEST_CASE("C API: a vdm checkpoint samples on its learned schedule as the C++ path", "[cpu][capi]") {
+  namespace tu = diffuse::test::train_util;
+  tu::TempDir dir;
+  train::TrainConfig c = tu::tiny_config(tu::make_idx(dir, 8), dir / "run");
+  c.class_cond = false;
+  c.objective = "vdm";
+  c.schedule = "learned";
+  c.steps = 2;
+  const std::string path = train::train(c, false);
+  Handles h;
+  REQUIRE(diffuse_model_load(path.c_str(), "cpu", 0, &h.model) == DIFFUSE_OK);
+  REQUIRE(diffuse_schedule_from_model(h.model, &h.schedule) == DIFFUSE_OK);
+  int64_t T = -1;
+  REQUIRE(diffuse_schedule_timesteps(h.schedule, &T) == DIFFUSE_OK);
+  CHECK(T == 0);  // continuous
+  train::LoadedModel m = train::load_checkpoint(path, Device::cpu());
+  const std::shared_ptr<const Schedule> sch = train::model_schedule(m);
+  REQUIRE(sch->name() == "learned");
+  for (double t : {0.0, 0.3, 1.0}) {
+    double a = 0, sg = 0;
+    REQUIRE(diffuse_schedule_alpha_sigma(h.schedule, t, &a, &sg) == DIFFUSE_OK);
+    CHECK(a == sch->alpha(t));
+    CHECK(sg == sch->sigma(t));
+  }
+  REQUIRE(diffuse_sampler_create("vdm", &h.sampler) == DIFFUSE_OK);
+  REQUIRE(diffuse_sampler_set_steps(h.sampler, 4) == DIFFUSE_OK);
+  const int64_t n = 3;
+  const uint64_t seed = test::next_seed();
+  std::vector<float> got(n * 8 * 8);
+  REQUIRE(diffuse_sample(h.sampler, nullptr, h.model, n, seed, nullptr, nullptr, got.data(), got.size()) == DIFFUSE_OK);
+  // The C++ path of `diffuse sample --sampler vdm --steps 4`.
+  Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, Device::cpu());
+  ag::NoGrad ng;
+  SamplerOptions o;
+  o.shape = Shape{n, 8, 8, 1};
+  o.seed = seed;
+  o.steps = 4;
+  o.prediction = Prediction::eps;
+  o.clip_x0 = true;
+  CHECK(max_abs_diff(got, sample(SamplerKind::vdm, *sch, f, o)) == 0);
+}
 
 TEST_CASE("C API: bad calls return a status and a message that says what was wrong", "[cpu][capi]") {
   const fs::path dir = temp_dir("errors");
