@@ -7,6 +7,12 @@ file(GLOB DIFFUSE_LIB_SOURCES CONFIGURE_DEPENDS
      ${CMAKE_SOURCE_DIR}/autograd/*.cpp
      ${CMAKE_SOURCE_DIR}/models/*.cpp
      ${CMAKE_SOURCE_DIR}/models/*/*.cpp)
+# stb's own code, in a file of its own: in sanitizer builds with ASan but without UBSan, for the
+# upstream arithmetic defects of stb_image 2.27 that core/stb_impl.cpp describes.
+if(DIFFUSE_SANITIZE OR DIFFUSE_FUZZ)
+  set_source_files_properties(${CMAKE_SOURCE_DIR}/core/stb_impl.cpp PROPERTIES
+                              COMPILE_OPTIONS -fno-sanitize=undefined)
+endif()
 # Sources that only make sense with the CUDA toolkit: <name>_cuda.cpp (host code calling the CUDA
 # runtime, cuBLAS, cuDNN) and every .cu file.
 file(GLOB DIFFUSE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS

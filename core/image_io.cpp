@@ -6,17 +6,13 @@
 
 #include "core/file_io.h"
 
-// The one definition of stb_image and stb_image_write in the library. Decoders limited to the
-// formats we read (less code facing untrusted files), and a dimension cap so a header that
-// claims 10^9 x 10^9 pixels fails instead of allocating.
-#define STB_IMAGE_IMPLEMENTATION
+// stb_image and stb_image_write themselves are compiled in core/stb_impl.cpp (with these settings).
 #define STBI_ONLY_PNG
 #define STBI_ONLY_JPEG
 #define STBI_ONLY_BMP
 #define STBI_MAX_DIMENSIONS (1 << 15)
 #define STBI_FAILURE_USERMSG
 #include <stb/stb_image.h>
-#define STB_IMAGE_WRITE_IMPLEMENTATION
 #include <stb/stb_image_write.h>
 
 namespace diffuse {
