@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -250,4 +252,54 @@ TEST_CASE("image_io: hostile files found by fuzzing are refused", "[cpu][core][i
   }
   CHECK_THROWS_WITH(decode_image_u8(huge.data(), huge.size(), 3, "huge.png"),
                     Catch::Contains("huge.png") && Catch::Contains("claims 16000x16000 pixels"));
+}
+
+// A JPEG whose scan uses Huffman and quantisation tables that no DHT/DQT segment defines: stb
+// 2.27 decoded it with whatever the heap held there (fuzz_images found it as an assertion that
+// came and went with the heap's history). stb's allocations are now zeroed (core/stb_impl.cpp):
+// the undefined tables decode every block as empty, so the image is flat 128 on every run, however
+// dirty the heap was before.
+TEST_CASE("image_io: a JPEG using tables it never defines decodes the same every time", "[cpu][core][image_io]") {
+  std::vector<uint8_t> px(8 * 8 * 3);
+  std::mt19937_64 rng(test::next_seed());
+  for (auto& b : px) b = static_cast<uint8_t>(rng());
+  std::vector<uint8_t> jpg;
+  auto sink = [](void* ctx, void* data, int size) {
+    auto* v = static_cast<std::vector<uint8_t>*>(ctx);
+    v->insert(v->end(), static_cast<uint8_t*>(data), static_cast<uint8_t*>(data) + size);
+  };
+  REQUIRE(stbi_write_jpg_to_func(sink, &jpg, 8, 8, 3, px.data(), 90));
+  // Drop every DQT (FF DB) and DHT (FF C4) segment; the rest (SOF, SOS, the scan) stays.
+  std::vector<uint8_t> stripped(jpg.begin(), jpg.begin() + 2);
+  size_t p = 2;
+  int dropped = 0;
+  while (p + 4 <= jpg.size() && jpg[p] == 0xFF && jpg[p + 1] != 0xDA) {
+    const size_t len = 2 + ((size_t(jpg[p + 2]) << 8) | jpg[p + 3]);
+    if (jpg[p + 1] == 0xDB || jpg[p + 1] == 0xC4) ++dropped;
+    else stripped.insert(stripped.end(), jpg.begin() + p, jpg.begin() + p + len);
+    p += len;
+  }
+  // Keep the SOS segment; replace the scan with zero bytes (no FF, so stb finds no marker in it
+  // and reaches the EOI after the scan whatever the tables made of the bits).
+  REQUIRE(p + 4 <= jpg.size());
+  const size_t sos = 2 + ((size_t(jpg[p + 2]) << 8) | jpg[p + 3]);
+  stripped.insert(stripped.end(), jpg.begin() + p, jpg.begin() + p + sos);
+  stripped.insert(stripped.end(), 64, 0x00);
+  stripped.insert(stripped.end(), {0xFF, 0xD9});
+  REQUIRE(dropped >= 2);
+  for (uint8_t fill : {0x00, 0x5A, 0xA5, 0xFF}) {
+    INFO("heap filled with " << int(fill));
+    // Leave freed heap memory full of `fill` where stb's next allocations will come from.
+    for (size_t size : {size_t(24) << 10, size_t(96) << 10}) {
+      void* junk = std::malloc(size);
+      REQUIRE(junk != nullptr);
+      std::memset(junk, fill, size);
+      asm volatile("" : : "r"(junk) : "memory");  // keep the writes
+      std::free(junk);
+    }
+    Image8 img = decode_image_u8(stripped.data(), stripped.size(), 3, "no-tables.jpg");
+    REQUIRE(img.width == 8);
+    REQUIRE(img.height == 8);
+    CHECK(img.pixels == std::vector<uint8_t>(8 * 8 * 3, 128));
+  }
 }
