@@ -24,8 +24,8 @@ namespace {
 
 // The reference implementation's limit: a larger header is an attack, not a checkpoint.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
-// A header nests at most 3 deep (top object, tensor object, shape array); anything deeper is
-// refused before parsing so a hostile header cannot run the JSON library out of stack.
+// A header nests at most 3 deep (top object, tensor object, shape array); the reader stops at
+// anything deeper, so a hostile header cannot make the parse walk or keep a deep stack.
 constexpr int kMaxJsonDepth = 16;
 
 using json = nlohmann::json;
@@ -70,115 +70,258 @@ uint64_t header_length(const uint8_t* first8, uint64_t file_size, const std::str
   return n;
 }
 
-void check_depth(const char* s, size_t n, const std::string& name) {
-  int depth = 0;
-  bool in_string = false, escaped = false;
-  for (size_t i = 0; i < n; ++i) {
-    char c = s[i];
-    if (in_string) {
-      if (escaped) escaped = false;
-      else if (c == '\\') escaped = true;
-      else if (c == '"') in_string = false;
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      if (++depth > kMaxJsonDepth) bad(name, "header JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
-    } else if (c == '}' || c == ']') {
-      --depth;
+// A value as the header wrote it, kept for the checks; its JSON text is made only for a message.
+struct Scalar {
+  enum Kind { null, boolean, negative, index, floating, string, array, object } kind = null;
+  uint64_t index_value = 0;  // kind index: an integer >= 0
+  std::string text;          // kind string: the value; boolean, negative, floating: the JSON text
+  bool is_index() const { return kind == index; }
+  std::string dump() const {
+    switch (kind) {
+      case null: return "null";
+      case index: return std::to_string(index_value);
+      case string: return json(text).dump();
+      case array: return "an array";
+      case object: return "an object";
+      default: return text;
     }
   }
-}
+};
 
-uint64_t as_u64(const json& v, const std::string& name, const std::string& what) {
-  if (!v.is_number_unsigned() && !(v.is_number_integer() && v.get<int64_t>() >= 0))
-    bad(name, what + " must be a non-negative integer, got " + v.dump());
-  return v.get<uint64_t>();
-}
+// What a tensor entry's fields held, checked when its object closes.
+struct RawEntry {
+  std::string key;
+  bool has_dtype = false, has_shape = false, has_offsets = false;
+  Scalar dtype;
+  Scalar shape_value, offsets_value;     // the fields when not arrays
+  bool shape_is_array = false, offsets_is_array = false;
+  std::vector<Scalar> shape, offsets;    // the arrays' elements
+};
 
-Entry parse_entry(const std::string& key, const json& v, const std::string& name) {
-  const std::string where = "tensor '" + key + "'";
-  if (!v.is_object()) bad(name, where + ": expected an object, got " + std::string(v.type_name()));
-  for (const auto& [k, _] : v.items())
-    if (k != "dtype" && k != "shape" && k != "data_offsets") bad(name, where + ": unexpected field '" + k + "'");
-  for (const char* f : {"dtype", "shape", "data_offsets"})
-    if (!v.contains(f)) bad(name, where + ": missing field '" + f + "'");
-  Entry e;
-  e.name = key;
-  const json& dt = v["dtype"];
-  if (!dt.is_string()) bad(name, where + ": dtype must be a string, got " + dt.dump());
-  if (!dtype_from_st(dt.get<std::string>(), e.dtype))
-    bad(name, where + ": unsupported dtype '" + dt.get<std::string>() +
-                  "' (diffuse reads F32, F64, BF16, F16, I32, I64 and U8)");
-  const json& sh = v["shape"];
-  if (!sh.is_array()) bad(name, where + ": shape must be an array, got " + sh.dump());
-  if (sh.size() > static_cast<size_t>(kMaxDims))
-    bad(name, where + ": shape has " + std::to_string(sh.size()) + " dimensions; diffuse supports at most " +
-                  std::to_string(kMaxDims));
-  std::vector<int64_t> dims;
-  uint64_t numel = 1;
-  bool overflow = false;
-  for (const json& d : sh) {
-    uint64_t x = as_u64(d, name, where + ": each shape dimension");
-    if (x > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
-    if (__builtin_mul_overflow(numel, x, &numel)) overflow = true;
-    dims.push_back(static_cast<int64_t>(x));
+// Reads the header through nlohmann's SAX interface straight into a Header, without building a
+// document tree: the header of a checkpoint lists every tensor, and a tree of it costs more than
+// everything else a load does before the weights (it was 70% of fuzz_checkpoint's time). The
+// checks are the same as on a tree:
+//  - a syntax error wins over any other finding (the first finding is kept, the parse goes on);
+//  - nesting deeper than kMaxJsonDepth stops the parse at once (the parser keeps its own stack,
+//    but a hostile header need not be followed any further);
+//  - a key twice in one object is refused (nlohmann's tree would keep the last silently).
+class HeaderReader {
+ public:
+  using number_integer_t = json::number_integer_t;
+  using number_unsigned_t = json::number_unsigned_t;
+  using number_float_t = json::number_float_t;
+  using string_t = json::string_t;
+  using binary_t = json::binary_t;
+
+  Header header;
+  std::string finding;      // the first thing wrong with the header's content
+  std::string syntax_error;  // a JSON syntax error, or the nesting limit
+
+  bool null() { return scalar(Scalar{}); }
+  bool boolean(bool b) { return scalar(Scalar{Scalar::boolean, 0, b ? "true" : "false"}); }
+  bool number_integer(number_integer_t v) {
+    return v >= 0 ? number_unsigned(static_cast<uint64_t>(v)) : scalar(Scalar{Scalar::negative, 0, std::to_string(v)});
   }
-  uint64_t nbytes = 0;
-  if (overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-      __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes))
-    bad(name, where + ": shape " + sh.dump() + " has more elements than fit in 64 bits");
-  e.shape = Shape(dims);
-  const json& off = v["data_offsets"];
-  if (!off.is_array() || off.size() != 2)
-    bad(name, where + ": data_offsets must be an array [begin, end], got " + off.dump());
-  e.begin = as_u64(off[0], name, where + ": data_offsets begin");
-  e.end = as_u64(off[1], name, where + ": data_offsets end");
-  if (e.end < e.begin) bad(name, where + ": data_offsets " + off.dump() + " end before they begin");
-  if (e.end - e.begin != nbytes)
-    bad(name, where + ": data_offsets " + off.dump() + " span " + std::to_string(e.end - e.begin) +
-                  " bytes but shape " + sh.dump() + " of " + dt.get<std::string>() + " needs " + std::to_string(nbytes));
-  return e;
-}
+  bool number_unsigned(number_unsigned_t v) { return scalar(Scalar{Scalar::index, v, {}}); }
+  bool number_float(number_float_t, const string_t& text) { return scalar(Scalar{Scalar::floating, 0, text}); }
+  bool string(string_t& v) { return scalar(Scalar{Scalar::string, 0, std::move(v)}); }
+  bool binary(binary_t&) { return scalar(Scalar{Scalar::floating, 0, "<binary>"}); }  // not in JSON text
+
+  bool start_object(size_t) { return open(true); }
+  bool start_array(size_t) { return open(false); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
+
+  bool key(string_t& k) {
+    Frame& f = stack_.back();
+    if (!f.keys.insert(k).second) fail("header has the key '" + k + "' more than once");
+    f.key = k;
+    if (f.kind == Kind::entry && k != "dtype" && k != "shape" && k != "data_offsets")
+      fail("tensor '" + entry_.key + "': unexpected field '" + k + "'");
+    return true;
+  }
+
+  bool stop(const std::string& what) {
+    if (syntax_error.empty()) syntax_error = what;
+    return false;
+  }
+  bool parse_error(size_t, const std::string&, const nlohmann::detail::exception& e) {  // NOLINT: SAX interface
+    return stop(std::string("header is not valid JSON: ") + e.what());
+  }
+
+ private:
+  // root: the top object; metadata: __metadata__; entry: a tensor's object; shape, offsets: its
+  // arrays; skip: anything where it does not belong (already a finding), read to its end.
+  enum class Kind { root, metadata, entry, shape, offsets, skip };
+  struct Frame {
+    Kind kind;
+    std::string key;             // the last key read in this object
+    std::set<std::string> keys;  // every key read in this object
+  };
+  std::vector<Frame> stack_;
+  RawEntry entry_;  // the tensor entry being read (entries do not nest)
+
+  void fail(const std::string& what) {
+    if (finding.empty()) finding = what;
+  }
+
+  // Where a value lands, by the innermost open object or array.
+  bool scalar(Scalar v) {
+    if (stack_.empty()) return true;  // the top value is an object: the caller checked the first byte
+    Frame& f = stack_.back();
+    switch (f.kind) {
+      case Kind::root:
+        if (f.key == "__metadata__") fail("__metadata__ must be an object of strings, got " + v.dump());
+        else fail("tensor '" + f.key + "': expected an object, got " + v.dump());
+        break;
+      case Kind::metadata:
+        if (v.kind != Scalar::string) fail("__metadata__ value of '" + f.key + "' is not a string: " + v.dump());
+        else header.metadata[f.key] = std::move(v.text);
+        break;
+      case Kind::entry:
+        if (f.key == "dtype") {
+          entry_.has_dtype = true;
+          entry_.dtype = std::move(v);
+        } else if (f.key == "shape") {
+          entry_.has_shape = true;
+          entry_.shape_value = std::move(v);
+        } else if (f.key == "data_offsets") {
+          entry_.has_offsets = true;
+          entry_.offsets_value = std::move(v);
+        }
+        break;
+      case Kind::shape: entry_.shape.push_back(std::move(v)); break;
+      case Kind::offsets: entry_.offsets.push_back(std::move(v)); break;
+      case Kind::skip: break;
+    }
+    return true;
+  }
+
+  bool open(bool object) {
+    if (static_cast<int>(stack_.size()) >= kMaxJsonDepth)
+      return stop("header JSON nests deeper than " + std::to_string(kMaxJsonDepth) + " levels");
+    Kind kind = Kind::skip;
+    if (stack_.empty()) {
+      kind = Kind::root;
+    } else {
+      Frame& f = stack_.back();
+      const char* what = object ? "an object" : "an array";
+      const Scalar container{object ? Scalar::object : Scalar::array, 0, {}};
+      switch (f.kind) {
+        case Kind::root:
+          if (f.key == "__metadata__") {
+            if (object) kind = Kind::metadata;
+            else fail(std::string("__metadata__ must be an object of strings, got ") + what);
+          } else if (object) {
+            kind = Kind::entry;
+            entry_ = RawEntry{};
+            entry_.key = f.key;
+          } else {
+            fail("tensor '" + f.key + "': expected an object, got " + what);
+          }
+          break;
+        case Kind::metadata: fail("__metadata__ value of '" + f.key + "' is not a string: " + what); break;
+        case Kind::entry:
+          if (f.key == "dtype") {
+            entry_.has_dtype = true;
+            entry_.dtype = container;
+          } else if (f.key == "shape") {
+            entry_.has_shape = true;
+            entry_.shape_is_array = !object;
+            entry_.shape_value = container;
+            if (!object) kind = Kind::shape;
+          } else if (f.key == "data_offsets") {
+            entry_.has_offsets = true;
+            entry_.offsets_is_array = !object;
+            entry_.offsets_value = container;
+            if (!object) kind = Kind::offsets;
+          }
+          break;
+        case Kind::shape:
+        case Kind::offsets:  // an element that is itself an array or object: never an index
+          (f.kind == Kind::shape ? entry_.shape : entry_.offsets).push_back(container);
+          break;
+        case Kind::skip: break;
+      }
+    }
+    stack_.push_back(Frame{kind, {}, {}});
+    return true;
+  }
+
+  bool close() {
+    const Kind kind = stack_.back().kind;
+    stack_.pop_back();
+    if (kind == Kind::entry && finding.empty()) check_entry();
+    return true;
+  }
+
+  static std::string list(const std::vector<Scalar>& v) {
+    std::string s = "[";
+    for (size_t i = 0; i < v.size(); ++i) {
+      if (i) s += ',';
+      s += v[i].dump();
+    }
+    s += ']';
+    return s;
+  }
+
+  // The entry whose object just closed, in the order a reader would check it by hand. Messages
+  // are put together only on failure: this runs once per tensor of every checkpoint loaded.
+  void check_entry() {
+    RawEntry& r = entry_;
+    auto where = [&] { return "tensor '" + r.key + "'"; };
+    auto offsets = [&] { return r.offsets_is_array ? list(r.offsets) : r.offsets_value.dump(); };
+    if (!r.has_dtype) return fail(where() + ": missing field 'dtype'");
+    if (!r.has_shape) return fail(where() + ": missing field 'shape'");
+    if (!r.has_offsets) return fail(where() + ": missing field 'data_offsets'");
+    Entry e;
+    if (r.dtype.kind != Scalar::string) return fail(where() + ": dtype must be a string, got " + r.dtype.dump());
+    if (!dtype_from_st(r.dtype.text, e.dtype))
+      return fail(where() + ": unsupported dtype '" + r.dtype.text +
+                  "' (diffuse reads F32, F64, BF16, F16, I32, I64 and U8)");
+    if (!r.shape_is_array) return fail(where() + ": shape must be an array, got " + r.shape_value.dump());
+    if (r.shape.size() > static_cast<size_t>(kMaxDims))
+      return fail(where() + ": shape has " + std::to_string(r.shape.size()) + " dimensions; diffuse supports at most " +
+                  std::to_string(kMaxDims));
+    std::vector<int64_t> dims;
+    uint64_t numel = 1;
+    bool overflow = false;
+    for (const Scalar& d : r.shape) {
+      if (!d.is_index()) return fail(where() + ": each shape dimension must be a non-negative integer, got " + d.dump());
+      if (d.index_value > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) overflow = true;
+      if (__builtin_mul_overflow(numel, d.index_value, &numel)) overflow = true;
+      dims.push_back(static_cast<int64_t>(d.index_value));
+    }
+    uint64_t nbytes = 0;
+    if (overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes))
+      return fail(where() + ": shape " + list(r.shape) + " has more elements than fit in 64 bits");
+    if (!r.offsets_is_array || r.offsets.size() != 2)
+      return fail(where() + ": data_offsets must be an array [begin, end], got " + offsets());
+    if (!r.offsets[0].is_index())
+      return fail(where() + ": data_offsets begin must be a non-negative integer, got " + r.offsets[0].dump());
+    if (!r.offsets[1].is_index())
+      return fail(where() + ": data_offsets end must be a non-negative integer, got " + r.offsets[1].dump());
+    e.begin = r.offsets[0].index_value;
+    e.end = r.offsets[1].index_value;
+    if (e.end < e.begin) return fail(where() + ": data_offsets " + offsets() + " end before they begin");
+    if (e.end - e.begin != nbytes)
+      return fail(where() + ": data_offsets " + offsets() + " span " + std::to_string(e.end - e.begin) +
+                  " bytes but shape " + list(r.shape) + " of " + r.dtype.text + " needs " + std::to_string(nbytes));
+    e.name = std::move(r.key);
+    e.shape = Shape(dims);
+    header.entries.push_back(std::move(e));
+  }
+};
 
 Header parse_header(const char* text, size_t n, uint64_t buffer_size, const std::string& name) {
   if (text[0] != '{') bad(name, "header does not start with '{' (not a safetensors file?)");
-  check_depth(text, n, name);
-  // nlohmann keeps the last of duplicate keys silently; a file with two tensors of the same name
-  // is ambiguous, so duplicates are found during the parse with one key set per open object.
-  std::vector<std::set<std::string>> open_objects;
-  std::string duplicate;
-  json::parser_callback_t cb = [&](int, json::parse_event_t ev, json& parsed) {
-    if (ev == json::parse_event_t::object_start) {
-      open_objects.emplace_back();
-    } else if (ev == json::parse_event_t::object_end) {
-      if (!open_objects.empty()) open_objects.pop_back();
-    } else if (ev == json::parse_event_t::key && !open_objects.empty() && parsed.is_string()) {
-      if (!open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
-        duplicate = parsed.get<std::string>();
-    }
-    return true;
-  };
-  json root;
-  try {
-    root = json::parse(text, text + n, cb);
-  } catch (const json::exception& e) {
-    bad(name, std::string("header is not valid JSON: ") + e.what());
-  }
-  if (!duplicate.empty()) bad(name, "header has the key '" + duplicate + "' more than once");
-  if (!root.is_object()) bad(name, "header is not a JSON object");
-
-  Header h;
-  for (const auto& [key, v] : root.items()) {
-    if (key == "__metadata__") {
-      if (!v.is_object()) bad(name, "__metadata__ must be an object of strings, got " + std::string(v.type_name()));
-      for (const auto& [mk, mv] : v.items()) {
-        if (!mv.is_string()) bad(name, "__metadata__ value of '" + mk + "' is not a string: " + mv.dump());
-        h.metadata[mk] = mv.get<std::string>();
-      }
-      continue;
-    }
-    h.entries.push_back(parse_entry(key, v, name));
-  }
+  HeaderReader reader;
+  json::sax_parse(text, text + n, &reader);
+  if (!reader.syntax_error.empty()) bad(name, reader.syntax_error);
+  if (!reader.finding.empty()) bad(name, reader.finding);
+  Header h = std::move(reader.header);
   // Sorted by offset, the tensors must tile the buffer: each begins where the previous ended.
   std::stable_sort(h.entries.begin(), h.entries.end(),
                    [](const Entry& a, const Entry& b) { return a.begin != b.begin ? a.begin < b.begin : a.end < b.end; });

@@ -308,6 +308,30 @@ TEST_CASE("safetensors rejects: duplicate tensor names", "[cpu][core][safetensor
                   {"key 'dtype' more than once"});
 }
 
+// The reader checks the header as it parses (SAX, no document tree): a value of the wrong kind
+// anywhere, scalar or container, is named in the message; a syntax error later in the header
+// still wins over a finding before it.
+TEST_CASE("safetensors rejects: values of the wrong kind, named", "[cpu][core][safetensors]") {
+  expect_rejected(st_bytes("{\"x\":{\"dtype\":\"U8\",\"shape\":[[1]],\"data_offsets\":[0,1]}}", 1),
+                  {"tensor 'x'", "each shape dimension must be a non-negative integer, got an array"});
+  expect_rejected(st_bytes("{\"x\":{\"dtype\":{},\"shape\":[1],\"data_offsets\":[0,1]}}", 1),
+                  {"dtype must be a string, got an object"});
+  expect_rejected(st_bytes("{\"x\":{\"dtype\":\"U8\",\"shape\":{\"a\":1},\"data_offsets\":[0,1]}}", 1),
+                  {"shape must be an array, got an object"});
+  expect_rejected(st_bytes("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[0,1.5]}}", 1),
+                  {"data_offsets end must be a non-negative integer, got 1.5"});
+  expect_rejected(st_bytes("{\"x\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":true}}", 1),
+                  {"data_offsets must be an array [begin, end], got true"});
+  expect_rejected(st_bytes("{\"__metadata__\":{\"a\":[1]}}", 0), {"__metadata__ value of 'a' is not a string: an array"});
+  expect_rejected(st_bytes("{\"__metadata__\":\"v\"}", 0), {"__metadata__ must be an object of strings, got \"v\""});
+  expect_rejected(st_bytes("{\"x\":5}", 0), {"tensor 'x': expected an object, got 5"});
+  expect_rejected(st_bytes("{\"__metadata__\":{\"a\":\"1\",\"a\":\"2\"}}", 0), {"key 'a' more than once"});
+  expect_rejected(st_bytes("{\"x\":5, \"y\":[}", 0), {"not valid JSON"});
+  // Nesting is bounded inside a value that is already wrong, too.
+  expect_rejected(st_bytes("{\"x\":{\"strides\":" + std::string(40, '[') + std::string(40, ']') + "}}", 0),
+                  {"nests deeper than 16"});
+}
+
 TEST_CASE("safetensors rejects: non-string metadata", "[cpu][core][safetensors]") {
   expect_rejected(st_bytes("{\"__metadata__\":{\"step\":12}}", 0), {"__metadata__ value of 'step' is not a string"});
   expect_rejected(st_bytes("{\"__metadata__\":[\"a\"]}", 0), {"__metadata__ must be an object"});

@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
     const std::string ckpt = train::train(tc, false);
     SafeTensors st = read_safetensors(ckpt);
     fs::remove_all(tmp);
+    // Without the optimizer and trainer state, which a load for sampling never reads: half the
+    // header to parse, so the fuzzer spends its executions on what the loader checks.
+    for (auto it = st.tensors.begin(); it != st.tensors.end();)
+      it = it->first.rfind("opt.", 0) == 0 || it->first.rfind("trainer.", 0) == 0 ? st.tensors.erase(it) : std::next(it);
     put_st(root / "checkpoint" / "ok_tiny.safetensors", st);
 
     // The refusals a loader must give for a file that is a checkpoint, but not of this model.
