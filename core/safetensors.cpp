@@ -9,6 +9,7 @@
 #include <cstring>
 #include <limits>
 #include <set>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
@@ -135,10 +136,17 @@ class HeaderReader {
 
   bool key(string_t& k) {
     Frame& f = stack_.back();
-    if (!f.keys.insert(k).second) fail("header has the key '" + k + "' more than once");
-    f.key = k;
-    if (f.kind == Kind::entry && k != "dtype" && k != "shape" && k != "data_offsets")
-      fail("tensor '" + entry_.key + "': unexpected field '" + k + "'");
+    bool repeated = false;
+    if (f.kind == Kind::entry) {  // three known fields: a bit each
+      const unsigned bit = k == "dtype" ? 1u : k == "shape" ? 2u : k == "data_offsets" ? 4u : 0u;
+      if (!bit) fail("tensor '" + entry_.key + "': unexpected field '" + k + "'");
+      repeated = (f.fields & bit) != 0;
+      f.fields |= bit;
+    } else if (f.kind != Kind::skip) {  // the top object (one key per tensor) and __metadata__
+      repeated = !f.keys.insert(k).second;
+    }
+    if (repeated) fail("header has the key '" + k + "' more than once");
+    f.key = std::move(k);
     return true;
   }
 
@@ -156,8 +164,9 @@ class HeaderReader {
   enum class Kind { root, metadata, entry, shape, offsets, skip };
   struct Frame {
     Kind kind;
-    std::string key;             // the last key read in this object
-    std::set<std::string> keys;  // every key read in this object
+    std::string key;                       // the last key read in this object
+    std::unordered_set<std::string> keys;  // every key read in this object (not for entries)
+    unsigned fields = 0;                   // entries: the known fields read, a bit each
   };
   std::vector<Frame> stack_;
   RawEntry entry_;  // the tensor entry being read (entries do not nest)
@@ -245,7 +254,7 @@ class HeaderReader {
         case Kind::skip: break;
       }
     }
-    stack_.push_back(Frame{kind, {}, {}});
+    stack_.push_back(Frame{kind, {}, {}, 0});
     return true;
   }
 
