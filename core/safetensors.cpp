@@ -94,9 +94,9 @@ struct RawEntry {
   std::string key;
   bool has_dtype = false, has_shape = false, has_offsets = false;
   Scalar dtype;
-  Scalar shape_value, offsets_value;     // the fields when not arrays
+  Scalar shape_value, offsets_value;  // the fields when not arrays
   bool shape_is_array = false, offsets_is_array = false;
-  std::vector<Scalar> shape, offsets;    // the arrays' elements
+  std::vector<Scalar> shape, offsets;  // the arrays' elements
 };
 
 // Reads the header through nlohmann's SAX interface straight into a Header, without building a
@@ -116,7 +116,7 @@ class HeaderReader {
   using binary_t = json::binary_t;
 
   Header header;
-  std::string finding;      // the first thing wrong with the header's content
+  std::string finding;       // the first thing wrong with the header's content
   std::string syntax_error;  // a JSON syntax error, or the nesting limit
 
   bool null() { return scalar(Scalar{}); }

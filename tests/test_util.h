@@ -3,7 +3,9 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstdlib>
+#include <filesystem>
 #include <random>
 #include <sstream>
 #include <string>
@@ -12,6 +14,31 @@
 #include "core/tensor.h"
 
 namespace diffuse::test {
+
+// A fresh folder under /tmp (mkdtemp), removed with everything in it when the test ends.
+class TempDir {
+ public:
+  std::string path;
+  TempDir() {
+    char tmpl[] = "/tmp/diffuse_test_XXXXXX";
+    DF_CHECK(::mkdtemp(tmpl) != nullptr, "cannot make a temporary folder under /tmp");
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
+  std::string operator/(const std::string& f) const { return path + "/" + f; }
+  // The folder's entries, sorted: tests check that nothing is left behind.
+  std::vector<std::string> list() const {
+    std::vector<std::string> out;
+    for (const auto& e : std::filesystem::directory_iterator(path)) out.push_back(e.path().filename().string());
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+};
 
 // One seed per test run, fresh unless DIFFUSE_TEST_SEED is set; printed at start so a failure can
 // be repeated. Each call of next_seed() derives a new stream from it.

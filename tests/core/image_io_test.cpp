@@ -22,19 +22,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/diffuse_img_XXXXXX";
-    REQUIRE(::mkdtemp(tmpl) != nullptr);
-    path = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& f) const { return path + "/" + f; }
-};
+using test::TempDir;
 
 // An (N, H, W, C) tensor whose values are exactly representable pixels p / 127.5 - 1.
 Tensor random_pixels(const Shape& shape, std::mt19937_64& rng, std::vector<uint8_t>* bytes = nullptr) {

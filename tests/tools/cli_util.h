@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "tests/test_util.h"
 
 extern char** environ;
 
@@ -29,21 +30,6 @@ namespace diffuse::test {
 // The CLI built beside the tests (CMake passes its path).
 inline std::string cli_path() { return DIFFUSE_CLI_PATH; }
 
-struct CliTempDir {
-  std::string path;
-  CliTempDir() {
-    char tmpl[] = "/tmp/diffuse_cli_XXXXXX";
-    DF_CHECK(::mkdtemp(tmpl) != nullptr, "mkdtemp failed");
-    path = tmpl;
-  }
-  ~CliTempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-  CliTempDir(const CliTempDir&) = delete;
-  CliTempDir& operator=(const CliTempDir&) = delete;
-  std::string operator/(const std::string& f) const { return path + "/" + f; }
-};
 
 // Starts argv[0] with the given arguments; stdout and stderr go to `log` (truncated).
 inline pid_t spawn(const std::vector<std::string>& args, const std::string& log) {

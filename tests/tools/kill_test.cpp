@@ -82,7 +82,7 @@ bool wait_for(int ifd, pid_t pid, Done&& done, int* code) {
 TEST_CASE("train: SIGKILL at random moments, resumed each time, loses at most one checkpoint interval and ends "
           "bit for bit where an uninterrupted run ends",
           "[slow][tools][reliability]") {
-  test::CliTempDir dir;
+  test::TempDir dir;
   const uint64_t seed = test::next_seed();
   std::mt19937_64 rng(seed);
   const std::string data = test::write_idx_dataset(dir.path, 256, seed);

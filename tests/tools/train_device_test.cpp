@@ -54,7 +54,7 @@ std::string missing_gpu() { return cuda_available() ? "cuda:" + std::to_string(c
 }  // namespace
 
 TEST_CASE("train --device on a missing GPU: one clear error, nothing written", "[cpu][tools]") {
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 16, 3);
   const std::string out = dir / "run";
   std::vector<std::string> args = test::train_args(data, out, 2, 0);
@@ -76,7 +76,7 @@ TEST_CASE("train --device on a missing GPU: one clear error, nothing written", "
 }
 
 TEST_CASE("train and sample --cuda-graph: on or off, a config key, in --help; the cpu ignores it", "[cpu][tools]") {
-  test::CliTempDir dir;
+  test::TempDir dir;
   std::string help;
   REQUIRE(test::run({test::cli_path(), "train", "--help"}, dir / "h1.txt", &help) == 0);
   CHECK(help.find("--cuda-graph") != std::string::npos);
@@ -126,7 +126,7 @@ TEST_CASE("train and sample --cuda-graph: on or off, a config key, in --help; th
 
 TEST_CASE("train --device cuda refuses what the device step lacks before writing anything", "[cuda][tools]") {
   if (!cuda_available()) return;
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 16, 5);
   struct Case {
     std::vector<std::string> extra;
@@ -160,7 +160,7 @@ TEST_CASE("train --device cuda refuses what the device step lacks before writing
 TEST_CASE("train --device cuda: a loadable checkpoint; graph on == graph off; resume == uninterrupted",
           "[cuda][tools]") {
   if (!cuda_available()) return;
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 32, 6);
   // In one process, so both runs see the same cuDNN algorithm choices.
   train::TrainConfig on = tiny_gpu_config(data, dir / "on");
@@ -238,7 +238,7 @@ TEST_CASE("train --device cuda: a loadable checkpoint; graph on == graph off; re
 
 TEST_CASE("sample --device cuda: the device loop, graph on == off, and the host-driven samplers", "[cuda][tools]") {
   if (!cuda_available()) return;
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 16, 7);
   REQUIRE(test::run(test::train_args(data, dir / "run", 2, 0), dir / "train.txt") == 0);
   const std::string ckpt = dir / "run/checkpoint.safetensors";

@@ -35,7 +35,7 @@ std::vector<std::string> listing(const std::string& dir) {
 
 TEST_CASE("train: a file-size limit during a checkpoint write is a clear error; the previous checkpoint survives",
           "[cpu][tools][reliability]") {
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 64, test::next_seed());
   const std::string out = dir / "run", ckpt = out + "/checkpoint.safetensors";
   std::string log;
@@ -69,7 +69,7 @@ TEST_CASE("train: a file-size limit during a checkpoint write is a clear error; 
 
 TEST_CASE("train: a file-size limit during the sample grid's PNG write is a clear error; the checkpoint is written",
           "[cpu][tools][reliability]") {
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 64, test::next_seed());
   const std::string out = dir / "run", ckpt = out + "/checkpoint.safetensors";
   // The final grid is written after the final checkpoint. A grid of 400 noisy samples (2x
@@ -102,7 +102,7 @@ TEST_CASE("train: a file-size limit during the sample grid's PNG write is a clea
 }
 
 TEST_CASE("train: an output folder that cannot be created fails before training starts", "[cpu][tools][reliability]") {
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 64, test::next_seed());
   // Tests run as root, where permissions stop nothing: a path under a regular file cannot exist
   // for anyone.
@@ -121,7 +121,7 @@ TEST_CASE("train: an output folder that cannot be created fails before training 
 
 TEST_CASE("train: a second run on the same output folder refuses, naming the lock; the first is unharmed",
           "[cpu][tools][reliability]") {
-  test::CliTempDir dir;
+  test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 64, test::next_seed());
   const std::string out = dir / "run", ckpt = out + "/checkpoint.safetensors";
   const pid_t first = test::spawn(test::train_args(data, out, 1000000, 2), dir / "first.log");

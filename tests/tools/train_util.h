@@ -17,18 +17,7 @@ namespace diffuse::test::train_util {
 
 namespace fs = std::filesystem;
 
-struct TempDir {
-  fs::path path;
-  TempDir() {
-    path = fs::temp_directory_path() / ("diffuse-train-test-" + std::to_string(diffuse::test::next_seed()));
-    fs::create_directories(path);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path, ec);
-  }
-  std::string operator/(const std::string& s) const { return (path / s).string(); }
-};
+using diffuse::test::TempDir;
 
 inline void put_be32(std::ofstream& f, uint32_t v) {
   unsigned char b[4] = {static_cast<unsigned char>(v >> 24), static_cast<unsigned char>(v >> 16),
