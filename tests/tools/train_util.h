@@ -3,11 +3,14 @@
 #pragma once
 
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <string>
 #include <vector>
+
+#include <catch2/catch.hpp>
 
 #include "core/safetensors.h"
 #include "models/train/trainer.h"
@@ -64,6 +67,20 @@ inline train::TrainConfig tiny_config(const std::string& dataset, const std::str
 }
 
 inline std::map<std::string, Tensor> tensors_of(const std::string& path) { return read_safetensors(path).tensors; }
+
+// Checks that two checkpoints hold the same tensors, byte for byte (a resumed run against an
+// uninterrupted one); returns the first one's tensors for further checks.
+inline std::map<std::string, Tensor> require_identical_checkpoints(const std::string& a, const std::string& b) {
+  auto ta = tensors_of(a), tb = tensors_of(b);
+  REQUIRE(ta.size() == tb.size());
+  for (auto& [name, t] : ta) {
+    INFO(name);
+    REQUIRE(tb.count(name));
+    REQUIRE(t.nbytes() == tb[name].nbytes());
+    CHECK(std::memcmp(t.raw(), tb[name].raw(), t.nbytes()) == 0);
+  }
+  return ta;
+}
 
 // The loss column of a run's log.csv (step,loss,grad_norm,...), one value a row after the header.
 inline std::vector<double> logged_losses(const std::string& log_csv) {
