@@ -93,10 +93,8 @@ struct Scalar {
 struct RawEntry {
   std::string key;
   bool has_dtype = false, has_shape = false, has_offsets = false;
-  Scalar dtype;
-  Scalar shape_value, offsets_value;  // the fields when not arrays
-  bool shape_is_array = false, offsets_is_array = false;
-  std::vector<Scalar> shape, offsets;  // the arrays' elements
+  Scalar dtype, shape_value, offsets_value;  // the fields (for an array: kind array only)
+  std::vector<Scalar> shape, offsets;        // the arrays' elements
 };
 
 // Reads the header through nlohmann's SAX interface straight into a Header, without building a
@@ -237,12 +235,10 @@ class HeaderReader {
             entry_.dtype = container;
           } else if (f.key == "shape") {
             entry_.has_shape = true;
-            entry_.shape_is_array = !object;
             entry_.shape_value = container;
             if (!object) kind = Kind::shape;
           } else if (f.key == "data_offsets") {
             entry_.has_offsets = true;
-            entry_.offsets_is_array = !object;
             entry_.offsets_value = container;
             if (!object) kind = Kind::offsets;
           }
@@ -280,7 +276,9 @@ class HeaderReader {
   void check_entry() {
     RawEntry& r = entry_;
     auto where = [&] { return "tensor '" + r.key + "'"; };
-    auto offsets = [&] { return r.offsets_is_array ? list(r.offsets) : r.offsets_value.dump(); };
+    const bool shape_is_array = r.shape_value.kind == Scalar::array;
+    const bool offsets_is_array = r.offsets_value.kind == Scalar::array;
+    auto offsets = [&] { return offsets_is_array ? list(r.offsets) : r.offsets_value.dump(); };
     if (!r.has_dtype) return fail(where() + ": missing field 'dtype'");
     if (!r.has_shape) return fail(where() + ": missing field 'shape'");
     if (!r.has_offsets) return fail(where() + ": missing field 'data_offsets'");
@@ -289,7 +287,7 @@ class HeaderReader {
     if (!dtype_from_st(r.dtype.text, e.dtype))
       return fail(where() + ": unsupported dtype '" + r.dtype.text +
                   "' (diffuse reads F32, F64, BF16, F16, I32, I64 and U8)");
-    if (!r.shape_is_array) return fail(where() + ": shape must be an array, got " + r.shape_value.dump());
+    if (!shape_is_array) return fail(where() + ": shape must be an array, got " + r.shape_value.dump());
     if (r.shape.size() > static_cast<size_t>(kMaxDims))
       return fail(where() + ": shape has " + std::to_string(r.shape.size()) + " dimensions; diffuse supports at most " +
                   std::to_string(kMaxDims));
@@ -306,7 +304,7 @@ class HeaderReader {
     if (overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
         __builtin_mul_overflow(numel, static_cast<uint64_t>(dtype_size(e.dtype)), &nbytes))
       return fail(where() + ": shape " + list(r.shape) + " has more elements than fit in 64 bits");
-    if (!r.offsets_is_array || r.offsets.size() != 2)
+    if (!offsets_is_array || r.offsets.size() != 2)
       return fail(where() + ": data_offsets must be an array [begin, end], got " + offsets());
     if (!r.offsets[0].is_index())
       return fail(where() + ": data_offsets begin must be a non-negative integer, got " + r.offsets[0].dump());

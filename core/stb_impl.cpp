@@ -18,7 +18,7 @@
 // (found by fuzz_images as a nondeterministic assertion in stbi__jpeg_huff_decode; MemorySanitizer
 // confirmed the read of the undefined fast-AC table). Zeroed, an undefined table decodes every
 // code as "end of block" and every coefficient as 0: the same pixels on every run, and no index
-// computed from garbage. A 45-second MemorySanitizer run of stb alone with this setting (945k
+// computed from garbage. A 3-minute MemorySanitizer run of stb alone with this setting (945k
 // executions, docs/reliability.md) found no other uninitialised read.
 #include <cstdlib>
 #define STBI_MALLOC(size) std::calloc(1, size)

@@ -38,8 +38,8 @@ for t in $TARGETS; do
   limit=(-max_total_time="$secs")
   [[ -n "${RUNS:-}" ]] && limit=(-runs="$RUNS")
   # WORKERS > 1: libFuzzer's fork mode, a parent that runs short-lived jobs on that many cores
-  # and merges what they find. Short-lived matters for long runs: one process fuzzing for an hour
-  # slowed to a third of a fresh one's rate (ASan's allocator, measured on fuzz_checkpoint).
+  # and merges what they find. Short-lived matters for long runs: one process fuzzing for half an
+  # hour slowed to a third of a fresh one's rate (ASan's allocator, measured on fuzz_checkpoint).
   fork=()
   # (Fork mode passes over timeouts and out-of-memory by default; here they stop the run.)
   (( workers > 1 )) && fork=(-fork="$workers" -ignore_timeouts=0 -ignore_ooms=0)

@@ -1,9 +1,9 @@
 // tests/test_util.h: fresh random inputs, poisoned outputs, and argued comparisons.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <algorithm>
 #include <cstdlib>
 #include <filesystem>
 #include <random>

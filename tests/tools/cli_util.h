@@ -30,7 +30,6 @@ namespace diffuse::test {
 // The CLI built beside the tests (CMake passes its path).
 inline std::string cli_path() { return DIFFUSE_CLI_PATH; }
 
-
 // Starts argv[0] with the given arguments; stdout and stderr go to `log` (truncated).
 inline pid_t spawn(const std::vector<std::string>& args, const std::string& log) {
   std::vector<char*> argv;
