@@ -26,34 +26,65 @@ if(NOT OpenMP_CXX_FOUND)
   message(WARNING "diffuse: OpenMP not found; the CPU path runs on one thread")
 endif()
 
+# Optional compiled libraries: each is on only when every piece of it is there, and says in one line
+# what it is and, when off, which piece is missing. None of them may fail the configure.
+
 # Boost.Context runs each emulated CUDA thread as a fiber. Without it the emulator (and the emu
 # tier) is left out.
 find_package(Boost 1.66 QUIET COMPONENTS context)
 set(DIFFUSE_HAVE_SIMT ${Boost_CONTEXT_FOUND})
-message(STATUS "diffuse: emulator (Boost.Context) ${DIFFUSE_HAVE_SIMT}")
+if(DIFFUSE_HAVE_SIMT)
+  message(STATUS "diffuse: emulator (Boost.Context) ON")
+else()
+  message(STATUS "diffuse: emulator (Boost.Context) OFF: libboost-context-dev not found; the emu tier is left out")
+endif()
 
 # The fast CPU path: OpenBLAS for the dense GEMMs under matmul and convolution. Optional: the
-# blocked reference GEMM takes over without it.
+# blocked reference GEMM takes over without it. Debian's OpenBLASConfig.cmake names its paths
+# without checking them, so both are checked here.
+set(DIFFUSE_HAVE_OPENBLAS OFF)
 find_package(OpenBLAS QUIET CONFIG)
-if(OpenBLAS_FOUND)
-  set(DIFFUSE_HAVE_OPENBLAS ON)
-else()
+if(NOT OpenBLAS_FOUND)
   find_library(DIFFUSE_OPENBLAS_LIB openblas)
   find_path(DIFFUSE_OPENBLAS_INCLUDE cblas.h PATH_SUFFIXES openblas)
-  if(DIFFUSE_OPENBLAS_LIB AND DIFFUSE_OPENBLAS_INCLUDE)
-    set(DIFFUSE_HAVE_OPENBLAS ON)
-    set(OpenBLAS_LIBRARIES ${DIFFUSE_OPENBLAS_LIB})
-    set(OpenBLAS_INCLUDE_DIRS ${DIFFUSE_OPENBLAS_INCLUDE})
-  else()
-    set(DIFFUSE_HAVE_OPENBLAS OFF)
-  endif()
+  set(OpenBLAS_LIBRARIES ${DIFFUSE_OPENBLAS_LIB})
+  set(OpenBLAS_INCLUDE_DIRS ${DIFFUSE_OPENBLAS_INCLUDE})
 endif()
-message(STATUS "diffuse: OpenBLAS ${DIFFUSE_HAVE_OPENBLAS}")
+set(_df_blas_missing "")
+if(NOT OpenBLAS_LIBRARIES OR NOT EXISTS "${OpenBLAS_LIBRARIES}")
+  set(_df_blas_missing "the library libopenblas")
+elseif(NOT OpenBLAS_INCLUDE_DIRS OR NOT EXISTS "${OpenBLAS_INCLUDE_DIRS}/cblas.h")
+  set(_df_blas_missing "the header cblas.h")
+else()
+  set(DIFFUSE_HAVE_OPENBLAS ON)
+endif()
+if(DIFFUSE_HAVE_OPENBLAS)
+  message(STATUS "diffuse: OpenBLAS ON")
+else()
+  message(STATUS "diffuse: OpenBLAS OFF: ${_df_blas_missing} not found (libopenblas-dev)")
+endif()
 
 # oneDNN: its JIT picks the ISA from CPUID features, where OpenBLAS 0.3.21 picks kernels by CPU
 # model and falls back to SSE3 ("Prescott") on models it does not know. Measured on a 2-core
 # AVX-512 Xeon that OpenBLAS calls Prescott: dnnl_sgemm 65-300 GFLOP/s on the convolution GEMMs,
 # OpenBLAS 16-25. Optional: OpenBLAS (or the blocked loop) takes over without it.
-find_package(dnnl QUIET CONFIG)
-set(DIFFUSE_HAVE_DNNL ${dnnl_FOUND})
-message(STATUS "diffuse: oneDNN ${DIFFUSE_HAVE_DNNL}")
+# Found by its header and library, not by its CMake package: Debian's dnnl-config.cmake is built
+# for the OpenCL GPU runtime and calls find_package(OpenCL REQUIRED), which fails the whole
+# configure where ocl-icd-opencl-dev (only a Recommends of libdnnl-dev) is absent. diffuse uses
+# oneDNN's C API on the CPU engine alone (dnnl.h includes no OpenCL header), so it needs neither.
+find_path(DIFFUSE_DNNL_INCLUDE dnnl.h)
+find_library(DIFFUSE_DNNL_LIB dnnl)
+set(DIFFUSE_HAVE_DNNL OFF)
+if(DIFFUSE_DNNL_INCLUDE AND DIFFUSE_DNNL_LIB)
+  set(DIFFUSE_HAVE_DNNL ON)
+  if(NOT TARGET DNNL::dnnl)
+    add_library(DNNL::dnnl UNKNOWN IMPORTED)
+    set_target_properties(DNNL::dnnl PROPERTIES IMPORTED_LOCATION "${DIFFUSE_DNNL_LIB}"
+                          INTERFACE_INCLUDE_DIRECTORIES "${DIFFUSE_DNNL_INCLUDE}")
+  endif()
+  message(STATUS "diffuse: oneDNN ON")
+elseif(NOT DIFFUSE_DNNL_INCLUDE)
+  message(STATUS "diffuse: oneDNN OFF: the header dnnl.h not found (libdnnl-dev)")
+else()
+  message(STATUS "diffuse: oneDNN OFF: the library libdnnl not found (libdnnl-dev)")
+endif()
