@@ -19,6 +19,13 @@ if(DIFFUSE_TESTS)
   diffuse_find_header(DIFFUSE_CATCH2_INCLUDE catch2/catch.hpp catch2)
 endif()
 
+# zlib from the system; on a machine without its headers, the static library and header that
+# scripts/fetch-third-party.sh unpacked.
+find_package(ZLIB QUIET)
+if(NOT ZLIB_FOUND AND EXISTS "${DIFFUSE_THIRD_PARTY_DIR}/usr/include/zlib.h")
+  set(ZLIB_ROOT "${DIFFUSE_THIRD_PARTY_DIR}/usr")
+  set(ZLIB_USE_STATIC_LIBS ON)
+endif()
 find_package(ZLIB REQUIRED)
 find_package(Threads REQUIRED)
 find_package(OpenMP COMPONENTS CXX)

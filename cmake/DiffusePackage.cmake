@@ -166,7 +166,8 @@ if(DIFFUSE_TESTS)
   # out: their objects need the sanitizer runtime linked into every consumer.
   if(NOT DIFFUSE_SANITIZE AND NOT DIFFUSE_FUZZ)
     add_test(NAME capi.embed_examples
-             COMMAND bash ${CMAKE_SOURCE_DIR}/tests/capi/embed_examples.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR})
+             COMMAND bash ${CMAKE_SOURCE_DIR}/tests/capi/embed_examples.sh ${CMAKE_BINARY_DIR} ${CMAKE_SOURCE_DIR}
+                     ${DIFFUSE_PYTHON})
     set_tests_properties(capi.embed_examples PROPERTIES LABELS cpu TIMEOUT 900 SKIP_RETURN_CODE 77
                          ENVIRONMENT "OMP_NUM_THREADS=2")
   endif()

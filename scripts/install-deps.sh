@@ -6,16 +6,29 @@ set -euo pipefail
 pkgs=(build-essential cmake ninja-build pkg-config
       catch2 libcli11-dev nlohmann-json3-dev libstb-dev zlib1g-dev libboost-context-dev
       libopenblas-dev libdnnl-dev dataset-fashion-mnist
-      # binutils: readelf and nm check the shared library's soname and exports; python3 and NumPy
-      # run examples/python/embed_ctypes.py (tests/capi/embed_examples.sh)
-      binutils python3 python3-numpy python3-pip)
+      # binutils: readelf and nm check the shared library's soname and exports.
+      # Debian's python3 with Debian's NumPy runs examples/python/embed_ctypes.py and reads a
+      # checkpoint with the safetensors package (tests/capi/embed_examples.sh); python3-venv makes
+      # the venv below.
+      binutils python3 python3-numpy python3-venv)
+# The project's Python packages from PyPI, into the venv made below.
+pip_pkgs=(safetensors==0.8.0)
+list=
 for arg in "$@"; do
   case "$arg" in
     --bench) pkgs+=(python3 python3-torch python3-numpy) ;;
     --fuzz) pkgs+=(clang libclang-rt-14-dev libomp-14-dev) ;;
-    *) echo "install-deps.sh: unknown option $arg (expected --bench or --fuzz)" >&2; exit 2 ;;
+    # What would be installed, one name a line (Debian's packages, then pip:NAME), and nothing
+    # else: scripts/check-deps.sh reads the lists from here, their one definition.
+    --list) list=1 ;;
+    *) echo "install-deps.sh: unknown option $arg (expected --bench, --fuzz or --list)" >&2; exit 2 ;;
   esac
 done
+if [[ -n $list ]]; then
+  printf '%s\n' "${pkgs[@]}"
+  printf 'pip:%s\n' "${pip_pkgs[@]%%==*}"
+  exit 0
+fi
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -25,9 +38,15 @@ if ((${#missing[@]})); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
-# The safetensors package (PyPI; Debian has none): tests/capi/embed_examples.sh reads a checkpoint
-# with it, as PyTorch users would. Debian's python refuses pip installs outside a venv unless told.
-if ! python3 -c 'import safetensors' 2>/dev/null; then
-  python3 -m pip install -q safetensors 2>/dev/null ||
-    python3 -m pip install -q --break-system-packages safetensors
+# The project's Python: a venv of Debian's own python3 (/usr/bin/python3, not whatever python3 is
+# first on PATH) that sees Debian's packages (NumPy; PyTorch with --bench) and adds the
+# safetensors package from PyPI, which Debian does not have. Tests and benchmarks call it by its
+# path, .venv/bin/python (CMake: DIFFUSE_PYTHON); scripts/check-deps.sh checks that every module a
+# test imports comes from here.
+venv=$(cd "$(dirname "$0")/.." && pwd)/.venv
+if ! "$venv/bin/python" -c 'import numpy' 2>/dev/null; then
+  rm -rf "$venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
+# Pinned versions: pip answers from the venv, without the network, once they are there.
+"$venv/bin/python" -m pip install -q --disable-pip-version-check "${pip_pkgs[@]}"

@@ -28,7 +28,7 @@ echo "sanitize.sh: built in $((SECONDS - start)) s"
 export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 t0=$SECONDS
-ctest --test-dir "$build" -L cpu --output-on-failure -j "$jobs"
+ctest --test-dir "$build" -L cpu --output-on-failure --output-junit ctest-junit.xml -j "$jobs"
 echo "sanitize.sh: cpu tier clean under ASan + UBSan in $((SECONDS - t0)) s"
 if ((secs > 0)); then
   t0=$SECONDS

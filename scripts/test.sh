@@ -9,4 +9,4 @@ bash scripts/install-deps.sh
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIFFUSE_WERROR=ON -DDIFFUSE_TESTS=ON -DDIFFUSE_BENCH=ON \
       -DDIFFUSE_CUDA="${DIFFUSE_CUDA:-AUTO}"
 cmake --build "$build" -j "${JOBS:-$(nproc)}"
-ctest --test-dir "$build" -L 'cpu|emu|cuda' --output-on-failure -j "${JOBS:-$(nproc)}"
+ctest --test-dir "$build" -L 'cpu|emu|cuda' --output-on-failure --output-junit ctest-junit.xml -j "${JOBS:-$(nproc)}"

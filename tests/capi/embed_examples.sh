@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# tests/capi/embed_examples.sh BUILD_DIR SOURCE_DIR: the installed package, used as a user would
+# tests/capi/embed_examples.sh BUILD_DIR SOURCE_DIR PYTHON: the installed package, used as a user would
 # (ctest entry capi.embed_examples, label cpu; cmake/DiffusePackage.cmake).
 #
 #  1. `cmake --install` the build into a temporary prefix. The shared library's soname is
@@ -12,17 +12,24 @@
 #  5. examples/embed_cpp (the C++ API from the static library, with a user-written denoiser),
 #     which checks its own samples.
 #  6. examples/python/embed_ctypes.py through ctypes with a NumPy denoiser, and its PNG of the
-#     checkpoint = cli.png. Skipped when python3 or NumPy is missing.
+#     checkpoint = cli.png.
+# PYTHON is the interpreter scripts/install-deps.sh provisions (.venv/bin/python: Debian's python3
+# with Debian's NumPy and the safetensors package); without it, or without those modules, the
+# test fails: a missing install step is a failure, never a skip.
 # Exit 77 (skipped) only when the installed CLI lacks `train` or `sample`.
 set -euo pipefail
 build=$(cd "$1" && pwd)
 src=$(cd "$2" && pwd)
+python=${3:?usage: embed_examples.sh BUILD_DIR SOURCE_DIR PYTHON}
 work=$(mktemp -d "${TMPDIR:-/tmp}/diffuse-embed.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 prefix=$work/prefix
 start=$SECONDS
 step() { printf '[embed %3ds] %s\n' $((SECONDS - start)) "$*"; }
 fail() { echo "embed_examples: FAILED: $*" >&2; exit 1; }
+[[ -x "$python" ]] || fail "no Python interpreter at $python: run scripts/install-deps.sh, which makes it"
+"$python" -c 'import numpy, safetensors' ||
+  fail "$python lacks NumPy or safetensors: run scripts/install-deps.sh, which installs them"
 generator=()
 command -v ninja >/dev/null && generator=(-G Ninja)
 # The examples are held to the same standard as the tree: warnings are errors.
@@ -65,18 +72,12 @@ ckpt=$work/run/checkpoint.safetensors
 [[ -f "$ckpt" ]] || fail "diffuse train wrote no $ckpt"
 
 step "the checkpoint in the safetensors package's reader (what PyTorch users load it with)"
-if python3 -c 'import safetensors, numpy' 2>/dev/null; then
-  python3 - "$ckpt" <<'PY' || fail "the safetensors package does not read $ckpt as documented"
+"$python" - "$ckpt" <<'PY' || fail "the safetensors package does not read $ckpt as documented"
 import json, sys
 from safetensors import safe_open
 path = sys.argv[1]
-frameworks = ["np"]
-try:
-    import torch  # noqa: F401
-    frameworks.append("pt")
-except ImportError:
-    pass
-for fw in frameworks:
+# framework "np": the same reader PyTorch users call with "pt", without needing PyTorch here.
+for fw in ["np"]:
     with safe_open(path, framework=fw) as f:
         meta, keys = f.metadata(), set(f.keys())
         assert meta["format"] == "diffuse-checkpoint-1", meta.get("format")
@@ -98,9 +99,6 @@ for fw in frameworks:
         assert n == sum(1 for k in keys if k.startswith("ema.") and k != "ema.num_updates"), "model/ema names differ"
     print(f"  {fw}: {len(keys)} tensors, {n} parameters, names and shapes as documented")
 PY
-else
-  echo "  skipped: python3 with safetensors and NumPy is missing (scripts/install-deps.sh installs them)"
-fi
 
 # One set of sampling settings for every program below.
 sample_args=(--steps 4 --seed 11 --upscale 2 --device cpu --no-clip)
@@ -132,13 +130,9 @@ cmake --build "$work/embed_cpp" >"$work/embed_cpp.build.log" 2>&1 ||
   { cat "$work/embed_cpp.build.log"; fail "build embed_cpp"; }
 "$work/embed_cpp/embed_cpp" || fail "embed_cpp"
 
-if command -v python3 >/dev/null && python3 -c 'import numpy' 2>/dev/null; then
-  step "examples/python/embed_ctypes.py: ctypes and a NumPy denoiser"
-  python3 "$src/examples/python/embed_ctypes.py" --lib "$so" --checkpoint "$ckpt" --png "$work/py.png" --count 6 \
-    "${sample_args[@]}" || fail "embed_ctypes.py"
-  cmp "$work/cli.png" "$work/py.png" || fail "embed_ctypes.py's PNG differs from diffuse sample's"
-  echo "  py.png == cli.png"
-else
-  step "examples/python/embed_ctypes.py: skipped (no python3 with numpy)"
-fi
+step "examples/python/embed_ctypes.py: ctypes and a NumPy denoiser"
+"$python" "$src/examples/python/embed_ctypes.py" --lib "$so" --checkpoint "$ckpt" --png "$work/py.png" --count 6 \
+  "${sample_args[@]}" || fail "embed_ctypes.py"
+cmp "$work/cli.png" "$work/py.png" || fail "embed_ctypes.py's PNG differs from diffuse sample's"
+echo "  py.png == cli.png"
 step "done"
