@@ -67,6 +67,8 @@ if [[ $status == pass ]]; then
   status=$(run_limited $(($(left) - 120)) "$details/build.log" cmake --build "$build" -j "$jobs")
 fi
 record build all "$status" $((SECONDS - t0))
+built=0
+[[ $status == pass ]] && built=1
 say "build: $status in $((SECONDS - t0)) s"
 if [[ $status != pass ]]; then
   grep -E 'error|Error|FAILED' "$details/configure.log" "$details/build.log" 2>/dev/null | head -n 40
@@ -75,11 +77,11 @@ find "$build" -name '*.ptxas.txt' -exec grep -hE 'spill|lmem' {} + 2>/dev/null |
   > "$details/spills.txt" || true
 
 # ---- 2. the cuda tier --------------------------------------------------------------------------
-if [[ $status == pass ]]; then
+if ((built)); then
   t0=$SECONDS
   # One at a time: the tests share one device, and one of them fills its memory on purpose.
   status=$(run_limited $(($(left) - 60)) "$details/ctest-cuda.log" \
-    ctest --test-dir "$build" -L cuda --output-on-failure --timeout 300)
+    ctest --test-dir "$build" -L cuda --output-on-failure --timeout 300 --output-junit "$details/ctest-cuda.xml")
   record cuda-tier ctest "$status" $((SECONDS - t0))
   say "cuda tier: $status in $((SECONDS - t0)) s"
   grep -E 'Test +#|tests passed|Skipped|Failed' "$details/ctest-cuda.log"
@@ -87,7 +89,7 @@ fi
 
 # ---- 3. compute-sanitizer ----------------------------------------------------------------------
 sanitizer=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)
-if ((gpu)) && [[ $status != fail* || -x "$build/test_kernels" ]]; then
+if ((gpu && built)); then
   # Catch2 test spec: the [cuda] tests without the out-of-memory one (it fills the device).
   spec='[cuda]~*out of memory*'
   for exe in "$build"/test_*; do
@@ -109,14 +111,14 @@ if ((gpu)) && [[ $status != fail* || -x "$build/test_kernels" ]]; then
 fi
 
 # ---- 4. benchmarks beside PyTorch -----------------------------------------------------------------
-if ((gpu)) && [[ -x "$build/bench/kernels" ]]; then
+if ((gpu && built)); then
   t0=$SECONDS
   st=$(run_limited $(( $(left) / 3 )) "$details/bench-kernels.log" \
     env BUILD="$build" PYTHON="$python" OUT="$details/kernels" ITERS=20 WARMUP=5 bash bench/kernels.sh)
   record bench kernels "$st" $((SECONDS - t0))
   say "bench/kernels.sh: $st in $((SECONDS - t0)) s"
 fi
-if ((gpu)) && [[ -x "$build/bench/e2e" ]]; then
+if ((gpu && built)); then
   t0=$SECONDS
   # One preset, few iterations: torch.compile's first calls dominate this stage.
   st=$(run_limited $(( $(left) - 10 )) "$details/bench-e2e.log" \
