@@ -55,7 +55,8 @@ __device__ __forceinline__ unsigned char* df_dynamic_shared_base() {
 #define DF_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)                                   \
   do {                                                                                           \
     kernel<<<(grid), (block), (smem_bytes), static_cast<df_stream_t>(stream)>>>(__VA_ARGS__);    \
-    ::diffuse::detail::cuda_check_launch(#kernel, __FILE__, __LINE__);                           \
+    ::diffuse::detail::cuda_check_launch(#kernel, __FILE__, __LINE__,                            \
+                                         static_cast<df_stream_t>(stream));                     \
   } while (0)
 
 inline void df_memset_async(void* p, int byte, std::size_t bytes, df_stream_t stream) {
