@@ -115,6 +115,53 @@ void cpu_empty_cache() {
   c.stats.cached_bytes = 0;
 }
 
+void DeviceBlockCache::put(void* p, size_t cls, void* stream, void* current) {
+  if (retired(stream)) stream = current;
+  by_stream_[{cls, stream}].push_back(p);
+  bytes_ += cls;
+}
+
+void DeviceBlockCache::put_idle(void* p, size_t cls) {
+  idle_[cls].push_back(p);
+  bytes_ += cls;
+}
+
+void* DeviceBlockCache::take(size_t cls, void* stream) {
+  auto it = by_stream_.find({cls, stream});
+  if (it != by_stream_.end() && !it->second.empty()) {
+    void* p = it->second.back();
+    it->second.pop_back();
+    bytes_ -= cls;
+    return p;
+  }
+  return take_idle(cls);
+}
+
+void* DeviceBlockCache::take_idle(size_t cls) {
+  auto it = idle_.find(cls);
+  if (it == idle_.end() || it->second.empty()) return nullptr;
+  void* p = it->second.back();
+  it->second.pop_back();
+  bytes_ -= cls;
+  return p;
+}
+
+void DeviceBlockCache::retire(void* stream) {
+  DF_CHECK(stream != nullptr, "the legacy default stream is never destroyed");
+  retired_.insert(stream);
+  for (auto it = by_stream_.begin(); it != by_stream_.end();) {
+    if (it->first.second == stream) {
+      auto& idle = idle_[it->first.first];
+      idle.insert(idle.end(), it->second.begin(), it->second.end());
+      it = by_stream_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void DeviceBlockCache::revive(void* stream) { retired_.erase(stream); }
+
 #if !defined(DIFFUSE_HAVE_CUDA)
 // Without the CUDA backend no tensor can live on a GPU; these are reached only by a bug.
 void* cuda_allocate(size_t, int, void*) { DF_FAIL("CUDA allocation in a build without CUDA"); }
@@ -122,6 +169,8 @@ void cuda_deallocate(void*, size_t, int, void*) {}
 MemoryStats cuda_memory_stats(int) { return {}; }
 void cuda_reset_peak(int) {}
 void cuda_empty_cache(int) {}
+void cuda_stream_created(int, void*) {}
+void cuda_stream_destroyed(int, void*) {}
 #endif
 
 }  // namespace diffuse

@@ -10,6 +10,7 @@
 #include "core/allocator.h"
 #include "core/check.h"
 #include "core/graph.h"
+#include "core/stream.h"
 
 namespace diffuse {
 
@@ -19,8 +20,7 @@ constexpr int kMaxDevices = 16;
 
 struct DeviceCache {
   std::mutex mu;
-  // (size class, stream) -> blocks last used on that stream
-  std::map<std::pair<size_t, void*>, std::vector<void*>> free;
+  DeviceBlockCache free;
   MemoryStats stats;
 };
 
@@ -31,11 +31,28 @@ DeviceCache& device_cache(int device) {
 }
 
 void release_all(DeviceCache& c) {
-  for (auto& [key, blocks] : c.free)
-    for (void* p : blocks) cudaFree(p);
-  c.free.clear();
+  c.free.release_all([](void* p) { cudaFree(p); });
+  (void)cudaGetLastError();  // a failed free leaves nothing for the next launch to be blamed for
   c.stats.cached_bytes = 0;
 }
+
+// A capture runs in cudaStreamCaptureModeThreadLocal, where cudaMalloc on the capturing thread
+// would invalidate it. The pool's own cudaMalloc is safe (the graph keeps the block for as long
+// as it lives, and a replay does not need it re-made), so this thread is relaxed around that one
+// call, and its previous mode comes back however the call ends.
+class RelaxedCaptureMode {
+ public:
+  RelaxedCaptureMode() { ok_ = cudaThreadExchangeStreamCaptureMode(&mode_) == cudaSuccess; }
+  ~RelaxedCaptureMode() {
+    if (ok_) cudaThreadExchangeStreamCaptureMode(&mode_);
+  }
+  RelaxedCaptureMode(const RelaxedCaptureMode&) = delete;
+  RelaxedCaptureMode& operator=(const RelaxedCaptureMode&) = delete;
+
+ private:
+  cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
+  bool ok_ = false;
+};
 
 }  // namespace
 
@@ -75,19 +92,30 @@ void cuda_graph_pool_activate(CudaGraphPool* pool) { t_pool = pool; }
 void cuda_graph_pool_destroy(CudaGraphPool* pool) {
   if (!pool) return;
   DeviceCache& c = device_cache(pool->device);
-  // The graph's last replay may still be running: wait before its blocks serve anyone else.
-  cudaDeviceSynchronize();
   std::lock_guard<std::mutex> lock(c.mu);
+  // The caller waited for the graph's last replay (core/graph.cpp): no queued work uses these.
   for (auto& [cls, blocks] : pool->free)
     for (void* p : blocks) {
       owner().erase(p);
-      c.free[{cls, nullptr}].push_back(p);  // ordered after everything by the wait above
+      c.free.put_idle(p, cls);
     }
   // Blocks still held by live tensors (a graph's outputs) become ordinary: freed later, they go to
   // the shared cache.
   for (auto& [p, o] : owner())
     if (o == pool) o = nullptr;
   delete pool;
+}
+
+void cuda_stream_created(int device, void* stream) {
+  DeviceCache& c = device_cache(device);
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.free.revive(stream);
+}
+
+void cuda_stream_destroyed(int device, void* stream) {
+  DeviceCache& c = device_cache(device);
+  std::lock_guard<std::mutex> lock(c.mu);
+  c.free.retire(stream);
 }
 
 void* cuda_allocate(size_t bytes, int device, void* stream) {
@@ -104,10 +132,21 @@ void* cuda_allocate(size_t bytes, int device, void* stream) {
       ++c.stats.cache_hits;
       return p;
     }
+    // An idle block has no queued work: the graph may own it (an earlier graph's memory, say).
+    if (void* p = c.free.take_idle(cls)) {
+      c.stats.cached_bytes -= cls;
+      ++c.stats.cache_hits;
+      owner()[p] = pool;
+      return p;
+    }
     void* p = nullptr;
-    const cudaError_t e = cudaMalloc(&p, cls);
+    cudaError_t e = cudaSuccess;
+    {
+      RelaxedCaptureMode relaxed;
+      e = cudaMalloc(&p, cls);
+    }
     if (e != cudaSuccess) {
-      cudaGetLastError();
+      (void)cudaGetLastError();
       c.stats.current_bytes -= cls;
       DF_FAIL("CUDA out of memory on cuda:", device, " while capturing a graph: asked for ", bytes, " bytes (",
               cudaGetErrorString(e), ")");
@@ -116,14 +155,10 @@ void* cuda_allocate(size_t bytes, int device, void* stream) {
     owner()[p] = pool;
     return p;
   }
-  auto it = c.free.find({cls, stream});
-  if (it != c.free.end() && !it->second.empty()) {
-    void* p = it->second.back();
-    it->second.pop_back();
+  if (void* p = c.free.take(cls, stream)) {
     c.stats.cached_bytes -= cls;
     ++c.stats.cache_hits;
-  c.stats.current_bytes += cls;
-    if (c.stats.current_bytes > c.stats.peak_bytes) c.stats.peak_bytes = c.stats.current_bytes;
+    count_alloc(c.stats, cls);
     return p;
   }
   int prev = 0;
@@ -132,23 +167,23 @@ void* cuda_allocate(size_t bytes, int device, void* stream) {
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, cls);
   if (e == cudaErrorMemoryAllocation) {
-    cudaGetLastError();
+    (void)cudaGetLastError();
     cudaDeviceSynchronize();  // blocks of other streams may still be in use until their work ends
     release_all(c);
     e = cudaMalloc(&p, cls);
   }
   if (e != cudaSuccess) {
-    cudaGetLastError();
+    (void)cudaGetLastError();
     size_t free_b = 0, total_b = 0;
     cudaMemGetInfo(&free_b, &total_b);
     cudaSetDevice(prev);
+    (void)cudaGetLastError();
     DF_FAIL("CUDA out of memory on cuda:", device, ": asked for ", bytes, " bytes, ", free_b,
             " bytes free of ", total_b, " (", cudaGetErrorString(e), ")");
   }
   cudaSetDevice(prev);
   ++c.stats.system_allocs;
-  c.stats.current_bytes += cls;
-  if (c.stats.current_bytes > c.stats.peak_bytes) c.stats.peak_bytes = c.stats.current_bytes;
+  count_alloc(c.stats, cls);
   return p;
 }
 
@@ -170,7 +205,7 @@ void cuda_deallocate(void* p, size_t bytes, int device, void* stream) {
       owner().erase(it);  // an orphan of a destroyed graph: an ordinary block from now on
     }
   }
-  c.free[{cls, stream}].push_back(p);
+  c.free.put(p, cls, stream, current_stream());
   c.stats.current_bytes -= cls;
   c.stats.cached_bytes += cls;
 }

@@ -8,6 +8,7 @@
 #if defined(DIFFUSE_HAVE_CUDA)
 #include <cuda_runtime.h>
 
+#include "core/allocator.h"
 #include "core/cuda_check.h"
 #endif
 
@@ -33,16 +34,26 @@ DeviceStream::DeviceStream(Device d) : device_(d), prev_(current_stream()) {
   cudaStream_t s = nullptr;
   DF_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   stream_ = s;
+  cuda_stream_created(d.index, stream_);
   set_current_stream(stream_);
 }
 
+namespace {
+
+// Waits for the stream's work, so that no kernel still reads the blocks cached under it, and hands
+// them to the allocator as idle (reusable by any stream) before the handle goes away.
+void destroy_stream(Device d, void* stream) {
+  cudaStreamSynchronize(static_cast<cudaStream_t>(stream));
+  cuda_stream_destroyed(d.index, stream);
+  cudaStreamDestroy(static_cast<cudaStream_t>(stream));
+  (void)cudaGetLastError();  // a destructor cannot report; the next launch must not take the blame
+}
+
+}  // namespace
+
 DeviceStream::~DeviceStream() {
   set_current_stream(prev_);
-  // Tensors freed later may have been allocated on this stream: their blocks stay in the cache
-  // under this stream's key and are never handed to another stream, so nothing can run on a
-  // destroyed stream. Wait for it before destroying it, so that no kernel still reads them.
-  cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
-  cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
+  destroy_stream(device_, stream_);
 }
 
 CudaStream::CudaStream(Device d) : device_(d) {
@@ -52,12 +63,10 @@ CudaStream::CudaStream(Device d) : device_(d) {
   cudaStream_t s = nullptr;
   DF_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   stream_ = s;
+  cuda_stream_created(d.index, stream_);
 }
 
-CudaStream::~CudaStream() {
-  cudaStreamSynchronize(static_cast<cudaStream_t>(stream_));
-  cudaStreamDestroy(static_cast<cudaStream_t>(stream_));
-}
+CudaStream::~CudaStream() { destroy_stream(device_, stream_); }
 
 struct CudaGraph::Impl {
   Device device;
@@ -66,14 +75,21 @@ struct CudaGraph::Impl {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   bool capturing = false;
+  // Recorded after each replay (on the stream it went to): the pool's blocks are free for others
+  // once the last replay is done, which this says without waiting for the whole device.
+  cudaEvent_t replayed = nullptr;
+  bool replays_pending = false;
 
   void drop() {
+    if (replays_pending) cudaEventSynchronize(replayed);
+    replays_pending = false;
     if (exec) cudaGraphExecDestroy(exec);
     if (graph) cudaGraphDestroy(graph);
     exec = nullptr;
     graph = nullptr;
     if (pool) cuda_graph_pool_destroy(pool);
     pool = nullptr;
+    (void)cudaGetLastError();  // drop runs in destructors, which cannot report
   }
 };
 
@@ -87,6 +103,8 @@ CudaGraph::~CudaGraph() {
     cuda_graph_pool_activate(nullptr);
   }
   impl_->drop();
+  if (impl_->replayed) cudaEventDestroy(impl_->replayed);
+  (void)cudaGetLastError();
 }
 
 void CudaGraph::begin(Device d) {
@@ -98,10 +116,13 @@ void CudaGraph::begin(Device d) {
   set_current_device(d);
   impl_->device = d;
   impl_->stream = static_cast<cudaStream_t>(current_stream());
+  if (!impl_->replayed) DF_CUDA_CHECK(cudaEventCreateWithFlags(&impl_->replayed, cudaEventDisableTiming));
   impl_->pool = cuda_graph_pool_create(d.index);
   cuda_graph_pool_activate(impl_->pool);
-  // Relaxed: this thread's allocator may call cudaMalloc for the pool while capturing.
-  const cudaError_t e = cudaStreamBeginCapture(impl_->stream, cudaStreamCaptureModeRelaxed);
+  // Thread-local: an unsafe call on this thread (a cudaMalloc, a synchronisation) fails the
+  // capture instead of slipping past it; other threads are free. The pool's own cudaMalloc is
+  // relaxed for its one call (core/allocator_cuda.cpp).
+  const cudaError_t e = cudaStreamBeginCapture(impl_->stream, cudaStreamCaptureModeThreadLocal);
   if (e != cudaSuccess) {
     cuda_graph_pool_activate(nullptr);
     DF_CUDA_CHECK(e);
@@ -121,7 +142,10 @@ void CudaGraph::end() {
 
 void CudaGraph::replay() {
   DF_CHECK(impl_->exec != nullptr, "CudaGraph::replay before a capture");
-  DF_CUDA_CHECK(cudaGraphLaunch(impl_->exec, static_cast<cudaStream_t>(current_stream())));
+  const cudaStream_t s = static_cast<cudaStream_t>(current_stream());
+  DF_CUDA_CHECK(cudaGraphLaunch(impl_->exec, s));
+  DF_CUDA_CHECK(cudaEventRecord(impl_->replayed, s));
+  impl_->replays_pending = true;
 }
 
 bool CudaGraph::ready() const { return impl_->exec != nullptr; }

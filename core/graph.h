@@ -76,7 +76,8 @@ class CudaStream {
 // One captured graph. begin() starts capturing the current stream (not the legacy default one),
 // with allocations served from the graph's own pool; end() finishes and instantiates it; replay()
 // launches it on the current stream. Destroying it returns its memory to the device cache (after
-// waiting for the device). Capture is thread-local and relaxed: other threads may keep working.
+// waiting for its last replay). Capture is in cudaStreamCaptureModeThreadLocal: other threads may
+// keep working, and on this thread only the graph pool's own cudaMalloc is relaxed.
 class CudaGraph {
  public:
   CudaGraph();
@@ -100,7 +101,9 @@ class CudaGraph {
 // freed, whoever frees them, for as long as it lives.
 struct CudaGraphPool;
 CudaGraphPool* cuda_graph_pool_create(int device);
-void cuda_graph_pool_destroy(CudaGraphPool* pool);  // waits for the device; live blocks are orphaned
+// After the graph's last replay is done: free blocks become idle (any stream may take them), live
+// ones are orphaned (ordinary blocks when freed).
+void cuda_graph_pool_destroy(CudaGraphPool* pool);
 void cuda_graph_pool_activate(CudaGraphPool* pool);  // nullptr: back to the shared cache
 
 }  // namespace diffuse

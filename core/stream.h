@@ -29,4 +29,31 @@ class StreamGuard {
 void synchronize(Device d);
 uint64_t host_syncs();
 
+// A CUDA event (no timing) on device `d`: orders work between streams without a host wait
+// (record on the producing stream, block the consuming one), or tells the host that the work
+// before it is done. Throws in a build without CUDA.
+class CudaEvent {
+ public:
+  explicit CudaEvent(Device d);
+  ~CudaEvent();
+  CudaEvent(const CudaEvent&) = delete;
+  CudaEvent& operator=(const CudaEvent&) = delete;
+
+  void record(void* stream);
+  void block(void* stream) const;  // work queued on `stream` from now on waits for the last record
+  bool done() const;               // the last record's work is complete (true if never recorded); no wait
+  void synchronize() const;        // the host waits for the last record; counted by host_syncs()
+  bool recorded() const { return recorded_; }
+
+ private:
+  void* event_ = nullptr;
+  bool recorded_ = false;
+};
+
+// Work queued on `consumer` from now on waits for the work queued so far on `producer`, both on
+// device `d`; no host wait. For a tensor written on one stream and read on another: the reader
+// waits for the writer; and before the writer's stream reuses a block the reader still reads, the
+// writer waits for the reader.
+void stream_wait(void* consumer, void* producer, Device d);
+
 }  // namespace diffuse

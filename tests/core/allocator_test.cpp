@@ -9,6 +9,8 @@
 #include "core/allocator.h"
 #include "core/check.h"
 #include "core/device.h"
+#include "core/graph.h"
+#include "core/stream.h"
 #include "core/tensor.h"
 
 using namespace diffuse;
@@ -65,5 +67,111 @@ TEST_CASE("CUDA out of memory names the bytes asked for and the bytes free", "[c
   // The failure left the allocator and the device usable.
   Tensor small = Tensor::full({1024}, 3.0, DType::f32, Device::cuda(0));
   CHECK(small.to(Device::cpu()).to_vector()[1023] == 3.0f);
+#endif
+}
+
+// The device allocator's free lists, host bookkeeping only: streams are opaque keys here.
+TEST_CASE("device free lists hand a block to another stream only once its work is complete", "[cpu][core]") {
+  DeviceBlockCache c;
+  int a_tag = 0, b_tag = 0, blocks[4] = {};
+  void* const A = &a_tag;
+  void* const B = &b_tag;
+  void* const legacy = nullptr;
+  // Freed on A: A may reuse it; B and the legacy stream may not (no event between the streams).
+  c.put(&blocks[0], 256, A, legacy);
+  CHECK(c.cached_bytes() == 256);
+  CHECK(c.take(256, B) == nullptr);
+  CHECK(c.take(256, legacy) == nullptr);
+  CHECK(c.take(512, A) == nullptr);  // another size class
+  CHECK(c.take(256, A) == &blocks[0]);
+  CHECK(c.cached_bytes() == 0);
+  // Idle blocks (their work is done) serve any stream.
+  c.put_idle(&blocks[1], 256);
+  CHECK(c.take(256, B) == &blocks[1]);
+  // A stream's own blocks come before idle ones.
+  c.put_idle(&blocks[1], 256);
+  c.put(&blocks[2], 256, B, legacy);
+  CHECK(c.take(256, B) == &blocks[2]);
+  CHECK(c.take(256, B) == &blocks[1]);
+  CHECK(c.take_idle(256) == nullptr);
+}
+
+TEST_CASE("a destroyed stream's cached blocks become reusable by every stream", "[cpu][core]") {
+  DeviceBlockCache c;
+  int a_tag = 0, b_tag = 0, blocks[3] = {};
+  void* const A = &a_tag;
+  void* const B = &b_tag;
+  c.put(&blocks[0], 1024, A, nullptr);
+  c.put(&blocks[1], 2048, A, nullptr);
+  c.retire(A);  // after its work is complete
+  CHECK(c.retired(A));
+  CHECK(c.cached_bytes() == 3072);
+  CHECK(c.take(1024, B) == &blocks[0]);
+  CHECK(c.take(2048, nullptr) == &blocks[1]);
+  // A tensor allocated on A and freed after A is gone: cached under the freeing thread's stream,
+  // where its last use most likely was, not under the dead handle that nothing will allocate on.
+  c.put(&blocks[2], 1024, A, B);
+  CHECK(c.take(1024, A) == nullptr);
+  CHECK(c.take(1024, B) == &blocks[2]);
+  // A new stream that gets the same handle is an ordinary stream again.
+  c.revive(A);
+  CHECK_FALSE(c.retired(A));
+  c.put(&blocks[2], 1024, A, B);
+  CHECK(c.take(1024, B) == nullptr);
+  CHECK(c.take(1024, A) == &blocks[2]);
+  CHECK_THROWS_AS(c.retire(nullptr), Error);  // the legacy stream lives for the process
+  int released = 0;
+  c.put(&blocks[0], 64, B, nullptr);
+  c.put_idle(&blocks[1], 64);
+  c.release_all([&](void*) { ++released; });
+  CHECK(released == 2);
+  CHECK(c.cached_bytes() == 0);
+}
+
+TEST_CASE("blocks of a destroyed stream and of a destroyed graph are reused", "[cuda][core]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  // Size classes that nothing else in this process asks for, so the counts below are this test's.
+  const int64_t n1 = 3 * 1024 * 1024 + 17, n2 = 5 * 1024 * 1024 + 33, n3 = 7 * 1024 * 1024 + 5;
+  Tensor late;
+  {
+    CudaStream s(gpu);
+    StreamGuard guard(s.stream());
+    Tensor t = Tensor::full({n1}, 1.0, DType::f32, gpu);
+    late = Tensor::full({n3}, 1.0, DType::f32, gpu);
+    synchronize(gpu);
+  }  // t's block was cached under s; s is gone
+  MemoryStats m0 = cuda_memory_stats(gpu.index);
+  {
+    Tensor again = Tensor::empty({n1}, DType::f32, gpu);  // on the legacy stream
+    MemoryStats m1 = cuda_memory_stats(gpu.index);
+    CHECK(m1.system_allocs == m0.system_allocs);
+    CHECK(m1.cache_hits == m0.cache_hits + 1);
+  }
+  // A tensor that outlived its stream, freed now on the legacy stream: reused there.
+  late = Tensor();
+  m0 = cuda_memory_stats(gpu.index);
+  {
+    Tensor again = Tensor::empty({n3}, DType::f32, gpu);
+    CHECK(cuda_memory_stats(gpu.index).system_allocs == m0.system_allocs);
+  }
+  // A graph's pool: its blocks serve other streams once the graph is gone.
+  {
+    CudaStream s(gpu);
+    StreamGuard guard(s.stream());
+    Tensor x = Tensor::full({16}, 2.0, DType::f32, gpu);
+    {
+      CudaGraph g;
+      g.begin(gpu);
+      { Tensor tmp = Tensor::empty({n2}, DType::f32, gpu); tmp.fill_(3.0); }
+      g.end();
+      g.replay();
+    }
+    m0 = cuda_memory_stats(gpu.index);
+    Tensor again = Tensor::empty({n2}, DType::f32, gpu);
+    CHECK(cuda_memory_stats(gpu.index).system_allocs == m0.system_allocs);
+    synchronize(gpu);
+  }
 #endif
 }

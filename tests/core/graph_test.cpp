@@ -1,0 +1,107 @@
+// core/graph.h and core/stream.h on a GPU ([cuda]): a capture is thread-local, with only the graph
+// pool's own cudaMalloc relaxed (and the thread's mode restored after it); events order work
+// between streams. Without CUDA ([cpu]): the refusals.
+#include <catch2/catch.hpp>
+
+#include <thread>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/check.h"
+#include "core/device.h"
+#include "core/graph.h"
+#include "core/stream.h"
+#include "core/tensor.h"
+
+#if defined(DIFFUSE_HAVE_CUDA)
+#include <cuda_runtime_api.h>
+#endif
+
+using namespace diffuse;
+
+TEST_CASE("events refuse a build without CUDA", "[cpu][core]") {
+#if !defined(DIFFUSE_HAVE_CUDA)
+  CHECK_THROWS_AS(CudaEvent(Device::cuda(0)), Error);
+  CHECK_THROWS_AS(stream_wait(nullptr, nullptr, Device::cuda(0)), Error);
+#else
+  CHECK_THROWS_AS(CudaEvent(Device::cpu()), Error);
+#endif
+}
+
+#if defined(DIFFUSE_HAVE_CUDA)
+
+namespace {
+
+cudaStreamCaptureMode thread_mode() {
+  cudaStreamCaptureMode m = cudaStreamCaptureModeRelaxed;
+  cudaThreadExchangeStreamCaptureMode(&m);  // read it by swapping in relaxed...
+  cudaStreamCaptureMode back = m;
+  cudaThreadExchangeStreamCaptureMode(&back);  // ...and back
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("a capture is thread-local; the pool's cudaMalloc alone is relaxed", "[cuda][core]") {
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  CudaStream s(gpu);
+  StreamGuard guard(s.stream());
+  Tensor out = Tensor::zeros({1000}, DType::f32, gpu);
+  synchronize(gpu);
+  const cudaStreamCaptureMode before = thread_mode();
+  CudaGraph g;
+  g.begin(gpu);
+  {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    unsigned long long id = 0;
+    REQUIRE(cudaStreamGetCaptureInfo(static_cast<cudaStream_t>(s.stream()), &st, &id) == cudaSuccess);
+    CHECK(st == cudaStreamCaptureStatusActive);
+    // A size class never used before: the pool must cudaMalloc it while capturing.
+    const MemoryStats m0 = cuda_memory_stats(gpu.index);
+    Tensor tmp = Tensor::full({9 * 1024 * 1024 + 3}, 4.0, DType::f32, gpu);
+    CHECK(cuda_memory_stats(gpu.index).system_allocs == m0.system_allocs + 1);
+    CHECK(thread_mode() == before);  // restored after the allocation
+    out.copy_(tmp.slice(0, 1000));
+    // Another thread may allocate and synchronise while this one captures (thread-local mode).
+    cudaError_t other = cudaErrorUnknown;
+    std::thread t([&] {
+      cudaSetDevice(0);
+      void* p = nullptr;
+      other = cudaMalloc(&p, 1 << 20);
+      if (other == cudaSuccess) other = cudaFree(p);
+    });
+    t.join();
+    CHECK(other == cudaSuccess);
+  }
+  REQUIRE_NOTHROW(g.end());
+  out.zero_();
+  g.replay();
+  CHECK(out.to(Device::cpu()).to_vector()[999] == 4.0f);
+}
+
+TEST_CASE("an event orders a tensor written on one stream before its read on another", "[cuda][core]") {
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  CudaStream a(gpu), b(gpu);
+  const int64_t n = int64_t{1} << 24;
+  Tensor t = Tensor::zeros({n}, DType::f32, gpu);
+  synchronize(gpu);
+  for (int round = 1; round <= 5; ++round) {
+    {
+      StreamGuard on_a(a.stream());
+      for (int k = 0; k < 4; ++k) t.fill_(static_cast<double>(round));  // a long write on a
+    }
+    stream_wait(b.stream(), a.stream(), gpu);
+    StreamGuard on_b(b.stream());
+    Tensor last = t.slice(n - 1, n).to(Device::cpu());  // read on b, after the wait
+    CHECK(last.to_vector()[0] == static_cast<float>(round));
+  }
+  CudaEvent e(gpu);
+  CHECK(e.done());  // never recorded
+  e.record(a.stream());
+  e.synchronize();
+  CHECK(e.done());
+}
+
+#endif
