@@ -106,7 +106,9 @@ diffuse_status guarded(const char* fn, diffuse_status library_error, Body&& body
   } catch (const std::bad_alloc&) {
     return record(DIFFUSE_ERR_OUT_OF_MEMORY, fn, "out of host memory");
   } catch (const Error& e) {
-    return record(mentions_out_of_memory(e.what()) ? DIFFUSE_ERR_OUT_OF_MEMORY : library_error, fn, e.what());
+    // message(): what went wrong, without the source location (diffuse::Error's what()).
+    return record(mentions_out_of_memory(e.what()) ? DIFFUSE_ERR_OUT_OF_MEMORY : library_error, fn,
+                  e.message().c_str());
   } catch (const std::exception& e) {
     return record(DIFFUSE_ERR_INTERNAL, fn, e.what());
   } catch (...) {
@@ -159,7 +161,7 @@ Device parse_device(const char* spec) {
     try {
       return resolve_device(s);
     } catch (const Error& e) {
-      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "device '", s, "': ", e.what());
+      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "device '", s, "': ", e.message());
     }
   }
   fail(DIFFUSE_ERR_INVALID_ARGUMENT, "unknown device '", s, "' (expected cpu, cuda, cuda:N or auto)");

@@ -1,6 +1,7 @@
-// core/check.h: the one family of checks. Every failure throws diffuse::Error with the failing
-// expression's text, the file and the line, so a user sees what and where, and a caller can
-// catch it (CLI: one message and a non-zero exit).
+// core/check.h: the one family of checks. Every failure throws diffuse::Error, which keeps two
+// texts: message(), what went wrong and what to do, for the person who caused it (the CLI and
+// the C API report this), and what(), the same with the source file, line and failed expression
+// in front and behind, for a developer (debug builds and `diffuse --verbose` print it).
 #pragma once
 
 #include <sstream>
@@ -12,7 +13,13 @@ namespace diffuse {
 
 class Error : public std::runtime_error {
  public:
-  explicit Error(const std::string& what) : std::runtime_error(what) {}
+  // An error with nothing to add for a developer: what() == message().
+  explicit Error(const std::string& message) : std::runtime_error(message), message_(message) {}
+  Error(const std::string& message, const std::string& what) : std::runtime_error(what), message_(message) {}
+  const std::string& message() const noexcept { return message_; }
+
+ private:
+  std::string message_;
 };
 
 namespace detail {

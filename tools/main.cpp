@@ -1,4 +1,4 @@
-// The `diffuse` command line: train, sample, eval, bench, info.
+// The `diffuse` command line: train, sample, eval, info.
 #include <cstdio>
 #include <exception>
 
@@ -13,8 +13,16 @@ int& exit_code() {
 }  // namespace diffuse::tools
 
 int main(int argc, char** argv) {
-  CLI::App app{"diffuse: a diffusion-model engine (train, sample, evaluate, benchmark)", "diffuse"};
+  CLI::App app{"diffuse: a diffusion-model engine (train, sample, evaluate)", "diffuse"};
   app.require_subcommand(1);
+  // Errors a user can cause say what is wrong and what to do; the source file, line and failed
+  // check behind them are for developers: --verbose, or any debug build, adds them.
+#if defined(NDEBUG)
+  bool verbose = false;
+#else
+  bool verbose = true;
+#endif
+  app.add_flag("--verbose", verbose, "on an error, also print where in the source it was raised and which check failed");
   app.set_version_flag("--version", std::string("diffuse ") + "0.1.0");
   diffuse::tools::register_info(app);
   diffuse::tools::register_train(app);
@@ -25,7 +33,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const diffuse::Error& e) {
-    std::fprintf(stderr, "diffuse: error: %s\n", e.what());
+    std::fprintf(stderr, "diffuse: error: %s\n", verbose ? e.what() : e.message().c_str());
     return 1;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "diffuse: error: %s\n", e.what());
