@@ -61,15 +61,17 @@ struct SamplerOptions {
   // Which steps of a discrete schedule to visit: `timesteps` (0-based original indices) if not
   // empty, else `section_counts` ("10,10,20" or "ddim50") if not empty, else `steps` by `spacing`.
   // Continuous schedules use t_k = 1 - k / steps, or uniform log-SNR with Spacing::logsnr.
-  // Multistep solvers (DPM-Solver++(2M)) want Spacing::logsnr: on time-uniform grids of the
-  // linear DDPM schedule the log-SNR steps vary by 5x and the 2M extrapolation loses its order.
+  // Every sampler works on every spacing; at equal model calls DPM-Solver++(2M) is at least as
+  // accurate as DDIM on all of them, and furthest ahead on trailing and logsnr grids
+  // (docs/diffusion.md, "Sampler accuracy", has the measured errors).
   Spacing spacing = Spacing::linspace;
   std::string section_counts;
   std::vector<int> timesteps;
 
   VarianceKind variance = VarianceKind::beta_tilde;  // DDPM ancestral
   double eta = 0;                                    // DDIM: 0 deterministic, 1 DDPM-like
-  // Karras samplers (Euler, Heun): EDM sigmas; 0 takes them from the schedule's ends.
+  // Karras samplers (Euler, Heun): EDM sigmas; 0 takes them from the schedule's ends, with
+  // sigma_max capped at EDM's 80 (sampler.cpp says why).
   double sigma_min = 0, sigma_max = 0, rho = 7;
   // Called after every step with (step, steps, z after the step, x0 prediction of the step).
   std::function<void(int, int, const Tensor&, const Tensor&)> callback;
@@ -93,10 +95,12 @@ Tensor ddim_invert(const Schedule& s, const Denoiser& f, const Tensor& x0, const
 // c = -expm1(gamma_s - gamma_t)); clip_x0 clips the x0 behind eps as in their sampler.
 Tensor sample_vdm(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 // DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", Algorithm 2), data prediction, multistep,
-// lambda = -gamma / 2; first order on the first step and onto sigma = 0.
+// lambda = -gamma / 2; first order on the first step and on every step that ends at the data end
+// of the schedule: sigma = 0, t = 0, or a discrete schedule's first trained step.
 Tensor sample_dpmpp_2m(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 // Euler and Heun (Karras et al. 2022, Algorithm 1, no churn) on the EDM sigma ramp of `steps`
-// sigmas, in x = z / alpha: dx/dsigma = (x - D(x; sigma)) / sigma.
+// sigmas, in x = z / alpha: dx/dsigma = (x - D(x; sigma)) / sigma. They ignore the spacing. Heun
+// calls the denoiser twice per step and once on the last (Euler onto sigma = 0): 2 steps - 1.
 Tensor sample_euler(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 
