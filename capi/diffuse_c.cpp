@@ -32,6 +32,7 @@
 #include "core/tensor.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
+#include "models/interop/diffusers.h"
 #include "models/train/trainer.h"
 
 using namespace diffuse;
@@ -425,6 +426,53 @@ diffuse_status diffuse_model_device(const diffuse_model* model, const char** dev
     require(model, "model");
     require(device, "device");
     *device = model->device_name.c_str();
+  });
+}
+
+diffuse_status diffuse_model_predict(const diffuse_model* model, int64_t n, const float* x, const float* t,
+                                     const int64_t* labels, float* out, size_t out_len) noexcept {
+  return guarded(__func__, DIFFUSE_ERR_INTERNAL, [&] {
+    require(model, "model");
+    require(x, "x");
+    require(t, "t");
+    require(out, "out");
+    auto* m = const_cast<diffuse_model*>(model);  // the lock is the only thing that changes
+    const nn::UNetConfig& uc = m->loaded.unet->config();
+    const int64_t count = element_count(n, uc.image_size, uc.image_size, uc.in_channels);
+    check_out_len(out_len, count, n, uc.image_size, uc.image_size, uc.in_channels);
+    std::vector<float> ts(t, t + n);
+    for (int64_t i = 0; i < n; ++i)
+      if (!(ts[i] > 0.f && ts[i] <= 1.f)) fail(DIFFUSE_ERR_INVALID_ARGUMENT, "t[", i, "] = ", ts[i], " is outside (0, 1]");
+    Tensor lt;
+    if (labels) {
+      if (uc.num_classes == 0) fail(DIFFUSE_ERR_INVALID_ARGUMENT, "labels given to an unconditional model");
+      for (int64_t i = 0; i < n; ++i)
+        if (labels[i] < 0 || labels[i] > uc.num_classes)
+          fail(DIFFUSE_ERR_INVALID_ARGUMENT, "labels[", i, "] = ", labels[i], " is outside [0, ", uc.num_classes, "]");
+      lt = Tensor::from_vector_i64(std::vector<int64_t>(labels, labels + n), {n});
+    }
+    Tensor xt = Tensor::from_vector(std::vector<float>(x, x + count), {n, uc.image_size, uc.image_size, uc.in_channels});
+    std::lock_guard<std::mutex> lock(m->mu);
+    set_current_device(m->device);
+    ag::NoGrad ng;
+    Tensor y = m->denoiser(xt, Tensor::from_vector(ts, {n}), lt);
+    std::copy_n(y.data<float>(), count, out);
+  });
+}
+
+diffuse_status diffuse_import_diffusers(const char* dir, const char* checkpoint_path) noexcept {
+  return guarded(__func__, DIFFUSE_ERR_IO, [&] {
+    require(dir, "dir");
+    require(checkpoint_path, "checkpoint_path");
+    interop::import_diffusers(dir, checkpoint_path);
+  });
+}
+
+diffuse_status diffuse_export_diffusers(const char* checkpoint_path, const char* dir) noexcept {
+  return guarded(__func__, DIFFUSE_ERR_IO, [&] {
+    require(checkpoint_path, "checkpoint_path");
+    require(dir, "dir");
+    interop::export_diffusers(checkpoint_path, dir);
   });
 }
 

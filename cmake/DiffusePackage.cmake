@@ -170,5 +170,10 @@ if(DIFFUSE_TESTS)
                      ${DIFFUSE_PYTHON})
     set_tests_properties(capi.embed_examples PROPERTIES LABELS cpu TIMEOUT 900 SKIP_RETURN_CODE 77
                          ENVIRONMENT "OMP_NUM_THREADS=2")
+    # diffusers UNet2DModel folders in and out, checked against diffusers itself (PyTorch, CPU).
+    add_test(NAME interop.diffusers
+             COMMAND ${DIFFUSE_PYTHON} ${CMAKE_SOURCE_DIR}/tests/interop/diffusers_check.py
+                     --cli $<TARGET_FILE:diffuse_cli> --lib $<TARGET_FILE:diffuse_shared>)
+    set_tests_properties(interop.diffusers PROPERTIES LABELS cpu TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=2")
   endif()
 endif()

@@ -10,9 +10,15 @@ pkgs=(build-essential cmake ninja-build pkg-config
       # Debian's python3 with Debian's NumPy runs examples/python/embed_ctypes.py and reads a
       # checkpoint with the safetensors package (tests/capi/embed_examples.sh); python3-venv makes
       # the venv below.
-      binutils python3 python3-numpy python3-venv)
-# The project's Python packages from PyPI, into the venv made below.
-pip_pkgs=(safetensors==0.8.0)
+      binutils python3 python3-numpy python3-venv
+      # PyTorch and what diffusers and huggingface_hub import, from Debian where it has them: the
+      # diffusers interop test (tests/interop) builds UNet2DModels and compares them with diffuse.
+      python3-torch python3-filelock python3-regex python3-requests python3-pil
+      python3-importlib-metadata python3-tqdm python3-typing-extensions python3-packaging python3-yaml)
+# The project's Python packages from PyPI, into the venv made below. huggingface_hub 0.21.4 is
+# one diffusers 0.27.2 works with (later ones dropped cached_download, which it imports); fsspec
+# because Debian's is older than huggingface_hub needs.
+pip_pkgs=(safetensors==0.8.0 diffusers==0.27.2 huggingface_hub==0.21.4 fsspec==2024.2.0)
 list=
 for arg in "$@"; do
   case "$arg" in

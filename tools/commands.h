@@ -12,5 +12,6 @@ void register_info(CLI::App& root);
 void register_train(CLI::App& root);
 void register_sample(CLI::App& root);
 void register_eval(CLI::App& root);
+void register_diffusers(CLI::App& root);  // import-diffusers, export-diffusers
 
 }  // namespace diffuse::tools

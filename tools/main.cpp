@@ -28,6 +28,7 @@ int main(int argc, char** argv) {
   diffuse::tools::register_train(app);
   diffuse::tools::register_sample(app);
   diffuse::tools::register_eval(app);
+  diffuse::tools::register_diffusers(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

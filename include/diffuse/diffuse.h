@@ -154,6 +154,20 @@ DIFFUSE_API diffuse_status diffuse_model_num_classes(const diffuse_model* model,
 DIFFUSE_API diffuse_status diffuse_model_prediction(const diffuse_model* model, diffuse_prediction* prediction) DIFFUSE_NOEXCEPT;
 /* Where the network runs ("cpu", "cuda:0"); the string lives as long as the model. */
 DIFFUSE_API diffuse_status diffuse_model_device(const diffuse_model* model, const char** device) DIFFUSE_NOEXCEPT;
+/* The network's prediction (diffuse_model_prediction says which) for n latents x (NHWC, the
+ * model's image shape) at continuous times t (n values in (0, 1]; discrete step i is
+ * (i + 1) / timesteps): the denoiser every sampler calls. labels: n labels or NULL (the null
+ * label). out_len: floats in out, at least n * height * width * channels. */
+DIFFUSE_API diffuse_status diffuse_model_predict(const diffuse_model* model, int64_t n, const float* x, const float* t,
+                                                 const int64_t* labels, float* out, size_t out_len) DIFFUSE_NOEXCEPT;
+
+/* HuggingFace diffusers UNet2DModel folders (docs/embedding.md): import reads `dir` (config.json
+ * and diffusion_pytorch_model.safetensors in dir or dir/unet, scheduler_config.json optional)
+ * and writes a checkpoint that diffuse_model_load takes; a config diffuse cannot express is
+ * DIFFUSE_ERR_IO naming the key, and nothing is written. Export writes a checkpoint's EMA
+ * weights as dir/config.json, dir/diffusion_pytorch_model.safetensors, dir/scheduler_config.json. */
+DIFFUSE_API diffuse_status diffuse_import_diffusers(const char* dir, const char* checkpoint_path) DIFFUSE_NOEXCEPT;
+DIFFUSE_API diffuse_status diffuse_export_diffusers(const char* checkpoint_path, const char* dir) DIFFUSE_NOEXCEPT;
 
 /* ---- schedules ---- */
 
