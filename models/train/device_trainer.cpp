@@ -12,6 +12,66 @@
 
 namespace diffuse::train {
 
+LaggedReadback::LaggedReadback(int slots) : slots_(slots) {
+  DF_CHECK(slots >= 1, "LaggedReadback: ", slots, " slots");
+  for (int i = slots - 1; i >= 0; --i) free_.push_back(i);
+}
+
+LaggedReadback::Values LaggedReadback::take(Source& src) {
+  const auto [step, slot] = pending_.front();
+  pending_.pop_front();
+  Values v = src.read(slot);
+  v.step = step;
+  free_.push_back(slot);
+  return v;
+}
+
+void LaggedReadback::push(int64_t step, Source& src) {
+  if (free_.empty()) {
+    // Every slot holds an unread step: the oldest is `slots_` steps behind; keep it on the host.
+    src.wait(pending_.front().second);
+    ready_.push_back(take(src));
+  }
+  const int slot = free_.back();
+  free_.pop_back();
+  src.queue(slot);
+  pending_.emplace_back(step, slot);
+}
+
+std::optional<LaggedReadback::Values> LaggedReadback::poll(Source& src) {
+  if (ready_.empty() && !pending_.empty() && src.done(pending_.front().second)) ready_.push_back(take(src));
+  if (ready_.empty()) return std::nullopt;
+  Values v = ready_.front();
+  ready_.pop_front();
+  return v;
+}
+
+std::optional<LaggedReadback::Values> LaggedReadback::wait(Source& src) {
+  if (ready_.empty() && !pending_.empty()) {
+    src.wait(pending_.front().second);
+    ready_.push_back(take(src));
+  }
+  return poll(src);
+}
+
+class DeviceTrainer::Slots final : public LaggedReadback::Source {
+ public:
+  explicit Slots(DeviceTrainStep& s) : s_(s) {}
+  void queue(int slot) override { s_.queue_results(slot); }
+  bool done(int slot) override { return s_.results_done(slot); }
+  void wait(int slot) override { s_.wait_results(slot); }
+  LaggedReadback::Values read(int slot) override {
+    const DeviceTrainStep::Results r = s_.results(slot);
+    LaggedReadback::Values v;
+    v.loss = r.loss;
+    v.sumsq = r.sumsq;
+    return v;
+  }
+
+ private:
+  DeviceTrainStep& s_;
+};
+
 void check_device_training(const TrainConfig& cfg) {
   const Device d = resolve_device(cfg.device);
   if (!d.is_cuda()) return;
@@ -27,7 +87,8 @@ void check_device_training(const TrainConfig& cfg) {
            "), which trains eps, x0 or v; train it with --device cpu");
 }
 
-DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& cfg) {
+DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& cfg)
+    : readback_(DeviceTrainStep::kResultSlots) {
   check_device_training(cfg);
   DeviceTrainOptions o;
   o.timesteps = cfg.timesteps;
@@ -51,6 +112,7 @@ DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& 
   o.graph = cfg.cuda_graph;
   o.seed = cfg.seed;
   step_ = std::make_unique<DeviceTrainStep>(std::move(unet), o);
+  slots_ = std::make_unique<Slots>(*step_);
 }
 
 DeviceTrainer::~DeviceTrainer() = default;
@@ -105,15 +167,36 @@ std::map<std::string, Tensor> DeviceTrainer::state() {
   return out;
 }
 
-DeviceTrainer::Result DeviceTrainer::step(const Tensor& images) {
+void DeviceTrainer::step(const Tensor& images) {
   step_->step(images);
-  Result r;
-  r.loss = step_->loss();
-  r.grad_norm = step_->grad_norm();
+  readback_.push(step_->steps(), *slots_);
+}
+
+namespace {
+
+DeviceTrainer::Result result_of(const LaggedReadback::Values& v) {
+  DeviceTrainer::Result r;
+  r.step = v.step;
+  r.loss = v.loss;
+  r.grad_norm = std::sqrt(static_cast<double>(v.sumsq));
   // The device skipped the update exactly when the norm (which a non-finite loss poisons) is not
   // finite (graph_step.h).
   r.applied = std::isfinite(r.grad_norm);
   return r;
+}
+
+}  // namespace
+
+std::optional<DeviceTrainer::Result> DeviceTrainer::poll() {
+  const std::optional<LaggedReadback::Values> v = readback_.poll(*slots_);
+  if (!v) return std::nullopt;
+  return result_of(*v);
+}
+
+std::optional<DeviceTrainer::Result> DeviceTrainer::wait() {
+  const std::optional<LaggedReadback::Values> v = readback_.wait(*slots_);
+  if (!v) return std::nullopt;
+  return result_of(*v);
 }
 
 float DeviceTrainer::lr_at(int64_t t) const {

@@ -14,9 +14,13 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "core/tensor.h"
 #include "models/nn/unet.h"
@@ -31,6 +35,43 @@ class DeviceTrainStep;
 // does not support. Resolving the device also throws when the GPU asked for is missing. Called
 // before the output folder is made, so a refused run writes nothing.
 void check_device_training(const TrainConfig& cfg);
+
+// Reading a step's results late, the host's side only (so the cpu tier tests it). Each step's
+// values go to one of `slots` host slots behind an event; step k's are read once that event is
+// done, at a later step, in step order, so the loop never waits for the step it just queued. When
+// every slot holds an unread step, the oldest is waited for and kept on the host (the device is
+// then `slots` steps ahead: back-pressure, not a stall).
+class LaggedReadback {
+ public:
+  struct Values {
+    int64_t step = 0;  // steps done when the values were queued (1-based step index)
+    float loss = 0;
+    float sumsq = 0;
+  };
+  // The device's side: DeviceTrainStep on a GPU, a fake in the tests.
+  class Source {
+   public:
+    virtual ~Source() = default;
+    virtual void queue(int slot) = 0;        // copy the last step's values into the slot; no wait
+    virtual bool done(int slot) = 0;         // the slot's copy is complete; no wait
+    virtual void wait(int slot) = 0;         // the host waits for the slot's copy
+    virtual Values read(int slot) = 0;       // the copied values (step left 0)
+  };
+
+  explicit LaggedReadback(int slots);
+  void push(int64_t step, Source& src);            // after step `step` was queued
+  std::optional<Values> poll(Source& src);         // the oldest unread step if it is done; no wait
+  std::optional<Values> wait(Source& src);         // the oldest unread step, waiting; none if none
+  int64_t unread() const { return static_cast<int64_t>(ready_.size() + pending_.size()); }
+
+ private:
+  Values take(Source& src);  // the oldest pending slot, done: read it and free it
+
+  int slots_;
+  std::deque<std::pair<int64_t, int>> pending_;  // (step, slot), oldest first
+  std::deque<Values> ready_;                     // read back, not yet returned
+  std::vector<int> free_;
+};
 
 class DeviceTrainer {
  public:
@@ -48,18 +89,27 @@ class DeviceTrainer {
   std::map<std::string, Tensor> state();
 
   struct Result {
+    int64_t step = 0;      // steps done after it (1-based step index)
     double loss = 0;       // the batch's loss
     double grad_norm = 0;  // before clipping
     bool applied = false;  // false: not finite, and the device left every buffer as it was
   };
-  // One step on the batch (B, H, W, C) f32 on the cpu; waits for the loss and the norm.
-  Result step(const Tensor& images);
+  // Queues one step on the batch (B, H, W, C) f32 on the cpu; does not wait for it.
+  void step(const Tensor& images);
+  // The results of queued steps, in order, each once: poll() returns the oldest only once it is
+  // on the host (no wait), wait() waits for it. Empty when every step's result was returned.
+  std::optional<Result> poll();
+  std::optional<Result> wait();
   float lr_at(int64_t t) const;  // the learning rate of step t (1-based), as AdamW::lr_at
   void swap_ema();               // weights <-> EMA, for the sample grids (swap again to undo)
   bool captured() const;
 
  private:
+  class Slots;  // LaggedReadback::Source over DeviceTrainStep's result slots
+
   std::unique_ptr<DeviceTrainStep> step_;
+  std::unique_ptr<Slots> slots_;
+  LaggedReadback readback_;
   AdamWOptions adamw_;
 };
 

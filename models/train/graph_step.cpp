@@ -17,6 +17,9 @@
 #include "models/diffusion/schedule.h"
 
 #if defined(DIFFUSE_HAVE_CUDA)
+#include <cuda_runtime.h>
+
+#include "core/cuda_check.h"
 #include "core/tensor_cuda.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/elementwise.h"
@@ -97,6 +100,9 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
   layout_ = ParamLayout::of(params);
 
   stream_ = std::make_unique<CudaStream>(device_);
+  caller_ready_ = std::make_unique<CudaEvent>(device_);
+  step_done_ = std::make_unique<CudaEvent>(device_);
+  for (int i = 0; i < kResultSlots; ++i) result_events_.push_back(std::make_unique<CudaEvent>(device_));
   graph_ = std::make_unique<CudaGraph>();
   StreamGuard guard(stream_->stream());
   const int64_t n = std::max<int64_t>(layout_.total, 1);
@@ -127,9 +133,19 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
         std::fill_n(mask.begin() + layout_.segments[i].offset, layout_.segments[i].numel, 1.f);
     decay_mask_ = Tensor::from_vector(mask, {n}).to(device_).to(DType::u8);
   }
-  sumsq_ = Tensor::zeros({1}, DType::f32, device_);
-  loss_ = Tensor::zeros({1}, DType::f32, device_);
+  results_ = Tensor::zeros({2}, DType::f32, device_);
+  sumsq_ = results_.slice(0, 1);
+  loss_ = results_.slice(1, 2);
 #if defined(DIFFUSE_HAVE_CUDA)
+  {
+    void* p = nullptr;
+    // Page-locked, so that the copy is asynchronous and the host reads what the event covers.
+    const cudaError_t e = cudaHostAlloc(&p, sizeof(float) * 2 * kResultSlots, cudaHostAllocDefault);
+    if (e != cudaSuccess) (void)cudaGetLastError();
+    DF_CHECK(e == cudaSuccess, "DeviceTrainStep: cannot allocate ", sizeof(float) * 2 * kResultSlots,
+             " bytes of page-locked host memory: ", cudaGetErrorString(e));
+    pinned_results_ = static_cast<float*>(p);
+  }
   reduce_ws_ = Tensor::empty({std::max<int64_t>(cuda::reduce_all_workspace(n), 1)}, DType::f32, device_);
 #endif
   diffuse::synchronize(device_);  // set-up: the buffers are filled before the first step
@@ -138,8 +154,16 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
 DeviceTrainStep::~DeviceTrainStep() {
   if (!stream_) return;
   StreamGuard guard(stream_->stream());
-  graph_.reset();  // waits for the device, then frees the graph's memory
+  graph_.reset();  // waits for its last replay, then frees the graph's memory
   lowp_.reset();
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (pinned_results_) {
+    // Copies into the slots may still be queued.
+    cudaStreamSynchronize(static_cast<cudaStream_t>(stream_->stream()));
+    cudaFreeHost(pinned_results_);
+    (void)cudaGetLastError();
+  }
+#endif
 }
 
 bool DeviceTrainStep::captured() const { return graph_ && graph_->ready(); }
@@ -161,6 +185,25 @@ double DeviceTrainStep::grad_norm() {
 }
 
 #if defined(DIFFUSE_HAVE_CUDA)
+
+void DeviceTrainStep::queue_results(int slot) {
+  DF_CHECK(slot >= 0 && slot < kResultSlots, "DeviceTrainStep::queue_results: slot ", slot);
+  const cudaStream_t s = static_cast<cudaStream_t>(stream_->stream());
+  DF_CUDA_CHECK(cudaMemcpyAsync(pinned_results_ + 2 * slot, results_.raw(), 2 * sizeof(float),
+                                cudaMemcpyDeviceToHost, s));
+  result_events_[static_cast<size_t>(slot)]->record(s);
+}
+
+bool DeviceTrainStep::results_done(int slot) const { return result_events_.at(static_cast<size_t>(slot))->done(); }
+void DeviceTrainStep::wait_results(int slot) const { result_events_.at(static_cast<size_t>(slot))->synchronize(); }
+
+DeviceTrainStep::Results DeviceTrainStep::results(int slot) const {
+  DF_CHECK(slot >= 0 && slot < kResultSlots, "DeviceTrainStep::results: slot ", slot);
+  Results r;
+  r.sumsq = pinned_results_[2 * slot];
+  r.loss = pinned_results_[2 * slot + 1];
+  return r;
+}
 
 void DeviceTrainStep::stage(const Tensor& x) {
   DF_CHECK(x.defined() && x.dim() == 4 && x.dtype() == DType::f32, "DeviceTrainStep: x must be f32 (B, H, W, C), got ",
@@ -278,8 +321,11 @@ void DeviceTrainStep::swap_ema() {
 
 void DeviceTrainStep::step(const Tensor& x) {
   unet_->train();
+  void* const caller = current_stream();
   StreamGuard guard(stream_->stream());
   set_current_device(device_);
+  caller_ready_->record(caller);
+  caller_ready_->block(stream_->stream());
   stage(x);
   if (!o_.graph) {
     body();
@@ -298,6 +344,8 @@ void DeviceTrainStep::step(const Tensor& x) {
     graph_->end();
   }
   ++steps_;
+  step_done_->record(stream_->stream());
+  step_done_->block(caller);
 }
 
 #else  // a build without CUDA: the constructor's CudaStream has already refused
@@ -309,6 +357,10 @@ void DeviceTrainStep::restore(const Tensor&, const Tensor&, const Tensor&, int64
   DF_FAIL("DeviceTrainStep in a build without CUDA");
 }
 void DeviceTrainStep::swap_ema() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+void DeviceTrainStep::queue_results(int) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+bool DeviceTrainStep::results_done(int) const { return true; }
+void DeviceTrainStep::wait_results(int) const {}
+DeviceTrainStep::Results DeviceTrainStep::results(int) const { return {}; }
 
 #endif
 

@@ -23,7 +23,15 @@
 //
 // Steady state, from the second step: no host-device synchronisation and no cudaMalloc (with the
 // graph not even a cache lookup: its memory is its own pool, core/graph.h). The loss and the
-// gradient norm stay on the device; loss() and grad_norm() read them, and wait.
+// gradient norm stay on the device; loss() and grad_norm() read them, and wait. A training loop
+// reads them late instead: queue_results copies them into a pinned host slot behind an event,
+// read once the event is done (device_trainer.h's LaggedReadback).
+//
+// Streams. The step runs on a stream of its own. Each step() first makes that stream wait for the
+// work the caller's current stream has queued (a batch or weights written there), and then makes
+// the caller's stream wait for the step (a checkpoint or a sample grid that reads the weights
+// next, or the reuse of the batch's block, come after it): events between the streams, no host
+// wait.
 //
 // Randomness: step s (0-based) draws its timesteps on the host from Philox (seed, 8 s + 1), as
 // train() does; its noise and dropout masks from (seed ^ w_s) at fixed offsets, w_s a hash of
@@ -35,6 +43,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "models/diffusion/device_sampler.h"
@@ -42,6 +51,7 @@
 #include "models/train/optim.h"
 
 namespace diffuse {
+class CudaEvent;
 class CudaGraph;
 class CudaStream;
 }  // namespace diffuse
@@ -69,6 +79,7 @@ struct DeviceTrainOptions {
 
 class DeviceTrainStep {
  public:
+  static constexpr int kResultSlots = 8;  // host slots of queue_results
   // unet: on a GPU, f32 parameters, unconditional (num_classes 0: label checks would read the
   // labels on the host). Its parameters move into one flat buffer (each Var's value becomes a view
   // of it) with their gradients in a second one; do not move the model afterwards (Module::to).
@@ -77,10 +88,20 @@ class DeviceTrainStep {
   DeviceTrainStep(const DeviceTrainStep&) = delete;
   DeviceTrainStep& operator=(const DeviceTrainStep&) = delete;
 
-  // One step on x (B, H, W, C) f32 in [-1, 1], on this GPU or on the cpu (copied in stream order;
-  // a device batch must have been written before this object was built or on stream()). Returns
-  // without waiting for the device.
+  // One step on x (B, H, W, C) f32 in [-1, 1], on this GPU (written on the caller's current
+  // stream, or on stream()) or on the cpu. Returns without waiting for the device.
   void step(const Tensor& x);
+  // Queues a copy of the last step's loss and squared gradient norm into host slot `slot` (of
+  // kResultSlots) and records the slot's event; no wait. The slot must have been read (or never
+  // used): the copy overwrites it.
+  void queue_results(int slot);
+  bool results_done(int slot) const;  // the slot's copy is complete; no wait
+  void wait_results(int slot) const;  // the host waits for the slot's copy
+  struct Results {
+    float loss = 0;
+    float sumsq = 0;  // the squared global gradient norm (NaN when the loss is not finite)
+  };
+  Results results(int slot) const;    // after results_done or wait_results
 
   int64_t steps() const { return steps_; }
   bool captured() const;
@@ -117,6 +138,9 @@ class DeviceTrainStep {
   std::vector<double> abar_;  // the schedule's alpha_bar per step
   int64_t steps_ = 0;
   std::unique_ptr<CudaStream> stream_;
+  std::unique_ptr<CudaEvent> caller_ready_, step_done_;  // the joins with the caller's stream
+  std::vector<std::unique_ptr<CudaEvent>> result_events_;
+  float* pinned_results_ = nullptr;  // kResultSlots x (sumsq, loss), page-locked
   std::unique_ptr<CudaGraph> graph_;
   std::unique_ptr<ag::Bf16Weights> lowp_;
   Tensor w_, g_, m_, v_, ema_;  // flat f32
@@ -124,7 +148,8 @@ class DeviceTrainStep {
   Tensor x_;                    // the batch (static: the graph reads it)
   Tensor staging_;              // f32: seed word, AdamW scalars, t, alpha, sigma, loss weights
   std::vector<float> host_staging_;
-  Tensor sumsq_, reduce_ws_, loss_;
+  Tensor results_;  // f32 (sumsq, loss): one copy reads both
+  Tensor sumsq_, reduce_ws_, loss_;  // views of results_, and the reduction's workspace
 };
 
 // The UNet as a device denoiser (z, t on the GPU, t on DDPM's step scale; see

@@ -692,19 +692,58 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   int64_t loss_n = 0, since_log = 0;
   Tensor x, labels;
 
+  // One step's outcome, taken in step order: on the cpu right after the step; on a GPU once its
+  // loss and norm reach the host (device_trainer.h), a step or more later, so that the loop does
+  // not wait for the device; a checkpoint, a sample grid and the end wait for the last ones.
+  // `step` counts the steps done with it (1-based).
+  auto account = [&](int64_t step, double lv, double gnorm, bool ok) {
+    if (ok) {
+      consecutive_bad = 0;
+      loss_acc += lv;
+      ++loss_n;
+    } else {
+      // A non-finite loss or gradient: skip the update, keep the weights, count it.
+      ++r.nonfinite_total;
+      DF_CHECK(++consecutive_bad < cfg.max_nonfinite, "the loss or gradient was not finite for ", consecutive_bad,
+               " consecutive steps (at step ", step, "); stopping. Lower --lr or raise --grad-clip; the last "
+               "checkpoint (", ckpt, ") holds finite weights");
+    }
+    ++since_log;
+    if (step % cfg.log_every == 0 || step == cfg.steps) {
+      auto now = std::chrono::steady_clock::now();
+      double dt = std::chrono::duration<double>(now - t_last).count();
+      t_last = now;
+      StepStats st{step, loss_n ? loss_acc / loss_n : NAN, gnorm, lr_at(step),
+                   dt > 0 ? since_log * B / dt : 0, r.nonfinite_total, cfg.steps};
+      log << st.step << ',' << st.loss << ',' << st.grad_norm << ',' << st.lr << ',' << st.images_per_s << ','
+          << st.nonfinite_skipped << '\n';
+      log.flush();
+      if (cb.on_step) cb.on_step(st);
+      loss_acc = 0;
+      loss_n = 0;
+      since_log = 0;
+    } else if (cb.on_step) {
+      cb.on_step(StepStats{step, lv, gnorm, lr_at(step), 0, r.nonfinite_total, cfg.steps});
+    }
+  };
+  auto take_device_results = [&](bool wait) {
+    if (!r.dev) return;
+    while (std::optional<DeviceTrainer::Result> d = wait ? r.dev->wait() : r.dev->poll())
+      account(d->step, d->loss, d->grad_norm, d->applied);
+  };
+
   while (r.step < cfg.steps) {
     if (cb.should_stop && cb.should_stop()) break;
     data::Batch batch = r.batcher->next();
     const int64_t s = r.step;
-    double lv = 0, gnorm = 0;
-    bool ok = false;
     if (r.dev) {
       // The whole step on the GPU; it skips a non-finite step itself (device_trainer.h).
-      const DeviceTrainer::Result d = r.dev->step(batch.images);
-      lv = d.loss;
-      gnorm = d.grad_norm;
-      ok = d.applied;
+      r.dev->step(batch.images);
+      ++r.step;
+      take_device_results(false);
     } else {
+      double lv = 0, gnorm = 0;
+      bool ok = false;
       x = batch.images.to(r.device);
       labels = batch.labels;
       Tensor y;
@@ -729,47 +768,24 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
       }
       if (ok) r.opt->step(r.ema.get());
       r.opt->zero_grad();
+      ++r.step;
+      account(r.step, lv, gnorm, ok);
     }
-    if (ok) {
-      consecutive_bad = 0;
-      loss_acc += lv;
-      ++loss_n;
-    } else {
-      // A non-finite loss or gradient: skip the update, keep the weights, count it.
-      ++r.nonfinite_total;
-      DF_CHECK(++consecutive_bad < cfg.max_nonfinite, "the loss or gradient was not finite for ", consecutive_bad,
-               " consecutive steps (at step ", s + 1, "); stopping. Lower --lr or raise --grad-clip; the last "
-               "checkpoint (", ckpt, ") holds finite weights");
-    }
-    ++r.step;
-    ++since_log;
 
-    if (r.step % cfg.log_every == 0 || r.step == cfg.steps) {
-      auto now = std::chrono::steady_clock::now();
-      double dt = std::chrono::duration<double>(now - t_last).count();
-      t_last = now;
-      StepStats st{r.step, loss_n ? loss_acc / loss_n : NAN, gnorm, lr_at(r.step),
-                   dt > 0 ? since_log * B / dt : 0, r.nonfinite_total, cfg.steps};
-      log << st.step << ',' << st.loss << ',' << st.grad_norm << ',' << st.lr << ',' << st.images_per_s << ','
-          << st.nonfinite_skipped << '\n';
-      log.flush();
-      if (cb.on_step) cb.on_step(st);
-      loss_acc = 0;
-      loss_n = 0;
-      since_log = 0;
-    } else if (cb.on_step) {
-      cb.on_step(StepStats{r.step, lv, gnorm, lr_at(r.step), 0, r.nonfinite_total, cfg.steps});
-    }
-    if (cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0 && r.step < cfg.steps) {
+    const bool checkpoint_now = cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0 && r.step < cfg.steps;
+    const bool samples_now = cfg.sample_every > 0 && r.step % cfg.sample_every == 0 && r.step < cfg.steps;
+    if (checkpoint_now || samples_now) take_device_results(true);
+    if (checkpoint_now) {
       write_checkpoint(r);
       if (cb.on_message) cb.on_message("checkpoint " + ckpt + " (step " + std::to_string(r.step) + ")");
     }
-    if (cfg.sample_every > 0 && r.step % cfg.sample_every == 0 && r.step < cfg.steps) {
+    if (samples_now) {
       std::string png = (fs::path(cfg.out_dir) / ("samples_" + std::to_string(r.step) + ".png")).string();
       write_png_grid(png, sample_grid(r, r.step), 2);
       if (cb.on_message) cb.on_message("samples " + png);
     }
   }
+  take_device_results(true);
   write_checkpoint(r);
   if (cb.on_message) cb.on_message("checkpoint " + ckpt + " (step " + std::to_string(r.step) + ")");
   if (r.step >= cfg.steps) {

@@ -12,7 +12,9 @@
 #include "core/device.h"
 #include "core/stream.h"
 #include "models/nn/unet.h"
+#include "models/train/device_trainer.h"
 #include "models/train/graph_step.h"
+#include "models/train/trainer.h"
 #include "tests/test_util.h"
 
 using namespace diffuse;
@@ -151,5 +153,89 @@ TEST_CASE("the device training step learns a fixed batch", "[cuda][models]") {
   }
   INFO("first 10: " << first / 10 << ", last 10: " << last / 10);
   CHECK(last < 0.8 * first);
+#endif
+}
+
+TEST_CASE("the device trainer reads each step's loss late, without waiting in the steady state", "[cuda][models]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  const uint64_t init = test::next_seed();
+  train::TrainConfig cfg;
+  cfg.device = "cuda";
+  cfg.seed = test::next_seed();
+  cfg.warmup = 2;
+  auto a = std::make_shared<nn::UNet>(small_config(), init);
+  auto b = std::make_shared<nn::UNet>(small_config(), init);
+  a->to(gpu);
+  b->to(gpu);
+  train::DeviceTrainer lagged(a, cfg);
+  // The reference: the same step, read synchronously after each step.
+  train::DeviceTrainOptions o;
+  o.seed = cfg.seed;
+  o.adamw.lr = static_cast<float>(cfg.lr);
+  o.adamw.warmup_steps = cfg.warmup;
+  o.adamw.weight_decay = static_cast<float>(cfg.weight_decay);
+  o.ema_decay = static_cast<float>(cfg.ema_decay);
+  o.grad_clip = cfg.grad_clip;
+  train::DeviceTrainStep eager(b, o);
+  const Tensor x = test::random_tensor({4, 8, 8, 1});
+  std::vector<float> ref_loss;
+  std::vector<double> ref_norm;
+  const int steps = train::DeviceTrainStep::kResultSlots;  // 1 + (slots - 1) never fills the slots
+  for (int s = 0; s < steps; ++s) {
+    eager.step(x);
+    ref_loss.push_back(eager.loss());
+    ref_norm.push_back(eager.grad_norm());
+  }
+  std::vector<train::DeviceTrainer::Result> got;
+  lagged.step(x);  // the first step: searches, plans, the capture
+  while (auto r = lagged.wait()) got.push_back(*r);
+  const uint64_t syncs = host_syncs();
+  for (int s = 1; s < steps; ++s) {
+    lagged.step(x);
+    while (auto r = lagged.poll()) got.push_back(*r);
+  }
+  // Fewer steps than slots: nothing was waited for, whatever the device's pace.
+  CHECK(host_syncs() == syncs);
+  while (auto r = lagged.wait()) got.push_back(*r);
+  REQUIRE(got.size() == static_cast<size_t>(steps));
+  for (size_t i = 0; i < got.size(); ++i) {
+    INFO("step " << i + 1);
+    CHECK(got[i].step == static_cast<int64_t>(i) + 1);
+    CHECK(got[i].loss == static_cast<double>(ref_loss[i]));
+    CHECK(got[i].grad_norm == ref_norm[i]);
+    CHECK(got[i].applied);
+  }
+#endif
+}
+
+TEST_CASE("the device step is ordered with the caller's stream both ways", "[cuda][models]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  auto net = std::make_shared<nn::UNet>(small_config(), test::next_seed());
+  net->to(gpu);
+  train::DeviceTrainOptions o;
+  o.seed = test::next_seed();
+  train::DeviceTrainStep step(net, o);
+  const Tensor host = test::random_tensor({4, 8, 8, 1});
+  for (int s = 0; s < 4; ++s) {
+    // A batch written on the caller's stream (legacy) just before the step, and freed right after:
+    // the step reads it after the write, and the caller's stream reuses its block after the read.
+    {
+      Tensor x = Tensor::empty(host.shape(), DType::f32, gpu);
+      x.fill_(1e30);
+      x.copy_(host);
+      step.step(x);
+    }
+    Tensor scribble = Tensor::full(host.shape(), 1e30, DType::f32, gpu);  // likely x's block
+    // The weights, read on the caller's stream without a wait: the step's, after its update.
+    const Tensor w_caller = step.weights().to(Device::cpu());
+    step.synchronize();
+    CHECK(mismatches(w_caller, step.weights().to(Device::cpu())) == 0);
+    CHECK(std::isfinite(step.loss()));
+    CHECK(std::isfinite(step.grad_norm()));
+  }
 #endif
 }
