@@ -15,7 +15,7 @@ dirs=${TEST_DIRS:-core;autograd;models;tools}
 secs=${FUZZ_SECONDS:-10}
 jobs=${JOBS:-$(nproc)}
 start=$SECONDS
-bash scripts/install-deps.sh --fuzz
+bash scripts/install-deps.sh --tests --fuzz
 mkdir -p "$build"
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
       "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -gline-tables-only" "-DCMAKE_C_FLAGS_RELEASE=-O1 -gline-tables-only" \

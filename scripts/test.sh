@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
-bash scripts/install-deps.sh
+bash scripts/install-deps.sh --tests
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIFFUSE_WERROR=ON -DDIFFUSE_TESTS=ON -DDIFFUSE_BENCH=ON \
       -DDIFFUSE_CUDA="${DIFFUSE_CUDA:-AUTO}"
 cmake --build "$build" -j "${JOBS:-$(nproc)}"
