@@ -143,7 +143,12 @@ void DeviceSampler::loop() {
 }
 
 const Tensor& DeviceSampler::run(uint64_t seed) {
+  void* const caller = current_stream();
   StreamGuard guard(stream());
+  // Joined to the caller's stream both ways by events, without a host wait: what the caller
+  // queued before (the model's weights, a class label tensor) is read after it, and whatever the
+  // caller queues after run() returns (reading the result it hands back) comes after the samples.
+  if (o_.device.is_cuda()) stream_wait(stream(), caller, o_.device);
   // The run's inputs, outside any graph: z_1 from (seed, 0) and the word that turns the base seed
   // into `seed` for the step noise, seed = base ^ (base ^ seed).
   z_.normal_(seed, 0);
@@ -170,6 +175,7 @@ const Tensor& DeviceSampler::run(uint64_t seed) {
     }
     graph_->end();
   }
+  if (o_.device.is_cuda()) stream_wait(caller, stream(), o_.device);
   return result_;
 }
 

@@ -232,3 +232,40 @@ TEST_CASE("the device loop on a GPU samples what the cpu samples", "[cuda][diffu
   CHECK(diff.max_abs < 2e-2);
 #endif
 }
+
+TEST_CASE("the device loop is ordered with the caller's stream both ways", "[cuda][diffusion]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  // run() queues the samples on the sampler's own stream and returns at once. The result it hands
+  // back, copied on the caller's (legacy) stream with no wait in between, must be the finished
+  // samples: the caller's stream waits for the sampler's by an event. And the next run, which
+  // overwrites that result, must wait for the caller's copy. Several UNet evaluations lie between
+  // the start of a run and its result, so without the events the copies would read a partial result.
+  const Device gpu = Device::cuda(0);
+  auto unet = small_unet(test::next_seed());
+  unet->to(gpu);
+  unet->eval();
+  DiscreteSchedule lin = DiscreteSchedule::linear(1000);
+  DeviceSamplerOptions d;
+  d.kind = SamplerKind::ddim;
+  d.sampler.shape = Shape{4, 8, 8, 1};
+  d.sampler.steps = 8;
+  d.sampler.clip_x0 = true;
+  d.time_of = train::unet_time_of(1000);
+  d.device = gpu;
+  for (bool graph : {false, true}) {
+    INFO("graph " << graph);
+    d.graph = graph;
+    DeviceSampler loop(lin, train::unet_device_denoiser(unet, false), d);
+    const uint64_t s1 = test::next_seed(), s2 = test::next_seed();
+    const Tensor a = loop.run(s1).clone();  // on the caller's stream, right after the run is queued
+    const Tensor b = loop.run(s2).clone();  // this run may overwrite the result only after a's copy
+    loop.synchronize();
+    diffuse::synchronize(gpu);
+    loop.run(s1);
+    CHECK(mismatches(a.to(Device::cpu()), loop.to_host()) == 0);
+    loop.run(s2);
+    CHECK(mismatches(b.to(Device::cpu()), loop.to_host()) == 0);
+  }
+#endif
+}
