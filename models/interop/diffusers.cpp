@@ -3,6 +3,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <set>
 #include <sstream>
 
@@ -112,11 +113,14 @@ nn::UNetConfig unet_config_from_diffusers(const json& config, const std::string&
   expect("class_embed_type", nullptr, "diffuse's class conditioning is a plain embedding table (num_class_embeds)");
   if (get_as<double>(cfg, file, "mid_block_scale_factor") != 1.0)
     refuse(file, "mid_block_scale_factor", cfg["mid_block_scale_factor"], "diffuse's middle block does not rescale");
-  if (!near(get_as<double>(cfg, file, "norm_eps"), 1e-5, 1e-6))
-    refuse(file, "norm_eps", cfg["norm_eps"], "diffuse's GroupNorms use eps 1e-5");
 
   nn::UNetConfig c;
   c.init = "pytorch";
+  // Every GroupNorm of UNet2DModel (resnets, attention, conv_norm_out) takes norm_eps, as do
+  // diffuse's; the google/ddpm-* models use 1e-6.
+  c.norm_eps = get_as<double>(cfg, file, "norm_eps");
+  if (!(c.norm_eps > 0 && c.norm_eps <= 1.0 && static_cast<float>(c.norm_eps) >= std::numeric_limits<float>::min()))
+    refuse(file, "norm_eps", cfg["norm_eps"], "diffuse's GroupNorms take an epsilon in (0, 1] that a float holds");
   const json& ss = cfg["sample_size"];
   if (ss.is_array()) {
     if (ss.size() != 2 || ss[0] != ss[1]) refuse(file, "sample_size", ss, "diffuse's UNet takes square images");
@@ -239,9 +243,16 @@ nn::UNetConfig unet_config_from_diffusers(const json& config, const std::string&
            "and upsample_type too)");
   c.resblock_updown = resample_kinds.count("resnet") > 0;
   c.conv_resample = true;
-  if (!c.resblock_updown && L > 1 && get_as<int>(cfg, file, "downsample_padding") != 1)
-    refuse(file, "downsample_padding", cfg["downsample_padding"],
-           "diffuse's strided downsampling convolution pads 1 on every side");
+  // Downsample2D's padding: 1 on every side, or 0: a zero row at the bottom and a zero column at
+  // the right, then an unpadded conv (the google/ddpm-* models). ResBlock resampling has no conv
+  // to pad, and diffusers ignores the key there, so any value reads as diffuse's default.
+  if (!c.resblock_updown && L > 1) {
+    const int pad = get_as<int>(cfg, file, "downsample_padding");
+    if (pad != 0 && pad != 1)
+      refuse(file, "downsample_padding", cfg["downsample_padding"],
+             "diffuse's strided downsampling convolution pads 1 on every side (1) or the bottom and right only (0)");
+    c.downsample_padding = pad;
+  }
 
   // Heads: attention_head_dim channels per head in every attention block (the middle one too),
   // or one head per block when null.
@@ -328,7 +339,8 @@ json diffusers_config_from_unet(const nn::UNetConfig& c) {
          {"block_out_channels", chans},
          {"layers_per_block", c.num_res_blocks},
          {"mid_block_scale_factor", 1},
-         {"downsample_padding", 1},
+         // Meaningless with ResBlock resampling (no Downsample2D): the default there.
+         {"downsample_padding", c.resblock_updown ? 1 : c.downsample_padding},
          {"downsample_type", c.resblock_updown ? "resnet" : "conv"},
          {"upsample_type", c.resblock_updown ? "resnet" : "conv"},
          {"dropout", c.dropout},
@@ -337,7 +349,7 @@ json diffusers_config_from_unet(const nn::UNetConfig& c) {
          {"norm_num_groups", c.groups},
          // Explicit: with scale_shift a null would drop the middle attention's GroupNorm.
          {"attn_norm_num_groups", c.groups},
-         {"norm_eps", 1e-5},
+         {"norm_eps", c.norm_eps},
          {"resnet_time_scale_shift", c.scale_shift_norm ? "scale_shift" : "default"},
          {"add_attention", true},
          {"class_embed_type", nullptr},

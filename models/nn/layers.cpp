@@ -29,10 +29,11 @@ ag::Var Linear::forward(const ag::Var& x) const { return ag::linear(x, *weight_,
 
 // ---- Conv2d -----------------------------------------------------------------------------------
 
-Conv2d::Conv2d(int64_t in, int64_t out, int kernel, int stride, bool zero_init)
-    : in_(in), out_(out), kernel_(kernel), stride_(stride) {
+Conv2d::Conv2d(int64_t in, int64_t out, int kernel, int stride, bool zero_init, int padding)
+    : in_(in), out_(out), kernel_(kernel), stride_(stride), padding_(padding < 0 ? kernel / 2 : padding) {
   DF_CHECK(kernel == 1 || kernel == 3, "Conv2d supports 1x1 and 3x3 kernels, got ", kernel);
   DF_CHECK(stride == 1 || stride == 2, "Conv2d stride must be 1 or 2, got ", stride);
+  DF_CHECK(padding_ <= kernel / 2, "Conv2d padding must be at most ", kernel / 2, ", got ", padding);
   const int64_t k2 = int64_t{kernel} * kernel;
   weight_ = &register_parameter("weight", Tensor::zeros({out, kernel, kernel, in}),
                                zero_init ? Init::zeros() : Init::weight(k2 * in, k2 * out));
@@ -44,7 +45,7 @@ ag::Var Conv2d::forward(const ag::Var& x) const {
   // A 1x1 conv at stride 1 is a matrix product over the channels: the weight (Cout,1,1,Cin) is a
   // view of (Cout, Cin), so take the plain GEMM path.
   if (kernel_ == 1 && stride_ == 1) return ag::linear(x, ag::reshape(*weight_, {out_, in_}), *bias_);
-  return ag::conv2d(x, *weight_, *bias_, ag::Conv2dOptions{stride_, kernel_ / 2});
+  return ag::conv2d(x, *weight_, *bias_, ag::Conv2dOptions{stride_, padding_});
 }
 
 // ---- GroupNorm --------------------------------------------------------------------------------
@@ -69,7 +70,8 @@ ag::Var Embedding::forward(const Tensor& ids) const { return ag::embedding(ids, 
 
 // ---- AttentionBlock ---------------------------------------------------------------------------
 
-AttentionBlock::AttentionBlock(int64_t channels, int groups, int heads, int head_channels) : channels_(channels) {
+AttentionBlock::AttentionBlock(int64_t channels, int groups, int heads, int head_channels, float norm_eps)
+    : channels_(channels) {
   if (heads > 0) {
     heads_ = heads;
   } else {
@@ -78,7 +80,7 @@ AttentionBlock::AttentionBlock(int64_t channels, int groups, int heads, int head
     heads_ = static_cast<int>(channels / head_channels);
   }
   DF_CHECK(channels % heads_ == 0, "AttentionBlock: ", channels, " channels in ", heads_, " heads");
-  norm_ = register_module("norm", std::make_shared<GroupNorm>(groups, channels));
+  norm_ = register_module("norm", std::make_shared<GroupNorm>(groups, channels, norm_eps));
   qkv_ = register_module("qkv", std::make_shared<Linear>(channels, 3 * channels));
   proj_ = register_module("proj", std::make_shared<Linear>(channels, channels, true, /*zero_init=*/true));
 }
@@ -98,12 +100,12 @@ ag::Var AttentionBlock::forward(const ag::Var& x) const {
 
 ResBlock::ResBlock(const ResBlockOptions& o) : o_(o) {
   DF_CHECK(o.in_channels > 0 && o.out_channels > 0, "ResBlock channels ", o.in_channels, " -> ", o.out_channels);
-  norm1_ = register_module("norm1", std::make_shared<GroupNorm>(o.groups, o.in_channels));
+  norm1_ = register_module("norm1", std::make_shared<GroupNorm>(o.groups, o.in_channels, o.norm_eps));
   conv1_ = register_module("conv1", std::make_shared<Conv2d>(o.in_channels, o.out_channels, 3));
   if (o.emb_channels > 0)
     emb_proj_ = register_module(
         "emb_proj", std::make_shared<Linear>(o.emb_channels, o.scale_shift_norm ? 2 * o.out_channels : o.out_channels));
-  norm2_ = register_module("norm2", std::make_shared<GroupNorm>(o.groups, o.out_channels));
+  norm2_ = register_module("norm2", std::make_shared<GroupNorm>(o.groups, o.out_channels, o.norm_eps));
   conv2_ = register_module("conv2", std::make_shared<Conv2d>(o.out_channels, o.out_channels, 3, 1, /*zero_init=*/true));
   if (o.in_channels != o.out_channels)
     skip_ = register_module("skip", std::make_shared<Conv2d>(o.in_channels, o.out_channels, 1));
@@ -146,11 +148,31 @@ ag::Var ResBlock::forward(const ag::Var& x, const ag::Var& emb_act, DropoutKey k
 
 // ---- Downsample / Upsample ---------------------------------------------------------------------
 
-Downsample::Downsample(int64_t channels, bool use_conv) {
-  if (use_conv) conv_ = register_module("conv", std::make_shared<Conv2d>(channels, channels, 3, 2));
+Downsample::Downsample(int64_t channels, bool use_conv, int padding) : padding_(padding) {
+  DF_CHECK(padding == 0 || padding == 1, "Downsample padding must be 0 or 1, got ", padding);
+  if (use_conv)
+    conv_ = register_module("conv", std::make_shared<Conv2d>(channels, channels, 3, 2, /*zero_init=*/false, padding));
 }
 
-ag::Var Downsample::forward(const ag::Var& x) const { return conv_ ? conv_->forward(x) : ag::avg_pool2x(x); }
+namespace {
+// (B, H, W, C) -> (B, H+1, W+1, C), zeros in the last row and column: F.pad(x, (0, 1, 0, 1)) in
+// NHWC. Built from concat_last over flattened trailing dims (contiguous rows, so appending C zeros
+// to each row of W*C values is a zero column, and (W+1)*C zeros per image a zero row): it runs on
+// every device the concat does, with concat's backward (a slice) as its gradient.
+ag::Var pad_bottom_right(const ag::Var& x) {
+  const int64_t B = x.size(0), H = x.size(1), W = x.size(2), C = x.size(3);
+  const ag::Var zero_col(Tensor::zeros({B * H, C}, x.dtype(), x.device()));
+  const ag::Var zero_row(Tensor::zeros({B, (W + 1) * C}, x.dtype(), x.device()));
+  ag::Var h = ag::concat_last({ag::reshape(x, {B * H, W * C}), zero_col});
+  h = ag::concat_last({ag::reshape(h, {B, H * (W + 1) * C}), zero_row});
+  return ag::reshape(h, {B, H + 1, W + 1, C});
+}
+}  // namespace
+
+ag::Var Downsample::forward(const ag::Var& x) const {
+  if (!conv_) return ag::avg_pool2x(x);
+  return conv_->forward(padding_ == 0 ? pad_bottom_right(x) : x);
+}
 
 Upsample::Upsample(int64_t channels, bool use_conv) {
   if (use_conv) conv_ = register_module("conv", std::make_shared<Conv2d>(channels, channels, 3));

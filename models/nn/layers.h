@@ -43,13 +43,14 @@ class Linear : public Module {
 
 class Conv2d : public Module {
  public:
-  // kernel 3 pads 1 ("same" at stride 1; halves even sizes at stride 2), kernel 1 pads 0.
-  Conv2d(int64_t in, int64_t out, int kernel = 3, int stride = 1, bool zero_init = false);
+  // kernel 3 pads 1 ("same" at stride 1; halves even sizes at stride 2), kernel 1 pads 0; padding
+  // >= 0 overrides that (Downsample pads its input itself for diffusers' asymmetric padding).
+  Conv2d(int64_t in, int64_t out, int kernel = 3, int stride = 1, bool zero_init = false, int padding = -1);
   ag::Var forward(const ag::Var& x) const;  // (B, H, W, Cin) -> (B, Ho, Wo, Cout)
 
  private:
   int64_t in_, out_;
-  int kernel_, stride_;
+  int kernel_, stride_, padding_;
   ag::Var *weight_ = nullptr, *bias_ = nullptr;  // owned by Module (stable slots)
 };
 
@@ -59,6 +60,7 @@ class GroupNorm : public Module {
   // y = act((xhat * gamma + beta) * (1 + scale) + shift), act = SiLU when silu: the fused op.
   ag::Var forward(const ag::Var& x, bool silu = false, const ag::Var& scale = {}, const ag::Var& shift = {}) const;
   int groups() const { return groups_; }
+  float eps() const { return eps_; }
 
  private:
   int groups_;
@@ -79,8 +81,9 @@ class Embedding : public Module {
 // x + proj(attention(qkv(GroupNorm(x)))), proj zero-initialised so the block starts as identity.
 class AttentionBlock : public Module {
  public:
-  // heads > 0: that many heads; else head_channels > 0: channels / head_channels heads.
-  AttentionBlock(int64_t channels, int groups, int heads, int head_channels = -1);
+  // heads > 0: that many heads; else head_channels > 0: channels / head_channels heads. norm_eps:
+  // the GroupNorm's epsilon.
+  AttentionBlock(int64_t channels, int groups, int heads, int head_channels = -1, float norm_eps = 1e-5f);
   ag::Var forward(const ag::Var& x) const;  // (B, H, W, C) -> same
   int heads() const { return heads_; }
 
@@ -94,6 +97,7 @@ class AttentionBlock : public Module {
 struct ResBlockOptions {
   int64_t in_channels = 0, out_channels = 0, emb_channels = 0;  // emb_channels 0: no conditioning
   int groups = 32;
+  float norm_eps = 1e-5f;  // both GroupNorms' epsilon
   float dropout = 0.f;
   bool scale_shift_norm = false;  // AdaGN (improved DDPM / ADM): emb -> (scale, shift) of norm2
   bool rescale = false;           // output (skip + h) / sqrt(2) (NCSN++ / score SDE)
@@ -123,14 +127,17 @@ class ResBlock : public Module {
   std::shared_ptr<Linear> emb_proj_;
 };
 
-// Halves H and W: a 3x3 conv with stride 2 (use_conv), or a 2x2 average pool.
+// Halves H and W (even): a 3x3 conv with stride 2 (use_conv), or a 2x2 average pool. The conv's
+// padding: 1 on every side, or 0: diffusers' Downsample2D(padding=0), which pads one zero row at
+// the bottom and one zero column at the right (F.pad(x, (0, 1, 0, 1))) and convolves unpadded.
 class Downsample : public Module {
  public:
-  Downsample(int64_t channels, bool use_conv);
+  Downsample(int64_t channels, bool use_conv, int padding = 1);
   ag::Var forward(const ag::Var& x) const;
 
  private:
   std::shared_ptr<Conv2d> conv_;
+  int padding_ = 1;
 };
 
 // Doubles H and W: nearest neighbour, then a 3x3 conv (use_conv).

@@ -1,6 +1,7 @@
 #include "models/nn/unet.h"
 
 #include <algorithm>
+#include <limits>
 #include <set>
 
 #include "autograd/elementwise.h"
@@ -34,6 +35,12 @@ void UNetConfig::validate() const {
   DF_CHECK(num_res_blocks >= 1 && num_res_blocks <= kMaxResBlocks, "UNetConfig: num_res_blocks must be in [1, ",
            kMaxResBlocks, "]");
   DF_CHECK(groups > 0, "UNetConfig: groups must be positive");
+  // Finite and within f32's normal range: the GroupNorm ops take it as a float.
+  DF_CHECK(norm_eps > 0 && norm_eps <= 1.0 && static_cast<float>(norm_eps) >= std::numeric_limits<float>::min(),
+           "UNetConfig: norm_eps must be in (0, 1], got ", norm_eps);
+  DF_CHECK(downsample_padding == 0 || downsample_padding == 1,
+           "UNetConfig: downsample_padding must be 1 (pad every side) or 0 (diffusers' bottom/right pad), got ",
+           downsample_padding);
   DF_CHECK(num_heads > 0 || head_channels > 0, "UNetConfig: num_heads or head_channels must be positive");
   DF_CHECK(dropout >= 0.f && dropout < 1.f, "UNetConfig: dropout must be in [0, 1)");
   DF_CHECK(num_classes >= 0 && num_classes <= kMaxClasses, "UNetConfig: num_classes must be in [0, ", kMaxClasses, "]");
@@ -61,25 +68,31 @@ void UNetConfig::validate() const {
 }
 
 nlohmann::json UNetConfig::to_json() const {
-  return nlohmann::json{{"in_channels", in_channels},
-                        {"out_channels", out_channels},
-                        {"image_size", image_size},
-                        {"base_channels", base_channels},
-                        {"channel_mult", channel_mult},
-                        {"num_res_blocks", num_res_blocks},
-                        {"attention_resolutions", attention_resolutions},
-                        {"num_heads", num_heads},
-                        {"head_channels", head_channels},
-                        {"dropout", dropout},
-                        {"groups", groups},
-                        {"num_classes", num_classes},
-                        {"scale_shift_norm", scale_shift_norm},
-                        {"resblock_updown", resblock_updown},
-                        {"rescale_residual", rescale_residual},
-                        {"learn_sigma", learn_sigma},
-                        {"conv_resample", conv_resample},
-                        {"init", init},
-                        {"time_embedding", time_embedding}};
+  nlohmann::json j{{"in_channels", in_channels},
+                   {"out_channels", out_channels},
+                   {"image_size", image_size},
+                   {"base_channels", base_channels},
+                   {"channel_mult", channel_mult},
+                   {"num_res_blocks", num_res_blocks},
+                   {"attention_resolutions", attention_resolutions},
+                   {"num_heads", num_heads},
+                   {"head_channels", head_channels},
+                   {"dropout", dropout},
+                   {"groups", groups},
+                   {"num_classes", num_classes},
+                   {"scale_shift_norm", scale_shift_norm},
+                   {"resblock_updown", resblock_updown},
+                   {"rescale_residual", rescale_residual},
+                   {"learn_sigma", learn_sigma},
+                   {"conv_resample", conv_resample},
+                   {"init", init},
+                   {"time_embedding", time_embedding}};
+  // Written only when they differ from the defaults, so that a default model's config (every
+  // checkpoint made before these keys existed) reads and writes exactly as before, and older
+  // builds can still read it.
+  if (norm_eps != UNetConfig{}.norm_eps) j["norm_eps"] = norm_eps;
+  if (downsample_padding != UNetConfig{}.downsample_padding) j["downsample_padding"] = downsample_padding;
+  return j;
 }
 
 UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
@@ -91,7 +104,7 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
                                       "dropout",         "groups",            "num_classes",
                                       "scale_shift_norm", "resblock_updown",  "rescale_residual",
                                       "learn_sigma",     "conv_resample",     "init",
-                                      "time_embedding"};
+                                      "time_embedding",  "norm_eps",          "downsample_padding"};
   for (auto it = j.begin(); it != j.end(); ++it)
     DF_CHECK(keys.count(it.key()), "UNetConfig: unknown key '", it.key(), "'");
   // json_to, not get_to: nlohmann's conversions are unchecked casts (core/json_util.h).
@@ -110,6 +123,8 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
   get("head_channels", c.head_channels);
   get("dropout", c.dropout);
   get("groups", c.groups);
+  get("norm_eps", c.norm_eps);
+  get("downsample_padding", c.downsample_padding);
   get("num_classes", c.num_classes);
   get("scale_shift_norm", c.scale_shift_norm);
   get("resblock_updown", c.resblock_updown);
@@ -198,6 +213,7 @@ ResBlockOptions res_options(const UNetConfig& c, int64_t in, int64_t out) {
   o.out_channels = out;
   o.emb_channels = c.emb_channels();
   o.groups = c.groups;
+  o.norm_eps = static_cast<float>(c.norm_eps);
   o.dropout = c.dropout;
   o.scale_shift_norm = c.scale_shift_norm;
   o.rescale = c.rescale_residual;
@@ -210,7 +226,8 @@ bool has_attention(const UNetConfig& c, int size) {
 }
 
 std::shared_ptr<AttentionBlock> make_attention(const UNetConfig& c, int64_t ch) {
-  return std::make_shared<AttentionBlock>(ch, c.groups, c.head_channels > 0 ? -1 : c.num_heads, c.head_channels);
+  return std::make_shared<AttentionBlock>(ch, c.groups, c.head_channels > 0 ? -1 : c.num_heads, c.head_channels,
+                                          static_cast<float>(c.norm_eps));
 }
 
 // Sequential site numbers for dropout streams.
@@ -275,7 +292,7 @@ std::vector<int64_t> build_encoder(Module& m, const UNetConfig& c, std::shared_p
         o.resample = ResBlockOptions::Resample::down;
         lvl->down_res = lvl->register_module("downsample", std::make_shared<ResBlock>(o));
       } else {
-        lvl->down = lvl->register_module("downsample", std::make_shared<Downsample>(ch, c.conv_resample));
+        lvl->down = lvl->register_module("downsample", std::make_shared<Downsample>(ch, c.conv_resample, c.downsample_padding));
       }
       skips.push_back(ch);
       size /= 2;
@@ -380,7 +397,7 @@ UNet::UNet(const UNetConfig& cfg, uint64_t seed, bool draw) : cfg_(cfg) {
   }
   for (auto& lvl : levels) up_->push_back(lvl);
   DF_CHECK(skips.empty(), "UNet: internal skip bookkeeping");
-  out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(c.groups, ch));
+  out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(c.groups, ch, static_cast<float>(c.norm_eps)));
   out_conv_ = register_module("out_conv", std::make_shared<Conv2d>(ch, c.output_channels(), 3, 1, /*zero_init=*/true));
   if (draw) init_parameters(seed, parse_init_scheme(c.init));
 }
@@ -431,7 +448,7 @@ EncoderClassifier::EncoderClassifier(const UNetConfig& cfg, int num_classes, uin
   build_time_embedding(*this, cfg_, time_fc1_, time_fc2_);
   int64_t ch = 0;
   build_encoder(*this, cfg_, conv_in_, down_, mid_, ch);
-  out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(cfg_.groups, ch));
+  out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(cfg_.groups, ch, static_cast<float>(cfg_.norm_eps)));
   // Zero-initialised like ADM's pooled head: the classifier starts at uniform logits.
   head_ = register_module("head", std::make_shared<Linear>(ch, num_classes, true, /*zero_init=*/true));
   init_parameters(seed, parse_init_scheme(cfg_.init));

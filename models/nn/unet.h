@@ -45,6 +45,14 @@ struct UNetConfig {
   int head_channels = -1;   // > 0: heads = channels / head_channels (ADM's num_head_channels)
   float dropout = 0.f;
   int groups = 32;
+  // Every GroupNorm's epsilon (ResBlocks, attention, the output norm). diffusers' google/ddpm-*
+  // models use 1e-6; double so that a config's JSON value reads back exactly.
+  double norm_eps = 1e-5;
+  // The stride-2 downsampling conv (conv_resample, not resblock_updown): 1 pads every side by 1;
+  // 0 is diffusers' Downsample2D(padding=0) of the google/ddpm-* models, one zero row at the
+  // bottom and one zero column at the right, then an unpadded conv (the output pixel o reads
+  // input rows 2o..2o+2 instead of 2o-1..2o+1).
+  int downsample_padding = 1;
   int num_classes = 0;      // 0: unconditional; else an embedding of num_classes + 1 rows (the
                             // last, index num_classes, is the null label for classifier-free guidance)
   bool scale_shift_norm = false;

@@ -5,8 +5,9 @@
 
 For several small UNet2DModels with random weights (DDPM-style with attention at one resolution;
 ADM-style scale-shift norm with ResBlock resampling and 8-channel heads; class-conditional with
-4-channel heads at every level), saved with save_pretrained and imported with
-`diffuse import-diffusers`, it checks:
+4-channel heads at every level; google/ddpm-cifar10-32's configuration, GroupNorm eps 1e-6 and
+bottom/right downsampling padding included, at a quarter of its width), saved with save_pretrained
+and imported with `diffuse import-diffusers`, it checks:
   - the forward pass: diffuse (diffuse_model_predict, the C API) against diffusers in f32, both
     measured against diffusers in f64;
   - DDIM sampling from the same x_T: diffusers' DDIMScheduler loop against diffuse_sample with
@@ -102,7 +103,23 @@ MODELS = {
                    num_class_embeds=5),
               dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000,
                    prediction_type="v_prediction"), True),
+    # google/ddpm-cifar10-32 (diffusers' conversion of DDPM's CIFAR-10 model) as its config.json
+    # has it, block_out_channels (128, 256, 256, 256) and 32 groups cut to a quarter: 2 blocks per
+    # level, attention at 16x16, GroupNorm eps 1e-6, downsample_padding 0 (a zero row at the
+    # bottom and a zero column at the right, then an unpadded stride-2 conv). Its scheduler too.
+    "ddpm-cifar10": (dict(sample_size=32, in_channels=3, out_channels=3, block_out_channels=(32, 64, 64, 64),
+                          layers_per_block=2,
+                          down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+                          up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+                          attention_head_dim=None, norm_num_groups=8, norm_eps=1e-6, downsample_padding=0,
+                          flip_sin_to_cos=False, freq_shift=1, act_fn="silu", center_input_sample=False,
+                          time_embedding_type="positional", mid_block_scale_factor=1),
+                     dict(beta_schedule="linear", beta_start=1e-4, beta_end=0.02, num_train_timesteps=1000,
+                          prediction_type="epsilon", clip_sample=True, variance_type="fixed_large"), False),
 }
+
+# DDPMScheduler's keys that DDIMScheduler does not take (the DDIM loop sets clip_sample itself).
+DDPM_ONLY = ("clip_sample", "variance_type")
 
 
 def make_model(kwargs, seed):
@@ -220,10 +237,11 @@ def ddim(lib, model, m, name, kwargs, sched_cfg, cond, seed):
     g = torch.Generator().manual_seed(seed + 100)
     xT = torch.randn(n, C, S, S, generator=g)
     labels = torch.tensor([4]) if cond else None
-    # Unclipped the two must agree everywhere; clipped, also where x0 leaves [-1, 1] (once: the
-    # clipping is the same code for every model).
-    for clip in (False, True) if name == "adm" else (False,):
-        sch = DDIMScheduler(**sched_cfg, clip_sample=clip, set_alpha_to_one=True, timestep_spacing="leading")
+    # Unclipped the two must agree everywhere; clipped, also where x0 leaves [-1, 1] (for ADM, and
+    # for DDPM's CIFAR-10 model, whose scheduler clips).
+    ddim_cfg = {k: v for k, v in sched_cfg.items() if k not in DDPM_ONLY}
+    for clip in (False, True) if name in ("adm", "ddpm-cifar10") else (False,):
+        sch = DDIMScheduler(**ddim_cfg, clip_sample=clip, set_alpha_to_one=True, timestep_spacing="leading")
         sch.set_timesteps(steps)
         x = xT.clone()
         with torch.no_grad():
@@ -269,7 +287,7 @@ def round_trip(a, work, name, m, ckpt):
           f"{name}: UNet2DModel.from_pretrained(export) has bit-identical tensors")
     keys = ("sample_size", "in_channels", "out_channels", "block_out_channels", "layers_per_block",
             "down_block_types", "up_block_types", "resnet_time_scale_shift", "flip_sin_to_cos", "freq_shift",
-            "norm_num_groups", "num_class_embeds")
+            "norm_num_groups", "num_class_embeds", "norm_eps", "downsample_padding")
     check(all(m.config[k] == back.config[k] or list(m.config[k]) == list(back.config[k]) for k in keys),
           f"{name}: the exported config.json describes the same model")
     DDIMScheduler.from_pretrained(out)  # the scheduler config loads too
@@ -304,7 +322,9 @@ def refusals(a, lib, work):
     cases = [
         ("block", lambda c: c["down_block_types"].__setitem__(0, "SkipDownBlock2D"), None, None,
          ["config.json", "down_block_types[0]", "SkipDownBlock2D"]),
-        ("eps", lambda c: c.__setitem__("norm_eps", 1e-6), None, None, ["config.json", "norm_eps", "1e-06"]),
+        ("eps", lambda c: c.__setitem__("norm_eps", 0), None, None, ["config.json", "norm_eps", "= 0"]),
+        ("padding", lambda c: c.__setitem__("downsample_padding", 2), None, None,
+         ["config.json", "downsample_padding", "= 2"]),
         ("shift", lambda c: c.__setitem__("resnet_time_scale_shift", "spatial"), None, None,
          ["config.json", "resnet_time_scale_shift", "spatial"]),
         ("schedule", None, lambda s: s.__setitem__("beta_schedule", "scaled_linear"), None,

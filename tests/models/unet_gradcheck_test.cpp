@@ -1,6 +1,8 @@
 // A double-precision gradcheck of a small UNet with every block kind: time conditioning (added
 // and scale-shift), attention, down and up sampling (conv, and inside ResBlocks), skip
-// concatenation, class labels, dropout; the input gradient and every parameter's gradient.
+// concatenation, class labels, dropout, and the google/ddpm-* variant (GroupNorm eps 1e-6,
+// diffusers' bottom/right padding before the downsampling conv); the input gradient and every
+// parameter's gradient.
 #include <catch2/catch.hpp>
 
 #ifdef _OPENMP
@@ -19,7 +21,9 @@ namespace {
 // A UNet small enough for finite differences (~3.5k parameters, each perturbed twice): 4x4
 // images, two levels (2 and 4 channels), one block per level, attention at 2x2 with 2 heads,
 // one group.
-UNetConfig micro_config(bool adm) {
+enum class Variant { ddpm, adm, diffusers_ddpm };
+
+UNetConfig micro_config(Variant v) {
   UNetConfig c;
   c.in_channels = 1;
   c.out_channels = 1;
@@ -30,15 +34,18 @@ UNetConfig micro_config(bool adm) {
   c.attention_resolutions = {2};
   c.groups = 1;
   c.num_heads = 2;
-  if (adm) {
+  if (v == Variant::adm) {
     c.scale_shift_norm = true;
     c.resblock_updown = true;
     c.num_classes = 3;
     c.learn_sigma = true;
     c.dropout = 0.2f;
-  } else {
+  } else if (v == Variant::ddpm) {
     c.rescale_residual = true;
     c.head_channels = 2;
+  } else {
+    c.norm_eps = 1e-6;
+    c.downsample_padding = 0;
   }
   return c;
 }
@@ -52,9 +59,10 @@ TEST_CASE("a small UNet's gradients match finite differences in f64 (input and p
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);
 #endif
-  for (bool adm : {false, true}) {
-    CAPTURE(adm);
-    UNetConfig c = micro_config(adm);
+  for (Variant variant : {Variant::ddpm, Variant::adm, Variant::diffusers_ddpm}) {
+    CAPTURE(static_cast<int>(variant));
+    const bool adm = variant == Variant::adm;
+    UNetConfig c = micro_config(variant);
     UNet net(c, test::next_seed());
     net.to(DType::f64);
     const int64_t B = 2;

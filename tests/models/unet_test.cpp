@@ -5,6 +5,8 @@
 #include <chrono>
 #include <cmath>
 #include <set>
+#include <string>
+#include <vector>
 
 #include "models/nn/unet.h"
 #include "tests/test_util.h"
@@ -17,6 +19,12 @@ namespace {
 Tensor timesteps(int64_t B) {
   auto u = test::random_tensor({B}, 0.f, 1000.f).to_vector();
   return Tensor::from_vector(u, {B});
+}
+
+// Every GroupNorm in the tree under m, with its dotted name.
+void group_norms(const Module& m, const std::string& prefix, std::vector<std::pair<std::string, const GroupNorm*>>& out) {
+  if (auto* g = dynamic_cast<const GroupNorm*>(&m)) out.emplace_back(prefix, g);
+  for (const auto& [name, child] : m.children()) group_norms(*child, prefix + name + ".", out);
 }
 
 }  // namespace
@@ -158,4 +166,91 @@ TEST_CASE("the noisy classifier maps images to logits", "[cpu][models]") {
   ag::Var logits = clf.forward(x, timesteps(2));
   CHECK(logits.shape() == Shape{2, 10});
   ag::clear_tape();
+}
+
+TEST_CASE("norm_eps and downsample_padding: absent from a default config, round-tripped when set", "[cpu][models]") {
+  // A default config's JSON is what it was before these keys existed (checkpoint metadata).
+  for (const auto& name : UNetConfig::preset_names()) {
+    const auto j = UNetConfig::preset(name).to_json();
+    CHECK(!j.contains("norm_eps"));
+    CHECK(!j.contains("downsample_padding"));
+  }
+  auto c = UNetConfig::preset("tiny");
+  c.norm_eps = 1e-6;
+  c.downsample_padding = 0;
+  const auto j = c.to_json();
+  CHECK(j.at("norm_eps") == 1e-6);
+  CHECK(j.at("downsample_padding") == 0);
+  const auto d = UNetConfig::from_json(nlohmann::json::parse(j.dump()));
+  CHECK(d.norm_eps == 1e-6);
+  CHECK(d.downsample_padding == 0);
+  CHECK(d.to_json() == j);
+  for (const nlohmann::json& bad : {nlohmann::json{{"norm_eps", 0}}, nlohmann::json{{"norm_eps", -1e-5}},
+                                    nlohmann::json{{"norm_eps", "1e-6"}}, nlohmann::json{{"downsample_padding", 2}},
+                                    nlohmann::json{{"downsample_padding", -1}}}) {
+    CAPTURE(bad.dump());
+    auto k = UNetConfig::preset("tiny").to_json();
+    k.update(bad);
+    CHECK_THROWS_WITH(UNetConfig::from_json(k), Catch::Contains(bad.begin().key()));
+  }
+}
+
+TEST_CASE("norm_eps reaches every GroupNorm of the UNet and the classifier", "[cpu][models]") {
+  auto c = UNetConfig::preset("tiny");
+  c.norm_eps = 1e-6;
+  UNet net(c, UNet::Undrawn{});
+  EncoderClassifier clf(c, 3, 1);
+  for (const Module* m : {static_cast<const Module*>(&net), static_cast<const Module*>(&clf)}) {
+    std::vector<std::pair<std::string, const GroupNorm*>> norms;
+    group_norms(*m, "", norms);
+    // ResBlocks' norm1 / norm2, attention norms, out_norm.
+    CHECK(norms.size() > 8);
+    for (const auto& [name, g] : norms) {
+      CAPTURE(name);
+      CHECK(g->eps() == 1e-6f);
+    }
+  }
+  std::vector<std::pair<std::string, const GroupNorm*>> defaults;
+  UNet plain(UNetConfig::preset("tiny"), UNet::Undrawn{});
+  group_norms(plain, "", defaults);
+  for (const auto& [name, g] : defaults) CHECK(g->eps() == 1e-5f);
+}
+
+TEST_CASE("Downsample pads 1 on every side, or (padding 0) as diffusers: a zero bottom row and right column",
+          "[cpu][models]") {
+  ag::NoGrad ng;
+  const int64_t B = 2, H = 6, W = 6, C = 3;
+  for (int padding : {1, 0}) {
+    CAPTURE(padding);
+    Downsample d(C, true, padding);
+    d.init_parameters(test::next_seed());
+    const Tensor x = test::random_normal({B, H, W, C});
+    const Tensor y = d.forward(ag::Var(x)).value();
+    REQUIRE(y.shape() == Shape{B, H / 2, W / 2, C});
+    const auto st = d.state();
+    const Tensor& w = st.at("conv.weight");  // (Cout, 3, 3, Cin)
+    const Tensor& bias = st.at("conv.bias");
+    // Output pixel o reads input rows 2o - 1 .. 2o + 1 (padding 1) or 2o .. 2o + 2 (padding 0),
+    // zero outside the image.
+    const int64_t off = padding == 1 ? -1 : 0;
+    const float *xp = x.data<float>(), *wp = w.data<float>(), *bp = bias.data<float>(), *yp = y.data<float>();
+    double worst = 0;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t oy = 0; oy < H / 2; ++oy)
+        for (int64_t ox = 0; ox < W / 2; ++ox)
+          for (int64_t co = 0; co < C; ++co) {
+            double acc = bp[co];
+            for (int64_t ky = 0; ky < 3; ++ky)
+              for (int64_t kx = 0; kx < 3; ++kx) {
+                const int64_t iy = 2 * oy + ky + off, ix = 2 * ox + kx + off;
+                if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+                for (int64_t ci = 0; ci < C; ++ci)
+                  acc += double{wp[((co * 3 + ky) * 3 + kx) * C + ci]} * xp[((b * H + iy) * W + ix) * C + ci];
+              }
+            worst = std::max(worst, std::abs(acc - yp[((b * (H / 2) + oy) * (W / 2) + ox) * C + co]));
+          }
+    // 27 f32 products of unit-order values: rounding alone, ~1e-6.
+    CHECK(worst < 1e-5);
+  }
+  CHECK_THROWS_AS(Downsample(C, true, 2), Error);
 }
