@@ -1,4 +1,5 @@
-// `diffuse eval`: bits per dimension on the test split, and the DDIM inversion round trip.
+// `diffuse eval`: bits per dimension on the test split (or, for a source without one, all its
+// images, said so), and the DDIM inversion round trip.
 #include <cmath>
 #include <cstdio>
 
@@ -11,6 +12,7 @@
 #include "models/diffusion/sampler.h"
 #include "models/train/trainer.h"
 #include "tools/commands.h"
+#include "tools/enum_option.h"
 #include "tools/progress.h"
 
 namespace diffuse::tools {
@@ -28,13 +30,14 @@ struct EvalArgs {
   bool no_ema = false;
   std::string json = "";
   std::string device = "auto";
+  bool allow_nonfinite = false;
 };
 
 void register_eval(CLI::App& root) {
-  CLI::App* cmd = root.add_subcommand("eval", "Bits per dimension on the test split and the DDIM inversion round trip");
+  CLI::App* cmd = root.add_subcommand("eval", "Bits per dimension on the test split (an image folder has none: all its images) and the DDIM inversion round trip");
   auto a = std::make_shared<EvalArgs>();
   cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
-  cmd->add_option("--dataset", a->dataset, "dataset spec (default: the one the model was trained on), test split");
+  cmd->add_option("--dataset", a->dataset, "dataset spec (default: the one the model was trained on), its test split; images:<dir> has no test split, so all its images are scored (the training images when it is the training folder), read at the model's size unless @size says otherwise");
   cmd->add_option("-n,--count", a->count, "test images to evaluate (0: the whole split)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "images per batch")->capture_default_str();
   cmd->add_option("--strata", a->strata, "stratified VLB estimate with this many strata (0: all T terms, exact but T model calls)")->capture_default_str();
@@ -44,17 +47,36 @@ void register_eval(CLI::App& root) {
   cmd->add_option("--seed", a->seed, "seed of the noise draws of the estimate")->capture_default_str();
   cmd->add_flag("--no-ema", a->no_ema, "use the live weights instead of the EMA weights");
   cmd->add_option("--json", a->json, "also write the results to this JSON file");
-  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->check(device_validator())->capture_default_str();
+  cmd->add_flag("--allow-nonfinite", a->allow_nonfinite, "load a checkpoint whose weights hold NaN or Inf (refused otherwise), with a warning naming them");
 
   cmd->callback([a] {
     DF_CHECK(a->batch >= 1 && a->count >= 0 && a->strata >= 0, "--batch must be >= 1, --count and --strata >= 0");
     DF_CHECK(a->t_samples >= 1, "--t-samples must be at least 1");
     Device dev = resolve_device(a->device);
-    train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema);
-    data::Dataset test = train::load_dataset(a->dataset.empty() ? m.config.dataset : a->dataset, "test");
+    train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema, a->allow_nonfinite);
+    if (!m.nonfinite.empty())
+      std::fprintf(stderr, "diffuse: warning: %s: %zu tensor(s) hold NaN or Inf (%s%s); the bound will be meaningless\n",
+                   a->checkpoint.c_str(), m.nonfinite.size(), m.nonfinite[0].c_str(), m.nonfinite.size() > 1 ? ", ..." : "");
     const nn::UNetConfig& uc = m.unet->config();
-    DF_CHECK(test.images.size(1) == uc.image_size && test.images.size(3) == uc.in_channels, "the test images are ",
-             test.images.shape().str(), " but the model takes ", uc.image_size, "x", uc.image_size, "x", uc.in_channels);
+    const std::string spec = a->dataset.empty() ? m.config.dataset : a->dataset;
+    // An image folder is read at the model's own size and channels (unless its spec says @size),
+    // labelled by its sub-folders when the model has classes.
+    train::DatasetOptions data_options;
+    data_options.image_size = uc.image_size;
+    data_options.channels = uc.in_channels == 1 ? 1 : 3;
+    data_options.labels = uc.num_classes > 0;
+    data::Dataset test = train::load_dataset(spec, "test", data_options);
+    const bool test_split = test.split == "test";
+    const std::string scored = test_split ? "test images" : "images of " + spec + ", which has no test split";
+    DF_CHECK(test.images.size(1) == uc.image_size && test.images.size(3) == uc.in_channels, "dataset ", spec, ": the ",
+             test_split ? "test images" : "images", " are ", test.images.size(1), "x", test.images.size(2), "x",
+             test.images.size(3), " but the model takes ", uc.image_size, "x", uc.image_size, "x", uc.in_channels);
+    DF_CHECK(uc.num_classes == 0 || test.num_classes == uc.num_classes, "dataset ", spec, " has ", test.num_classes,
+             " classes but the model was trained on ", uc.num_classes);
+    if (!test_split)
+      std::fprintf(stderr, "diffuse: %s has no test split: scoring all of its images%s\n", spec.c_str(),
+                   spec == m.config.dataset ? ", the ones the model was trained on (a bound on training data)" : "");
     int64_t n = a->count == 0 ? test.size() : std::min<int64_t>(a->count, test.size());
     const std::shared_ptr<const diffusion::Schedule> sched = train::model_schedule(m);
     // vdm: the continuous-time VDM bound (Kingma et al. 2021 eq. 11-17) on the model's own
@@ -107,9 +129,10 @@ void register_eval(CLI::App& root) {
                                       " t-sample" + (a->t_samples > 1 ? "s" : "")
                                 : (a->strata ? "stratified, " + std::to_string(a->strata) + " strata" : "all terms") +
                                       ", variance " + variance;
-    std::printf("bits/dim  %.4f +- %.4f  (prior %.4f, diffusion %.4f, decoder %.4f; %lld test images, %s)\n", mean, se,
-                prior / n, diff / n, dec / n, static_cast<long long>(n), how.c_str());
-    nlohmann::json out{{"checkpoint", a->checkpoint}, {"step", m.step},   {"images", n},
+    std::printf("bits/dim  %.4f +- %.4f  (prior %.4f, diffusion %.4f, decoder %.4f; %lld %s, %s)\n", mean, se,
+                prior / n, diff / n, dec / n, static_cast<long long>(n), scored.c_str(), how.c_str());
+    nlohmann::json out{{"checkpoint", a->checkpoint}, {"step", m.step},   {"images", n}, {"dataset", spec},
+                       {"split", test.split},
                        {"bits_per_dim", mean},        {"stderr", se},     {"prior_bpd", prior / n},
                        {"diffusion_bpd", diff / n},   {"decoder_bpd", dec / n}, {"bound", vdm ? "vdm" : "vlb"}};
     if (vdm) {

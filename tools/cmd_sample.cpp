@@ -9,6 +9,7 @@
 #include "models/train/device_sampling.h"
 #include "models/train/trainer.h"
 #include "tools/commands.h"
+#include "tools/enum_option.h"
 #include "tools/progress.h"
 
 namespace diffuse::tools {
@@ -33,13 +34,14 @@ struct SampleArgs {
   std::string spacing = "linspace";
   std::string device = "auto";
   bool cuda_graph = true;
+  bool allow_nonfinite = false;
 };
 
 void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
   auto a = std::make_shared<SampleArgs>();
   cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
-  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm (ddpm uses a hybrid model's learned variance; all take a vdm model's continuous, possibly learned, schedule)")->capture_default_str();
+  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm (ddpm uses a hybrid model's learned variance; all take a vdm model's continuous, possibly learned, schedule)")->check(enum_validator<diffusion::SamplerKind>())->capture_default_str();
   cmd->add_option("--steps", a->steps, "sampling steps")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
   cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
@@ -52,16 +54,21 @@ void register_sample(CLI::App& root) {
   cmd->add_option("--upscale", a->upscale, "integer pixel upscaling of the grid")->capture_default_str();
   cmd->add_flag("--no-ema", a->no_ema, "use the live weights instead of the EMA weights");
   cmd->add_flag("--no-clip", a->no_clip, "do not clip the predicted x0 to [-1, 1]");
-  cmd->add_option("--spacing", a->spacing, "timestep spacing for discrete schedules: linspace, leading or trailing")->capture_default_str();
-  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto. On a GPU, ddpm, ddim and vdm on a model without classes run every step on the device (no guidance; a hybrid model's variance with ddpm only); the other samplers and class-conditional models run host-driven with the model on the GPU. Same seed, same images either way, up to float rounding")->capture_default_str();
-  cmd->add_option("--cuda-graph", a->cuda_graph, "on a GPU, for the samplers that run every step on the device: on captures the whole loop as a CUDA graph once per batch shape and replays it, off launches its kernels one by one (the same images)")->check(CLI::IsMember({"on", "off"}))->default_str("on");
+  cmd->add_option("--spacing", a->spacing, "where the sampler's steps sit: linspace, leading, trailing (among a discrete schedule's training steps) or logsnr (uniform in log-SNR, a good grid for dpm++2m); euler and heun take their own sigma ramp")->check(enum_validator<diffusion::Spacing>())->capture_default_str();
+  cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto. On a GPU, ddpm, ddim and vdm on a model without classes run every step on the device (no guidance; a hybrid model's variance with ddpm only); the other samplers and class-conditional models run host-driven with the model on the GPU. Same seed, same images either way, up to float rounding")->check(device_validator())->capture_default_str();
+  cmd->add_option("--cuda-graph", a->cuda_graph, "on a GPU, for the samplers that run every step on the device: on captures the whole loop as a CUDA graph once per batch shape and replays it, off launches its kernels one by one (the same images)")->check(enum_validator<OnOff>())->default_str("on");
+  cmd->add_flag("--allow-nonfinite", a->allow_nonfinite, "load a checkpoint whose weights hold NaN or Inf (refused otherwise), with a warning naming them");
 
   cmd->callback([a] {
     DF_CHECK(a->count >= 1 && a->batch >= 1 && a->steps >= 1, "--count, --batch and --steps must be at least 1");
     DF_CHECK(a->upscale >= 1 && a->upscale <= 16, "--upscale must be in 1..16");
-    diffusion::SamplerKind kind = diffusion::parse_sampler(a->sampler);
+    const diffusion::SamplerKind kind = diffusion::parse_sampler(a->sampler);
+    const diffusion::Spacing spacing = diffusion::parse_spacing(a->spacing);
     Device dev = resolve_device(a->device);
-    train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema);
+    train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema, a->allow_nonfinite);
+    if (!m.nonfinite.empty())
+      std::fprintf(stderr, "diffuse: warning: %s: %zu tensor(s) hold NaN or Inf (%s%s); the images will be garbage\n",
+                   a->checkpoint.c_str(), m.nonfinite.size(), m.nonfinite[0].c_str(), m.nonfinite.size() > 1 ? ", ..." : "");
     const nn::UNetConfig& uc = m.unet->config();
     DF_CHECK(a->guidance == 0 || uc.num_classes > 0, "--guidance needs a class-conditional model (trained with --class-cond)");
     DF_CHECK(a->label < uc.num_classes, "--class ", a->label, ": the model has ", uc.num_classes, " classes");
@@ -92,9 +99,7 @@ void register_sample(CLI::App& root) {
       o.clip_x0 = !a->no_clip;
       o.eta = a->eta;
       if (learned) o.variance = diffusion::VarianceKind::learned;
-      o.spacing = a->spacing == "leading" ? diffusion::Spacing::leading
-                  : a->spacing == "trailing" ? diffusion::Spacing::trailing
-                                             : diffusion::Spacing::linspace;
+      o.spacing = spacing;
       if (uc.num_classes > 0) {
         std::vector<int64_t> l(static_cast<size_t>(n));
         for (int i = 0; i < n; ++i) l[i] = a->label >= 0 ? a->label : (start + i) % uc.num_classes;

@@ -7,6 +7,7 @@
 #include "core/check.h"
 #include "models/train/trainer.h"
 #include "tools/commands.h"
+#include "tools/enum_option.h"
 #include "tools/progress.h"
 
 namespace diffuse::tools {
@@ -26,12 +27,12 @@ void register_train(CLI::App& root) {
   auto model_json = std::make_shared<std::string>();
 
   cmd->add_option("--config", *config_file, "JSON file of training settings (keys as the flags, with _ for -); flags given on the command line override it");
-  cmd->add_option("--preset", cfg->preset, "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64")->capture_default_str();
+  cmd->add_option("--preset", cfg->preset, "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64")->check(one_of(nn::UNetConfig::preset_names()))->capture_default_str();
   cmd->add_option("--model", *model_json, "JSON object of UNet keys overriding the preset, e.g. '{\"base_channels\": 48}'");
-  cmd->add_option("--objective", cfg->objective, "what the network predicts: eps, x0, v, hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels), or vdm (eps in continuous time, trained on the VDM likelihood bound in bits/dim: prior + reconstruction + 0.5 gamma'(t) ||eps - eps_hat||^2; Kingma et al. 2021)")->capture_default_str();
-  CLI::Option* schedule_opt = cmd->add_option("--schedule", cfg->schedule, "noise schedule: linear (DDPM betas) or cosine (improved DDPM); with --objective vdm: learned (the default there: a monotone SNR network trained with the model, saved as snr.*) or linear (VDM's fixed linear log-SNR, -13.3 to 5)")->capture_default_str();
+  cmd->add_option("--objective", cfg->objective, "what the network predicts: eps, x0, v, hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels), or vdm (eps in continuous time, trained on the VDM likelihood bound in bits/dim: prior + reconstruction + 0.5 gamma'(t) ||eps - eps_hat||^2; Kingma et al. 2021)")->check(enum_validator<train::Objective>())->capture_default_str();
+  CLI::Option* schedule_opt = cmd->add_option("--schedule", cfg->schedule, "noise schedule: linear (DDPM betas) or cosine (improved DDPM); with --objective vdm: learned (the default there: a monotone SNR network trained with the model, saved as snr.*) or linear (VDM's fixed linear log-SNR, -13.3 to 5)")->check(enum_validator<train::ScheduleKind>())->capture_default_str();
   cmd->add_option("--timesteps", cfg->timesteps, "diffusion steps T")->capture_default_str();
-  cmd->add_option("--loss-weight", cfg->loss_weight, "per-sample loss weight: none or min-snr (gamma 5)")->capture_default_str();
+  cmd->add_option("--loss-weight", cfg->loss_weight, "per-sample loss weight: none or min-snr (gamma 5)")->check(enum_validator<train::LossWeight>())->capture_default_str();
   cmd->add_option("--lr", cfg->lr, "AdamW learning rate")->capture_default_str();
   cmd->add_option("--beta1", cfg->beta1, "AdamW beta1")->capture_default_str();
   cmd->add_option("--beta2", cfg->beta2, "AdamW beta2")->capture_default_str();
@@ -44,14 +45,14 @@ void register_train(CLI::App& root) {
   cmd->add_option("--batch", cfg->batch, "batch size")->capture_default_str();
   cmd->add_option("--steps", cfg->steps, "training steps in all (a resumed run continues to this count)")->capture_default_str();
   cmd->add_option("--epochs", cfg->epochs, "train for this many passes over the dataset instead of --steps (0: use --steps)")->capture_default_str();
-  cmd->add_flag("--class-cond", cfg->class_cond, "condition on class labels (with label dropout for classifier-free guidance)");
+  cmd->add_flag("--class-cond", cfg->class_cond, "condition on class labels (with label dropout for classifier-free guidance); with images:<dir>, each image's label is its class sub-folder");
   cmd->add_option("--label-dropout", cfg->label_dropout, "share of labels replaced by the null class")->capture_default_str();
-  cmd->add_option("--dataset", cfg->dataset, "fashion-mnist, mnist:<dir>, cifar10:<dir>, images:<dir>, or idx:<images>,<labels>")->capture_default_str();
+  cmd->add_option("--dataset", cfg->dataset, "fashion-mnist[:<dir>], mnist:<dir>, cifar10:<dir>, images:<dir>[@size] (resized to size x size, default 64), or idx:<images>,<labels>")->capture_default_str();
   cmd->add_flag("--flip", cfg->flip, "random horizontal flips");
   cmd->add_option("--seed", cfg->seed, "seed of every random draw (init, batches, noise)")->capture_default_str();
-  cmd->add_option("--device", cfg->device, "cpu, cuda, cuda:N or auto")->capture_default_str();
+  cmd->add_option("--device", cfg->device, "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, --class-cond, hybrid and vdm, then trains on the cpu, saying so)")->check(device_validator())->capture_default_str();
   cmd->add_option("--bf16", cfg->bf16, "bf16 activations on CUDA")->capture_default_str();
-  cmd->add_option("--cuda-graph", cfg->cuda_graph, "on a GPU (where the whole step runs on the device: objectives eps, x0 and v, no --class-cond): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)")->check(CLI::IsMember({"on", "off"}))->default_str("on");
+  cmd->add_option("--cuda-graph", cfg->cuda_graph, "on a GPU (where the whole step runs on the device: objectives eps, x0 and v, no --class-cond): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)")->check(enum_validator<OnOff>())->default_str("on");
   cmd->add_option("--out", cfg->out_dir, "output folder (checkpoint.safetensors, log.csv, samples_*.png)")->capture_default_str();
   cmd->add_option("--log-every", cfg->log_every, "steps between CSV log rows")->capture_default_str();
   cmd->add_option("--sample-every", cfg->sample_every, "steps between PNG grids of EMA samples (0: only at the end)")->capture_default_str();

@@ -20,6 +20,9 @@ struct Dataset {
   Tensor labels;        // (N) i64, or undefined when the set has no labels
   int num_classes = 0;  // 0 when unlabelled
   std::string name;
+  // Which images these are: "train" or "test" for a source with splits, "all" for one without
+  // (an image folder), so an evaluation can say what it scored.
+  std::string split;
   int64_t size() const { return images.defined() ? images.size(0) : 0; }
 };
 

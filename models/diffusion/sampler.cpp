@@ -445,15 +445,7 @@ Tensor karras_sampler(const Schedule& sch, const Denoiser& f, const SamplerOptio
 Tensor sample_euler(const Schedule& s, const Denoiser& f, const SamplerOptions& o) { return karras_sampler(s, f, o, false); }
 Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o) { return karras_sampler(s, f, o, true); }
 
-SamplerKind parse_sampler(const std::string& name) {
-  if (name == "ddpm") return SamplerKind::ddpm;
-  if (name == "ddim") return SamplerKind::ddim;
-  if (name == "vdm") return SamplerKind::vdm;
-  if (name == "dpm++2m" || name == "dpmpp_2m" || name == "dpmpp2m") return SamplerKind::dpmpp_2m;
-  if (name == "euler") return SamplerKind::euler;
-  if (name == "heun") return SamplerKind::heun;
-  DF_FAIL("unknown sampler '", name, "' (ddpm, ddim, vdm, dpm++2m, euler, heun)");
-}
+SamplerKind parse_sampler(const std::string& name) { return parse_enum<SamplerKind>(name, "sampler"); }
 
 Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const SamplerOptions& o) {
   switch (kind) {

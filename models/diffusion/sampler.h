@@ -105,7 +105,12 @@ Tensor sample_euler(const Schedule& s, const Denoiser& f, const SamplerOptions& 
 Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 
 enum class SamplerKind { ddpm, ddim, vdm, dpmpp_2m, euler, heun };
-SamplerKind parse_sampler(const std::string& name);  // "ddpm", "ddim", "vdm", "dpm++2m", "euler", "heun"
+inline constexpr EnumName<SamplerKind> kSamplerNames[] = {
+    {SamplerKind::ddpm, "ddpm"},   {SamplerKind::ddim, "ddim"}, {SamplerKind::dpmpp_2m, "dpm++2m"},
+    {SamplerKind::euler, "euler"}, {SamplerKind::heun, "heun"}, {SamplerKind::vdm, "vdm"}};
+constexpr std::span<const EnumName<SamplerKind>> enum_table(SamplerKind) { return kSamplerNames; }
+// The names of kSamplerNames, exactly; anything else is refused with the list.
+SamplerKind parse_sampler(const std::string& name);
 Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 
 // The whole plan of a DDPM, DDIM or VDM run, computed on the host before any step: the time grid

@@ -16,6 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "core/enum_names.h"
+
 namespace diffuse::diffusion {
 
 // The interface every sampler and loss uses. A learned schedule (VDM's monotone network) derives
@@ -94,8 +96,15 @@ enum class Spacing {
   leading,   // arange(0, steps) * (T / steps)   (DDIM paper, "uniform"; Stable Diffusion)
   trailing,  // round(arange(T, 0, -T/steps)) - 1 (Lin et al. 2024, "Common diffusion noise schedules ... are flawed", Table 2)
   logsnr,    // uniform in log-SNR between the ends, nearest steps (Lu et al. 2022, DPM-Solver, sec. 3.4):
-             // what multistep solvers need; needs the schedule, so only the overload below.
+             // a good grid for multistep solvers; needs the schedule, so only the overload below.
 };
+inline constexpr EnumName<Spacing> kSpacingNames[] = {
+    {Spacing::linspace, "linspace"}, {Spacing::leading, "leading"}, {Spacing::trailing, "trailing"},
+    {Spacing::logsnr, "logsnr"}};
+constexpr std::span<const EnumName<Spacing>> enum_table(Spacing) { return kSpacingNames; }
+// The one parser of spacing names (the CLI's --spacing, and the C API's
+// diffuse_sampler_set_spacing): "unknown spacing 'x' (expected linspace, leading, trailing or logsnr)".
+inline Spacing parse_spacing(std::string_view name) { return parse_enum<Spacing>(name, "spacing"); }
 std::vector<int> spaced_timesteps(int T, int steps, Spacing spacing);
 // Any spacing, logsnr included. logsnr may return fewer steps when two targets share a step.
 std::vector<int> spaced_timesteps(const DiscreteSchedule& s, int steps, Spacing spacing);

@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "autograd/tape.h"
+#include "core/enum_names.h"
 #include "core/tensor.h"
 
 namespace diffuse::nn {
@@ -56,8 +57,10 @@ struct Init {
 //   ddpm:    DDPM's TF code, variance_scaling(1, 'fan_avg', 'uniform'): weights
 //            U(-sqrt(3/fan_avg), sqrt(3/fan_avg)) with fan_avg = (fan_in + fan_out)/2; biases 0.
 enum class InitScheme : uint8_t { pytorch, ddpm };
+inline constexpr EnumName<InitScheme> kInitSchemeNames[] = {{InitScheme::pytorch, "pytorch"}, {InitScheme::ddpm, "ddpm"}};
+constexpr std::span<const EnumName<InitScheme>> enum_table(InitScheme) { return kInitSchemeNames; }
 const char* init_scheme_name(InitScheme s);
-InitScheme parse_init_scheme(const std::string& s);
+InitScheme parse_init_scheme(const std::string& s);  // kInitSchemeNames; refuses others with the list
 
 // FNV-1a, 64 bit: the Philox offset of a parameter's init stream.
 uint64_t name_hash(const std::string& s);

@@ -62,9 +62,8 @@ void UNetConfig::validate() const {
         DF_CHECK((m * base_channels) % head_channels == 0, "UNetConfig: head_channels ", head_channels,
                  " does not divide ", m * base_channels);
     }
-  (void)parse_init_scheme(init);
-  DF_CHECK(time_embedding == "adm" || time_embedding == "ddpm", "UNetConfig: time_embedding '", time_embedding,
-           "' (expected 'adm' or 'ddpm')");
+  (void)parse_enum<InitScheme>(init, "init", "UNetConfig");
+  (void)parse_enum<TimeEmbeddingKind>(time_embedding, "time_embedding", "UNetConfig");
 }
 
 nlohmann::json UNetConfig::to_json() const {

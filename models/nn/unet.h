@@ -24,6 +24,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "core/enum_names.h"
 #include "models/nn/layers.h"
 #include "models/nn/module.h"
 
@@ -32,6 +33,12 @@ namespace diffuse::nn {
 class UNetDownLevel;
 class UNetUpLevel;
 class UNetMid;
+
+// The sinusoidal features of t (UNetConfig::time_embedding): ADM's [cos, sin] or DDPM's [sin, cos].
+enum class TimeEmbeddingKind { adm, ddpm };
+inline constexpr EnumName<TimeEmbeddingKind> kTimeEmbeddingNames[] = {{TimeEmbeddingKind::adm, "adm"},
+                                                                      {TimeEmbeddingKind::ddpm, "ddpm"}};
+constexpr std::span<const EnumName<TimeEmbeddingKind>> enum_table(TimeEmbeddingKind) { return kTimeEmbeddingNames; }
 
 struct UNetConfig {
   int in_channels = 3;

@@ -75,16 +75,10 @@ class DeviceTrainer::Slots final : public LaggedReadback::Source {
 void check_device_training(const TrainConfig& cfg) {
   const Device d = resolve_device(cfg.device);
   if (!d.is_cuda()) return;
-  // The device step takes no labels (the UNet checks them on the host, which a captured step
-  // cannot) and regresses one target with a weighted MSE (no VLB term).
-  DF_CHECK(!cfg.class_cond, "--class-cond is not supported by the GPU training step (--device ", cfg.device,
-           "); train a class-conditional model with --device cpu");
-  DF_CHECK(!cfg.model.contains("num_classes") || cfg.model.at("num_classes") == 0,
-           "model key num_classes is not supported by the GPU training step (--device ", cfg.device,
-           "); train a class-conditional model with --device cpu");
-  DF_CHECK(cfg.objective == "eps" || cfg.objective == "x0" || cfg.objective == "v", "--objective ", cfg.objective,
-           " is not supported by the GPU training step (--device ", cfg.device,
-           "), which trains eps, x0 or v; train it with --device cpu");
+  // What the step lacks is decided once, where train() chooses its device (trainer.h).
+  const std::string unsupported = device_step_unsupported(cfg);
+  DF_CHECK(unsupported.empty(), unsupported, " is not supported by the GPU training step (--device ", cfg.device,
+           "); train it with --device cpu");
 }
 
 DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& cfg)

@@ -2,14 +2,17 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <charconv>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "autograd/elementwise.h"
 #include "autograd/linalg.h"
@@ -121,18 +124,24 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("sample_count", c.sample_count);
   get("sample_steps", c.sample_steps);
   get("max_nonfinite", c.max_nonfinite);
-  DF_CHECK(c.objective == "eps" || c.objective == "x0" || c.objective == "v" || c.objective == "hybrid" ||
-               c.objective == "vdm",
-           "training config: objective '", c.objective, "' (expected eps, x0, v, hybrid or vdm)");
-  if (c.objective == "vdm")
-    DF_CHECK(c.schedule == "linear" || c.schedule == "learned", "training config: schedule '", c.schedule,
-             "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
+  // The enumerated keys through their one parser each: an unknown name is refused with the list.
+  const Objective objective = parse_enum<Objective>(c.objective, "objective", "training config");
+  const ScheduleKind schedule = parse_enum<ScheduleKind>(c.schedule, "schedule", "training config");
+  (void)parse_enum<LossWeight>(c.loss_weight, "loss_weight", "training config");
+  check_device_spec(c.device, "training config");
+  {
+    const std::vector<std::string> presets = nn::UNetConfig::preset_names();
+    std::string list;
+    for (size_t i = 0; i < presets.size(); ++i) list += (i ? i + 1 == presets.size() ? " or " : ", " : "") + presets[i];
+    DF_CHECK(std::find(presets.begin(), presets.end(), c.preset) != presets.end(),
+             "training config: unknown preset '", c.preset, "' (expected ", list, ")");
+  }
+  if (objective == Objective::vdm)
+    DF_CHECK(schedule != ScheduleKind::cosine, "training config: schedule 'cosine' with objective vdm (expected "
+             "linear, VDM's fixed linear log-SNR, or learned)");
   else
-    DF_CHECK(c.schedule == "linear" || c.schedule == "cosine", "training config: schedule '", c.schedule,
-             "' (expected linear or cosine", c.schedule == "learned" ? "; a learned schedule needs objective vdm" : "",
-             ")");
-  DF_CHECK(c.loss_weight == "none" || c.loss_weight == "min-snr", "training config: loss_weight '", c.loss_weight,
-           "' (expected none or min-snr)");
+    DF_CHECK(schedule != ScheduleKind::learned, "training config: schedule 'learned' needs objective vdm (with "
+             "objective '", c.objective, "' the schedule is linear or cosine)");
   DF_CHECK(c.objective != "vdm" || c.loss_weight == "none", "training config: loss_weight '", c.loss_weight,
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
   DF_CHECK(c.timesteps >= 2, "training config: timesteps must be at least 2");
@@ -164,6 +173,38 @@ nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_cl
   nn::UNetConfig u = nn::UNetConfig::from_json(j);
   u.validate();
   return u;
+}
+
+void check_device_spec(std::string_view spec, std::string_view where) {
+  bool ok = spec == "cpu" || spec == "auto" || spec == "cuda";
+  if (!ok && spec.starts_with("cuda:") && spec.size() > 5 && spec.size() <= 8)
+    ok = spec.find_first_not_of("0123456789", 5) == std::string_view::npos;
+  DF_CHECK(ok, where, where.empty() ? "" : ": ", "unknown device '", spec, "' (expected cpu, cuda, cuda:N or auto)");
+}
+
+std::string device_step_unsupported(const TrainConfig& c) {
+  // The device step takes no labels (the UNet checks them on the host, which a captured step
+  // cannot) and regresses one target with a weighted MSE: no VLB term (hybrid), no continuous
+  // time and learned schedule (vdm).
+  if (c.class_cond) return "--class-cond";
+  if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
+  const Objective o = parse_enum<Objective>(c.objective, "objective");
+  if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + c.objective;
+  return "";
+}
+
+TrainingDevice choose_training_device(const TrainConfig& c, bool cuda_available) {
+  check_device_spec(c.device);
+  if (c.device == "cpu") return {Device::cpu(), ""};
+  const std::string unsupported = device_step_unsupported(c);
+  if (c.device == "auto") {
+    if (!cuda_available) return {Device::cpu(), ""};
+    if (unsupported.empty()) return {Device::cuda(0), ""};
+    return {Device::cpu(), "--device auto: " + unsupported + " is not in the GPU training step yet; training on the cpu"};
+  }
+  DF_CHECK(unsupported.empty(), unsupported, " is not supported by the GPU training step (--device ", c.device,
+           "); train it with --device cpu, or --device auto to let diffuse choose");
+  return {resolve_device(c.device), ""};
 }
 
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
@@ -228,15 +269,28 @@ class FolderLock {
  public:
   explicit FolderLock(const std::string& dir) {
     path_ = (fs::path(dir) / ".lock").string();
-    fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-    DF_CHECK(fd_ >= 0, "cannot create the lock file ", path_, ": ", std::strerror(errno));
-    if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-      char buf[32] = {0};
-      ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+    // A refused run removes the lock file it made (OutputFolder), so the file a run opened may be
+    // unlinked by the time its flock succeeds; such a lock guards nothing, and the run tries again
+    // on whatever file the path names now.
+    for (int attempt = 0;; ++attempt) {
+      fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+      DF_CHECK(fd_ >= 0, "cannot create the lock file ", path_, ": ", std::strerror(errno));
+      if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+        char buf[32] = {0};
+        ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
+        ::close(fd_);
+        fd_ = -1;
+        DF_FAIL("the output folder ", dir, " is in use by another run (process ", n > 0 ? buf : "?",
+                " holds ", path_, "); wait for it or choose another --out");
+      }
+      struct stat held {}, named {};
+      if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &named) == 0 && held.st_ino == named.st_ino &&
+          held.st_dev == named.st_dev)
+        break;
       ::close(fd_);
       fd_ = -1;
-      DF_FAIL("the output folder ", dir, " is in use by another run (process ", n > 0 ? buf : "?",
-              " holds ", path_, "); wait for it or choose another --out");
+      DF_CHECK(attempt < 100, "cannot lock the output folder ", dir, ": its lock file ", path_,
+               " keeps being replaced");
     }
     std::string pid = std::to_string(::getpid());
     if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
@@ -245,6 +299,14 @@ class FolderLock {
   }
   ~FolderLock() {
     if (fd_ >= 0) ::close(fd_);
+  }
+  // Unlinks the lock file while still holding it (so no other run can have locked that file
+  // meanwhile), then lets go.
+  void remove() {
+    if (fd_ < 0) return;
+    ::unlink(path_.c_str());
+    ::close(fd_);
+    fd_ = -1;
   }
   FolderLock(const FolderLock&) = delete;
   FolderLock& operator=(const FolderLock&) = delete;
@@ -263,6 +325,55 @@ void check_writable(const std::string& dir) {
   write_file_atomic(probe, "ok", 2);
   fs::remove(probe, ec);
 }
+
+// The output folder of a run: made (with any missing parents) and locked. Until keep(), the run is
+// still being set up, and a refusal (a bad dataset, a config the model cannot take) leaves the
+// disk as it found it: the folders this run made are removed, and in a folder that existed only
+// the lock file this run made goes.
+class OutputFolder {
+ public:
+  explicit OutputFolder(const std::string& dir) : dir_(dir) {
+    std::error_code ec;
+    const fs::path top = fs::absolute(dir, ec).lexically_normal();
+    for (fs::path p = top; p.has_relative_path(); p = p.parent_path()) {
+      // Only a path that surely is not there yet is one this run makes (an error reading it is not).
+      if (fs::symlink_status(p, ec).type() != fs::file_type::not_found) break;
+      made_.push_back(p);  // deepest first
+    }
+    ec.clear();
+    lock_existed_ = fs::exists(fs::symlink_status(fs::path(dir) / ".lock", ec));
+    try {
+      check_writable(dir);
+      lock_.emplace(dir);
+    } catch (...) {
+      undo();
+      throw;
+    }
+  }
+  ~OutputFolder() {
+    if (!kept_) undo();
+  }
+  // Setup is over: from here on what the run writes stays, whatever happens.
+  void keep() { kept_ = true; }
+  OutputFolder(const OutputFolder&) = delete;
+  OutputFolder& operator=(const OutputFolder&) = delete;
+
+ private:
+  void undo() {
+    if (lock_) {
+      if (lock_existed_) lock_.reset();
+      else lock_->remove();
+    }
+    // Only empty folders go: anything another process put there meanwhile stays, and so do they.
+    std::error_code ec;
+    for (const fs::path& p : made_) fs::remove(p, ec);
+  }
+  std::string dir_;
+  std::vector<fs::path> made_;
+  bool lock_existed_ = false;
+  bool kept_ = false;
+  std::optional<FolderLock> lock_;
+};
 
 // write_file_atomic writes `<name>.tmp.<pid>` and renames it; a run killed in between leaves
 // that temporary behind, and every kill during a checkpoint write would leave a checkpoint-sized
@@ -297,9 +408,26 @@ bool all_finite(const Tensor& t) {
   return true;
 }
 
+// The floating-point tensors of a checkpoint that hold NaN or Inf, by name. The trainer never
+// writes one (write_checkpoint refuses), so such a file was damaged or made elsewhere; sampling
+// from it would give a grid of noise without a word.
+std::vector<std::string> nonfinite_tensors(const SafeTensors& st) {
+  std::vector<std::string> bad;
+  for (const auto& [name, t] : st.tensors)
+    if (dtype_is_float(t.dtype()) && !all_finite(t)) bad.push_back(name);
+  return bad;
+}
+
+std::string name_list(const std::vector<std::string>& names, size_t at_most = 3) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < at_most; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > at_most) out += " and " + std::to_string(names.size() - at_most) + " more";
+  return out;
+}
+
 }  // namespace
 
-data::Dataset load_dataset(const std::string& spec, const std::string& split) {
+data::Dataset load_dataset(const std::string& spec, const std::string& split, const DatasetOptions& options) {
   std::string kind = spec, arg;
   if (auto colon = spec.find(':'); colon != std::string::npos) {
     kind = spec.substr(0, colon);
@@ -307,28 +435,45 @@ data::Dataset load_dataset(const std::string& spec, const std::string& split) {
   }
   DF_CHECK(split == "train" || split == "test", "split '", split, "' (expected train or test)");
   std::string prefix = split == "train" ? "train" : "t10k";
-  if (kind == "fashion-mnist") return data::load_fashion_mnist(split, arg.empty() ? data::kFashionMnistDir : arg);
+  auto with_split = [](data::Dataset d, const std::string& s) {
+    d.split = s;
+    return d;
+  };
+  if (kind == "fashion-mnist")
+    return with_split(data::load_fashion_mnist(split, arg.empty() ? data::kFashionMnistDir : arg), split);
   if (kind == "mnist") {
     DF_CHECK(!arg.empty(), "dataset 'mnist:<dir>' needs the folder of the IDX files");
-    return data::load_idx(idx_file(arg, prefix + "-images-idx3"), idx_file(arg, prefix + "-labels-idx1"));
+    return with_split(data::load_idx(idx_file(arg, prefix + "-images-idx3"), idx_file(arg, prefix + "-labels-idx1")),
+                      split);
   }
   if (kind == "idx") {
     auto comma = arg.find(',');
     DF_CHECK(comma != std::string::npos, "dataset 'idx:<images>,<labels>' needs both files");
-    return data::load_idx(arg.substr(0, comma), arg.substr(comma + 1));
+    return with_split(data::load_idx(arg.substr(0, comma), arg.substr(comma + 1)), "all");
   }
   if (kind == "cifar10") {
     DF_CHECK(!arg.empty(), "dataset 'cifar10:<path>' needs the folder or file of the binary batches");
-    return data::load_cifar10(arg, split);
+    std::error_code ec;
+    return with_split(data::load_cifar10(arg, split), fs::is_directory(arg, ec) ? split : "all");
   }
   if (kind == "images") {
     DF_CHECK(!arg.empty(), "dataset 'images:<dir>[@size]' needs a folder");
     data::ImageFolderOptions o;
-    if (auto at = arg.rfind('@'); at != std::string::npos) {
-      o.size = std::stoi(arg.substr(at + 1));
+    o.size = options.image_size > 0 ? options.image_size : 64;
+    o.channels = options.channels;
+    o.class_labels = options.labels;
+    // "@size" ends the spec; an '@' inside the folder's path (one followed by a '/') is part of it.
+    if (auto at = arg.rfind('@'); at != std::string::npos && arg.find('/', at) == std::string::npos) {
+      const std::string size = arg.substr(at + 1);
+      int v = 0;
+      const auto [end, ec] = std::from_chars(size.data(), size.data() + size.size(), v);
+      DF_CHECK(!size.empty() && ec == std::errc() && end == size.data() + size.size() && v >= 1 && v <= 4096,
+               "dataset '", spec, "': the size after '@' must be a whole number of pixels from 1 to 4096, not '",
+               size, "' (images:<dir>@64 resizes every image to 64x64)");
+      o.size = v;
       arg = arg.substr(0, at);
     }
-    return data::load_image_folder(arg, o);
+    return with_split(data::load_image_folder(arg, o), "all");
   }
   DF_FAIL("unknown dataset '", spec, "' (expected fashion-mnist[:dir], mnist:<dir>, idx:<images>,<labels>, "
           "cifar10:<path> or images:<dir>[@size])");
@@ -492,8 +637,12 @@ ag::Var vdm_step_loss(Run& r, const Tensor& x, const Tensor& y, int64_t s) {
 
 // ---- checkpoints -------------------------------------------------------------------------------
 
-LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
+LoadedModel load_checkpoint(const std::string& path, Device device, bool ema, bool allow_nonfinite) {
   SafeTensors st = read_safetensors(path);
+  std::vector<std::string> nonfinite = nonfinite_tensors(st);
+  DF_CHECK(nonfinite.empty() || allow_nonfinite, path, ": tensor", nonfinite.size() > 1 ? "s " : " ",
+           name_list(nonfinite), nonfinite.size() > 1 ? " hold" : " holds", " NaN or Inf values; the checkpoint is damaged. Use an earlier checkpoint, or load it anyway "
+           "with --allow-nonfinite (diffuse sample, eval)");
   auto meta = [&](const char* key) {
     auto it = st.metadata.find(key);
     DF_CHECK(it != st.metadata.end(), path, ": not a diffuse checkpoint (metadata '", key, "' missing)");
@@ -552,6 +701,7 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema) {
   }
   m.unet->to(device);
   m.unet->eval();
+  m.nonfinite = std::move(nonfinite);
   return m;
 }
 
@@ -565,15 +715,20 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   if (resume && fs::exists(checkpoint_path(r.cfg)))
     (void)resolve_device(r.cfg.device);
   else
-    check_device_training(r.cfg);
-  check_writable(r.cfg.out_dir);
-  FolderLock lock(r.cfg.out_dir);
+    (void)choose_training_device(r.cfg, cuda_available());
+  if (r.cfg.device == "auto" && !cuda_available()) (void)resolve_device("auto");  // its one notice: no GPU, and why
+  // Until folder.keep() below, a refusal leaves the disk as it was.
+  OutputFolder folder(r.cfg.out_dir);
   remove_stale_temporaries(r.cfg.out_dir);
   const std::string ckpt = checkpoint_path(r.cfg);
   SafeTensors resumed;
   bool resuming = resume && fs::exists(ckpt);
   if (resuming) {
     resumed = read_safetensors(ckpt);
+    const std::vector<std::string> bad = nonfinite_tensors(resumed);
+    DF_CHECK(bad.empty(), ckpt, ": tensor", bad.size() > 1 ? "s " : " ", name_list(bad),
+             bad.size() > 1 ? " hold" : " holds", " NaN or Inf values; the checkpoint is damaged and the run cannot "
+             "resume from it");
     auto it = resumed.metadata.find("config");
     DF_CHECK(it != resumed.metadata.end(), ckpt, ": no training config in the checkpoint; cannot resume");
     TrainConfig stored;
@@ -596,10 +751,13 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     r.cfg = stored;
   }
   const TrainConfig& cfg = r.cfg;
-  check_device_training(cfg);  // the resumed run's settings
-  r.device = resolve_device(cfg.device);
+  const TrainingDevice chosen = choose_training_device(cfg, cuda_available());  // the resumed run's settings
+  r.device = chosen.device;
+  if (!chosen.note.empty() && cb.on_message) cb.on_message(chosen.note);
   set_current_device(r.device);
-  r.data = load_dataset(cfg.dataset, "train");
+  DatasetOptions data_options;
+  data_options.labels = cfg.class_cond;  // an image folder's class sub-folders
+  r.data = load_dataset(cfg.dataset, "train", data_options);
   if (cfg.epochs > 0) {  // whole passes over the training set, the last one possibly partial
     const double n = static_cast<double>(r.data.images.shape()[0]);
     r.cfg.steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.epochs * n / cfg.batch)));
@@ -683,6 +841,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   std::ofstream log(log_path, new_log ? std::ios::trunc : std::ios::app);
   DF_CHECK(log.good(), "cannot write ", log_path);
   if (new_log) log << "step,loss,grad_norm,lr,images_per_s,nonfinite_skipped\n";
+  folder.keep();
 
   const int B = cfg.batch;
   int64_t consecutive_bad = 0;

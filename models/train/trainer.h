@@ -11,9 +11,13 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "core/device.h"
+#include "core/enum_names.h"
 #include "models/data/dataset.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
@@ -21,6 +25,33 @@
 #include "models/nn/unet.h"
 
 namespace diffuse::train {
+
+// The enumerated keys of a training config. TrainConfig keeps their names (the checkpoint's
+// metadata and every reader of it spell them so); these tables are what accepts a name, from a
+// flag or a config file, and what --help lists.
+enum class Objective { eps, x0, v, hybrid, vdm };
+inline constexpr EnumName<Objective> kObjectiveNames[] = {{Objective::eps, "eps"},
+                                                          {Objective::x0, "x0"},
+                                                          {Objective::v, "v"},
+                                                          {Objective::hybrid, "hybrid"},
+                                                          {Objective::vdm, "vdm"}};
+constexpr std::span<const EnumName<Objective>> enum_table(Objective) { return kObjectiveNames; }
+
+// linear, cosine: DDPM betas (objectives eps, x0, v, hybrid); linear, learned: objective vdm.
+enum class ScheduleKind { linear, cosine, learned };
+inline constexpr EnumName<ScheduleKind> kScheduleNames[] = {
+    {ScheduleKind::linear, "linear"}, {ScheduleKind::cosine, "cosine"}, {ScheduleKind::learned, "learned"}};
+constexpr std::span<const EnumName<ScheduleKind>> enum_table(ScheduleKind) { return kScheduleNames; }
+
+enum class LossWeight { none, min_snr };
+inline constexpr EnumName<LossWeight> kLossWeightNames[] = {{LossWeight::none, "none"},
+                                                            {LossWeight::min_snr, "min-snr"}};
+constexpr std::span<const EnumName<LossWeight>> enum_table(LossWeight) { return kLossWeightNames; }
+
+// A device spec: "cpu", "cuda", "cuda:N" or "auto". Checks the spelling only (no GPU is asked),
+// so a stored config names its device on any machine; resolve_device decides what it means here.
+// Throws naming the spec and the valid forms, after `where` ("training config") when given.
+void check_device_spec(std::string_view spec, std::string_view where = {});
 
 struct TrainConfig {
   // model
@@ -91,9 +122,30 @@ struct TrainCallbacks {
 // the path of the last checkpoint. Throws diffuse::Error on bad configuration, data or I/O.
 std::string train(const TrainConfig& cfg, bool resume, const TrainCallbacks& cb = {});
 
+struct DatasetOptions {
+  // Image folders: label each image by its class sub-folder (the loader's class_labels).
+  bool labels = false;
+  // Image folders without @size: the side to resize to (0: 64); eval passes the model's own.
+  int image_size = 0;
+  int channels = 3;  // image folders: 3 (RGB) or 1 (grey)
+};
 // "fashion-mnist[:dir]", "mnist:<dir>", "idx:<images>,<labels>", "cifar10:<path>" or
-// "images:<dir>[@size]"; split is "train" or "test".
-data::Dataset load_dataset(const std::string& spec, const std::string& split);
+// "images:<dir>[@size]"; split is "train" or "test". An image folder has no splits: both give all
+// of its images, and the Dataset's split says "all".
+data::Dataset load_dataset(const std::string& spec, const std::string& split, const DatasetOptions& options = {});
+
+// Which device a training run uses, decided from the requested spec, whether a GPU answers, and
+// what the config asks of the step. "auto" with a GPU takes the GPU unless the config needs what
+// only the cpu trainer does (device_step_unsupported), and then the cpu, with `note` saying so in
+// one line; an explicit cuda device refuses such a config, naming the option.
+struct TrainingDevice {
+  Device device;
+  std::string note;  // non-empty when "auto" passed a GPU over
+};
+TrainingDevice choose_training_device(const TrainConfig& cfg, bool cuda_available);
+// What of `cfg` the GPU training step cannot do yet, as the flag or key a person gave
+// ("--class-cond", "--objective hybrid", ...), or "" when it can do all of it.
+std::string device_step_unsupported(const TrainConfig& cfg);
 
 // A model loaded from a checkpoint, ready to sample (EMA weights unless ema = false).
 struct LoadedModel {
@@ -101,8 +153,12 @@ struct LoadedModel {
   std::shared_ptr<nn::SNRNet> snr;  // objective vdm with schedule learned (its EMA weights unless ema = false)
   TrainConfig config;
   int64_t step = 0;
+  // allow_nonfinite: the tensors that held NaN or Inf (loaded anyway); empty otherwise.
+  std::vector<std::string> nonfinite;
 };
-LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = true);
+// Every floating-point tensor of the file is checked: one holding NaN or Inf makes the checkpoint
+// refused, naming the tensor, unless allow_nonfinite (then it loads and m.nonfinite names them).
+LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = true, bool allow_nonfinite = false);
 
 // The sampler's view of a trained UNet: the samplers pass continuous time t in [0, 1] with
 // discrete step i at t = (i + 1) / T, while the network was trained on the step index i (DDPM's
