@@ -12,7 +12,7 @@
 
 namespace diffuse::train {
 
-LaggedReadback::LaggedReadback(int slots) : slots_(slots) {
+LaggedReadback::LaggedReadback(int slots) {
   DF_CHECK(slots >= 1, "LaggedReadback: ", slots, " slots");
   for (int i = slots - 1; i >= 0; --i) free_.push_back(i);
 }
@@ -28,7 +28,7 @@ LaggedReadback::Values LaggedReadback::take(Source& src) {
 
 void LaggedReadback::push(int64_t step, Source& src) {
   if (free_.empty()) {
-    // Every slot holds an unread step: the oldest is `slots_` steps behind; keep it on the host.
+    // Every slot holds an unread step: the oldest is as many steps behind; keep it on the host.
     src.wait(pending_.front().second);
     ready_.push_back(take(src));
   }

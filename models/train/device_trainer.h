@@ -67,7 +67,6 @@ class LaggedReadback {
  private:
   Values take(Source& src);  // the oldest pending slot, done: read it and free it
 
-  int slots_;
   std::deque<std::pair<int64_t, int>> pending_;  // (step, slot), oldest first
   std::deque<Values> ready_;                     // read back, not yet returned
   std::vector<int> free_;
