@@ -140,7 +140,7 @@ class DeviceTrainStep {
   std::unique_ptr<CudaStream> stream_;
   std::unique_ptr<CudaEvent> caller_ready_, step_done_;  // the joins with the caller's stream
   std::vector<std::unique_ptr<CudaEvent>> result_events_;
-  float* pinned_results_ = nullptr;  // kResultSlots x (sumsq, loss), page-locked
+  [[maybe_unused]] float* pinned_results_ = nullptr;  // kResultSlots x (sumsq, loss), page-locked; CUDA builds
   std::unique_ptr<CudaGraph> graph_;
   std::unique_ptr<ag::Bf16Weights> lowp_;
   Tensor w_, g_, m_, v_, ema_;  // flat f32
