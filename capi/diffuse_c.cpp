@@ -143,12 +143,14 @@ void check_out_len(size_t out_len, int64_t need, int64_t n, int64_t h, int64_t w
          " samples of ", h, "x", w, "x", c);
 }
 
+// The names are the library's one table (models/diffusion/schedule.h); a bad one is the caller's
+// argument, not a library failure.
 dd::Spacing parse_spacing(const std::string& s) {
-  if (s == "linspace") return dd::Spacing::linspace;
-  if (s == "leading") return dd::Spacing::leading;
-  if (s == "trailing") return dd::Spacing::trailing;
-  if (s == "logsnr") return dd::Spacing::logsnr;
-  fail(DIFFUSE_ERR_INVALID_ARGUMENT, "unknown spacing '", s, "' (expected linspace, leading, trailing or logsnr)");
+  try {
+    return dd::parse_spacing(s);
+  } catch (const Error& e) {
+    fail(DIFFUSE_ERR_INVALID_ARGUMENT, e.message());
+  }
 }
 
 // "auto" without the notice resolve_device() prints: a library does not write to its host's stderr.
@@ -549,8 +551,8 @@ diffuse_status diffuse_sampler_create(const char* name, diffuse_sampler** out) n
     s->name = name;
     try {
       s->kind = dd::parse_sampler(s->name);
-    } catch (const Error&) {
-      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "unknown sampler '", s->name, "' (expected ddpm, ddim, dpm++2m, euler, heun or vdm)");
+    } catch (const Error& e) {
+      fail(DIFFUSE_ERR_INVALID_ARGUMENT, e.message());  // the names and their list: sampler.h's one table
     }
     *out = s.release();
   });

@@ -25,7 +25,7 @@ int sampler_callback_example() {
   o.shape = Shape{256, 2};
   o.seed = 42;
   o.steps = 20;
-  o.spacing = Spacing::logsnr;  // what DPM-Solver++(2M) wants
+  o.spacing = Spacing::logsnr;  // uniform in log-SNR: a good grid for DPM-Solver++(2M)
   Tensor x = sample_dpmpp_2m(schedule, denoiser, o);
   double mean = 0;
   for (float v : x.to_vector()) mean += v / static_cast<double>(x.numel());

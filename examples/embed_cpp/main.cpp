@@ -51,7 +51,7 @@ int main() {
   o.shape = diffuse::Shape{kN, kH, kW, kC};
   o.seed = 7;
   o.steps = 50;
-  o.spacing = dd::Spacing::logsnr;  // what DPM-Solver++(2M) wants
+  o.spacing = dd::Spacing::logsnr;  // uniform in log-SNR: a good grid for DPM-Solver++(2M)
   diffuse::Tensor x = dd::sample_dpmpp_2m(schedule, denoiser, o);
 
   double mean = 0, var = 0;
