@@ -96,6 +96,8 @@ set_target_properties(diffuse_cli PROPERTIES OUTPUT_NAME diffuse RUNTIME_OUTPUT_
 target_include_directories(diffuse_cli SYSTEM PRIVATE ${DIFFUSE_CLI11_INCLUDE})
 target_compile_options(diffuse_cli PRIVATE ${DIFFUSE_CXX_FLAGS})
 target_link_libraries(diffuse_cli PRIVATE diffuse)
+# Debug builds print errors with their source location and failed check (tools/main.cpp).
+target_compile_definitions(diffuse_cli PRIVATE $<$<CONFIG:Debug>:DIFFUSE_VERBOSE_ERRORS=1>)
 
 # ---- tests ------------------------------------------------------------------------------------
 if(DIFFUSE_TESTS)

@@ -51,11 +51,21 @@ for line in open(os.path.join(work, "ninja-deps")):
         p = os.path.normpath(line.strip())
         if outside_tree(p):
             used.setdefault(p, "a header the compiler read")
+# A program the cache found counts when the build runs it (it is named in the ninja files): CMake
+# also records tools it merely saw on this machine (an LTO archiver, a linker the compiler driver
+# never calls), and those are not dependencies. Libraries and headers always count.
+ninja_text = ""
+for f in ("build.ninja", os.path.join("CMakeFiles", "rules.ninja")):
+    if os.path.exists(os.path.join(build, f)):
+        ninja_text += open(os.path.join(build, f), errors="replace").read()
 cache_entry = re.compile(r"^([A-Za-z0-9_]+):(FILEPATH|PATH)=(.+)$")
 for line in open(os.path.join(build, "CMakeCache.txt")):
     m = cache_entry.match(line.strip())
     if m and outside_tree(m.group(3)) and os.path.isfile(m.group(3)):
-        used.setdefault(os.path.normpath(m.group(3)), "CMake cache entry " + m.group(1))
+        p = m.group(3)
+        program = os.access(p, os.X_OK) and not re.search(r"\.(so|a)(\.[0-9.]+)?$", p)
+        if not program or p in ninja_text:
+            used.setdefault(os.path.normpath(p), "CMake cache entry " + m.group(1))
     if m and m.group(1) == "DIFFUSE_PYTHON":
         python = m.group(3)
 for line in open(os.path.join(build, "build.ninja")):

@@ -20,7 +20,7 @@ fi
 # FUZZ_CONFIGURED=1: the build folder is already configured with DIFFUSE_FUZZ=ON (scripts/sanitize.sh).
 if [[ -z "${FUZZ_CONFIGURED:-}" ]]; then
   bash scripts/install-deps.sh --fuzz
-  CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_AR=/usr/bin/ar -DCMAKE_RANLIB=/usr/bin/ranlib \
         "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -gline-tables-only" "-DCMAKE_C_FLAGS_RELEASE=-O1 -gline-tables-only" \
         -DDIFFUSE_FUZZ=ON -DDIFFUSE_TESTS=OFF -DDIFFUSE_BENCH=OFF -DDIFFUSE_CUDA=OFF -DDIFFUSE_WERROR=ON > /dev/null
 fi

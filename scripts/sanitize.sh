@@ -4,6 +4,8 @@
 # (DIFFUSE_FUZZ=ON), then
 #   1. the cpu tier of the test folders in TEST_DIRS under ASan + UBSan (+ LeakSanitizer);
 #   2. every libFuzzer target (tests/fuzz) for FUZZ_SECONDS on its seed corpus (scripts/fuzz.sh).
+# binutils' ar and ranlib (install-deps.sh installs them): clang alone would make CMake take LLVM's
+# where a machine happens to have them, which install-deps.sh does not install (scripts/check-deps.sh).
 # -O1 with line tables only: the sanitizers' usual optimisation level, and stack traces with file
 # and line, at half the build time of -O2 -g. The CUDA backend and the benchmarks are left out to
 # keep the build within CI's budget; the emu tier under ASan is the command in docs/reliability.md.
@@ -17,7 +19,7 @@ jobs=${JOBS:-$(nproc)}
 start=$SECONDS
 bash scripts/install-deps.sh --tests --fuzz
 mkdir -p "$build"
-CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_AR=/usr/bin/ar -DCMAKE_RANLIB=/usr/bin/ranlib \
       "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -gline-tables-only" "-DCMAKE_C_FLAGS_RELEASE=-O1 -gline-tables-only" \
       -DDIFFUSE_FUZZ=ON -DDIFFUSE_CUDA=OFF -DDIFFUSE_BENCH=OFF -DDIFFUSE_TESTS=ON -DDIFFUSE_WERROR=ON \
       "-DDIFFUSE_TEST_DIRS=$dirs" > "$build/sanitize-configure.log"

@@ -16,11 +16,12 @@ int main(int argc, char** argv) {
   CLI::App app{"diffuse: a diffusion-model engine (train, sample, evaluate)", "diffuse"};
   app.require_subcommand(1);
   // Errors a user can cause say what is wrong and what to do; the source file, line and failed
-  // check behind them are for developers: --verbose, or any debug build, adds them.
-#if defined(NDEBUG)
-  bool verbose = false;
-#else
+  // check behind them are for developers: --verbose, or a Debug build (CMAKE_BUILD_TYPE=Debug;
+  // not NDEBUG, which sanitizer and other custom-flag builds leave undefined), adds them.
+#if defined(DIFFUSE_VERBOSE_ERRORS)
   bool verbose = true;
+#else
+  bool verbose = false;
 #endif
   app.add_flag("--verbose", verbose, "on an error, also print where in the source it was raised and which check failed");
   app.set_version_flag("--version", std::string("diffuse ") + "0.1.0");
