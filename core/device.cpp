@@ -105,9 +105,23 @@ void set_current_device(Device d) {
 #endif
 }
 
-Device resolve_device(std::string_view spec) {
+std::optional<Device> parse_device_spec(std::string_view spec) {
+  if (spec == "auto") return std::nullopt;
   if (spec == "cpu") return Device::cpu();
-  if (spec == "auto") {
+  if (spec == "cuda") return Device::cuda(0);
+  // cuda:N with 1 to 3 digits: no overflow, and more devices than any machine has.
+  const bool ok = spec.starts_with("cuda:") && spec.size() > 5 && spec.size() <= 8 &&
+                  spec.find_first_not_of("0123456789", 5) == std::string_view::npos;
+  DF_CHECK(ok, "unknown device '", spec, "' (expected cpu, cuda, cuda:N or auto)");
+  int index = 0;
+  for (char c : spec.substr(5)) index = index * 10 + (c - '0');
+  return Device::cuda(index);
+}
+
+Device resolve_device(std::string_view spec) {
+  const std::optional<Device> d = parse_device_spec(spec);
+  if (d && d->is_cpu()) return *d;
+  if (!d) {
     if (cuda_available()) return Device::cuda(0);
     static std::once_flag once;
     std::call_once(once, [] {
@@ -115,22 +129,10 @@ Device resolve_device(std::string_view spec) {
     });
     return Device::cpu();
   }
-  if (spec.starts_with("cuda")) {
-    int index = 0;
-    if (spec.size() > 4) {
-      DF_CHECK(spec[4] == ':' && spec.size() > 5, "bad device '", spec, "' (expected cpu, cuda, cuda:N or auto)");
-      index = 0;
-      for (char c : spec.substr(5)) {
-        DF_CHECK(c >= '0' && c <= '9', "bad device '", spec, "' (expected cpu, cuda, cuda:N or auto)");
-        index = index * 10 + (c - '0');
-      }
-    }
-    DF_CHECK(cuda_available(), "device ", spec, " requested but ", cuda_unavailable_reason());
-    DF_CHECK(index < cuda_device_count(), "device ", spec, " requested but only ", cuda_device_count(),
-             " CUDA device(s) found");
-    return Device::cuda(index);
-  }
-  DF_FAIL("bad device '", spec, "' (expected cpu, cuda, cuda:N or auto)");
+  DF_CHECK(cuda_available(), "device ", spec, " requested but ", cuda_unavailable_reason());
+  DF_CHECK(d->index < cuda_device_count(), "device ", spec, " requested but only ", cuda_device_count(),
+           " CUDA device(s) found");
+  return *d;
 }
 
 }  // namespace diffuse

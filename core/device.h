@@ -3,6 +3,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -26,6 +27,10 @@ struct Device {
 // "cpu", "cuda", "cuda:N" or "auto". `auto` picks cuda:0 when a GPU answers, else the cpu with
 // one notice on stderr. An explicit cuda device that does not answer is an error.
 Device resolve_device(std::string_view spec);
+// The syntax alone, the one definition resolve_device and the config checks share: `auto` is
+// nullopt, otherwise the device named. Throws "unknown device '<spec>' (expected cpu, cuda, cuda:N
+// or auto)"; asks no driver.
+std::optional<Device> parse_device_spec(std::string_view spec);
 
 // Device discovery. Never throws and never crashes: no GPU, no driver or a build without CUDA
 // all read as zero devices, with the reason in cuda_unavailable_reason().

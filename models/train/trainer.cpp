@@ -176,10 +176,12 @@ nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_cl
 }
 
 void check_device_spec(std::string_view spec, std::string_view where) {
-  bool ok = spec == "cpu" || spec == "auto" || spec == "cuda";
-  if (!ok && spec.starts_with("cuda:") && spec.size() > 5 && spec.size() <= 8)
-    ok = spec.find_first_not_of("0123456789", 5) == std::string_view::npos;
-  DF_CHECK(ok, where, where.empty() ? "" : ": ", "unknown device '", spec, "' (expected cpu, cuda, cuda:N or auto)");
+  try {
+    parse_device_spec(spec);
+  } catch (const Error& e) {
+    if (where.empty()) throw;
+    DF_FAIL(where, ": ", e.message());
+  }
 }
 
 std::string device_step_unsupported(const TrainConfig& c) {
