@@ -46,7 +46,7 @@ class CudaEvent {
   bool recorded() const { return recorded_; }
 
  private:
-  void* event_ = nullptr;
+  [[maybe_unused]] void* event_ = nullptr;  // unused in a build without CUDA
   bool recorded_ = false;
 };
 
