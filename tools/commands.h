@@ -13,5 +13,6 @@ void register_train(CLI::App& root);
 void register_sample(CLI::App& root);
 void register_eval(CLI::App& root);
 void register_diffusers(CLI::App& root);  // import-diffusers, export-diffusers
+void register_classifier(CLI::App& root);  // train-classifier
 
 }  // namespace diffuse::tools

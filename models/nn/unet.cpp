@@ -453,14 +453,16 @@ EncoderClassifier::EncoderClassifier(const UNetConfig& cfg, int num_classes, uin
   init_parameters(seed, parse_init_scheme(cfg_.init));
 }
 
-ag::Var EncoderClassifier::forward(const ag::Var& x, const Tensor& t) {
+ag::Var EncoderClassifier::features(const ag::Var& x, const Tensor& t) {
   check_input(x, cfg_, "EncoderClassifier");
   DF_CHECK(t.defined() && t.numel() == x.size(0), "EncoderClassifier: t must have one timestep per sample");
   ag::Var emb_act = ag::silu(time_embedding(t, cfg_, *time_fc1_, *time_fc2_, x.dtype()));
   Sites sites{{dropout_seed_, calls_++}};
   ag::Var h = run_encoder(x, emb_act, sites, *conv_in_, *down_, *mid_, nullptr);
   h = out_norm_->forward(h, /*silu=*/true);
-  return head_->forward(ag::mean(h, {1, 2}));  // global average pool over H, W
+  return ag::mean(h, {1, 2});  // global average pool over H, W
 }
+
+ag::Var EncoderClassifier::forward(const ag::Var& x, const Tensor& t) { return head_->forward(features(x, t)); }
 
 }  // namespace diffuse::nn

@@ -134,6 +134,9 @@ class EncoderClassifier : public Module {
  public:
   EncoderClassifier(const UNetConfig& cfg, int num_classes, uint64_t seed = 0);
   ag::Var forward(const ag::Var& x, const Tensor& t);  // -> logits (B, num_classes)
+  // The pooled features the head reads, (B, C): what a feature distance compares.
+  ag::Var features(const ag::Var& x, const Tensor& t);
+  ag::Var head(const ag::Var& features) { return head_->forward(features); }  // features -> logits
   const UNetConfig& config() const { return cfg_; }
   int num_classes() const { return num_classes_; }
   void set_dropout_seed(uint64_t seed) { dropout_seed_ = seed; calls_ = 0; }

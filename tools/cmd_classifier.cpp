@@ -1,0 +1,95 @@
+// `diffuse train-classifier`: the noise-aware classifier of classifier guidance, or a clean-image
+// classifier that judges samples (`diffuse eval --fd`); models/train/classifier.h.
+#include <atomic>
+#include <csignal>
+#include <cstdio>
+
+#include "core/check.h"
+#include "models/nn/unet.h"
+#include "models/train/classifier.h"
+#include "tools/commands.h"
+#include "tools/enum_option.h"
+#include "tools/progress.h"
+
+namespace diffuse::tools {
+
+namespace {
+
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+
+}  // namespace
+
+void register_classifier(CLI::App& root) {
+  CLI::App* cmd = root.add_subcommand(
+      "train-classifier",
+      "Train an image classifier: noise-aware (--noise diffusion) for `diffuse sample --classifier`, or on clean "
+      "images (--noise none) for `diffuse eval --fd` (checkpoint and CSV log go to --out)");
+  auto c = std::make_shared<train::ClassifierConfig>();
+  auto resume = std::make_shared<bool>(false);
+  auto model_json = std::make_shared<std::string>();
+  std::string presets;
+  for (const std::string& p : nn::UNetConfig::preset_names()) presets += (presets.empty() ? "" : ", ") + p;
+  cmd->add_option("--preset", c->preset, "the UNet preset whose encoder (and middle block) the classifier is: " + presets)
+      ->check(one_of(nn::UNetConfig::preset_names()))
+      ->capture_default_str();
+  cmd->add_option("--model", *model_json, "JSON object of UNet keys overriding the preset, e.g. '{\"base_channels\": 32}'");
+  auto noise = std::make_shared<std::string>("diffusion");
+  cmd->add_option("--noise", *noise,
+                  "diffusion: trained on z_t at uniform steps of --schedule (guidance); none: on clean images "
+                  "(judging samples)")
+      ->check(enum_validator<train::ClassifierNoise>())
+      ->capture_default_str();
+  cmd->add_option("--schedule", c->schedule, "noise diffusion: linear or cosine DDPM betas (guidance matches any "
+                  "model's schedule by log-SNR)")->check(one_of({"linear", "cosine"}))->capture_default_str();
+  cmd->add_option("--timesteps", c->timesteps, "noise diffusion: T of the schedule")->capture_default_str();
+  cmd->add_option("--dataset", c->dataset, "fashion-mnist[:dir], mnist:<dir>, idx:<images>,<labels>, cifar10:<path> or "
+                  "images:<dir>[@size] (labelled by its class sub-folders)")->capture_default_str();
+  cmd->add_option("--steps", c->steps, "optimizer steps")->capture_default_str();
+  cmd->add_option("--batch", c->batch, "images per step")->capture_default_str();
+  cmd->add_option("--lr", c->lr, "AdamW learning rate")->capture_default_str();
+  cmd->add_option("--weight-decay", c->weight_decay, "AdamW weight decay (not on biases and norm parameters)")
+      ->capture_default_str();
+  cmd->add_option("--warmup", c->warmup, "steps of linear learning-rate warm-up")->capture_default_str();
+  cmd->add_option("--grad-clip", c->grad_clip, "clip the global gradient norm (0: off)")->capture_default_str();
+  cmd->add_flag("--flip", c->flip, "mirror images horizontally at random");
+  cmd->add_option("--seed", c->seed, "seed of the initial weights, the batch order and the noise")->capture_default_str();
+  cmd->add_option("--out", c->out_dir, "output folder (classifier.safetensors, classifier_log.csv)")->capture_default_str();
+  cmd->add_option("--log-every", c->log_every, "steps per CSV log row")->capture_default_str();
+  cmd->add_option("--checkpoint-every", c->checkpoint_every, "steps per checkpoint (0: only at the end)")
+      ->capture_default_str();
+  cmd->add_option("--eval-count", c->eval_count, "test images whose accuracy is reported at the end (0: none)")
+      ->capture_default_str();
+  cmd->add_flag("--resume", *resume, "continue the run in --out from its checkpoint (bit-exact)");
+  cmd->callback([c, resume, model_json, noise] {
+    train::ClassifierConfig cfg = *c;
+    cfg.noise = parse_enum<train::ClassifierNoise>(*noise, "--noise");
+    if (!model_json->empty()) {
+      try {
+        cfg.model = nlohmann::json::parse(*model_json);
+      } catch (const nlohmann::json::exception& e) {
+        DF_FAIL("--model: not valid JSON (", e.what(), ")");
+      }
+      DF_CHECK(cfg.model.is_object(), "--model must be a JSON object of UNet keys");
+    }
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    Progress progress("train-classifier", cfg.steps);
+    train::ClassifierCallbacks cb;
+    cb.on_step = [&](const train::ClassifierStats& s) {
+      char extra[128];
+      std::snprintf(extra, sizeof extra, "loss %.4f  accuracy %.1f%%  %.0f img/s", s.loss, 100 * s.accuracy,
+                    s.images_per_s);
+      progress.update(s.step, extra);
+    };
+    cb.on_message = [](const std::string& m) { std::fprintf(stderr, "\n%s\n", m.c_str()); };
+    cb.should_stop = [] { return g_stop.load(); };
+    const std::string ckpt = train::train_classifier(cfg, *resume, cb);
+    if (g_stop) {
+      std::fprintf(stderr, "interrupted: the run is saved in %s; continue it with --resume\n", ckpt.c_str());
+      exit_code() = 130;
+    }
+  });
+}
+
+}  // namespace diffuse::tools
