@@ -2,18 +2,21 @@
 # The sanitizer pass of CI, one clang build for two jobs: the tree compiled with AddressSanitizer,
 # UndefinedBehaviorSanitizer (any UB report aborts) and libFuzzer's coverage instrumentation
 # (DIFFUSE_FUZZ=ON), then
-#   1. the cpu tier of the test folders in TEST_DIRS under ASan + UBSan (+ LeakSanitizer);
+#   1. the cpu and emu tiers of the test folders in TEST_DIRS under ASan + UBSan (+ LeakSanitizer):
+#      the emu tier runs every kernels/cuda kernel through kernels/simt, so an out-of-bounds access
+#      of global memory inside a kernel (which the emulator alone does not see) fails here, as does
+#      an overrun of a shared-memory array (padded with poisoned gaps in this build);
 #   2. every libFuzzer target (tests/fuzz) for FUZZ_SECONDS on its seed corpus (scripts/fuzz.sh).
 # binutils' ar and ranlib (install-deps.sh installs them): clang alone would make CMake take LLVM's
 # where a machine happens to have them, which install-deps.sh does not install (scripts/check-deps.sh).
 # -O1 with line tables only: the sanitizers' usual optimisation level, and stack traces with file
 # and line, at half the build time of -O2 -g. The CUDA backend and the benchmarks are left out to
-# keep the build within CI's budget; the emu tier under ASan is the command in docs/reliability.md.
+# keep the build within CI's budget.
 # Usage: scripts/sanitize.sh [build-dir]   (env: JOBS, TEST_DIRS, FUZZ_SECONDS (0: no fuzzing))
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build-san}
-dirs=${TEST_DIRS:-core;autograd;models;tools}
+dirs=${TEST_DIRS:-core;autograd;models;tools;simt;kernels}
 secs=${FUZZ_SECONDS:-10}
 jobs=${JOBS:-$(nproc)}
 start=$SECONDS
@@ -30,8 +33,8 @@ echo "sanitize.sh: built in $((SECONDS - start)) s"
 export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
 t0=$SECONDS
-ctest --test-dir "$build" -L cpu --output-on-failure --output-junit ctest-junit.xml -j "$jobs"
-echo "sanitize.sh: cpu tier clean under ASan + UBSan in $((SECONDS - t0)) s"
+ctest --test-dir "$build" -L 'cpu|emu' --output-on-failure --output-junit ctest-junit.xml -j "$jobs"
+echo "sanitize.sh: cpu and emu tiers clean under ASan + UBSan in $((SECONDS - t0)) s"
 if ((secs > 0)); then
   t0=$SECONDS
   FUZZ_CONFIGURED=1 bash scripts/fuzz.sh "$secs" "$build"

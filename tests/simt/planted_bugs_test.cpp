@@ -5,7 +5,20 @@
 // shared_test.cpp.)
 #include "tests/simt/simt_test_util.h"
 
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <memory>
 #include <random>
+#include <string>
+
+#if defined(__SANITIZE_ADDRESS__)
+#define DF_TEST_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DF_TEST_ASAN 1
+#endif
+#endif
 
 using namespace diffuse::simt;
 using namespace diffuse::simt::test;
@@ -59,6 +72,13 @@ __global__ void stencil_missing_halo_kernel(const float* x, float* y, int n) {
   if (t == 0) tile[0] = blockIdx.x > 0 ? x[i - 1] : 0.0f;
   __syncthreads();
   y[i] = tile[t] + tile[t + 1] + tile[t + 2];
+}
+
+// y[i] = 2 x[i] for i <= n: the guard is off by one, so the thread of index n writes one element
+// past the end of y. The emulator does not know where a global buffer ends; AddressSanitizer does.
+__global__ void scale_overrun_kernel(const float* __restrict__ x, float* __restrict__ y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) y[i] = 2.0f * (i < n ? x[i] : 0.0f);
 }
 
 std::vector<float> random_input(int n) {
@@ -136,3 +156,62 @@ TEST_CASE("planted bug: reading shared memory that no thread wrote gives NaN", "
     }
   });
 }
+
+#if defined(DF_TEST_ASAN)
+namespace {
+
+struct ChildResult {
+  int status = 0;      // as waitpid reports it
+  std::string output;  // the child's stderr and stdout
+};
+
+// Runs fn in a child process (a death test: AddressSanitizer ends the process it reports in) and
+// collects what it printed. The child exits 0 if fn returns.
+template <class F>
+ChildResult run_in_child(F&& fn) {
+  int fds[2];
+  REQUIRE(::pipe(fds) == 0);
+  const pid_t pid = ::fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    fn();
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  ChildResult r;
+  char buf[4096];
+  for (ssize_t got; (got = ::read(fds[0], buf, sizeof buf)) != 0;) {
+    if (got < 0) continue;  // EINTR
+    r.output.append(buf, static_cast<size_t>(got));
+  }
+  ::close(fds[0]);
+  ::waitpid(pid, &r.status, 0);
+  return r;
+}
+
+}  // namespace
+
+// Built only under AddressSanitizer (scripts/sanitize.sh runs the emu tier there): ASan must end
+// the launch at the write one past the end of y, under every thread order. A child that finishes
+// the launch exits 0, and the test fails.
+TEST_CASE("planted bug: a write one element past a global buffer is caught by AddressSanitizer", "[emu][simt]") {
+  const int n = 100;
+  const std::vector<float> x = random_input(n);
+  for_each_order([&] {
+    const ChildResult r = run_in_child([&] {
+      std::unique_ptr<float[]> y(new float[n]);  // exactly n floats: ASan's redzone follows
+      DF_LAUNCH(scale_overrun_kernel, 2, 64, 0, nullptr, x.data(), y.get(), n);
+    });
+    INFO(r.output);
+    CHECK(!(WIFEXITED(r.status) && WEXITSTATUS(r.status) == 0));
+    CHECK(r.output.find("AddressSanitizer: heap-buffer-overflow") != std::string::npos);
+    CHECK(r.output.find("WRITE of size 4") != std::string::npos);
+    // 0 bytes past the end of the 400-byte block (clang 14 says "to the right of", later ones "after").
+    CHECK(r.output.find("0 bytes ") != std::string::npos);
+    CHECK(r.output.find("400-byte region") != std::string::npos);
+  });
+}
+#endif  // DF_TEST_ASAN
