@@ -95,3 +95,29 @@ elseif(NOT DIFFUSE_DNNL_INCLUDE)
 else()
   message(STATUS "diffuse: oneDNN OFF: the library libdnnl not found (libdnnl-dev)")
 endif()
+
+# ---- DIFFUSE_CUDA=SIM: the CUDA toolkit's headers, without its compiler or libraries -----------
+# The simulated device (sim/) compiles the host CUDA code against the real headers, found where a
+# CUDA build finds them (FindCUDAToolkit: nvcc on PATH, CUDAToolkit_ROOT, /usr/local/cuda), and
+# needs the emulator to run kernels. cuDNN's header is optional, as its library is in a CUDA build.
+if(DIFFUSE_CUDA STREQUAL "SIM")
+  if(NOT DIFFUSE_HAVE_SIMT)
+    message(FATAL_ERROR "DIFFUSE_CUDA=SIM runs kernels in the emulator, which needs Boost.Context (libboost-context-dev)")
+  endif()
+  find_package(CUDAToolkit QUIET)
+  find_path(DIFFUSE_SIM_CUDA_INCLUDE cuda_runtime_api.h HINTS ${CUDAToolkit_INCLUDE_DIRS} /usr/local/cuda/include)
+  find_path(DIFFUSE_SIM_CUBLAS_INCLUDE cublasLt.h HINTS ${DIFFUSE_SIM_CUDA_INCLUDE} ${CUDAToolkit_INCLUDE_DIRS})
+  find_path(DIFFUSE_SIM_CUDNN_INCLUDE cudnn.h HINTS ${DIFFUSE_SIM_CUDA_INCLUDE} ${CUDAToolkit_INCLUDE_DIRS})
+  if(NOT DIFFUSE_SIM_CUDA_INCLUDE OR NOT DIFFUSE_SIM_CUBLAS_INCLUDE)
+    message(FATAL_ERROR "DIFFUSE_CUDA=SIM needs the CUDA toolkit's headers (cuda_runtime_api.h, cublasLt.h); "
+                        "set CUDAToolkit_ROOT")
+  endif()
+  set(DIFFUSE_SIM_INCLUDE_DIRS ${DIFFUSE_SIM_CUDA_INCLUDE} ${DIFFUSE_SIM_CUBLAS_INCLUDE})
+  if(DIFFUSE_SIM_CUDNN_INCLUDE)
+    list(APPEND DIFFUSE_SIM_INCLUDE_DIRS ${DIFFUSE_SIM_CUDNN_INCLUDE})
+    message(STATUS "diffuse: simulated device with cuDNN (${DIFFUSE_SIM_CUDNN_INCLUDE}/cudnn.h)")
+  else()
+    message(STATUS "diffuse: simulated device without cuDNN: cudnn.h not found")
+  endif()
+  list(REMOVE_DUPLICATES DIFFUSE_SIM_INCLUDE_DIRS)
+endif()

@@ -46,7 +46,38 @@ if(DIFFUSE_HAVE_DNNL)
   target_link_libraries(diffuse PRIVATE DNNL::dnnl)
   target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_DNNL=1)
 endif()
-if(DIFFUSE_HAVE_CUDA)
+if(DIFFUSE_CUDA_SIM)
+  # ---- DIFFUSE_CUDA=SIM: the simulated device (sim/sim.h, docs/kernels.md) ---------------------
+  # The host CUDA code compiles exactly as in a CUDA build, against the toolkit's headers; sim/
+  # implements the runtime, cuBLAS(Lt) and cuDNN calls it makes on the CPU; every .cu is compiled
+  # by the host compiler for the simulated device (kernels/cuda/portable.cuh's third mode), its
+  # kernels run by the emulator, whose runtime is compiled in too. No nvcc. A SIM build is for
+  # testing, not for installing.
+  file(GLOB DIFFUSE_SIM_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/sim/*.cpp ${CMAKE_SOURCE_DIR}/kernels/simt/*.cpp)
+  if(NOT DIFFUSE_SIM_CUDNN_INCLUDE)
+    list(REMOVE_ITEM DIFFUSE_SIM_SOURCES ${CMAKE_SOURCE_DIR}/sim/cudnn.cpp)
+  endif()
+  function(diffuse_sim_kernel_wrappers out)  # .cu sources -> generated .cpp compiled for the device
+    set(wrappers)
+    foreach(cu ${ARGN})
+      file(RELATIVE_PATH rel ${CMAKE_SOURCE_DIR} ${cu})
+      string(REPLACE "/" "_" flat ${rel})
+      set(wrapper ${CMAKE_BINARY_DIR}/sim_kernels/${flat}.cpp)
+      file(CONFIGURE OUTPUT ${wrapper} CONTENT
+           "// Generated: ${rel} compiled for the simulated device.\n#define DIFFUSE_SIM_DEVICE_CODE 1\n#define DIFFUSE_SIMT 1\n#include \"${cu}\"\n")
+      list(APPEND wrappers ${wrapper})
+    endforeach()
+    set(${out} ${wrappers} PARENT_SCOPE)
+  endfunction()
+  diffuse_sim_kernel_wrappers(_sim_kernels ${DIFFUSE_CU_SOURCES})
+  target_sources(diffuse PRIVATE ${DIFFUSE_CUDA_HOST_SOURCES} ${_sim_kernels} ${DIFFUSE_SIM_SOURCES})
+  target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_CUDA=1 DIFFUSE_CUDA_SIM=1)
+  if(DIFFUSE_SIM_CUDNN_INCLUDE)
+    target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_CUDNN=1)
+  endif()
+  target_include_directories(diffuse SYSTEM PUBLIC $<BUILD_INTERFACE:${DIFFUSE_SIM_INCLUDE_DIRS}>)
+  target_link_libraries(diffuse PUBLIC Boost::context)
+elseif(DIFFUSE_HAVE_CUDA)
   target_sources(diffuse PRIVATE ${DIFFUSE_CUDA_HOST_SOURCES} ${DIFFUSE_CU_SOURCES})
   target_compile_definitions(diffuse PUBLIC DIFFUSE_HAVE_CUDA=1)
   target_link_libraries(diffuse PUBLIC CUDA::cudart CUDA::cublas CUDA::cublasLt)
@@ -135,6 +166,12 @@ if(DIFFUSE_TESTS)
       add_dependencies(${exe} diffuse_cli)
       target_compile_definitions(${exe} PRIVATE DIFFUSE_CLI_PATH="$<TARGET_FILE:diffuse_cli>")
     endif()
+    if(DIFFUSE_CUDA_SIM AND dir STREQUAL "sim")
+      # The simulation's own tests launch kernels of their own, compiled for the simulated device.
+      file(GLOB sim_cu CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/sim/*.cu)
+      diffuse_sim_kernel_wrappers(sim_kernels ${sim_cu})
+      target_sources(${exe} PRIVATE ${sim_kernels})
+    endif()
     foreach(tier cpu emu cuda slow)
       # Only tiers that some test in this folder is tagged with get an entry.
       set(found FALSE)
@@ -147,12 +184,21 @@ if(DIFFUSE_TESTS)
       if(NOT found)
         continue()
       endif()
-      add_test(NAME ${dir}.${tier} COMMAND ${exe} "[${tier}]")
-      set_tests_properties(${dir}.${tier} PROPERTIES LABELS ${tier} SKIP_RETURN_CODE 77 TIMEOUT 900
+      # In a SIM build the [cuda] tests run against the simulated device: the `sim` tier.
+      set(label ${tier})
+      if(DIFFUSE_CUDA_SIM AND tier STREQUAL "cuda")
+        set(label sim)
+      endif()
+      add_test(NAME ${dir}.${label} COMMAND ${exe} "[${tier}]")
+      set_tests_properties(${dir}.${label} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77 TIMEOUT 900
                            ENVIRONMENT "OMP_NUM_THREADS=2")
     endforeach()
   endfunction()
-  foreach(dir ${DIFFUSE_TEST_DIRS})
+  set(_df_test_dirs ${DIFFUSE_TEST_DIRS})
+  if(DIFFUSE_CUDA_SIM AND NOT "sim" IN_LIST _df_test_dirs)
+    list(APPEND _df_test_dirs sim)  # tests/sim: the simulated device's own tests
+  endif()
+  foreach(dir ${_df_test_dirs})
     # tests/simt tests the emulator itself: nothing to build where the emulator is off.
     if(dir STREQUAL "simt" AND NOT TARGET diffuse_emu)
       message(STATUS "diffuse: tests/simt left out (the emulator is off)")
@@ -208,7 +254,7 @@ if(DIFFUSE_BENCH)
       endif()
     endforeach()
     # On a GPU (cuda tier; skipped elsewhere): every case of the kernel benchmark runs, a few times.
-    if(TARGET kernels)
+    if(TARGET kernels AND NOT DIFFUSE_CUDA_SIM)  # timings of the simulated device mean nothing
       add_test(NAME bench.kernels.gpu
                COMMAND ${CMAKE_SOURCE_DIR}/bench/check_on_gpu.sh $<TARGET_FILE:kernels> kernels --warmup 1 --iters 3)
       set_tests_properties(bench.kernels.gpu PROPERTIES LABELS cuda SKIP_RETURN_CODE 77 TIMEOUT 600)

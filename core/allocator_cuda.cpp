@@ -12,6 +12,10 @@
 #include "core/graph.h"
 #include "core/stream.h"
 
+#if defined(DIFFUSE_CUDA_SIM)
+#include "sim/sim.h"
+#endif
+
 namespace diffuse {
 
 namespace {
@@ -53,6 +57,26 @@ class RelaxedCaptureMode {
   cudaStreamCaptureMode mode_ = cudaStreamCaptureModeRelaxed;
   bool ok_ = false;
 };
+
+// The simulated device (DIFFUSE_CUDA=SIM) cannot see the cache's hand-outs and returns through
+// cudaMalloc and cudaFree, so it is told (sim/sim.h): it checks that a block passes between
+// streams only in an order, and watches for writes past a tensor's end or after its free.
+void* handed_out(void* p, size_t bytes, void* stream) {
+#if defined(DIFFUSE_CUDA_SIM)
+  const std::string hazard = sim::block_handed_out(p, bytes, stream);
+  DF_CHECK(hazard.empty(), "the caching allocator: ", hazard);
+#else
+  (void)bytes, (void)stream;
+#endif
+  return p;
+}
+void returned(void* p, void* stream) {
+#if defined(DIFFUSE_CUDA_SIM)
+  sim::block_returned(p, stream);
+#else
+  (void)p, (void)stream;
+#endif
+}
 
 }  // namespace
 
@@ -130,14 +154,14 @@ void* cuda_allocate(size_t bytes, int device, void* stream) {
       blocks.pop_back();
       c.stats.cached_bytes -= cls;
       ++c.stats.cache_hits;
-      return p;
+      return handed_out(p, bytes, stream);
     }
     // An idle block has no queued work: the graph may own it (an earlier graph's memory, say).
     if (void* p = c.free.take_idle(cls)) {
       c.stats.cached_bytes -= cls;
       ++c.stats.cache_hits;
       owner()[p] = pool;
-      return p;
+      return handed_out(p, bytes, stream);
     }
     void* p = nullptr;
     cudaError_t e = cudaSuccess;
@@ -153,13 +177,13 @@ void* cuda_allocate(size_t bytes, int device, void* stream) {
     }
     ++c.stats.system_allocs;
     owner()[p] = pool;
-    return p;
+    return handed_out(p, bytes, stream);
   }
   if (void* p = c.free.take(cls, stream)) {
     c.stats.cached_bytes -= cls;
     ++c.stats.cache_hits;
     count_alloc(c.stats, cls);
-    return p;
+    return handed_out(p, bytes, stream);
   }
   int prev = 0;
   cudaGetDevice(&prev);
@@ -184,7 +208,7 @@ void* cuda_allocate(size_t bytes, int device, void* stream) {
   cudaSetDevice(prev);
   ++c.stats.system_allocs;
   count_alloc(c.stats, cls);
-  return p;
+  return handed_out(p, bytes, stream);
 }
 
 void cuda_deallocate(void* p, size_t bytes, int device, void* stream) {
@@ -192,6 +216,7 @@ void cuda_deallocate(void* p, size_t bytes, int device, void* stream) {
   size_t cls = allocation_size_class(bytes);
   DeviceCache& c = device_cache(device);
   std::lock_guard<std::mutex> lock(c.mu);
+  returned(p, stream);
   if (!owner().empty()) {
     auto it = owner().find(p);
     if (it != owner().end()) {

@@ -3,7 +3,11 @@
 // Each .cu file is compiled twice: by nvcc for the GPU (namespace diffuse::cuda) and by the host
 // compiler with DIFFUSE_SIMT=1 for the emulator in kernels/simt (namespace diffuse::emu), which
 // runs every block's threads as fibers on the CPU so that CI, which has no GPU, runs every
-// custom kernel. The few things the two builds spell differently are macros here:
+// custom kernel. A build for the simulated device (DIFFUSE_CUDA=SIM, sim/sim.h) compiles them a
+// third way, by the host compiler with DIFFUSE_SIM_DEVICE_CODE=1 and DIFFUSE_SIMT=1: namespace
+// diffuse::cuda, so the host code finds its launchers, with the emulator running the kernels
+// and the simulated stream deciding when. The few things the builds spell differently are
+// macros here:
 //
 //   namespace diffuse::DF_BACKEND { ... }          cuda | emu
 //   df_stream_t                                    cudaStream_t | an opaque pointer
@@ -64,6 +68,38 @@ inline void df_memset_async(void* p, int byte, std::size_t bytes, df_stream_t st
 }
 inline void df_memcpy_async(void* dst, const void* src, std::size_t bytes, df_stream_t stream) {
   DF_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+}
+
+#elif defined(DIFFUSE_SIM_DEVICE_CODE) && defined(DIFFUSE_SIMT)
+
+// ---- the simulated device: the emulator's device language, the simulated stream's launch ------
+// kernels/simt names its own stream type df_stream_t; here that name is cudaStream_t (declared as
+// the CUDA headers do, which these sources must not include), so the emulator's is renamed.
+#define df_stream_t df_simt_stream_t
+#include "kernels/simt/simt.h"
+#undef df_stream_t
+
+#define DF_BACKEND cuda
+#define DF_DEVICE_INLINE inline
+
+struct CUstream_st;
+typedef struct CUstream_st* cudaStream_t;
+using df_stream_t = cudaStream_t;
+
+// DF_SHARED, DF_SHARED2 and DF_DYNAMIC_SHARED come from kernels/simt/simt.h; DF_LAUNCH queues
+// the launch on the simulated stream (sim/launch.h).
+#undef DF_LAUNCH
+#include "sim/launch.h"
+
+inline void df_memset_async(void* p, int byte, std::size_t bytes, df_stream_t stream) {
+  const int e = ::diffuse::sim::memset_async(p, byte, bytes, stream);
+  if (e != 0) DF_FAIL("cudaMemsetAsync failed: ", ::diffuse::sim::error_name(e), " (", e, "): ",
+                      ::diffuse::sim::error_string(e));
+}
+inline void df_memcpy_async(void* dst, const void* src, std::size_t bytes, df_stream_t stream) {
+  const int e = ::diffuse::sim::memcpy_async(dst, src, bytes, stream);
+  if (e != 0) DF_FAIL("cudaMemcpyAsync failed: ", ::diffuse::sim::error_name(e), " (", e, "): ",
+                      ::diffuse::sim::error_string(e));
 }
 
 #elif defined(DIFFUSE_SIMT)
