@@ -2,8 +2,10 @@
 // (sm_80 and newer), the twin of the SIMT kernels of kernels/cuda/attention.cu. Same math, same
 // contract (kernels/cuda/attention.h): the row log-sum-exp of the scaled scores is the saved
 // state, so either backward takes either forward's output. The dispatch (nn_cuda.cpp) runs these
-// for bf16 inputs on sm_80+ at head dims 32 and 64; the SIMT kernels stay for f32, for older GPUs
-// and for the emulator, which cannot run mma (this file compiles to nothing there).
+// for bf16 inputs on sm_80+ at head dims 32 and 64; the SIMT kernels stay for f32 and for older
+// GPUs. Under the emulator (DIFFUSE_SIMT) mma.sync is kernels/simt's warp collective of the same
+// name and fragment layout (kernels/simt/simt.h), so the same kernels run there, launched directly
+// by the emu tier's tests (the dispatch is GPU code).
 //
 // Products: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (PTX ISA, "Matrix fragments for
 // mma.m16n8k16"), bf16 operands, f32 accumulation. With g = lane / 4 and t = lane % 4, a warp's
@@ -39,7 +41,7 @@
 // chose to cap the sm_80 dQ kernel of head dim 32 at 96 registers and spilled 4 bytes.
 #include "kernels/cuda/portable.cuh"
 
-#if !defined(DIFFUSE_SIMT)
+#if !defined(DIFFUSE_SIM_DEVICE_CODE)  // nvcc, and the emulator (namespace diffuse::emu)
 
 #include <atomic>
 #include <cstdint>
@@ -48,7 +50,14 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/common.cuh"
 
-namespace diffuse::cuda {
+#if defined(DIFFUSE_SIMT)
+// Tiles are read as 32-bit words and written as 16-byte vectors, the GPU's way. The emulator's
+// 16-bit float and vector types are may_alias (kernels/simt/vector_types.h), which keeps the host
+// compiler's code right; GCC warns about the casts all the same.
+#pragma GCC diagnostic ignored "-Wstrict-aliasing"
+#endif
+
+namespace diffuse::DF_BACKEND {
 
 namespace {
 
@@ -71,7 +80,10 @@ struct Geom {
 };
 
 DF_DEVICE_INLINE void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#if defined(DIFFUSE_SIMT)
+  const uint32_t b[2] = {b0, b1};
+  df_mma_m16n8k16_row_col_f32_bf16_bf16_f32(c, a, b, c);
+#elif !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
       "{%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -413,6 +425,7 @@ void check_geometry(const char* op, int64_t B, int64_t Tq, int64_t Tk, int heads
   DF_CHECK(B * heads <= 65535, op, ": B * heads = ", B * heads, " over the grid's y limit");
 }
 
+#if !defined(DIFFUSE_SIMT)
 // The compute capability's major number of the current device, asked once per device (the
 // attribute query is cheap, but the dispatch asks on every attention call).
 int current_cc_major() {
@@ -429,6 +442,7 @@ int current_cc_major() {
   if (dev >= 0 && dev < kMaxDevices) cache[dev].store(major, std::memory_order_relaxed);
   return major;
 }
+#endif
 
 template <int D>
 void forward_t(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq, int64_t Tk,
@@ -468,7 +482,11 @@ bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void
   if (dtype != DType::bf16 || (D != 32 && D != 64)) return false;
   for (const void* p : ptrs)
     if (!detail::aligned16(p)) return false;
+#if defined(DIFFUSE_SIMT)
+  return true;  // the emulator's device is an sm_90
+#else
   return current_cc_major() >= 8;
+#endif
 }
 
 void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq,
@@ -489,6 +507,28 @@ void attention_tc_backward(const void* dout, const void* q, const void* k, const
   backward_t<64>(dout, q, k, v, out, lse, dq, dk, dv, B, Tq, Tk, heads, delta, stream);
 }
 
+}  // namespace diffuse::DF_BACKEND
+
+#else  // DIFFUSE_SIM_DEVICE_CODE
+
+// The simulated device (DIFFUSE_CUDA=SIM, sim/sim.h) runs kernels in the emulator, which has no
+// tensor cores: the dispatch is told these kernels are absent and takes the SIMT twins.
+#include "kernels/cuda/attention.h"
+
+namespace diffuse::cuda {
+
+bool attention_tc_supported(DType, int, std::initializer_list<const void*>) { return false; }
+
+void attention_tc_forward(const void*, const void*, const void*, void*, float*, int64_t, int64_t, int64_t, int, int,
+                          void*) {
+  DF_FAIL("attention_tc_forward on the simulated device, which cannot run mma.sync");
+}
+
+void attention_tc_backward(const void*, const void*, const void*, const void*, const void*, const float*, void*, void*,
+                           void*, int64_t, int64_t, int64_t, int, int, void*, void*) {
+  DF_FAIL("attention_tc_backward on the simulated device, which cannot run mma.sync");
+}
+
 }  // namespace diffuse::cuda
 
-#endif  // !DIFFUSE_SIMT
+#endif  // DIFFUSE_SIM_DEVICE_CODE

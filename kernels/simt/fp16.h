@@ -118,7 +118,7 @@ struct __nv_bfloat162_raw {
   unsigned short x, y;
 };
 
-struct alignas(2) __half {
+struct alignas(2) DF_SIMT_MAY_ALIAS __half {
   unsigned short __x;
   __half() = default;
   constexpr __half(const __half_raw& r) : __x(r.x) {}
@@ -136,7 +136,7 @@ struct alignas(2) __half {
   explicit operator int() const { return static_cast<int>(static_cast<float>(*this)); }
 };
 
-struct alignas(2) __nv_bfloat16 {
+struct alignas(2) DF_SIMT_MAY_ALIAS __nv_bfloat16 {
   unsigned short __x;
   __nv_bfloat16() = default;
   constexpr __nv_bfloat16(const __nv_bfloat16_raw& r) : __x(r.x) {}
@@ -154,7 +154,7 @@ struct alignas(2) __nv_bfloat16 {
   explicit operator int() const { return static_cast<int>(static_cast<float>(*this)); }
 };
 
-struct alignas(4) __half2 {
+struct alignas(4) DF_SIMT_MAY_ALIAS __half2 {
   __half x, y;
   __half2() = default;
   constexpr __half2(__half a, __half b) : x(a), y(b) {}
@@ -162,7 +162,7 @@ struct alignas(4) __half2 {
   constexpr operator __half2_raw() const { return __half2_raw{x.__x, y.__x}; }
 };
 
-struct alignas(4) __nv_bfloat162 {
+struct alignas(4) DF_SIMT_MAY_ALIAS __nv_bfloat162 {
   __nv_bfloat16 x, y;
   __nv_bfloat162() = default;
   constexpr __nv_bfloat162(__nv_bfloat16 a, __nv_bfloat16 b) : x(a), y(b) {}

@@ -19,6 +19,7 @@
 #include <boost/context/fiber.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +31,7 @@
 #include <sstream>
 #include <vector>
 
+#include "kernels/simt/race.h"
 #include "kernels/simt/runtime.h"
 
 #if defined(__SANITIZE_ADDRESS__)
@@ -96,6 +98,16 @@ std::string hex(unsigned v) {
 std::mutex g_order_mutex;
 bool g_order_set = false;
 OrderSpec g_order;
+
+// The race check: DIFFUSE_SIMT_RACECHECK=0 turns it off, set_race_check overrides.
+std::atomic<int> g_race_check{-1};  // -1: not read from the environment yet
+
+bool env_race_check() {
+  const char* e = std::getenv("DIFFUSE_SIMT_RACECHECK");
+  if (!e || !*e || std::string_view(e) == "1") return true;
+  if (std::string_view(e) == "0") return false;
+  throw Error("DIFFUSE_SIMT_RACECHECK=" + std::string(e) + ": expected 0 (off) or 1 (on)");
+}
 
 OrderSpec env_order() {
   const char* e = std::getenv("DIFFUSE_SIMT_ORDER");
@@ -212,6 +224,7 @@ const char* warp_name(detail::WarpKind k) {
     case WarpKind::reduce_and: return "__reduce_and_sync";
     case WarpKind::reduce_or: return "__reduce_or_sync";
     case WarpKind::reduce_xor: return "__reduce_xor_sync";
+    case WarpKind::mma_m16n8k16_bf16: return "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32";
   }
   return "?";
 }
@@ -280,6 +293,11 @@ struct Runtime {
   FaultKind fault_kind{};
   std::string fault_msg;
   uint3 fault_thread{};
+
+  // The shared-memory race check, when on for this launch.
+  detail::race::Checker checker;
+  detail::race::Active race_active;
+  bool race_on = false;
 
   // The scheduler's stack, for AddressSanitizer.
   void* sched_fake = nullptr;
@@ -470,6 +488,48 @@ unsigned source_lane(unsigned l, const detail::WarpCall& c) {
   }
 }
 
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32, from the PTX ISA's "Matrix Fragments for
+// mma.m16n8k16 with floating point type". With groupID g = lane >> 2 and threadID_in_group
+// t = lane % 4, lane (g, t) holds
+//   A (16 x 16, .row), a0..a7 in 4 registers of two bf16 each (the lower-indexed element in the
+//     low 16 bits): row g for a0, a1, a4, a5 and g + 8 for a2, a3, a6, a7; column 2t + (i & 1) for
+//     a_i with i < 4 and 2t + (i & 1) + 8 for i >= 4;
+//   B (16 x 8, .col), b0..b3 in 2 registers: row (the k index) 2t + (i & 1) for i < 2 and
+//     2t + (i & 1) + 8 for i >= 2; column g;
+//   C and D (16 x 8, f32), c0..c3: row g for i < 2 and g + 8 for i >= 2; column 2t + (i & 1).
+float bf16_lo(uint32_t r) { return std::bit_cast<float>(r << 16); }
+float bf16_hi(uint32_t r) { return std::bit_cast<float>(r & 0xffff0000u); }
+
+void mma_m16n8k16_bf16(Thread* const (&part)[kWarpSize]) {
+  float A[16][16], B[16][8], C[16][8];
+  for (unsigned l = 0; l < kWarpSize; ++l) {
+    const auto& f = *static_cast<const detail::MmaFragments*>(part[l]->call->in);
+    const unsigned g = l >> 2, t = l % 4;
+    for (unsigned i = 0; i < 8; ++i) {  // a_i
+      const uint32_t reg = f.a[i / 2];
+      const unsigned row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+      const unsigned col = 2 * t + (i & 1) + (i >= 4 ? 8 : 0);
+      A[row][col] = (i & 1) ? bf16_hi(reg) : bf16_lo(reg);
+    }
+    for (unsigned i = 0; i < 4; ++i) {  // b_i
+      const uint32_t reg = f.b[i / 2];
+      const unsigned k = 2 * t + (i & 1) + (i >= 2 ? 8 : 0);
+      B[k][g] = (i & 1) ? bf16_hi(reg) : bf16_lo(reg);
+    }
+    for (unsigned i = 0; i < 4; ++i) C[i < 2 ? g : g + 8][2 * t + (i & 1)] = f.c[i];
+  }
+  for (unsigned l = 0; l < kWarpSize; ++l) {
+    const unsigned g = l >> 2, t = l % 4;
+    float* d = static_cast<float*>(part[l]->call->out);
+    for (unsigned i = 0; i < 4; ++i) {
+      const unsigned row = i < 2 ? g : g + 8, col = 2 * t + (i & 1);
+      double s = C[row][col];
+      for (unsigned k = 0; k < 16; ++k) s += double(A[row][k]) * double(B[k][col]);
+      d[i] = static_cast<float>(s);
+    }
+  }
+}
+
 // Completes the collective that `t` waits at: computes every participant's result and makes
 // them runnable. Returns false on a fault (recorded).
 bool complete(Runtime& R, Thread& t) {
@@ -502,6 +562,16 @@ bool complete(Runtime& R, Thread& t) {
       const unsigned src = source_lane(l, lc);
       std::memcpy(lc.out, part[src]->call->in, lc.size);
     }
+  } else if (c.kind == WarpKind::mma_m16n8k16_bf16) {
+    if (m != 0xffffffffu) {
+      const unsigned l = static_cast<unsigned>(std::countr_zero(~m));
+      record_fault(R, FaultKind::warp_divergence, t,
+                   std::string(warp_name(c.kind)) + " (" + where(c.loc) + ") needs every lane of the warp (.aligned), but lane " +
+                       std::to_string(l) +
+                       (lane_thread(R, t, l) ? " has exited" : " does not exist (the block has " + std::to_string(R.n) + " threads)"));
+      return false;
+    }
+    mma_m16n8k16_bf16(part);
   } else if (c.kind != WarpKind::syncwarp) {
     // Votes and reductions over the lanes present; exited lanes contribute nothing, as on sm_70+.
     uint32_t ballot = 0, acc = 0;
@@ -537,6 +607,13 @@ bool complete(Runtime& R, Thread& t) {
     for (unsigned l = 0; l < kWarpSize; ++l)
       if (part[l]) part[l]->call->result = r;
   }
+  if (c.kind == WarpKind::syncwarp && R.race_on) {
+    // __syncwarp orders the memory accesses of the lanes it synchronises (race.h).
+    unsigned ids[kWarpSize], count = 0;
+    for (unsigned l = 0; l < kWarpSize; ++l)
+      if (part[l]) ids[count++] = part[l]->linear;
+    R.checker.warp_sync(ids, count);
+  }
   for (unsigned l = 0; l < kWarpSize; ++l)
     if (part[l]) part[l]->state = State::runnable;
   w.waiting &= ~m;
@@ -550,6 +627,53 @@ std::string launch_desc(const Runtime& R) {
      << ", grid " << idx3(R.grid) << ", block " << idx3(R.block) << ", " << R.smem << " bytes dynamic shared, order "
      << to_string(R.order) << ")";
   return os.str();
+}
+
+// What a shared-memory byte belongs to, for a race report: "tile[3][5] (DF_SHARED at x.cu:40)".
+std::string shared_byte(const Runtime& R, std::size_t off) {
+  for (std::size_t k = 0; k < R.sites.size(); ++k) {
+    const auto& [site, start] = R.sites[k];
+    if (off < start || off >= start + R.site_sizes[k]) continue;
+    const std::size_t rel = off - start;
+    std::ostringstream os;
+    os << site->name;
+    if (site->elem) {
+      const std::size_t i = rel / site->elem;
+      if (site->cols)
+        os << '[' << i / site->cols << "][" << i % site->cols << ']';
+      else
+        os << '[' << i << ']';
+      if (rel % site->elem) os << " (its byte " << rel % site->elem << ')';
+    }
+    os << " (DF_SHARED at " << short_path(site->file) << ':' << site->line << ')';
+    return os.str();
+  }
+  std::ostringstream os;
+  os << "byte " << off << (off < R.smem ? " of the dynamic shared memory" : " of shared memory");
+  return os.str();
+}
+
+void record_race(Runtime& R) {
+  namespace race = detail::race;
+  const race::Conflict& c = R.checker.conflict();
+  const auto who = [&](const race::Access& a) {
+    return "block " + idx3(R.bctx.block_idx) + " thread " + idx3(R.threads[a.thread1 - 1u].thread_idx);
+  };
+  const auto verb = [](race::Kind k, bool now) -> std::string {
+    switch (k) {
+      case race::Kind::read: return now ? "reads it" : "read it";
+      case race::Kind::write: return now ? "writes it" : "wrote it";
+      case race::Kind::atomic: return now ? "updates it atomically" : "updated it atomically";
+      case race::Kind::none: break;
+    }
+    return "?";
+  };
+  const bool same_warp = (c.now.thread1 - 1u) / kWarpSize == (c.before.thread1 - 1u) / kWarpSize;
+  record_fault(R, FaultKind::shared_race, R.threads[c.now.thread1 - 1u],
+               "shared memory race on " + shared_byte(R, c.offset) + ": " + who(c.now) + " " + verb(c.now.kind, true) +
+                   " at " + race::where_pc(race::pc_at(c.now.pc)) + ", and " + who(c.before) + " " +
+                   verb(c.before.kind, false) + " at " + race::where_pc(race::pc_at(c.before.pc)) + ", with no __syncthreads between them" +
+                   (same_warp ? " nor a __syncwarp of both lanes" : ""));
 }
 
 // Unwinds every live fiber of the block, then throws the recorded fault.
@@ -629,6 +753,7 @@ bool resolve(Runtime& R) {
     t.state = State::runnable;
   }
   ++R.phase;
+  if (R.race_on) R.checker.barrier();
   if (R.order.order == Order::random) order_threads(R);
   return true;
 }
@@ -668,6 +793,7 @@ void run_block(Runtime& R, uint3 bidx) {
     throw;
   }
   R.stats.threads += R.n;
+  if (R.race_on) R.checker.begin_block(R.n);
   order_threads(R);
 
   for (;;) {
@@ -677,6 +803,9 @@ void run_block(Runtime& R, uint3 bidx) {
       if (t.state != State::runnable) continue;
       resume(R, t);
       ran = true;
+      // A race is found inside an access hook, which cannot throw or switch; the thread runs on
+      // to its next wait, and the block ends here.
+      if (R.race_on && R.checker.conflicted() && !R.faulted) record_race(R);
       if (R.faulted) abandon_block(R);
     }
     if (ran) continue;
@@ -700,6 +829,7 @@ const char* to_string(FaultKind k) {
     case FaultKind::lane_not_in_mask: return "lane not in mask";
     case FaultKind::bad_argument: return "bad argument";
     case FaultKind::kernel_exception: return "kernel exception";
+    case FaultKind::shared_race: return "shared memory race";
   }
   return "?";
 }
@@ -755,6 +885,18 @@ std::vector<OrderSpec> test_orders() {
   if (e && std::string_view(e).starts_with("random")) seed = parse_order(e).seed;
   return {{Order::forward, 0}, {Order::reverse, 0}, {Order::random, seed}};
 }
+
+bool race_check() {
+  int v = g_race_check.load();
+  if (v < 0) {
+    const int e = env_race_check() ? 1 : 0;
+    g_race_check.compare_exchange_strong(v, e);
+    v = g_race_check.load();
+  }
+  return v != 0;
+}
+
+void set_race_check(bool on) { g_race_check.store(on ? 1 : 0); }
 
 Stats stats() { return rt().stats; }
 
@@ -872,9 +1014,15 @@ void run_grid(const LaunchSite& site, dim3 grid, dim3 block, std::size_t smem, v
   R.site_sizes.clear();
   R.used = R.counted = smem;
   ++R.stats.launches;
+  R.race_on = race_check();
+  R.race_active = race::Active{reinterpret_cast<uintptr_t>(R.arena), kArenaBytes, &R.checker};
   tls_block = &R.bctx;
+  if (R.race_on) race::tls_active = &R.race_active;
   struct Reset {
-    ~Reset() { tls_block = nullptr; }
+    ~Reset() {
+      tls_block = nullptr;
+      race::tls_active = nullptr;
+    }
   } reset;
   R.block_linear = 0;
   for (unsigned z = 0; z < grid.z; ++z)

@@ -99,6 +99,7 @@ enum class FaultKind {
   lane_not_in_mask,   // a lane calls a *_sync collective with a mask that excludes it
   bad_argument,       // e.g. a shuffle width that is not a power of two in [1, 32]
   kernel_exception,   // the kernel threw (e.g. __trap(), a DF_CHECK in device code)
+  shared_race,        // two threads access one shared-memory byte, one of them writing, unordered
 };
 const char* to_string(FaultKind k);
 
@@ -111,6 +112,28 @@ class Fault : public Error {
 
  private:
   FaultKind kind_;
+};
+
+// The shared-memory race check (kernels/simt/race.h): in kernels compiled with its
+// instrumentation (kernels/simt/race_check.cmake; DF_SIMT_RACECHECK is 1 in such a file), two
+// accesses of one shared-memory byte by different threads of a block, at least one a write and
+// not both atomics, with no __syncthreads between them (nor a __syncwarp of both, for lanes of
+// one warp), are a shared_race fault naming both threads and both source lines. On by default;
+// DIFFUSE_SIMT_RACECHECK=0 turns it off for a process. Code compiled without the instrumentation
+// is not checked, whatever this says.
+bool race_check();
+void set_race_check(bool on);
+
+// Sets the race check for a scope and restores the previous setting.
+class RaceCheckScope {
+ public:
+  explicit RaceCheckScope(bool on) : prev_(race_check()) { set_race_check(on); }
+  ~RaceCheckScope() { set_race_check(prev_); }
+  RaceCheckScope(const RaceCheckScope&) = delete;
+  RaceCheckScope& operator=(const RaceCheckScope&) = delete;
+
+ private:
+  bool prev_;
 };
 
 // Counters for this host thread, for tests and for sizing CI work.
@@ -151,11 +174,14 @@ inline const BlockCtx& block_ctx(const char* what) {
 }
 
 // One DF_SHARED declaration: its address identifies it, so every thread of a block (and every
-// block of a launch) gets the same memory for it.
+// block of a launch) gets the same memory for it. The element size and row length (0 for a
+// 1-D array) name the element in a race report.
 struct SharedSite {
   const char* name;
   const char* file;
   unsigned line;
+  std::size_t elem = 0;
+  std::size_t cols = 0;
 };
 void* shared_alloc(const SharedSite* site, std::size_t bytes, std::size_t align);
 void* dynamic_shared();
@@ -166,6 +192,13 @@ int block_barrier(BarrierKind kind, int pred, const SourceLoc& loc);
 enum class WarpKind : uint8_t {
   syncwarp, shfl_idx, shfl_up, shfl_down, shfl_xor, ballot, any, all,
   reduce_add, reduce_min, reduce_max, reduce_and, reduce_or, reduce_xor,
+  mma_m16n8k16_bf16,  // mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (simt.h)
+};
+// One lane's fragments of an mma: `in` points at these, `out` at the lane's four f32 of D.
+struct MmaFragments {
+  uint32_t a[4];  // A, 16 x 16 bf16, row-major fragments
+  uint32_t b[2];  // B, 16 x 8 bf16, column-major fragments
+  float c[4];     // C, 16 x 8 f32
 };
 // One lane's part in a warp collective; lives in that lane's frame until the collective is done.
 struct WarpCall {

@@ -46,6 +46,20 @@
 
 constexpr int warpSize = 32;
 
+// 1 where this file is compiled with the race check's instrumentation (ThreadSanitizer's, at
+// compile time only: kernels/simt/race_check.cmake), so that kernels/simt sees its shared-memory
+// accesses; 0 otherwise.
+#if defined(__SANITIZE_THREAD__)
+#define DF_SIMT_RACECHECK 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define DF_SIMT_RACECHECK 1
+#endif
+#endif
+#if !defined(DF_SIMT_RACECHECK)
+#define DF_SIMT_RACECHECK 0
+#endif
+
 // The call site of a barrier or warp operation (runtime.h), a default argument of each.
 using df_loc = ::diffuse::simt::SourceLoc;
 
@@ -157,6 +171,31 @@ DF_SIMT_REDUCE(__reduce_or_sync, reduce_or, unsigned, false)
 DF_SIMT_REDUCE(__reduce_xor_sync, reduce_xor, unsigned, false)
 #undef DF_SIMT_REDUCE
 
+// ---- tensor cores: mma.sync as a warp collective ---------------------------------------------------
+// mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {d0..d3}, {a0..a3}, {b0, b1}, {c0..c3}: the
+// warp computes D = A B + C for A 16 x 16 and B 16 x 8 in bf16, C and D 16 x 8 in f32, every lane
+// holding the fragments that the PTX ISA assigns it ("Matrix Fragments for mma.m16n8k16 with
+// floating point type"; runtime.cpp has the layout). As `.aligned` demands, all 32 lanes must
+// reach the same call; one that has exited is a fault. Products of bf16 are exact; each element's
+// 16 products and C are summed in double and rounded to f32 once, which the GPU's own f32
+// accumulation matches to a few ulp. d may be c.
+inline void df_mma_m16n8k16_row_col_f32_bf16_bf16_f32(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
+                                                      const float (&c)[4], const df_loc& loc = df_loc::current()) {
+  ::diffuse::simt::detail::MmaFragments f;
+  for (int i = 0; i < 4; ++i) f.a[i] = a[i], f.c[i] = c[i];
+  f.b[0] = b[0], f.b[1] = b[1];
+  float out[4];
+  ::diffuse::simt::detail::WarpCall call;
+  call.kind = ::diffuse::simt::detail::WarpKind::mma_m16n8k16_bf16;
+  call.mask = 0xffffffffu;
+  call.in = &f;
+  call.out = out;
+  call.size = sizeof out;
+  call.loc = loc;
+  ::diffuse::simt::detail::warp_collective(call);
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
 // A kernel's deliberate abort: a fault naming the thread, like the GPU's unspecified launch failure.
 [[noreturn]] inline void __trap() { throw ::diffuse::Error("__trap() called"); }
 
@@ -165,11 +204,13 @@ DF_SIMT_REDUCE(__reduce_xor_sync, reduce_xor, unsigned, false)
 // as they do on a __shared__ array. The memory is per block, 16-byte aligned, and filled with
 // 0xFF bytes (a NaN in every float type) when the block starts.
 #define DF_SHARED(type, name, count)                                                                   \
-  static constexpr ::diffuse::simt::detail::SharedSite df_shared_site_##name{#name, __FILE__, __LINE__}; \
+  static constexpr ::diffuse::simt::detail::SharedSite df_shared_site_##name{#name, __FILE__, __LINE__,  \
+                                                                             sizeof(type), 0};           \
   type(&name)[count] = *static_cast<type(*)[count]>(                                                   \
       ::diffuse::simt::detail::shared_alloc(&df_shared_site_##name, sizeof(type[count]), alignof(type)))
 #define DF_SHARED2(type, name, rows, cols)                                                             \
-  static constexpr ::diffuse::simt::detail::SharedSite df_shared_site_##name{#name, __FILE__, __LINE__}; \
+  static constexpr ::diffuse::simt::detail::SharedSite df_shared_site_##name{#name, __FILE__, __LINE__,  \
+                                                                             sizeof(type), (cols)};      \
   type(&name)[rows][cols] = *static_cast<type(*)[rows][cols]>(::diffuse::simt::detail::shared_alloc(    \
       &df_shared_site_##name, sizeof(type[rows][cols]), alignof(type)))
 #define DF_DYNAMIC_SHARED(type) (static_cast<type*>(::diffuse::simt::detail::dynamic_shared()))

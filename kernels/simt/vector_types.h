@@ -7,20 +7,26 @@
 // ...) with inline members, beside ours; distinct mangled names keep the two from being merged.
 #pragma once
 
+// Kernels reinterpret memory freely (a uint4 load of eight bf16, a bf16 pair read as one 32-bit
+// word), which nvcc compiles as meant. For the host compiler those are aliasing violations; the
+// vector and 16-bit float types are declared may_alias, so an access through them may alias any
+// object and the optimiser keeps such accesses in order.
+#define DF_SIMT_MAY_ALIAS [[gnu::may_alias]]
+
 namespace diffuse::simt::cuda_types {
 
 #define DF_SIMT_VEC2(T, name, align)                                                          \
-  struct alignas(align) name {                                                                \
+  struct alignas(align) DF_SIMT_MAY_ALIAS name {                                              \
     T x, y;                                                                                   \
   };                                                                                          \
   constexpr name make_##name(T x, T y) { return name{x, y}; }
 #define DF_SIMT_VEC3(T, name)                                                                 \
-  struct name {                                                                               \
+  struct DF_SIMT_MAY_ALIAS name {                                                             \
     T x, y, z;                                                                                \
   };                                                                                          \
   constexpr name make_##name(T x, T y, T z) { return name{x, y, z}; }
 #define DF_SIMT_VEC4(T, name, align)                                                          \
-  struct alignas(align) name {                                                                \
+  struct alignas(align) DF_SIMT_MAY_ALIAS name {                                              \
     T x, y, z, w;                                                                             \
   };                                                                                          \
   constexpr name make_##name(T x, T y, T z, T w) { return name{x, y, z, w}; }

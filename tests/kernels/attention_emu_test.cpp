@@ -1,7 +1,7 @@
 // kernels/cuda/attention.cu under the emulator ([emu]) and on a GPU ([cuda]) against double
 // loops of kernels/attention.h's formulas (materialising P, as kernels::ref does); and the bf16
-// tensor-core kernels of kernels/cuda/attention_tc.cu ([cuda] only) against the same loops and the
-// SIMT kernels.
+// tensor-core kernels of kernels/cuda/attention_tc.cu against the same loops and the SIMT kernels,
+// under the emulator (whose mma.sync is kernels/simt's warp collective) and on a GPU.
 //
 // Tolerances. f32: a score is a D-term dot product (D <= 64) of values in [-1, 1], scaled by
 // 1/sqrt(D): its f32 error is at most 64 eps * 8 = 3e-5 absolute, which P inherits as a relative
@@ -158,6 +158,76 @@ TEST_CASE("flash attention under the emulator matches the materialised reference
               return Grads{out.to_vector(), dq.to_vector(), dk.to_vector(), dv.to_vector()};
             },
             g, t);
+  });
+}
+
+// The tensor-core launchers compiled for the emulator (kernels/cuda/attention_tc.cu), whose
+// mma.sync is kernels/simt's warp collective; kernels/cuda/attention.h declares them for the GPU
+// build only.
+namespace diffuse::emu {
+bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);
+void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq,
+                          int64_t Tk, int heads, int D, void* stream);
+void attention_tc_backward(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                           const float* lse, void* dq, void* dk, void* dv, int64_t B, int64_t Tq, int64_t Tk, int heads,
+                           int D, void* workspace, void* stream);
+}  // namespace diffuse::emu
+
+// The bf16 tensor-core kernels under the emulator against the double reference and against the
+// SIMT kernels on the same inputs, with the [cuda] test's tolerances (below): the tensor-core
+// kernels round P (and dS in backward) to bf16 before the second product, one more bf16 rounding
+// (2^-8 relative) of every term of a sum on top of the outputs' own and of the bf16 forward output
+// that Delta reads, so twice the SIMT bound against the reference (rtol 1.6e-2, atol 1.6e-2 *
+// max|want|) and the sum of the two bounds between the two kernels (2.4e-2). The emulated mma sums
+// its products exactly and rounds once, at least as accurate as the GPU's f32 accumulation, so the
+// GPU's bounds hold here too. Batch 1; odd token counts (partial tiles in every kernel); Tq over one
+// block of 64 rows; Tk under one dQ key tile (32) and over one forward tile (64); both head dims.
+TEST_CASE("tensor-core flash attention under the emulator matches the reference and the SIMT kernels",
+          "[emu][kernels]") {
+  const Geo geos[] = {{1, 37, 37, 1, 64}, {1, 5, 100, 2, 64}, {1, 70, 19, 2, 32}, {1, 33, 33, 3, 32}};
+  const DType t = DType::bf16;
+  for_each_order([&] {
+    for (const Geo& g : geos) {
+      INFO("B=" << g.B << " Tq=" << g.Tq << " Tk=" << g.Tk << " heads=" << g.heads << " D=" << g.D);
+      const Inputs in = make_inputs(g, t);
+      REQUIRE(emu::attention_tc_supported(t, g.D, {in.q.raw(), in.k.raw(), in.v.raw(), in.dout.raw()}));
+      const Grads want = reference(g, in.q.to_vector(), in.k.to_vector(), in.v.to_vector(), in.dout.to_vector());
+      auto run = [&](bool tc) {
+        Tensor out = Tensor::empty(in.q.shape(), t).poison_();
+        Tensor lse = Tensor::empty({g.B, g.heads, g.Tq}).poison_();
+        Tensor dq = Tensor::empty(in.q.shape(), t).poison_(), dk = Tensor::empty(in.k.shape(), t).poison_();
+        Tensor dv = Tensor::empty(in.v.shape(), t).poison_();
+        Tensor ws =
+            Tensor::empty({static_cast<int64_t>(emu::attention_backward_workspace_bytes(g.B, g.Tq, g.heads) / 4)}).poison_();
+        if (tc) {
+          emu::attention_tc_forward(in.q.raw(), in.k.raw(), in.v.raw(), out.raw(), lse.data<float>(), g.B, g.Tq, g.Tk,
+                                    g.heads, g.D, nullptr);
+          emu::attention_tc_backward(in.dout.raw(), in.q.raw(), in.k.raw(), in.v.raw(), out.raw(), lse.data<float>(),
+                                     dq.raw(), dk.raw(), dv.raw(), g.B, g.Tq, g.Tk, g.heads, g.D, ws.raw(), nullptr);
+        } else {
+          emu::attention_forward(in.q.raw(), in.k.raw(), in.v.raw(), out.raw(), lse.data<float>(), t, g.B, g.Tq, g.Tk,
+                                 g.heads, g.D, nullptr);
+          emu::attention_backward(in.dout.raw(), in.q.raw(), in.k.raw(), in.v.raw(), out.raw(), lse.data<float>(),
+                                  dq.raw(), dk.raw(), dv.raw(), t, g.B, g.Tq, g.Tk, g.heads, g.D, ws.raw(), nullptr);
+        }
+        return std::pair<Grads, std::vector<float>>{Grads{out.to_vector(), dq.to_vector(), dk.to_vector(), dv.to_vector()},
+                                                    lse.to_vector()};
+      };
+      const auto [tc, tc_lse] = run(true);
+      const auto [simt, simt_lse] = run(false);
+      const std::pair<const char*, const std::vector<float> Grads::*> parts[] = {
+          {"out", &Grads::out}, {"dq", &Grads::dq}, {"dk", &Grads::dk}, {"dv", &Grads::dv}};
+      for (const auto& [name, member] : parts) {
+        const std::vector<float>& w = want.*member;
+        INFO(name << " tensor cores vs reference: " << compare(tc.*member, w).str());
+        CHECK(allclose(tc.*member, w, 1.6e-2, 1.6e-2 * max_abs(w)));
+        INFO(name << " tensor cores vs SIMT: " << compare(tc.*member, simt.*member).str());
+        CHECK(allclose(tc.*member, simt.*member, 2.4e-2, 2.4e-2 * max_abs(w)));
+      }
+      // The log-sum-exp is f32 on both sides, from scores that differ only in summation order.
+      INFO("lse: " << compare(tc_lse, simt_lse).str());
+      CHECK(allclose(tc_lse, simt_lse, 1e-4, 1e-4));
+    }
   });
 }
 

@@ -1,8 +1,11 @@
-// Bugs planted on purpose, which the emulator must expose: races through shared memory show up
-// as results that change with the thread order or as NaN from the poison; a correct kernel gives
-// the same bits under every order. (Faults for divergent barriers, deadlocks, shuffles outside
-// the mask, oversized blocks and shared memory are planted in sync_, warp_, launch_ and
-// shared_test.cpp.)
+// Bugs planted on purpose, which the emulator must expose. Races through shared memory are
+// shared_race faults naming both threads and both lines (the race check, kernels/simt/race.h,
+// where the build compiles this file with its instrumentation), and also show up as results that
+// change with the thread order or as NaN from the poison; a correct kernel gives the same bits
+// under every order. Out-of-bounds global accesses are AddressSanitizer's to find, in the
+// sanitizer build. (Faults for divergent barriers, deadlocks, shuffles outside the mask, oversized
+// blocks and shared memory are planted in sync_, warp_, launch_ and shared_test.cpp; the race
+// check's own tests are in race_test.cpp.)
 #include "tests/simt/simt_test_util.h"
 
 #include <sys/wait.h>
@@ -63,6 +66,20 @@ __global__ void __launch_bounds__(kBlock) sum_missing_loop_sync_kernel(const flo
   if (t == 0) y[blockIdx.x] = tile[0];
 }
 
+// Every thread adds its input into one shared total with a plain read-modify-write. A thread never
+// yields between its read and its write, so every thread order gives the right sum: only the
+// race check sees it.
+[[maybe_unused]] constexpr int kRmwLine = __LINE__ + 6;
+__global__ void __launch_bounds__(kBlock) sum_rmw_race_kernel(const float* x, float* y, int n) {
+  DF_SHARED(float, total, 1);
+  const int t = threadIdx.x, i = blockIdx.x * kBlock + t;
+  if (t == 0) total[0] = 0.0f;
+  __syncthreads();
+  total[0] += i < n ? x[i] : 0.0f;
+  __syncthreads();
+  if (t == 0) y[blockIdx.x] = total[0];
+}
+
 // A 3-point stencil that loads a halo only on the left: the right neighbour of the block's last
 // thread is never written.
 __global__ void stencil_missing_halo_kernel(const float* x, float* y, int n) {
@@ -72,13 +89,6 @@ __global__ void stencil_missing_halo_kernel(const float* x, float* y, int n) {
   if (t == 0) tile[0] = blockIdx.x > 0 ? x[i - 1] : 0.0f;
   __syncthreads();
   y[i] = tile[t] + tile[t + 1] + tile[t + 2];
-}
-
-// y[i] = 2 x[i] for i <= n: the guard is off by one, so the thread of index n writes one element
-// past the end of y. The emulator does not know where a global buffer ends; AddressSanitizer does.
-__global__ void scale_overrun_kernel(const float* __restrict__ x, float* __restrict__ y, int n) {
-  const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i <= n) y[i] = 2.0f * (i < n ? x[i] : 0.0f);
 }
 
 std::vector<float> random_input(int n) {
@@ -130,6 +140,7 @@ TEST_CASE("a correct reduction gives the same bits under every thread order", "[
 }
 
 TEST_CASE("planted bug: a missing __syncthreads gives a wrong result under some order", "[emu][simt]") {
+  RaceCheckScope off(false);  // the line of defence of a build without the race check
   const int blocks = 3, n = blocks * kBlock;
   const std::vector<float> x = random_input(n);
   const auto ref = reference_sums(x, blocks);
@@ -159,6 +170,13 @@ TEST_CASE("planted bug: reading shared memory that no thread wrote gives NaN", "
 
 #if defined(DF_TEST_ASAN)
 namespace {
+
+// y[i] = 2 x[i] for i <= n: the guard is off by one, so the thread of index n writes one element
+// past the end of y. The emulator does not know where a global buffer ends; AddressSanitizer does.
+__global__ void scale_overrun_kernel(const float* __restrict__ x, float* __restrict__ y, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i <= n) y[i] = 2.0f * (i < n ? x[i] : 0.0f);
+}
 
 struct ChildResult {
   int status = 0;      // as waitpid reports it
@@ -215,3 +233,47 @@ TEST_CASE("planted bug: a write one element past a global buffer is caught by Ad
   });
 }
 #endif  // DF_TEST_ASAN
+
+TEST_CASE("planted bug: a read-modify-write race on one shared address is a fault under every order", "[emu][simt]") {
+  const int blocks = 2, n = blocks * kBlock - 5;
+  const std::vector<float> x = random_input(n);
+  {
+    // Thread orders cannot see it: every order sums right.
+    RaceCheckScope off(false);
+    for (const auto& y : run_each_order(sum_rmw_race_kernel, x, blocks)) CHECK(matches(y, reference_sums(x, blocks)));
+  }
+#if DF_SIMT_RACECHECK
+  for_each_order([&] {
+    std::vector<float> y(blocks);
+    const std::string msg = expect_fault(
+        FaultKind::shared_race,
+        {"shared memory race on total[0] (DF_SHARED at tests/simt/planted_bugs_test.cpp:", "sum_rmw_race_kernel",
+         "block (0,0,0), thread (", "block (0,0,0) thread ("},
+        [&] { DF_LAUNCH(sum_rmw_race_kernel, blocks, kBlock, 0, nullptr, x.data(), y.data(), n); });
+    // Both accesses are the += of two different threads.
+    const std::string at = "planted_bugs_test.cpp:" + std::to_string(kRmwLine);
+    const std::size_t first = msg.find(at);
+    CHECK(first != std::string::npos);
+    CHECK(msg.find(at, first + 1) != std::string::npos);
+  });
+#elif defined(DIFFUSE_SIMT_RACE_CHECK_BUILD) && DIFFUSE_SIMT_RACE_CHECK_BUILD
+  FAIL("kernels/simt/race_check.cmake instrumented this file, but DF_SIMT_RACECHECK is 0: the flags did not take");
+#else
+  WARN("built without the shared-memory race check (a sanitizer build, or kernels/simt/race_check.cmake not in the "
+       "build): the race goes unseen");
+#endif
+}
+
+#if DF_SIMT_RACECHECK
+TEST_CASE("planted bug: each missing __syncthreads of the reduction is a race fault under every order", "[emu][simt]") {
+  const int blocks = 3, n = blocks * kBlock;
+  const std::vector<float> x = random_input(n);
+  for (Kernel k : {sum_missing_first_sync_kernel, sum_missing_loop_sync_kernel}) {
+    for_each_order([&] {
+      std::vector<float> y(blocks);
+      expect_fault(FaultKind::shared_race, {"shared memory race on tile[", "planted_bugs_test.cpp:", "thread ("},
+                   [&] { DF_LAUNCH(k, blocks, kBlock, 0, nullptr, x.data(), y.data(), n); });
+    });
+  }
+}
+#endif  // DF_SIMT_RACECHECK
