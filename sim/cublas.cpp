@@ -256,7 +256,8 @@ void matmul(const Problem& p, double alpha, double beta, const void* A, const vo
       }
     const char* bias_p = static_cast<const char*>(p.op.bias) +
                          static_cast<std::size_t>(b) * p.op.bias_batch_stride * type_size(p.bias_type);
-#pragma omp parallel for if (m * n * k > (1 << 16))
+  // Threads only where the work pays for waking them (the emulated kernels around run on one).
+#pragma omp parallel for if (m * n * k > (std::size_t{1} << 22))
     for (std::size_t j = 0; j < n; ++j) {
       for (std::size_t i = 0; i < m; ++i) {
         double acc = 0;

@@ -281,12 +281,15 @@ void blend(void* out, const Conv& c, std::size_t i, double sum, double alpha, do
   store(out, c.type, i, v);
 }
 
+// Multiply-adds of one direction (the same count in all three): threads only where they pay.
+std::size_t macs(const Conv& c) { return c.y_elems * c.C * c.R * c.S; }
+
 int fr(const Conv& c, int r) { return c.flip ? c.R - 1 - r : r; }
 int fs(const Conv& c, int s) { return c.flip ? c.S - 1 - s : s; }
 
 void forward(const Conv& c, const void* x, const void* w, void* y, double alpha, double beta, bool random) {
   std::mt19937_64 rng(std::random_device{}());
-#pragma omp parallel for if (!random && c.y_elems > 4096)
+#pragma omp parallel for if (!random && macs(c) > (std::size_t{1} << 22))
   for (int n = 0; n < c.N; ++n) {
     Summer sum;
     sum.random = random;
@@ -312,7 +315,7 @@ void forward(const Conv& c, const void* x, const void* w, void* y, double alpha,
 
 void backward_data(const Conv& c, const void* w, const void* dy, void* dx, double alpha, double beta, bool random) {
   std::mt19937_64 rng(std::random_device{}());
-#pragma omp parallel for if (!random && c.x_elems > 4096)
+#pragma omp parallel for if (!random && macs(c) > (std::size_t{1} << 22))
   for (int n = 0; n < c.N; ++n) {
     Summer sum;
     sum.random = random;
@@ -340,7 +343,7 @@ void backward_data(const Conv& c, const void* w, const void* dy, void* dx, doubl
 
 void backward_filter(const Conv& c, const void* x, const void* dy, void* dw, double alpha, double beta, bool random) {
   std::mt19937_64 rng(std::random_device{}());
-#pragma omp parallel for if (!random && c.w_elems > 256)
+#pragma omp parallel for if (!random && macs(c) > (std::size_t{1} << 22))
   for (int k = 0; k < c.K; ++k) {
     Summer sum;
     sum.random = random;

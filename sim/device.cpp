@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cinttypes>
 #include <cmath>
@@ -24,6 +25,9 @@ namespace {
 constexpr std::size_t kPage = 4096;
 constexpr std::size_t kAlign = 256;         // cudaMalloc's alignment
 constexpr unsigned char kPoison = 0xFF;     // NaN in f32, bf16 and f16; -1 as an integer
+// Poison fills at most this much of a tensor (workspaces run to hundreds of MiB): the cost of the
+// fill, and the memory it makes resident.
+constexpr std::size_t kMaxPoison = std::size_t{16} << 20;
 constexpr std::size_t kMaxQueue = 1 << 14;  // ops a stream may hold before it runs some
 
 std::mutex g_reports_mu;
@@ -188,6 +192,17 @@ std::string Allocation::str() const {
 }
 
 // cudaMalloc / cudaHostAlloc: [guard page][... data, its end at the next guard][guard page].
+// NaN over [0, bytes) (its first kMaxPoison bytes) and the canary over the rest of the block.
+void poison(Allocation* a, std::size_t bytes) {
+  const std::size_t rounded = round_up(std::max<std::size_t>(a->size, 1), kAlign);
+  if (bytes == 0) {  // a returned block: all canary, as far as the cap
+    std::memset(a->base, kPoison, std::min(rounded, kMaxPoison));
+    return;
+  }
+  std::memset(a->base, kPoison, std::min(bytes, kMaxPoison));
+  if (bytes < rounded) std::memset(a->base + bytes, kPoison, rounded - bytes);
+}
+
 Allocation* map_allocation(std::size_t size, bool host) {
   install_fault_handler();
   const std::size_t rounded = round_up(std::max<std::size_t>(size, 1), kAlign);
@@ -210,7 +225,7 @@ Allocation* map_allocation(std::size_t size, bool host) {
   a->tenant_host = a->tenant_run = size;
   // Fresh memory holds garbage on a GPU; here NaN, so a read of what no one wrote shows. The
   // rounding slack behind it is a canary.
-  std::memset(a->base, kPoison, rounded);
+  poison(a, size);
   allocations()[reinterpret_cast<uintptr_t>(a->base)] = a;
   if (!host) g_device_bytes += rounded;
   return a;
@@ -281,13 +296,14 @@ void check_canary(Allocation* a, const std::string& who) {
   if (a->freed) return;
   const std::size_t rounded = round_up(std::max<std::size_t>(a->size, 1), kAlign);
   const std::size_t from = a->tenant_live ? a->tenant_run : 0;
+  const std::size_t to = a->tenant_live ? rounded : std::min(rounded, kMaxPoison);
   const unsigned char* p = reinterpret_cast<const unsigned char*>(a->base);
-  for (std::size_t i = from; i < rounded; ++i) {
+  for (std::size_t i = from; i < to; ++i) {
     if (p[i] != kPoison) {
       std::size_t last = i;
-      for (std::size_t j = i; j < rounded; ++j)
+      for (std::size_t j = i; j < to; ++j)
         if (p[j] != kPoison) last = j;
-      std::memset(a->base + from, kPoison, rounded - from);  // reported once
+      std::memset(a->base + from, kPoison, to - from);  // reported once
       std::string text = "illegal address: " + who + " wrote bytes [" + std::to_string(i) + ", " +
                          std::to_string(last + 1) + ") of " + a->str() + ", ";
       if (!a->tenant_live)
@@ -390,9 +406,25 @@ void store(void* p, cudaDataType_t t, std::size_t i, double v) {
 }
 
 void scribble(void* p, std::size_t bytes) {
-  // Not NaN: a value that looks plausible, so that reading it is wrong rather than merely loud.
+  // Not NaN: values that look plausible, so that reading them is wrong rather than merely loud.
+  // The head and the tail of a large range: enough to be read, cheap to write.
+  static const auto pattern = [] {
+    std::array<unsigned char, 4096> a{};
+    for (std::size_t i = 0; i < a.size(); ++i) a[i] = static_cast<unsigned char>(0x3d + 7 * (i % 13));
+    return a;
+  }();
   auto* b = static_cast<unsigned char*>(p);
-  for (std::size_t i = 0; i < bytes; ++i) b[i] = static_cast<unsigned char>(0x3d + 7 * (i % 13));
+  auto fill = [&](std::size_t from, std::size_t to) {
+    for (std::size_t i = from; i < to; i += pattern.size())
+      std::memcpy(b + i, pattern.data(), std::min(pattern.size(), to - i));
+  };
+  constexpr std::size_t kEnds = std::size_t{64} << 10;
+  if (bytes <= 2 * kEnds) {
+    fill(0, bytes);
+  } else {
+    fill(0, kEnds);
+    fill(bytes - kEnds, bytes);
+  }
 }
 
 // ---- streams ------------------------------------------------------------------------------------
@@ -778,12 +810,11 @@ std::string block_handed_out(void* p, std::size_t bytes, void* stream) {
              "-byte tensor while a CUDA graph that uses it still exists: its next replay would overwrite the tensor";
   if (!hazard.empty()) report(hazard);
   a->tenant_host = bytes;
-  const std::size_t rounded = round_up(std::max<std::size_t>(a->size, 1), kAlign);
   submit(s, "the caching allocator's hand-out of " + a->str(),
-         [a, bytes, rounded] {
+         [a, bytes] {
            a->tenant_run = bytes;
            a->tenant_live = true;
-           std::memset(a->base, kPoison, rounded);
+           poison(a, bytes);
          },
          {});
   (void)take_last_error(true);
@@ -802,16 +833,15 @@ void block_returned(void* p, void* stream) {
   a->tenant_host = a->size;
   // During a capture the free is bookkeeping of the capture's pool: nothing to replay.
   if (s->capture) return;
-  const std::size_t rounded = round_up(std::max<std::size_t>(a->size, 1), kAlign);
   // Runs once every use queued so far has run (on any stream), without declaring that order.
   std::vector<std::pair<StreamPtr, uint64_t>> after;
   for (const auto& [id, seq] : a->last_use)
     if (id != s->id)
       if (StreamPtr t = stream_by_id(id); t && t->done < seq) after.emplace_back(t, seq);
   submit(s, "the caching allocator's return of " + a->str(),
-         [a, rounded] {
+         [a] {
            a->tenant_live = false;
-           std::memset(a->base, kPoison, rounded);
+           poison(a, 0);
          },
          {}, std::move(after), false);
   (void)take_last_error(true);
