@@ -656,7 +656,13 @@ diffuse_status diffuse_sample(const diffuse_sampler* sampler, const diffuse_sche
     job.schedule = schedule->schedule.get();
     job.denoiser = m->denoiser;
     job.prediction = train::prediction_of(m->loaded.config);
-    job.variance = uc.learn_sigma ? dd::VarianceKind::learned : dd::VarianceKind::beta_tilde;
+    // The model's variance, where the sampler has one to choose (DDPM ancestral steps, as `diffuse
+    // sample`); a hybrid model's learned one takes all 2C output channels.
+    if (sampler->kind == dd::SamplerKind::ddpm) {
+      job.variance = train::ancestral_variance(m->loaded.config);
+      if (job.variance == dd::VarianceKind::learned)
+        job.denoiser = train::make_denoiser(m->loaded.unet, m->loaded.config.timesteps, m->device, true);
+    }
     std::lock_guard<std::mutex> lock(m->mu);
     set_current_device(m->device);
     run_sampling(*sampler, job, seed, z_T, out);

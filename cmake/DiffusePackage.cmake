@@ -160,6 +160,11 @@ if(DIFFUSE_TESTS)
   if(NOT "capi" IN_LIST DIFFUSE_TEST_DIRS)
     diffuse_add_test_dir(capi)
   endif()
+  # tests/interop: the diffusers mapping key by key and the seeds of fuzz_diffusers (C++), beside
+  # interop.diffusers below, which runs diffusers itself.
+  if(NOT "interop" IN_LIST DIFFUSE_TEST_DIRS)
+    diffuse_add_test_dir(interop)
+  endif()
   # The package as a user meets it: install into a temporary prefix, build examples/embed_c,
   # examples/embed_cpp (and pkg-config) out of tree against it, run them, compare the C example's
   # images with `diffuse sample`'s, run examples/python/embed_ctypes.py. Sanitizer builds are left
@@ -174,6 +179,6 @@ if(DIFFUSE_TESTS)
     add_test(NAME interop.diffusers
              COMMAND ${DIFFUSE_PYTHON} ${CMAKE_SOURCE_DIR}/tests/interop/diffusers_check.py
                      --cli $<TARGET_FILE:diffuse_cli> --lib $<TARGET_FILE:diffuse_shared>)
-    set_tests_properties(interop.diffusers PROPERTIES LABELS cpu TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=2")
+    set_tests_properties(interop.diffusers PROPERTIES LABELS cpu TIMEOUT 600 ENVIRONMENT "OMP_NUM_THREADS=2")
   endif()
 endif()

@@ -83,9 +83,11 @@ void register_eval(CLI::App& root) {
     // schedule, the quantity it was trained on; otherwise the discrete VLB of Ho et al. eq. 5.
     const bool vdm = train::continuous_time(m.config);
     diffusion::Prediction pred = train::prediction_of(m.config);
-    // The VLB uses the model's own variance where it learned one (hybrid; improved DDPM sec. 3.1),
-    // so it needs all 2C channels; the inversion round trip takes the eps channels.
-    const bool learned = train::learned_variance(m.config);
+    // The VLB uses the model's own variance: beta_tilde or beta as configured, or the one it learned
+    // (hybrid; improved DDPM sec. 3.1), which needs all 2C channels; the inversion round trip takes
+    // the eps channels.
+    const diffusion::VarianceKind variance_kind = train::ancestral_variance(m.config);
+    const bool learned = variance_kind == diffusion::VarianceKind::learned;
     diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev);
     diffusion::Denoiser f_vlb = learned ? train::make_denoiser(m.unet, m.config.timesteps, dev, true) : f;
     ag::NoGrad ng;
@@ -105,7 +107,7 @@ void register_eval(CLI::App& root) {
       } else {
         diffusion::VlbOptions o;
         o.prediction = pred;
-        o.variance = learned ? diffusion::VarianceKind::learned : diffusion::VarianceKind::beta_tilde;
+        o.variance = variance_kind;
         o.seed = a->seed + static_cast<uint64_t>(s);
         o.strata = a->strata;
         if (uc.num_classes > 0) o.labels = test.labels.slice(s, e);
@@ -124,7 +126,7 @@ void register_eval(CLI::App& root) {
     mean /= static_cast<double>(per_sample.size());
     for (double v : per_sample) var += (v - mean) * (v - mean);
     double se = per_sample.size() > 1 ? std::sqrt(var / (per_sample.size() - 1) / per_sample.size()) : 0;
-    const char* variance = learned ? "learned" : "beta_tilde";
+    const std::string variance(enum_name(variance_kind));
     const std::string how = vdm ? "VDM bound, " + sched->name() + " schedule, " + std::to_string(a->t_samples) +
                                       " t-sample" + (a->t_samples > 1 ? "s" : "")
                                 : (a->strata ? "stratified, " + std::to_string(a->strata) + " strata" : "all terms") +

@@ -41,7 +41,7 @@ void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
   auto a = std::make_shared<SampleArgs>();
   cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
-  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm (ddpm uses a hybrid model's learned variance; all take a vdm model's continuous, possibly learned, schedule)")->check(enum_validator<diffusion::SamplerKind>())->capture_default_str();
+  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm (ddpm uses the model's variance: beta_tilde, beta as its config says, or a hybrid model's learned one; all take a vdm model's continuous, possibly learned, schedule)")->check(enum_validator<diffusion::SamplerKind>())->capture_default_str();
   cmd->add_option("--steps", a->steps, "sampling steps")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
   cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
@@ -76,10 +76,11 @@ void register_sample(CLI::App& root) {
     // schedule, whose times the samplers space uniformly in t.
     const std::shared_ptr<const diffusion::Schedule> sched = train::model_schedule(m);
     diffusion::Prediction pred = train::prediction_of(m.config);
-    // A learned variance (objective hybrid) is used where the sampler has a variance to choose:
-    // DDPM ancestral steps (improved DDPM eq. 15 on the respaced betas). The other samplers take
-    // the eps channels alone.
-    const bool learned = train::learned_variance(m.config) && kind == diffusion::SamplerKind::ddpm;
+    // The model's variance (beta_tilde, beta, or a hybrid model's learned one: improved DDPM eq. 15
+    // on the respaced betas) is used where the sampler has a variance to choose: DDPM ancestral
+    // steps. The other samplers take the eps channels alone.
+    const diffusion::VarianceKind variance = train::ancestral_variance(m.config);
+    const bool learned = variance == diffusion::VarianceKind::learned && kind == diffusion::SamplerKind::ddpm;
     diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev, learned);
     ag::NoGrad ng;
     std::unique_ptr<train::DeviceSampling> device_loop;  // models/train/device_sampling.h
@@ -98,7 +99,7 @@ void register_sample(CLI::App& root) {
       o.prediction = pred;
       o.clip_x0 = !a->no_clip;
       o.eta = a->eta;
-      if (learned) o.variance = diffusion::VarianceKind::learned;
+      if (kind == diffusion::SamplerKind::ddpm) o.variance = variance;
       o.spacing = spacing;
       if (uc.num_classes > 0) {
         std::vector<int64_t> l(static_cast<size_t>(n));

@@ -23,6 +23,10 @@ enum class Prediction { eps, x0, v };
 // beta_t (upper bound), beta_tilde_t (lower bound; Ho et al. 2020 sec. 3.2), or learned
 // (improved DDPM eq. 15; the network returns 2C channels).
 enum class VarianceKind { beta, beta_tilde, learned };
+// diffusers' variance_type names them fixed_large, fixed_small and learned_range.
+inline constexpr EnumName<VarianceKind> kVarianceNames[] = {
+    {VarianceKind::beta_tilde, "beta_tilde"}, {VarianceKind::beta, "beta"}, {VarianceKind::learned, "learned"}};
+constexpr std::span<const EnumName<VarianceKind>> enum_table(VarianceKind) { return kVarianceNames; }
 
 const char* to_string(Prediction p);
 

@@ -83,15 +83,35 @@ void DiscreteSchedule::finish(bool betas_from_abar) {
   if (n == 1) post_logvar_clipped_[0] = std::log(betas_[0]);
 }
 
+namespace {
+// linspace(first, last, T), the one formula of the linear schedules.
+std::vector<double> linspace(int T, double first, double last) {
+  std::vector<double> v(T);
+  for (int i = 0; i < T; ++i) v[i] = T == 1 ? first : first + (last - first) * i / (T - 1);
+  return v;
+}
+}  // namespace
+
 DiscreteSchedule DiscreteSchedule::linear(int T, double beta_start, double beta_end) {
   DF_CHECK(T >= 1, "linear schedule: T = ", T);
   const double scale = 1000.0 / T;
-  std::vector<double> b(T);
-  for (int i = 0; i < T; ++i)
-    b[i] = T == 1 ? scale * beta_start
-                  : scale * beta_start + (scale * beta_end - scale * beta_start) * i / (T - 1);
+  std::vector<double> b = linspace(T, scale * beta_start, scale * beta_end);
   for (double& x : b) x = std::min(x, 0.999);
   return DiscreteSchedule(std::move(b), "linear");
+}
+
+DiscreteSchedule DiscreteSchedule::linear_range(int T, double beta_start, double beta_end) {
+  DF_CHECK(T >= 1, "linear schedule: T = ", T);
+  return DiscreteSchedule(linspace(T, beta_start, beta_end), "linear");
+}
+
+DiscreteSchedule DiscreteSchedule::scaled_linear(int T, double beta_start, double beta_end) {
+  DF_CHECK(T >= 1, "scaled_linear schedule: T = ", T);
+  DF_CHECK(beta_start > 0 && beta_end > 0, "scaled_linear schedule: beta_start ", beta_start, " and beta_end ",
+           beta_end, " must be positive");
+  std::vector<double> b = linspace(T, std::sqrt(beta_start), std::sqrt(beta_end));
+  for (double& x : b) x *= x;
+  return DiscreteSchedule(std::move(b), "scaled_linear");
 }
 
 DiscreteSchedule DiscreteSchedule::cosine(int T, double s, double max_beta) {

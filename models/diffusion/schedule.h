@@ -45,6 +45,13 @@ class DiscreteSchedule : public Schedule {
   // Linear betas (Ho et al. 2020, sec. 4): beta_start..beta_end, scaled by 1000/T as in
   // improved-DDPM's get_named_beta_schedule so that any T spans the same total noise.
   static DiscreteSchedule linear(int T = 1000, double beta_start = 1e-4, double beta_end = 0.02);
+  // Linear betas from beta_start to beta_end as given, not scaled by T: beta_i = beta_start +
+  // (beta_end - beta_start) i / (T - 1) (diffusers' "linear"). linear(T, b0, b1) is
+  // linear_range(T, b0 1000/T, b1 1000/T) with each beta capped at 0.999.
+  static DiscreteSchedule linear_range(int T, double beta_start, double beta_end);
+  // Latent diffusion's "scaled_linear" (Rombach et al. 2022; diffusers' DDPMScheduler and
+  // DDIMScheduler): beta_i = (sqrt(beta_start) + (sqrt(beta_end) - sqrt(beta_start)) i / (T - 1))^2.
+  static DiscreteSchedule scaled_linear(int T, double beta_start, double beta_end);
   // Cosine (Nichol & Dhariwal 2021, eq. 17): alpha_bar(t) = f(t)/f(0), f = cos^2((t/T + s)/(1+s) pi/2),
   // beta_t = min(1 - alpha_bar_t / alpha_bar_{t-1}, max_beta).
   static DiscreteSchedule cosine(int T = 1000, double s = 0.008, double max_beta = 0.999);

@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <memory>
 #include <set>
 #include <sstream>
 
+#include "core/allocator.h"
 #include "core/check.h"
 #include "core/file_io.h"
 #include "core/json_util.h"
@@ -83,8 +85,6 @@ T get_as(const json& cfg, const std::string& file, const std::string& key) {
   if (!json_to(cfg.at(key), v)) refuse(file, key, cfg.at(key), "the wrong type or out of range");
   return v;
 }
-
-bool near(double a, double b, double rel) { return std::abs(a - b) <= rel * std::max(std::abs(a), std::abs(b)); }
 
 // Strips get_down_block's / get_up_block's accepted "UNetRes" prefix.
 std::string block_type(const std::string& s) { return s.rfind("UNetRes", 0) == 0 ? s.substr(7) : s; }
@@ -362,37 +362,73 @@ json diffusers_config_from_unet(const nn::UNetConfig& c) {
 
 std::string schedule_from_diffusers(const json& s, const std::string& file, bool learn_sigma, train::TrainConfig& t) {
   DF_CHECK(s.is_object(), file, ": expected a JSON object");
-  // Only the keys that define the trained model's noise process and prediction matter here; the
-  // rest (solver order, Karras sigmas, ...) choose how some scheduler samples, which is the
-  // sampler's business (`diffuse sample --sampler`), and are left alone.
+  // Only the keys that define the trained model's noise process, its prediction and its DDPM
+  // variance matter here; the rest (solver order, Karras sigmas, ...) choose how some scheduler
+  // samples, which is the sampler's business (`diffuse sample --sampler`), and are left alone.
   auto has = [&](const char* k) { return s.contains(k) && !s[k].is_null(); };
   auto val = [&](const char* k, const json& dflt) { return has(k) ? s[k] : dflt; };
   int T = 1000;
   if (has("num_train_timesteps") && (!json_to(s["num_train_timesteps"], T) || T < 2))
     refuse(file, "num_train_timesteps", s["num_train_timesteps"], "must be an integer >= 2");
   t.timesteps = T;
-  if (has("trained_betas"))
-    refuse(file, "trained_betas", json("[...]"),
-           "a diffuse checkpoint names its schedule (linear or cosine betas) instead of listing betas");
+  t.beta_start.reset();
+  t.beta_end.reset();
+  t.betas.clear();
+  t.variance = train::TrainConfig{}.variance;
   if (val("rescale_betas_zero_snr", false) != false)
-    refuse(file, "rescale_betas_zero_snr", s["rescale_betas_zero_snr"], "diffuse's schedules keep their betas");
-  const json bs = val("beta_schedule", "linear");
-  if (bs == "linear") {
-    // diffuse's linear betas are DDPM's 1e-4 .. 0.02 at T = 1000, scaled by 1000 / T.
+    refuse(file, "rescale_betas_zero_snr", s["rescale_betas_zero_snr"],
+           "it makes the last step's beta 1 (alpha_bar 0, infinite noise), which diffuse's schedules do not hold");
+  // A beta of the file: a finite number in (0, 1), as the training config takes it.
+  auto beta = [&](const std::string& key, const json& v) {
+    double b = 0;
+    if (!v.is_number() || !json_to(v, b) || !(b > 0 && b < 1))
+      refuse(file, key, v, "a beta is the variance of one step's noise, a number in (0, 1)");
+    return b;
+  };
+  if (has("trained_betas")) {
+    // diffusers takes trained_betas over beta_schedule, beta_start and beta_end: so does diffuse.
+    const json& tb = s["trained_betas"];
+    if (!tb.is_array())
+      refuse(file, "trained_betas", json(json_brief(tb)), "must be a list of num_train_timesteps numbers");
+    if (tb.size() != static_cast<size_t>(T))
+      refuse(file, "trained_betas", json("[" + std::to_string(tb.size()) + " numbers]"),
+             "one beta per step, and num_train_timesteps is " + std::to_string(T));
+    for (size_t i = 0; i < tb.size(); ++i) t.betas.push_back(beta("trained_betas[" + std::to_string(i) + "]", tb[i]));
+    t.schedule = "custom";
+  } else {
+    // diffusers' defaults, whatever T is (diffuse's own scale with T: train::beta_range).
     double b0 = 1e-4, b1 = 0.02;
     if ((has("beta_start") && !json_to(s["beta_start"], b0)) || (has("beta_end") && !json_to(s["beta_end"], b1)))
       refuse(file, "beta_start / beta_end", json::array({s.value("beta_start", json()), s.value("beta_end", json())}),
              "must be numbers");
-    const double scale = 1000.0 / T;
-    if (!near(b0, 1e-4 * scale, 1e-5) || !near(b1, 0.02 * scale, 1e-5))
-      refuse(file, "beta_start / beta_end", json::array({b0, b1}),
-             "diffuse's linear schedule with num_train_timesteps " + std::to_string(T) + " runs from " +
-                 json(1e-4 * scale).dump() + " to " + json(0.02 * scale).dump());
-    t.schedule = "linear";
-  } else if (bs == "squaredcos_cap_v2") {
-    t.schedule = "cosine";  // improved DDPM's cosine, max beta 0.999: DiscreteSchedule::cosine
-  } else {
-    refuse(file, "beta_schedule", bs, "diffuse has 'linear' and 'squaredcos_cap_v2' (cosine)");
+    const json bs = val("beta_schedule", "linear");
+    if (bs == "linear" || bs == "scaled_linear") {
+      t.schedule = bs.get<std::string>();
+      b0 = beta("beta_start", b0);
+      b1 = beta("beta_end", b1);
+      // Left unset where they are diffuse's own default ends for T (DDPM's scaled by 1000 / T), so
+      // a DDPM model's checkpoint is the one diffuse would train.
+      train::TrainConfig d;
+      d.timesteps = T;
+      if (train::beta_range(d) != std::pair{b0, b1}) {
+        t.beta_start = b0;
+        t.beta_end = b1;
+      }
+    } else if (bs == "squaredcos_cap_v2") {
+      t.schedule = "cosine";  // improved DDPM's cosine, max beta 0.999: DiscreteSchedule::cosine
+    } else if (bs == "sigmoid") {
+      // GeoDiff's (Xu et al. 2022) as DDPMScheduler has it: betas = sigmoid(linspace(-6, 6, T))
+      // (beta_end - beta_start) + beta_start, between the two ends; diffuse keeps them as a list.
+      b0 = beta("beta_start", b0);
+      b1 = beta("beta_end", b1);
+      for (int i = 0; i < T; ++i)
+        t.betas.push_back(diffusion::sigmoid(-6.0 + 12.0 * i / (T - 1)) * (b1 - b0) + b0);
+      t.schedule = "custom";
+    } else {
+      refuse(file, "beta_schedule", bs,
+             "diffuse has 'linear', 'scaled_linear', 'squaredcos_cap_v2' (cosine) and 'sigmoid' (as its list of "
+             "betas), and takes trained_betas");
+    }
   }
   const json pt = val("prediction_type", "epsilon");
   if (pt == "epsilon") t.objective = "eps";
@@ -410,6 +446,13 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
     t.objective = "hybrid";
   } else if (vt == "learned" || vt == "learned_range") {
     refuse(file, "variance_type", vt, "the UNet's output has no variance channels (out_channels = in_channels)");
+  } else if (vt == "fixed_large") {
+    t.variance = "beta";  // DDPM's other choice (Ho et al. 2020 sec. 3.2), the DDPM models' own
+  } else if (vt != "fixed_small" && vt != "fixed_small_log") {
+    // fixed_small_log is fixed_small's variance, which DDPMScheduler.step reaches through its log.
+    refuse(file, "variance_type", vt,
+           "diffuse's DDPM variance is fixed_small (the posterior's, beta_tilde), fixed_large (beta) or a hybrid "
+           "model's learned_range; DDPMScheduler.step takes fixed_large_log's square root of a negative log");
   }
   if (val("thresholding", false) != false)
     refuse(file, "thresholding", s["thresholding"], "diffuse clips x0 to [-1, 1] or not at all (no dynamic thresholding)");
@@ -430,22 +473,32 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
 json diffusers_scheduler_from(const train::TrainConfig& t) {
   DF_CHECK(!train::continuous_time(t), "cannot export objective '", t.objective,
            "' to diffusers: its schedule is continuous (VDM), and diffusers' schedulers take DDPM betas");
-  const double scale = 1000.0 / t.timesteps;
-  return json{{"_class_name", "DDPMScheduler"},
-              {"_diffusers_version", kDiffusersVersion},
-              {"num_train_timesteps", t.timesteps},
-              {"beta_start", 1e-4 * scale},
-              {"beta_end", 0.02 * scale},
-              {"beta_schedule", t.schedule == "cosine" ? "squaredcos_cap_v2" : "linear"},
-              {"trained_betas", nullptr},
-              {"variance_type", t.objective == "hybrid" ? "learned_range" : "fixed_small"},
-              {"clip_sample", true},
-              {"clip_sample_range", 1.0},
-              {"prediction_type", t.objective == "x0" ? "sample" : t.objective == "v" ? "v_prediction" : "epsilon"},
-              {"thresholding", false},
-              {"timestep_spacing", "linspace"},
-              {"steps_offset", 0},
-              {"rescale_betas_zero_snr", false}};
+  const train::ScheduleKind kind = parse_enum<train::ScheduleKind>(t.schedule, "schedule");
+  const auto [b0, b1] = train::beta_range(t);
+  json j{{"_class_name", "DDPMScheduler"},
+         {"_diffusers_version", kDiffusersVersion},
+         {"num_train_timesteps", t.timesteps},
+         {"beta_start", b0},
+         {"beta_end", b1},
+         {"beta_schedule", kind == train::ScheduleKind::cosine ? "squaredcos_cap_v2" : t.schedule},
+         {"trained_betas", nullptr},
+         {"variance_type",
+          train::learned_variance(t) ? "learned_range" : t.variance == "beta" ? "fixed_large" : "fixed_small"},
+         {"clip_sample", true},
+         {"clip_sample_range", 1.0},
+         {"prediction_type", t.objective == "x0" ? "sample" : t.objective == "v" ? "v_prediction" : "epsilon"},
+         {"thresholding", false},
+         {"timestep_spacing", "linspace"},
+         {"steps_offset", 0},
+         {"rescale_betas_zero_snr", false}};
+  // A list of betas where no named schedule gives them: custom, and DDPM's default linear ends
+  // below T = 20, which diffuse caps at 0.999 and diffusers would not.
+  const bool capped = kind == train::ScheduleKind::linear && !t.beta_start && !t.beta_end && b1 > 0.999;
+  if (kind == train::ScheduleKind::custom || capped) {
+    j["beta_schedule"] = "linear";  // diffusers ignores it beside trained_betas
+    j["trained_betas"] = train::make_schedule(t).betas();
+  }
+  return j;
 }
 
 // ---- weights ------------------------------------------------------------------------------------
@@ -574,6 +627,12 @@ Tensor as_linear(const Tensor& t) {
 
 std::string shape_str(const Tensor& t) { return t.shape().str(); }
 
+// Whether two configs have the same noise process, prediction and DDPM variance.
+bool same_schedule(const train::TrainConfig& a, const train::TrainConfig& b) {
+  return a.schedule == b.schedule && a.timesteps == b.timesteps && a.objective == b.objective &&
+         a.beta_start == b.beta_start && a.beta_end == b.beta_end && a.betas == b.betas && a.variance == b.variance;
+}
+
 }  // namespace
 
 DiffusersModel read_diffusers(const std::string& dir) {
@@ -614,15 +673,35 @@ DiffusersModel read_diffusers(const std::string& dir) {
                                            m.unet.learn_sigma, m.train);
   m.train.model = m.unet.to_json();
   m.train.class_cond = m.unet.num_classes > 0;
+  // The training config the checkpoint will hold, through the check every reader of it makes.
+  try {
+    m.train = train::TrainConfig::from_json(m.train.to_json());
+  } catch (const Error& e) {
+    DF_FAIL(sched_path.empty() ? cfg_path.string() : sched_path.string(), ": maps to a training config diffuse "
+            "refuses: ", e.message());
+  }
 
   // The weights, by name, converted; every problem collected before failing.
   const SafeTensors st = read_safetensors(w_path.string());
   const std::string wfile = w_path.string();
-  nn::UNet shape_of(m.unet, nn::UNet::Undrawn{});
+  // The UNet that config.json describes is built to learn each parameter's shape. A config of a
+  // far larger model than the weights file holds is refused by an allocation limit instead of
+  // allocated, as train::load_checkpoint refuses one: the file's tensors as f32, twice over, plus
+  // room for what construction allocates besides.
+  size_t weight_bytes = size_t{1} << 20;
+  for (const auto& [name, t] : st.tensors)
+    weight_bytes += 2 * allocation_size_class(static_cast<size_t>(t.numel()) * sizeof(float));
+  std::unique_ptr<nn::UNet> shape_of;
+  try {
+    HostAllocationLimit limit(weight_bytes, "the model that config.json describes");
+    shape_of = std::make_unique<nn::UNet>(m.unet, nn::UNet::Undrawn{});
+  } catch (const Error& e) {
+    DF_FAIL(cfg_path.string(), " describes a larger model than ", wfile, " holds: ", e.message());
+  }
   const size_t L = m.unet.channel_mult.size();
   std::set<std::string> used;
   std::vector<std::string> problems;
-  for (const auto& [name, var] : shape_of.named_parameters()) {
+  for (const auto& [name, var] : shape_of->named_parameters()) {
     const Tensor& want = var.value();
     const Source src = source_of(name, L);
     Tensor got;
@@ -725,9 +804,7 @@ void export_diffusers(const std::string& checkpoint, const std::string& dir) {
       json orig = json::parse(it->second);
       train::TrainConfig again;
       schedule_from_diffusers(orig, "stored scheduler config", c.learn_sigma, again);
-      if (again.schedule == lm.config.schedule && again.timesteps == lm.config.timesteps &&
-          again.objective == lm.config.objective)
-        sched = orig;
+      if (same_schedule(again, lm.config)) sched = orig;
     } catch (const std::exception&) {
       // A stored config that no longer maps is replaced by the one made from the checkpoint.
     }

@@ -47,11 +47,13 @@ nn::UNetConfig unet_config_from_diffusers(const nlohmann::json& config, const st
 // diffuse's UNet config -> config.json (refuses what UNet2DModel cannot express).
 nlohmann::json diffusers_config_from_unet(const nn::UNetConfig& c);
 
-// scheduler_config.json -> objective, schedule and timesteps of `t` (learn_sigma says whether the
-// UNet outputs a variance). Returns the sample flags (see DiffusersModel).
+// scheduler_config.json -> the noise process of `t` (timesteps, schedule, beta_start / beta_end,
+// betas), its objective and its DDPM variance (learn_sigma says whether the UNet outputs one).
+// Returns the sample flags (see DiffusersModel). docs/embedding.md lists each key.
 std::string schedule_from_diffusers(const nlohmann::json& scheduler, const std::string& file, bool learn_sigma,
                                     train::TrainConfig& t);
-// The scheduler_config.json of a diffuse model (DDPMScheduler, diffusers' defaults otherwise).
+// The scheduler_config.json of a diffuse model (DDPMScheduler, diffusers' defaults otherwise;
+// trained_betas where no named schedule gives the betas).
 nlohmann::json diffusers_scheduler_from(const train::TrainConfig& t);
 
 // Reads DIR (config.json and diffusion_pytorch_model.safetensors in DIR or DIR/unet;

@@ -86,7 +86,7 @@ DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& 
   check_device_training(cfg);
   DeviceTrainOptions o;
   o.timesteps = cfg.timesteps;
-  o.schedule = cfg.schedule;
+  o.alphas_cumprod = make_schedule(cfg).alphas_cumprod();
   o.objective = cfg.objective;
   o.loss_weight = cfg.loss_weight;
   // train()'s AdamW: weight decay on every parameter, the flat layout.

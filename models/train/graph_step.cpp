@@ -78,7 +78,6 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
   DF_CHECK(unet_->config().num_classes == 0, "DeviceTrainStep: class-conditional models are not supported yet (the ",
            "UNet checks labels on the host)");
   (void)prediction_of(o_.objective);
-  DF_CHECK(o_.schedule == "linear" || o_.schedule == "cosine", "DeviceTrainStep: schedule '", o_.schedule, "'");
   DF_CHECK(o_.loss_weight == "none" || o_.loss_weight == "min-snr", "DeviceTrainStep: loss_weight '", o_.loss_weight,
            "'");
   DF_CHECK(o_.timesteps >= 2, "DeviceTrainStep: timesteps ", o_.timesteps);
@@ -87,9 +86,10 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
                a.warmup_steps >= 0,
            "DeviceTrainStep: AdamW lr ", a.lr, ", betas ", a.beta1, ", ", a.beta2, ", eps ", a.eps);
   DF_CHECK(o_.ema_decay >= 0.f && o_.ema_decay <= 1.f, "DeviceTrainStep: EMA decay ", o_.ema_decay);
-  abar_ = (o_.schedule == "cosine" ? diffusion::DiscreteSchedule::cosine(o_.timesteps)
-                                   : diffusion::DiscreteSchedule::linear(o_.timesteps))
-              .alphas_cumprod();
+  abar_ = o_.alphas_cumprod.empty() ? diffusion::DiscreteSchedule::linear(o_.timesteps).alphas_cumprod()
+                                    : o_.alphas_cumprod;
+  DF_CHECK(abar_.size() == static_cast<size_t>(o_.timesteps), "DeviceTrainStep: ", abar_.size(),
+           " alphas_cumprod for ", o_.timesteps, " timesteps");
 
   NamedParams params = unet_->named_parameters();
   DF_CHECK(!params.empty(), "DeviceTrainStep: the model has no parameters");

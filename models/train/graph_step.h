@@ -63,7 +63,9 @@ namespace diffuse::train {
 
 struct DeviceTrainOptions {
   int timesteps = 1000;
-  std::string schedule = "linear";   // linear | cosine
+  // The schedule's alpha_bar per step, `timesteps` of them: train::make_schedule's, the one that
+  // turns a training config into betas. Empty: DDPM's linear betas (DiscreteSchedule::linear).
+  std::vector<double> alphas_cumprod;
   std::string objective = "eps";     // eps | x0 | v
   std::string loss_weight = "none";  // none | min-snr (gamma 5)
   // lr, beta1, beta2, eps, weight_decay, decay_vectors, warmup_steps (flat is implied). The

@@ -42,7 +42,7 @@ namespace diffuse::train {
 // ---- configuration -----------------------------------------------------------------------------
 
 nlohmann::json TrainConfig::to_json() const {
-  return {{"preset", preset},
+  nlohmann::json j = {{"preset", preset},
           {"model", model},
           {"objective", objective},
           {"schedule", schedule},
@@ -75,14 +75,75 @@ nlohmann::json TrainConfig::to_json() const {
           {"sample_count", sample_count},
           {"sample_steps", sample_steps},
           {"max_nonfinite", max_nonfinite}};
+  // Written only when set, so a config that does not use them reads and writes as before.
+  if (beta_start) j["beta_start"] = *beta_start;
+  if (beta_end) j["beta_end"] = *beta_end;
+  if (!betas.empty()) j["betas"] = betas;
+  if (variance != TrainConfig{}.variance) j["variance"] = variance;
+  return j;
 }
+
+namespace {
+
+// The keys to_json writes only when they are set.
+constexpr const char* kOptionalKeys[] = {"beta_start", "beta_end", "betas", "variance"};
+
+// A beta of the config (beta_start, beta_end, an entry of betas): a finite number in (0, 1).
+double beta_value(const nlohmann::json& v, const std::string& key) {
+  DF_CHECK(v.is_number(), "training config: key '", key, "' must be a number in (0, 1), not ", json_brief(v));
+  const double b = v.get<double>();
+  DF_CHECK(std::isfinite(b), "training config: key '", key, "' = ", b, " is not a finite number");
+  DF_CHECK(b > 0 && b < 1, "training config: key '", key, "' = ", b, " is outside (0, 1) (a beta is the variance "
+           "of one step's noise)");
+  return b;
+}
+
+// The betas' keys against the objective and schedule, and their values.
+void check_betas(const TrainConfig& c, Objective objective, ScheduleKind schedule) {
+  const std::string s = c.schedule;
+  const bool given_range = c.beta_start || c.beta_end;
+  if (objective == Objective::vdm) {
+    DF_CHECK(!given_range && c.betas.empty(), "training config: key '",
+             c.betas.empty() ? "beta_start / beta_end" : "betas",
+             "' with objective vdm, whose schedule is continuous (no DDPM betas)");
+    return;
+  }
+  const bool ranged = schedule == ScheduleKind::linear || schedule == ScheduleKind::scaled_linear;
+  DF_CHECK(!given_range || ranged, "training config: key '", c.beta_start ? "beta_start" : "beta_end", "' goes with "
+           "schedule linear or scaled_linear, not '", s, "'",
+           schedule == ScheduleKind::custom ? " (custom lists its betas)" : "");
+  DF_CHECK(c.betas.empty() || schedule == ScheduleKind::custom, "training config: key 'betas' goes with schedule "
+           "custom, not '", s, "'");
+  if (c.beta_start) beta_value(*c.beta_start, "beta_start");
+  if (c.beta_end) beta_value(*c.beta_end, "beta_end");
+  // A default end is DDPM's scaled by 1000 / T, which leaves (0, 1) below T = 20: linear alone
+  // caps it at 0.999 (improved DDPM), and only when neither end is given, as before.
+  if (schedule == ScheduleKind::scaled_linear || (schedule == ScheduleKind::linear && given_range)) {
+    const auto [b0, b1] = beta_range(c);
+    for (const auto& [key, given, b] : {std::tuple{"beta_start", c.beta_start.has_value(), b0},
+                                        std::tuple{"beta_end", c.beta_end.has_value(), b1}})
+      DF_CHECK(given || (b > 0 && b < 1), "training config: schedule '", s, "' with timesteps ", c.timesteps, ": ",
+               key, " defaults to DDPM's scaled by 1000 / timesteps, ", b, ", outside (0, 1); set ", key);
+  }
+  if (schedule == ScheduleKind::custom) {
+    DF_CHECK(!c.betas.empty(), "training config: schedule 'custom' needs key 'betas', the ", c.timesteps,
+             " betas in (0, 1)");
+    DF_CHECK(c.betas.size() == static_cast<size_t>(c.timesteps), "training config: key 'betas' has ", c.betas.size(),
+             " entries but timesteps is ", c.timesteps, " (one beta per step)");
+    for (size_t i = 0; i < c.betas.size(); ++i) beta_value(c.betas[i], "betas[" + std::to_string(i) + "]");
+  }
+}
+
+}  // namespace
 
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   DF_CHECK(j.is_object(), "training config: expected a JSON object");
   TrainConfig c;
   const nlohmann::json known = c.to_json();
   for (auto it = j.begin(); it != j.end(); ++it)
-    DF_CHECK(known.contains(it.key()), "training config: unknown key '", it.key(), "'");
+    DF_CHECK(known.contains(it.key()) || std::find(std::begin(kOptionalKeys), std::end(kOptionalKeys), it.key()) !=
+                                             std::end(kOptionalKeys),
+             "training config: unknown key '", it.key(), "'");
   // json_to, not get<T>: nlohmann's conversions are unchecked casts (core/json_util.h).
   auto get = [&](const char* key, auto& field) {
     if (j.contains(key) && !json_to(j.at(key), field))
@@ -96,6 +157,16 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("objective", c.objective);
   get("schedule", c.schedule);
   get("timesteps", c.timesteps);
+  if (j.contains("beta_start")) c.beta_start = beta_value(j["beta_start"], "beta_start");
+  if (j.contains("beta_end")) c.beta_end = beta_value(j["beta_end"], "beta_end");
+  if (j.contains("betas")) {
+    DF_CHECK(j["betas"].is_array(), "training config: key 'betas' must be an array of numbers in (0, 1), not ",
+             json_brief(j["betas"]));
+    c.betas.clear();
+    for (size_t i = 0; i < j["betas"].size(); ++i)
+      c.betas.push_back(beta_value(j["betas"][i], "betas[" + std::to_string(i) + "]"));
+  }
+  get("variance", c.variance);
   get("loss_weight", c.loss_weight);
   get("lr", c.lr);
   get("beta1", c.beta1);
@@ -137,11 +208,22 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
              "training config: unknown preset '", c.preset, "' (expected ", list, ")");
   }
   if (objective == Objective::vdm)
-    DF_CHECK(schedule != ScheduleKind::cosine, "training config: schedule 'cosine' with objective vdm (expected "
-             "linear, VDM's fixed linear log-SNR, or learned)");
+    DF_CHECK(schedule == ScheduleKind::linear || schedule == ScheduleKind::learned, "training config: schedule '",
+             c.schedule, "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
   else
     DF_CHECK(schedule != ScheduleKind::learned, "training config: schedule 'learned' needs objective vdm (with "
-             "objective '", c.objective, "' the schedule is linear or cosine)");
+             "objective '", c.objective, "' the schedule is linear, scaled_linear, cosine or custom)");
+  check_betas(c, objective, schedule);
+  {
+    const diffusion::VarianceKind v = parse_enum<diffusion::VarianceKind>(c.variance, "variance", "training config");
+    DF_CHECK(v != diffusion::VarianceKind::learned, "training config: variance 'learned' comes with objective "
+             "hybrid, whose network outputs it (expected beta_tilde or beta)");
+    DF_CHECK(v == diffusion::VarianceKind::beta_tilde || objective == Objective::eps || objective == Objective::x0 ||
+                 objective == Objective::v,
+             "training config: variance '", c.variance, "' with objective ", c.objective, ", which ",
+             objective == Objective::hybrid ? "learns its variance" : "samples with VDM's own steps",
+             " (leave variance out)");
+  }
   DF_CHECK(c.objective != "vdm" || c.loss_weight == "none", "training config: loss_weight '", c.loss_weight,
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
   DF_CHECK(c.timesteps >= 2, "training config: timesteps must be at least 2");
@@ -209,11 +291,40 @@ TrainingDevice choose_training_device(const TrainConfig& c, bool cuda_available)
   return {resolve_device(c.device), ""};
 }
 
+std::pair<double, double> beta_range(const TrainConfig& c) {
+  const double scale = 1000.0 / c.timesteps;
+  // The products DiscreteSchedule::linear forms, so the unset case is the same betas either way.
+  return {c.beta_start.value_or(scale * kDdpmBetaStart), c.beta_end.value_or(scale * kDdpmBetaEnd)};
+}
+
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
   DF_CHECK(!continuous_time(c), "objective vdm has a continuous schedule (", c.schedule, "), not DDPM betas: use "
            "model_schedule");
-  return c.schedule == "cosine" ? diffusion::DiscreteSchedule::cosine(c.timesteps)
-                                : diffusion::DiscreteSchedule::linear(c.timesteps);
+  using diffusion::DiscreteSchedule;
+  switch (parse_enum<ScheduleKind>(c.schedule, "schedule", "training config")) {
+    case ScheduleKind::cosine: return DiscreteSchedule::cosine(c.timesteps);
+    case ScheduleKind::scaled_linear: {
+      const auto [b0, b1] = beta_range(c);
+      return DiscreteSchedule::scaled_linear(c.timesteps, b0, b1);
+    }
+    case ScheduleKind::custom:
+      DF_CHECK(c.betas.size() == static_cast<size_t>(c.timesteps), "training config: key 'betas' has ",
+               c.betas.size(), " entries but timesteps is ", c.timesteps);
+      return DiscreteSchedule(c.betas, "custom");
+    case ScheduleKind::linear:
+      if (!c.beta_start && !c.beta_end) return DiscreteSchedule::linear(c.timesteps, kDdpmBetaStart, kDdpmBetaEnd);
+      {
+        const auto [b0, b1] = beta_range(c);
+        return DiscreteSchedule::linear_range(c.timesteps, b0, b1);
+      }
+    case ScheduleKind::learned: break;
+  }
+  DF_FAIL("training config: schedule '", c.schedule, "' needs objective vdm");
+}
+
+diffusion::VarianceKind ancestral_variance(const TrainConfig& c) {
+  if (learned_variance(c)) return diffusion::VarianceKind::learned;
+  return parse_enum<diffusion::VarianceKind>(c.variance, "variance", "training config");
 }
 
 diffusion::Prediction prediction_of(const TrainConfig& c) {

@@ -10,8 +10,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -37,10 +39,12 @@ inline constexpr EnumName<Objective> kObjectiveNames[] = {{Objective::eps, "eps"
                                                           {Objective::vdm, "vdm"}};
 constexpr std::span<const EnumName<Objective>> enum_table(Objective) { return kObjectiveNames; }
 
-// linear, cosine: DDPM betas (objectives eps, x0, v, hybrid); linear, learned: objective vdm.
-enum class ScheduleKind { linear, cosine, learned };
+// linear, scaled_linear, cosine, custom: DDPM betas (objectives eps, x0, v, hybrid); linear,
+// learned: objective vdm.
+enum class ScheduleKind { linear, scaled_linear, cosine, custom, learned };
 inline constexpr EnumName<ScheduleKind> kScheduleNames[] = {
-    {ScheduleKind::linear, "linear"}, {ScheduleKind::cosine, "cosine"}, {ScheduleKind::learned, "learned"}};
+    {ScheduleKind::linear, "linear"}, {ScheduleKind::scaled_linear, "scaled_linear"},
+    {ScheduleKind::cosine, "cosine"}, {ScheduleKind::custom, "custom"}, {ScheduleKind::learned, "learned"}};
 constexpr std::span<const EnumName<ScheduleKind>> enum_table(ScheduleKind) { return kScheduleNames; }
 
 enum class LossWeight { none, min_snr };
@@ -61,13 +65,26 @@ struct TrainConfig {
   // eps | x0 | v | hybrid (eps + learned variance, improved DDPM) | vdm (continuous-time VDM bound,
   // eps prediction; Kingma et al. 2021)
   std::string objective = "eps";
-  // eps, x0, v, hybrid: linear | cosine (DDPM betas). vdm: linear (VDM's fixed linear log-SNR,
-  // gamma from kVdmGammaMin to kVdmGammaMax) | learned (the SNRNet, trained jointly; `diffuse
-  // train --objective vdm` picks it unless --schedule is given).
+  // eps, x0, v, hybrid: DDPM betas, linear | scaled_linear (linear in sqrt(beta), latent
+  // diffusion's) | cosine (improved DDPM) | custom (the list `betas`). vdm: linear (VDM's fixed
+  // linear log-SNR, gamma from kVdmGammaMin to kVdmGammaMax) | learned (the SNRNet, trained
+  // jointly; `diffuse train --objective vdm` picks it unless --schedule is given).
   std::string schedule = "linear";
   // Discrete objectives: T. vdm: time stays continuous; T only scales the network's time input,
   // t in [0, 1] -> t T - 1, the map make_denoiser applies for every sampler.
   int timesteps = 1000;
+  // linear and scaled_linear: the first and last beta, as they are (not scaled by T), each in
+  // (0, 1). Unset: DDPM's 1e-4 and 0.02 scaled by 1000 / T (improved DDPM's rule, so any T spans
+  // the same total noise), and then linear caps each beta at 0.999. Written only when set.
+  std::optional<double> beta_start, beta_end;
+  // custom: the T betas, each in (0, 1) (an imported diffusers model's trained_betas). Written
+  // only when not empty.
+  std::vector<double> betas;
+  // DDPM ancestral sampling's variance for objectives eps, x0 and v (ancestral_variance):
+  // beta_tilde, the posterior's (diffusers' fixed_small), or beta (fixed_large; Ho et al. 2020
+  // sec. 3.2 found the two to give similar samples). Objective hybrid learns its own. Written
+  // only when not beta_tilde.
+  std::string variance = "beta_tilde";
   std::string loss_weight = "none"; // none | min-snr (gamma 5)
   // optimisation
   double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 0.0;
@@ -168,9 +185,17 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = t
 // VarianceKind::learned (DDPM ancestral sampling, the VLB).
 diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device,
                                   bool with_variance = false);
-// The DDPM schedule of a discrete objective (eps, x0, v, hybrid); throws for vdm, whose schedule
-// is continuous (model_schedule).
+// The DDPM schedule of a discrete objective (eps, x0, v, hybrid): the one place a config's
+// schedule, timesteps, beta_start / beta_end and betas become betas, for training (the cpu and the
+// device step), sampling, eval and the C API. Throws for vdm, whose schedule is continuous
+// (model_schedule).
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c);
+// DDPM's linear betas at T = 1000 (Ho et al. 2020, sec. 4), the default ends of linear and
+// scaled_linear, scaled by 1000 / T.
+inline constexpr double kDdpmBetaStart = 1e-4, kDdpmBetaEnd = 0.02;
+// The first and last beta of a linear or scaled_linear schedule: beta_start and beta_end where
+// set, else kDdpmBetaStart and kDdpmBetaEnd times 1000 / T.
+std::pair<double, double> beta_range(const TrainConfig& c);
 // The schedule that samplers and bounds use with a loaded model: make_schedule's for a discrete
 // objective; for vdm the learned SNRNet (nn::SNRSchedule over m.snr) or VDM's linear log-SNR.
 std::shared_ptr<const diffusion::Schedule> model_schedule(const LoadedModel& m);
@@ -184,6 +209,9 @@ bool continuous_time(const TrainConfig& c);
 std::shared_ptr<nn::SNRNet> make_snr_net(const TrainConfig& c);
 // What the first C output channels predict (hybrid: eps).
 diffusion::Prediction prediction_of(const TrainConfig& c);
+// The variance of DDPM ancestral steps (and of the VLB's reverse process) with this model: learned
+// for objective hybrid, else the config's `variance` (beta_tilde or beta).
+diffusion::VarianceKind ancestral_variance(const TrainConfig& c);
 // Whether the network also outputs the variance channels (objective hybrid).
 bool learned_variance(const TrainConfig& c);
 

@@ -45,6 +45,37 @@ TEST_CASE("cosine schedule follows f(t)/f(0) with clipped betas", "[cpu][diffusi
   for (double b : s.betas()) CHECK(b <= 0.999);
 }
 
+TEST_CASE("linear_range and scaled_linear betas follow their formulas, unscaled", "[cpu][diffusion]") {
+  // diffusers' "linear": linspace(beta_start, beta_end, T) as given.
+  DiscreteSchedule lin = DiscreteSchedule::linear_range(400, 2e-4, 0.03);
+  // Latent diffusion's "scaled_linear": linspace(sqrt(beta_start), sqrt(beta_end), T)^2.
+  DiscreteSchedule sq = DiscreteSchedule::scaled_linear(1000, 0.00085, 0.012);
+  REQUIRE(lin.T() == 400);
+  REQUIRE(sq.T() == 1000);
+  CHECK(sq.name() == "scaled_linear");
+  long double a_lin = 1, a_sq = 1;
+  for (int i = 0; i < 1000; ++i) {
+    const long double r = std::sqrt(0.00085L) + (std::sqrt(0.012L) - std::sqrt(0.00085L)) * i / 999;
+    a_sq *= 1 - r * r;
+    CHECK(sq.betas()[i] == Approx(static_cast<double>(r * r)).epsilon(1e-14));
+    CHECK(sq.alphas_cumprod()[i] == Approx(static_cast<double>(a_sq)).epsilon(1e-12));
+    if (i >= 400) continue;
+    const long double b = 2e-4L + (0.03L - 2e-4L) * i / 399;
+    a_lin *= 1 - b;
+    CHECK(lin.betas()[i] == Approx(static_cast<double>(b)).epsilon(1e-14));
+    CHECK(lin.alphas_cumprod()[i] == Approx(static_cast<double>(a_lin)).epsilon(1e-12));
+  }
+  // linear(T) is linear_range over DDPM's ends scaled by 1000 / T, bit for bit, then capped at
+  // 0.999 (below T = 20), where linear_range takes no beta at 1 or above.
+  for (int T : {1000, 300}) {
+    const double scale = 1000.0 / T;
+    CHECK(DiscreteSchedule::linear(T).betas() == DiscreteSchedule::linear_range(T, scale * 1e-4, scale * 0.02).betas());
+  }
+  CHECK(DiscreteSchedule::linear(7).betas().back() == 0.999);
+  CHECK_THROWS_WITH(DiscreteSchedule::linear_range(10, 0.01, 1.5), Catch::Contains("beta out of (0, 1]"));
+  CHECK_THROWS_WITH(DiscreteSchedule::scaled_linear(10, 0, 0.01), Catch::Contains("must be positive"));
+}
+
 TEST_CASE("gamma is increasing and t_from_gamma inverts it on every schedule", "[cpu][diffusion]") {
   DiscreteSchedule lin = DiscreteSchedule::linear(), cos = DiscreteSchedule::cosine(200),
                    custom({0.1, 0.2, 0.3, 0.5}, "custom");

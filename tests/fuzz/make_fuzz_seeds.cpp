@@ -1,6 +1,7 @@
 // make_fuzz_seeds: writes the seeds that only the library can produce, into the corpus folders
-// under tests/corpus: a real (tiny) checkpoint and its broken variants, and the configs of the
-// presets. Run from the repository root after changing the checkpoint format or the configs:
+// under tests/corpus: a real (tiny) checkpoint and its broken variants, the same model as a
+// diffusers folder with each scheduler configuration, and the configs of the presets. Run from the
+// repository root after changing the checkpoint format or the configs:
 //   build-fuzz/fuzz/make_fuzz_seeds tests/corpus
 // ok_* files must load and bad_* files must be refused (tests/models/corpus_test.cpp checks both).
 #include <unistd.h>
@@ -11,8 +12,10 @@
 
 #include "core/file_io.h"
 #include "core/safetensors.h"
+#include "models/interop/diffusers.h"
 #include "models/nn/unet.h"
 #include "models/train/trainer.h"
+#include "tests/fuzz/diffusers_input.h"
 
 using namespace diffuse;
 namespace fs = std::filesystem;
@@ -40,6 +43,74 @@ std::string write_idx(const fs::path& dir, int n) {
   put(dir / "images-idx3-ubyte", img);
   put(dir / "labels-idx1-ubyte", lab);
   return "idx:" + (dir / "images-idx3-ubyte").string() + "," + (dir / "labels-idx1-ubyte").string();
+}
+
+std::string text_of(const fs::path& file) {
+  const std::vector<uint8_t> b = read_file(file.string());
+  return std::string(b.begin(), b.end());
+}
+
+std::string bytes_of(const SafeTensors& st) {
+  std::vector<std::pair<std::string, Tensor>> list(st.tensors.begin(), st.tensors.end());
+  const std::vector<uint8_t> b = serialize_safetensors(list, st.metadata);
+  return std::string(b.begin(), b.end());
+}
+
+// The seeds of fuzz_diffusers (tests/fuzz/diffusers_input.h): the tiny checkpoint exported as a
+// diffusers folder, with each scheduler configuration the importer takes (T = 10, as trained) and
+// the refusals: betas out of range or of the wrong count, a variance and a zero-SNR rescale diffuse
+// has no counterpart for, a block type it lacks, weights missing, misshapen, or far fewer than the
+// config describes.
+void diffusers_seeds(const fs::path& root, const std::string& ckpt, const fs::path& tmp) {
+  const fs::path dir = tmp / "diffusers";
+  interop::export_diffusers(ckpt, dir.string());
+  const std::string config = text_of(dir / "config.json");
+  const std::string weights = text_of(dir / "diffusion_pytorch_model.safetensors");
+  const fs::path out = root / "diffusers";
+  auto seed = [&](const std::string& name, const std::string& cfg, const nlohmann::json& sched, const std::string& w) {
+    put(out / name, fuzz::join_diffusers_input(cfg, sched.is_null() ? std::string() : sched.dump(), w));
+  };
+  const nlohmann::json ddpm = {{"_class_name", "DDPMScheduler"}, {"num_train_timesteps", 10}};
+  auto with = [&](nlohmann::json patch) {
+    nlohmann::json s = ddpm;
+    s.merge_patch(patch);
+    return s;
+  };
+  std::vector<double> betas;
+  for (int i = 0; i < 10; ++i) betas.push_back(0.01 + 0.03 * i * i / 81.0);
+  seed("ok_exported", config, nlohmann::json::parse(text_of(dir / "scheduler_config.json")), weights);
+  seed("ok_no_scheduler", config, nullptr, weights);
+  seed("ok_linear_range", config, with({{"beta_start", 0.001}, {"beta_end", 0.2}, {"variance_type", "fixed_large"}}),
+       weights);
+  seed("ok_scaled_linear", config,
+       with({{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}, {"clip_sample", false},
+             {"timestep_spacing", "leading"}}),
+       weights);
+  seed("ok_trained_betas", config, with({{"trained_betas", betas}, {"prediction_type", "v_prediction"}}), weights);
+  seed("ok_sigmoid", config, with({{"beta_schedule", "sigmoid"}, {"variance_type", "fixed_small_log"}}), weights);
+  seed("ok_cosine", config, with({{"beta_schedule", "squaredcos_cap_v2"}, {"prediction_type", "sample"}}), weights);
+  seed("bad_beta_end", config, with({{"beta_end", 1.5}}), weights);
+  const std::vector<double> nine(betas.begin() + 1, betas.end());
+  seed("bad_trained_betas_count", config, with({{"trained_betas", nine}}), weights);
+  std::vector<double> zero = betas;
+  zero[4] = 0;
+  seed("bad_trained_betas_zero", config, with({{"trained_betas", zero}}), weights);
+  seed("bad_variance", config, with({{"variance_type", "fixed_large_log"}}), weights);
+  seed("bad_zero_snr", config, with({{"rescale_betas_zero_snr", true}}), weights);
+  nlohmann::json block = nlohmann::json::parse(config);
+  block["down_block_types"][0] = "SkipDownBlock2D";
+  seed("bad_block_type", block.dump(), ddpm, weights);
+  nlohmann::json larger = nlohmann::json::parse(config);
+  larger["block_out_channels"] = {4096};
+  seed("bad_larger_model", larger.dump(), ddpm, weights);
+  SafeTensors st = read_safetensors((dir / "diffusion_pytorch_model.safetensors").string());
+  SafeTensors missing = st;
+  missing.tensors.erase("conv_in.weight");
+  seed("bad_missing_tensor", config, ddpm, bytes_of(missing));
+  SafeTensors reshaped = st;
+  Tensor& w = reshaped.tensors.at("conv_in.weight");
+  w = w.reshape({w.numel()});
+  seed("bad_wrong_shape", config, ddpm, bytes_of(reshaped));
 }
 
 }  // namespace
@@ -76,6 +147,7 @@ int main(int argc, char** argv) {
     put(root / "train_config" / "ok_tiny_run.json", tc.to_json().dump());
     put(root / "unet_config" / "ok_tiny_run.json", tc.unet_config(4, 1, 2).to_json().dump());
     const std::string ckpt = train::train(tc, false);
+    diffusers_seeds(root, ckpt, tmp);
     SafeTensors st = read_safetensors(ckpt);
     fs::remove_all(tmp);
     // Without the optimizer and trainer state, which a load for sampling never reads: half the
