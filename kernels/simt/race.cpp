@@ -2,6 +2,7 @@
 // ThreadSanitizer's compiler instrumentation calls (kernels/simt/race.h says how they fit).
 #include "kernels/simt/race.h"
 
+#include <cxxabi.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <sys/mman.h>
@@ -9,6 +10,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
@@ -259,11 +261,18 @@ std::string where_pc(const void* pc) {
     if (!frames.empty() && frames.front().second.find("??") == std::string::npos)
       return short_path(frames.front().second) + " (in " + short_name(frames.back().first) + ")";
   }
+  // No source line: addr2line (binutils) is missing, or the kernel was built without line tables.
   char buf[64];
-  std::snprintf(buf, sizeof buf, "pc %p (no line table: build the kernels with -g1)", pc);
+  std::snprintf(buf, sizeof buf, "pc %p", pc);
+  std::string s = buf;
   Dl_info info;
-  if (::dladdr(pc, &info) && info.dli_sname) return std::string(buf) + " in " + info.dli_sname;
-  return buf;
+  if (::dladdr(pc, &info) && info.dli_sname) {
+    int status = 0;
+    char* name = abi::__cxa_demangle(info.dli_sname, nullptr, nullptr, &status);
+    s += " in " + short_name(status == 0 && name ? name : info.dli_sname);
+    std::free(name);
+  }
+  return s + " (no source line: addr2line found none)";
 }
 
 }  // namespace diffuse::simt::detail::race

@@ -48,8 +48,7 @@ else()
   message(STATUS "diffuse: the emulator's shared-memory race check OFF (a sanitizer build, or DIFFUSE_SIMT_RACE_CHECK=OFF)")
 endif()
 
-# The kernels of the tree, and the tests/simt files whose kernels the race check must see (the
-# planted bugs, the check's own tests, and the barrier tests' race-free kernels).
+# The kernels of the tree, and those of the emulator's own tests (tests/simt), planted bugs included.
 diffuse_simt_race_check(diffuse_emu)
-diffuse_simt_race_check(test_simt ${CMAKE_SOURCE_DIR}/tests/simt/planted_bugs_test.cpp
-                        ${CMAKE_SOURCE_DIR}/tests/simt/race_test.cpp ${CMAKE_SOURCE_DIR}/tests/simt/sync_test.cpp)
+file(GLOB _df_simt_tests CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/tests/simt/*_test.cpp)
+diffuse_simt_race_check(test_simt ${_df_simt_tests})
