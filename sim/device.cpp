@@ -714,6 +714,8 @@ cudaError_t submit(const StreamPtr& s, std::string name, std::function<void()> r
 
 // ---- kernel launches --------------------------------------------------------------------------
 
+int queue_launch(CUstream_st* stream, std::unique_ptr<KernelLaunch> launch);
+
 namespace {
 
 // The device memory a launch's parameters point into.
@@ -740,6 +742,13 @@ std::vector<MemUse> launch_uses(const KernelLaunch& l) {
 
 int launch_kernel(CUstream_st* stream, std::unique_ptr<KernelLaunch> launch) {
   Guard g(lock());
+  // The launch's error is what cudaGetLastError says after it: reported here, so cleared here.
+  const int e = queue_launch(stream, std::move(launch));
+  if (e != cudaSuccess) (void)take_last_error(true);
+  return e;
+}
+
+int queue_launch(CUstream_st* stream, std::unique_ptr<KernelLaunch> launch) {
   if (const cudaError_t st = sticky()) return st;
   StreamPtr s = stream_of(stream);
   if (!s) return cudaErrorInvalidResourceHandle;
