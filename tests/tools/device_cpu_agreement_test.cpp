@@ -1,0 +1,180 @@
+// `diffuse train --device cuda` (CUDA graph on and off) and `diffuse sample --device cuda` against
+// the same commands on the cpu, run as a user runs them: the tiny preset for a few steps, f32 on
+// both sides (--bf16 false), and every number compared within a tolerance argued below. On a GPU
+// this is the cuda tier; in a DIFFUSE_CUDA=SIM build, the simulated device's (sim tier).
+//
+// Training. The device step draws its noise from (seed ^ w_s) at fixed offsets, train() on the cpu
+// from (seed, 8 s + 2) (models/train/graph_step.h): different, equally random numbers. To compare
+// the two steps number for number, the noise is made irrelevant instead of equal: objective x0
+// (the target is the clean batch) and betas of 1e-12 over 10 steps, so sigma_t <= 3.2e-6 and the
+// noise moves the network's input by a few parts in 1e6, the size of f32 rounding. The timesteps
+// and batches are the same draws on both sides. What remains between the two is rounding: the
+// same f32 math summed in other orders (cuBLASLt and cuDNN without TF32, the device's reductions),
+// about 1e-6 relative per result.
+#include <catch2/catch.hpp>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/device.h"
+#include "core/image_io.h"
+#include "core/safetensors.h"
+#include "tests/test_util.h"
+#include "tests/tools/cli_util.h"
+
+using namespace diffuse;
+
+namespace {
+
+struct LogRow {
+  double loss = 0, grad_norm = 0;
+};
+
+// log.csv: step,loss,grad_norm,lr,images_per_s,nonfinite_skipped
+std::vector<LogRow> read_log(const std::string& path) {
+  std::ifstream f(path);
+  std::vector<LogRow> rows;
+  std::string line;
+  std::getline(f, line);  // header
+  while (std::getline(f, line)) {
+    std::stringstream ss(line);
+    std::string step, loss, norm;
+    std::getline(ss, step, ',');
+    std::getline(ss, loss, ',');
+    std::getline(ss, norm, ',');
+    rows.push_back({std::stod(loss), std::stod(norm)});
+  }
+  return rows;
+}
+
+constexpr int kSteps = 3;
+constexpr double kLr = 1e-3;
+
+std::vector<std::string> train_args(const std::string& data, const std::string& out, const std::string& device,
+                                    const std::string& graph) {
+  return {test::cli_path(), "train", "--preset", "tiny", "--model", test::kTinyModel, "--dataset", data, "--batch", "8",
+          "--steps", std::to_string(kSteps), "--checkpoint-every", "0", "--sample-every", "0", "--sample-count", "4",
+          "--sample-steps", "2", "--log-every", "1", "--seed", "7", "--bf16", "false", "--objective", "x0",
+          "--schedule", "linear", "--timesteps", "10", "--beta-start", "1e-12", "--beta-end", "1e-12", "--warmup", "0",
+          "--lr", std::to_string(kLr), "--device", device, "--cuda-graph", graph, "--out", out};
+}
+
+}  // namespace
+
+TEST_CASE("train --device cuda agrees with train on the cpu, graph on and off", "[cuda][tools]") {
+  if (!cuda_available()) return;
+  test::TempDir dir;
+  const std::string data = test::write_idx_dataset(dir.path, 32, 6);
+  std::string log;
+  REQUIRE(test::run(train_args(data, dir / "cpu", "cpu", "on"), dir / "cpu.txt", &log) == 0);
+  const std::vector<LogRow> want = read_log(dir / "cpu/log.csv");
+  const SafeTensors ref = read_safetensors(dir / "cpu/checkpoint.safetensors");
+  REQUIRE(want.size() == kSteps);
+
+  for (const char* graph : {"on", "off"}) {
+    INFO("--cuda-graph " << graph);
+    const std::string out = dir / (std::string("cuda_") + graph);
+    REQUIRE(test::run(train_args(data, out, "cuda", graph), out + ".txt", &log) == 0);
+    INFO(log);
+    CHECK(log.find(std::string("the whole step on cuda:0") + (graph[1] == 'n' ? ", captured as a CUDA graph" : "")) !=
+          std::string::npos);
+    // Loss and gradient norm of every step: rounding (~1e-6 relative) and the noise's few parts in
+    // 1e6 of the input; 1e-4 relative leaves a margin of 30 and is a thousand times below what a
+    // wrong formula, batch or timestep gives (losses of different batches differ by percents).
+    const std::vector<LogRow> got = read_log(out + "/log.csv");
+    REQUIRE(got.size() == want.size());
+    for (size_t s = 0; s < got.size(); ++s) {
+      INFO("step " << s + 1 << ": loss " << got[s].loss << " vs " << want[s].loss << ", grad norm " << got[s].grad_norm
+                   << " vs " << want[s].grad_norm);
+      CHECK(std::fabs(got[s].loss - want[s].loss) <= 1e-4 * std::fabs(want[s].loss));
+      CHECK(std::fabs(got[s].grad_norm - want[s].grad_norm) <= 1e-4 * std::fabs(want[s].grad_norm));
+    }
+    // The weights (live, EMA, Adam's moments) after the steps. An AdamW step moves a weight by
+    // lr m/(sqrt(v) + eps), a ratio of the gradient's moments, so rounding in a gradient changes it
+    // by a relative amount of the same order, except where a gradient cancels to the size of its
+    // own rounding (near eps = 1e-8), where the step may differ by a fraction of lr. A wrong
+    // gradient or update moves weights by O(lr) a step. So every live or EMA weight within
+    // 2% of lr per step (observed on the simulated device: 0.1% per step at worst), and the
+    // moments to 1e-3 of their largest value in the tensor.
+    const SafeTensors got_ck = read_safetensors(out + "/checkpoint.safetensors");
+    int64_t compared = 0;
+    for (const auto& [name, t] : ref.tensors) {
+      const bool weights = name.rfind("model.", 0) == 0 || name.rfind("ema.", 0) == 0;
+      const bool moments = name.rfind("opt.m.", 0) == 0 || name.rfind("opt.v.", 0) == 0;
+      if (!weights && !moments) continue;
+      INFO(name);
+      REQUIRE(got_ck.tensors.count(name));
+      const Tensor& g = got_ck.tensors.at(name);
+      if (t.dtype() != DType::f32) continue;  // ema.num_updates and the like: compared below
+      const std::vector<float> a = t.to_vector(), b = g.to_vector();
+      REQUIRE(a.size() == b.size());
+      double scale = 0;
+      for (float v : a) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+      const double tol = weights ? 0.02 * kLr * kSteps : 1e-3 * scale;
+      double worst = 0;
+      for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+      INFO("largest difference " << worst << ", tolerance " << tol);
+      CHECK(worst <= tol);
+      ++compared;
+    }
+    CHECK(compared > 0);
+    CHECK(got_ck.tensors.at("opt.step").to_vector_i64() == ref.tensors.at("opt.step").to_vector_i64());
+  }
+  // Graph on and off are the same kernels with the same arguments: the same bits.
+  const SafeTensors on = read_safetensors(dir / "cuda_on/checkpoint.safetensors");
+  const SafeTensors off = read_safetensors(dir / "cuda_off/checkpoint.safetensors");
+  for (const auto& [name, t] : on.tensors) {
+    INFO(name);
+    if (t.dtype() == DType::f32) CHECK(t.to_vector() == off.tensors.at(name).to_vector());
+  }
+}
+
+TEST_CASE("sample --device cuda gives the cpu's images, graph on and off", "[cuda][tools]") {
+  if (!cuda_available()) return;
+  test::TempDir dir;
+  const std::string data = test::write_idx_dataset(dir.path, 16, 8);
+  REQUIRE(test::run(test::train_args(data, dir / "run", 2, 0), dir / "train.txt") == 0);
+  const std::string ckpt = dir / "run/checkpoint.safetensors";
+  // Samplers whose every step runs on the device: DDIM (eta 0) and DDPM, whose step noise is the
+  // same Philox draw (seed, k + 1) on both devices, as is the starting noise (seed, 0).
+  for (const char* sampler : {"ddim", "ddpm"}) {
+    auto sample = [&](const std::string& device, const std::string& graph) {
+      const std::string png = dir / (std::string(sampler) + "_" + device + "_" + graph + ".png");
+      std::string log;
+      const int code = test::run({test::cli_path(), "sample", ckpt, "--device", device, "--sampler", sampler, "-n", "6",
+                                  "--batch", "3", "--steps", "5", "--seed", "21", "--cuda-graph", graph, "--grid", png},
+                                 png + ".txt", &log);
+      INFO(log);
+      REQUIRE(code == 0);
+      if (device == "cuda") CHECK(log.find("device loop") != std::string::npos);
+      return read_image_u8(png);
+    };
+    const Image8 want = sample("cpu", "off");
+    for (const char* graph : {"on", "off"}) {
+      INFO(sampler << " --cuda-graph " << graph);
+      const Image8 got = sample("cuda", graph);
+      REQUIRE(got.width == want.width);
+      REQUIRE(got.height == want.height);
+      REQUIRE(got.pixels.size() == want.pixels.size());
+      // f32 on both sides, 5 steps from the same noise: the samples differ by rounding (~1e-5 of
+      // their range after 5 network evaluations), which moves a pixel of 255 levels over [-1, 1]
+      // only where a value sits on a rounding boundary: by one level, at few pixels. A wrong step
+      // or wrong noise moves most pixels by many levels.
+      int64_t differ = 0, worst = 0;
+      for (size_t i = 0; i < got.pixels.size(); ++i) {
+        const int64_t d = std::abs(static_cast<int>(got.pixels[i]) - static_cast<int>(want.pixels[i]));
+        differ += d > 0;
+        worst = std::max(worst, d);
+      }
+      INFO(differ << " of " << got.pixels.size() << " pixels differ, by at most " << worst);
+      CHECK(worst <= 1);
+      CHECK(differ <= static_cast<int64_t>(got.pixels.size()) / 100);
+    }
+  }
+}
