@@ -21,23 +21,19 @@ if(DIFFUSE_SIMT_RACE_CHECK AND NOT DIFFUSE_SANITIZE AND NOT DIFFUSE_FUZZ)
 endif()
 
 # diffuse_simt_race_check(target [source...]): instruments every source of `target`, or only the
-# sources named, which also get DIFFUSE_SIMT_RACE_CHECK_BUILD (1 where instrumented, 0 where the
-# build leaves the check out) for their tests to know what to expect, and skip the precompiled
-# header (built without either).
+# sources named, which also get DIFFUSE_SIMT_RACE_CHECK_BUILD=1 for their tests to know the check
+# must be there, and skip the precompiled header (built without either). Where the check is off,
+# nothing changes.
 function(diffuse_simt_race_check target)
-  if(NOT TARGET ${target})
+  if(NOT DIFFUSE_SIMT_RACE_FLAGS OR NOT TARGET ${target})
     return()
   endif()
   if(ARGN)
-    set(on 0)
-    if(DIFFUSE_SIMT_RACE_FLAGS)
-      set(on 1)
-    endif()
     set_source_files_properties(${ARGN} TARGET_DIRECTORY ${target} PROPERTIES
                                 COMPILE_OPTIONS "${DIFFUSE_SIMT_RACE_FLAGS}"
-                                COMPILE_DEFINITIONS DIFFUSE_SIMT_RACE_CHECK_BUILD=${on}
+                                COMPILE_DEFINITIONS DIFFUSE_SIMT_RACE_CHECK_BUILD=1
                                 SKIP_PRECOMPILE_HEADERS ON)
-  elseif(DIFFUSE_SIMT_RACE_FLAGS)
+  else()
     target_compile_options(${target} PRIVATE ${DIFFUSE_SIMT_RACE_FLAGS})
   endif()
 endfunction()

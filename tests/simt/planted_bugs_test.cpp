@@ -256,11 +256,11 @@ TEST_CASE("planted bug: a read-modify-write race on one shared address is a faul
     CHECK(first != std::string::npos);
     CHECK(msg.find(at, first + 1) != std::string::npos);
   });
-#elif defined(DIFFUSE_SIMT_RACE_CHECK_BUILD) && DIFFUSE_SIMT_RACE_CHECK_BUILD
+#elif defined(DIFFUSE_SIMT_RACE_CHECK_BUILD)
   FAIL("kernels/simt/race_check.cmake instrumented this file, but DF_SIMT_RACECHECK is 0: the flags did not take");
 #else
-  WARN("built without the shared-memory race check (a sanitizer build, or kernels/simt/race_check.cmake not in the "
-       "build): the race goes unseen");
+  WARN("built without the shared-memory race check (a sanitizer build, DIFFUSE_SIMT_RACE_CHECK=OFF, or "
+       "kernels/simt/race_check.cmake not in the build): the race goes unseen");
 #endif
 }
 
