@@ -261,3 +261,6 @@ if(DIFFUSE_BENCH)
     endif()
   endif()
 endif()
+
+# The emulator's shared-memory race check: instruments the emulated kernels (kernels/simt/race.h).
+include(${CMAKE_SOURCE_DIR}/kernels/simt/race_check.cmake)
