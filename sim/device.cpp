@@ -112,10 +112,29 @@ std::size_t round_up(std::size_t n, std::size_t a) { return (n + a - 1) / a * a;
 // What the kernel running on this thread is, for the fault handler.
 thread_local const char* t_running = nullptr;
 
+// Device memory is the device's: outside the device's own work (complete(), which runs queued
+// operations) it is PROT_NONE, so host code that dereferences a device pointer faults, named, as
+// it would on a GPU. DIFFUSE_SIM_PROTECT=0 leaves it readable (for a debugger, say).
+bool protect_device_memory() {
+  static const bool on = [] {
+    const char* e = std::getenv("DIFFUSE_SIM_PROTECT");
+    return !(e && std::strcmp(e, "0") == 0);
+  }();
+  return on;
+}
+int g_exec_depth = 0;
+
+void data_access(Allocation* a, bool on) {
+  if (a->host || a->freed) return;
+  ::mprotect(a->map + kPage, a->map_bytes - 2 * kPage, on ? PROT_READ | PROT_WRITE : PROT_NONE);
+}
+
 // The fault handler: an access to a guard page or a freed allocation is named, then the process
 // dies as a GPU context does on an illegal address (cudaErrorIllegalAddress cannot be recovered
 // from either). Reads the allocation table without the lock: the faulting thread may hold it.
-void on_fault(int sig, siginfo_t* info, void*) {
+struct sigaction g_prev_segv {}, g_prev_bus {};
+
+void on_fault(int sig, siginfo_t* info, void* ctx) {
   const uintptr_t a = reinterpret_cast<uintptr_t>(info->si_addr);
   char buf[1024];
   int n = 0;
@@ -131,7 +150,12 @@ void on_fault(int sig, siginfo_t* info, void*) {
   if (hit) {
     const uintptr_t b = reinterpret_cast<uintptr_t>(hit->base);
     const char* kind = hit->host ? "page-locked host allocation" : "device allocation";
-    if (hit->freed)
+    if (!hit->freed && !hit->host && !t_running && a >= b && a < b + hit->size)
+      n = std::snprintf(buf, sizeof buf,
+                        "diffuse sim: illegal address: host code accessed %#" PRIxPTR ", byte %zu of %s #%" PRIu64
+                        " (%zu bytes at %#" PRIxPTR "): device memory is not the host's (copy it to the host first)\n",
+                        a, static_cast<std::size_t>(a - b), kind, hit->id, hit->size, b);
+    else if (hit->freed)
       n = std::snprintf(buf, sizeof buf,
                         "diffuse sim: illegal address: %s accessed %#" PRIxPTR ", inside %s #%" PRIu64
                         " (%zu bytes at %#" PRIxPTR "), which was freed\n",
@@ -149,6 +173,17 @@ void on_fault(int sig, siginfo_t* info, void*) {
   } else if (t_running) {
     n = std::snprintf(buf, sizeof buf, "diffuse sim: illegal address: %s accessed %#" PRIxPTR
                       ", which is no device allocation\n", who, a);
+  } else {
+    // Not the device's fault: whoever handled it before (a test runner, say) has it.
+    const struct sigaction& prev = sig == SIGBUS ? g_prev_bus : g_prev_segv;
+    if ((prev.sa_flags & SA_SIGINFO) && prev.sa_sigaction) {
+      prev.sa_sigaction(sig, info, ctx);
+      return;
+    }
+    if (prev.sa_handler != SIG_DFL && prev.sa_handler != SIG_IGN && prev.sa_handler) {
+      prev.sa_handler(sig);
+      return;
+    }
   }
   if (n > 0) {
     ssize_t w = ::write(2, buf, static_cast<std::size_t>(n));
@@ -158,16 +193,20 @@ void on_fault(int sig, siginfo_t* info, void*) {
   raise(sig);
 }
 
+// Installs the handler again whenever someone replaced it (a test runner installs its own around
+// each test): called at every allocation and every run of queued work.
 void install_fault_handler() {
-  static bool done = false;
-  if (done) return;
-  done = true;
-  struct sigaction sa {};
-  sa.sa_sigaction = on_fault;
-  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGSEGV, &sa, nullptr);
-  sigaction(SIGBUS, &sa, nullptr);
+  for (int sig : {SIGSEGV, SIGBUS}) {
+    struct sigaction cur {};
+    sigaction(sig, nullptr, &cur);
+    if ((cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_fault) continue;
+    (sig == SIGBUS ? g_prev_bus : g_prev_segv) = cur;
+    struct sigaction sa {};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(sig, &sa, nullptr);
+  }
 }
 
 // Each thread that runs kernels gets a signal stack: a fault may come from a fiber's small stack.
@@ -228,8 +267,25 @@ Allocation* map_allocation(std::size_t size, bool host) {
   poison(a, size);
   allocations()[reinterpret_cast<uintptr_t>(a->base)] = a;
   if (!host) g_device_bytes += rounded;
+  if (!host && protect_device_memory() && g_exec_depth == 0) data_access(a, false);
   return a;
 }
+
+// While queued work runs, device memory is accessible (nested scopes: the outermost decides).
+struct ExecScope {
+  ExecScope() {
+    if (g_exec_depth++ != 0) return;
+    install_fault_handler();
+    if (protect_device_memory())
+      for (auto& [base, a] : allocations()) data_access(a, true);
+  }
+  ~ExecScope() {
+    if (--g_exec_depth == 0 && protect_device_memory())
+      for (auto& [base, a] : allocations()) data_access(a, false);
+  }
+  ExecScope(const ExecScope&) = delete;
+  ExecScope& operator=(const ExecScope&) = delete;
+};
 
 void unmap_allocation(Allocation* a) {
   // Kept reserved (no memory behind it) so that a later access is named as use after free.
@@ -562,6 +618,8 @@ thread_local cudaStreamCaptureMode t_capture_mode = cudaStreamCaptureModeGlobal;
 std::vector<std::shared_ptr<Capture>>& active_captures() { return captures(); }
 
 void complete(Stream& s, uint64_t upto) {
+  if (s.done >= upto || s.queue_head >= s.queue.size()) return;
+  ExecScope exec;
   while (s.done < upto && s.queue_head < s.queue.size()) {
     Op op = std::move(s.queue[s.queue_head]);
     ++s.queue_head;
@@ -579,6 +637,7 @@ void complete(Stream& s, uint64_t upto) {
 }
 
 void complete_all() {
+  ExecScope exec;
   for (const StreamPtr& s : live_streams()) complete(*s, s->seq);
   auto& o = orphans();
   o.erase(std::remove_if(o.begin(), o.end(), [](const StreamPtr& s) { return s->done == s->seq; }), o.end());
@@ -628,10 +687,36 @@ std::vector<Allocation*> touched(const std::vector<MemUse>& uses) {
   return out;
 }
 
+// Two accesses of one allocation from different streams, at least one a write, with no order
+// between them (an event, the legacy stream's implicit synchronisation, a host wait followed by
+// the queueing of the second): a race the GPU resolves either way from run to run.
+void check_order(const Stream& s, Allocation& a, const Allocation::Access& prior, bool write, const std::string& name) {
+  if (prior.stream == s.id) return;
+  auto it = s.clock.find(prior.stream);
+  if (it != s.clock.end() && it->second >= prior.seq) return;
+  set_sticky(cudaErrorLaunchFailure,
+             "stream race on " + a.str() + ": " + name + " on " + s.str() + (write ? " writes" : " reads") +
+                 " it, and " + prior.name + " on another stream is not ordered before it (no event, legacy-stream synchronisation or host wait in between)");
+}
+
 void note_uses(const Stream& s, const std::vector<MemUse>& uses, const std::string& name) {
   for (Allocation* a : touched(uses)) {
     a->last_use[s.id] = s.seq;
     a->last_use_name[s.id] = name;
+    bool write = false;
+    for (const MemUse& u : uses)
+      if (u.write && find_allocation(u.p) == a) write = true;
+    if (a->written) check_order(s, *a, a->last_write, write, name);
+    if (write)
+      for (const auto& [id, r] : a->reads) check_order(s, *a, r, true, name);
+    Allocation::Access me{s.id, s.seq, name};
+    if (write) {
+      a->written = true;
+      a->last_write = me;
+      a->reads.clear();
+    } else {
+      a->reads[s.id] = me;
+    }
   }
 }
 

@@ -64,6 +64,14 @@ struct Allocation {
   // The last operation of each stream that used it (stream id -> sequence number).
   std::map<uint64_t, uint64_t> last_use;
   std::map<uint64_t, std::string> last_use_name;
+  // The last write and the reads since, for the check of unordered accesses from two streams.
+  struct Access {
+    uint64_t stream = 0, seq = 0;
+    std::string name;
+  };
+  bool written = false;
+  Access last_write;
+  std::map<uint64_t, Access> reads;
   int graph_refs = 0;  // live graphs and executable graphs whose nodes use it
   std::string str() const;  // "device allocation #7 (4096 bytes at 0x...)"
 };

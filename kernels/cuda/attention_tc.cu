@@ -5,7 +5,8 @@
 // for bf16 inputs on sm_80+ at head dims 32 and 64; the SIMT kernels stay for f32 and for older
 // GPUs. Under the emulator (DIFFUSE_SIMT) mma.sync is kernels/simt's warp collective of the same
 // name and fragment layout (kernels/simt/simt.h), so the same kernels run there, launched directly
-// by the emu tier's tests (the dispatch is GPU code).
+// by the emu tier's tests, and on the simulated device (DIFFUSE_CUDA=SIM), where the dispatch picks
+// them as on a GPU.
 //
 // Products: mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 (PTX ISA, "Matrix fragments for
 // mma.m16n8k16"), bf16 operands, f32 accumulation. With g = lane / 4 and t = lane % 4, a warp's
@@ -40,8 +41,6 @@
 // no spills. The kernels are declared __launch_bounds__(128, 1): with the bare thread count, ptxas
 // chose to cap the sm_80 dQ kernel of head dim 32 at 96 registers and spilled 4 bytes.
 #include "kernels/cuda/portable.cuh"
-
-#if !defined(DIFFUSE_SIM_DEVICE_CODE)  // nvcc, and the emulator (namespace diffuse::emu)
 
 #include <atomic>
 #include <cstdint>
@@ -483,7 +482,7 @@ bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void
   for (const void* p : ptrs)
     if (!detail::aligned16(p)) return false;
 #if defined(DIFFUSE_SIMT)
-  return true;  // the emulator's device is an sm_90
+  return true;  // the emulator's device, and the simulated one (DIFFUSE_CUDA=SIM), is an sm_90
 #else
   return current_cc_major() >= 8;
 #endif
@@ -508,27 +507,3 @@ void attention_tc_backward(const void* dout, const void* q, const void* k, const
 }
 
 }  // namespace diffuse::DF_BACKEND
-
-#else  // DIFFUSE_SIM_DEVICE_CODE
-
-// The simulated device (DIFFUSE_CUDA=SIM, sim/sim.h) runs kernels in the emulator, which has no
-// tensor cores: the dispatch is told these kernels are absent and takes the SIMT twins.
-#include "kernels/cuda/attention.h"
-
-namespace diffuse::cuda {
-
-bool attention_tc_supported(DType, int, std::initializer_list<const void*>) { return false; }
-
-void attention_tc_forward(const void*, const void*, const void*, void*, float*, int64_t, int64_t, int64_t, int, int,
-                          void*) {
-  DF_FAIL("attention_tc_forward on the simulated device, which cannot run mma.sync");
-}
-
-void attention_tc_backward(const void*, const void*, const void*, const void*, const void*, const float*, void*, void*,
-                           void*, int64_t, int64_t, int64_t, int, int, void*, void*) {
-  DF_FAIL("attention_tc_backward on the simulated device, which cannot run mma.sync");
-}
-
-}  // namespace diffuse::cuda
-
-#endif  // DIFFUSE_SIM_DEVICE_CODE

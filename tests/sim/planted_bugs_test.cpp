@@ -329,3 +329,55 @@ TEST_CASE("freeing memory that queued work or a graph still uses is refused", "[
   CHECK(cudaStreamDestroy(s) == cudaSuccess);
   (void)cudaGetLastError();
 }
+
+TEST_CASE("host code reading device memory faults, named", "[cuda][sim]") {
+  // Device memory is not the host's: a dereference outside the device's own work faults, as on a
+  // GPU, and the message names the allocation (in a child process: the fault ends it).
+  const ChildResult r = in_child([] {
+    float* p = nullptr;
+    if (cudaMalloc(&p, 64 * sizeof(float)) != cudaSuccess) ::_exit(3);
+    cuda::sim_test_fill(p, 1.f, 64, nullptr);
+    cudaDeviceSynchronize();
+    volatile float x = p[3];  // the bug: a device pointer read on the host
+    (void)x;
+  });
+  INFO(r.err);
+  CHECK(r.signaled);
+  CHECK_THAT(r.err, Contains("host code accessed"));
+  CHECK_THAT(r.err, Contains("byte 12 of device allocation #"));
+  CHECK_THAT(r.err, Contains("device memory is not the host's"));
+}
+
+TEST_CASE("a stream reading what another stream writes, without an event, is a race", "[cuda][sim]") {
+  set_current_device(Device::cuda(0));
+  cudaStream_t a = new_stream(), b = new_stream();
+  float *x = nullptr, *y = nullptr;
+  REQUIRE(cudaMalloc(&x, 256 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaMalloc(&y, 256 * sizeof(float)) == cudaSuccess);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  sim::clear_reports();
+  // Ordered by an event: quiet.
+  cudaEvent_t e = nullptr;
+  REQUIRE(cudaEventCreateWithFlags(&e, cudaEventDisableTiming) == cudaSuccess);
+  cuda::sim_test_fill(x, 1.f, 256, a);
+  REQUIRE(cudaEventRecord(e, a) == cudaSuccess);
+  REQUIRE(cudaStreamWaitEvent(b, e, 0) == cudaSuccess);
+  REQUIRE(cudaMemcpyAsync(y, x, 1024, cudaMemcpyDeviceToDevice, b) == cudaSuccess);
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  CHECK(sim::reports().empty());
+  // Not ordered: b's copy may read x before or after a's second write. The call that makes the
+  // race fails (and the device with it, as after a fault).
+  cuda::sim_test_fill(x, 2.f, 256, a);
+  CHECK(cudaMemcpyAsync(y, x, 1024, cudaMemcpyDeviceToDevice, b) == cudaErrorLaunchFailure);
+  CHECK(cudaDeviceSynchronize() == cudaErrorLaunchFailure);
+  CHECK_THAT(reported(), Contains("stream race on device allocation #"));
+  CHECK_THAT(reported(), Contains("cudaMemcpyAsync on stream"));
+  CHECK_THAT(reported(), Contains("kernel fill_kernel"));
+  sim::clear_sticky_error();
+  REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+  cudaEventDestroy(e);
+  cudaStreamDestroy(a);
+  cudaStreamDestroy(b);
+  CHECK(cudaFree(x) == cudaSuccess);
+  CHECK(cudaFree(y) == cudaSuccess);
+}
