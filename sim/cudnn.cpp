@@ -289,7 +289,6 @@ int fs(const Conv& c, int s) { return c.flip ? c.S - 1 - s : s; }
 
 void forward(const Conv& c, const void* x, const void* w, void* y, double alpha, double beta, bool random) {
   std::mt19937_64 rng(std::random_device{}());
-#pragma omp parallel for if (!random && macs(c) > (std::size_t{1} << 22))
   for (int n = 0; n < c.N; ++n) {
     Summer sum;
     sum.random = random;
@@ -315,7 +314,6 @@ void forward(const Conv& c, const void* x, const void* w, void* y, double alpha,
 
 void backward_data(const Conv& c, const void* w, const void* dy, void* dx, double alpha, double beta, bool random) {
   std::mt19937_64 rng(std::random_device{}());
-#pragma omp parallel for if (!random && macs(c) > (std::size_t{1} << 22))
   for (int n = 0; n < c.N; ++n) {
     Summer sum;
     sum.random = random;
@@ -343,7 +341,6 @@ void backward_data(const Conv& c, const void* w, const void* dy, void* dx, doubl
 
 void backward_filter(const Conv& c, const void* x, const void* dy, void* dw, double alpha, double beta, bool random) {
   std::mt19937_64 rng(std::random_device{}());
-#pragma omp parallel for if (!random && macs(c) > (std::size_t{1} << 22))
   for (int k = 0; k < c.K; ++k) {
     Summer sum;
     sum.random = random;
@@ -388,10 +385,131 @@ Operands operands(Dir d, const Conv& c, const void* a, const void* b, void* out)
   return {a, c.x_elems, b, c.y_elems, out, c.w_elems};                        // x, dy -> dw
 }
 
+// The deterministic algorithms, the same sums as above in the same order per output, over copies
+// of the operands in double and in one layout with channels innermost (so each dot product is
+// contiguous): x as [n][h][w][c], the filter (flipped for CUDNN_CONVOLUTION) as [k][r][s][c] and
+// [c][r][s][k], dy as [n][p][q][k].
+struct Dense {
+  std::vector<double> x, w, wt, dy;
+};
+
+std::vector<double> dense_x(const Conv& c, const void* x) {
+  std::vector<double> v(c.x_elems);
+  for (int n = 0; n < c.N; ++n)
+    for (int h = 0; h < c.H; ++h)
+      for (int w = 0; w < c.W; ++w)
+        for (int ch = 0; ch < c.C; ++ch)
+          v[((std::size_t(n) * c.H + h) * c.W + w) * c.C + ch] = in(x, c, n * c.xs[0] + ch * c.xs[1] + h * c.xs[2] + w * c.xs[3]);
+  return v;
+}
+std::vector<double> dense_dy(const Conv& c, const void* dy) {
+  std::vector<double> v(c.y_elems);
+  for (int n = 0; n < c.N; ++n)
+    for (int p = 0; p < c.P; ++p)
+      for (int q = 0; q < c.Q; ++q)
+        for (int k = 0; k < c.K; ++k)
+          v[((std::size_t(n) * c.P + p) * c.Q + q) * c.K + k] = in(dy, c, n * c.ys[0] + k * c.ys[1] + p * c.ys[2] + q * c.ys[3]);
+  return v;
+}
+// transposed: [c][r][s][k], else [k][r][s][c]; r, s after the flip.
+std::vector<double> dense_w(const Conv& c, const void* w, bool transposed) {
+  std::vector<double> v(c.w_elems);
+  for (int k = 0; k < c.K; ++k)
+    for (int ch = 0; ch < c.C; ++ch)
+      for (int r = 0; r < c.R; ++r)
+        for (int s = 0; s < c.S; ++s) {
+          const double e = in(w, c, k * c.ws[0] + ch * c.ws[1] + fr(c, r) * c.ws[2] + fs(c, s) * c.ws[3]);
+          const std::size_t i = transposed ? ((std::size_t(ch) * c.R + r) * c.S + s) * c.K + k
+                                           : ((std::size_t(k) * c.R + r) * c.S + s) * c.C + ch;
+          v[i] = e;
+        }
+  return v;
+}
+
+void forward_fast(const Conv& c, const void* x, const void* w, void* y, double alpha, double beta) {
+  const std::vector<double> X = dense_x(c, x), Wd = dense_w(c, w, false);
+#pragma omp parallel for if (macs(c) > (std::size_t{1} << 22))
+  for (int n = 0; n < c.N; ++n)
+    for (int k = 0; k < c.K; ++k)
+      for (int p = 0; p < c.P; ++p)
+        for (int q = 0; q < c.Q; ++q) {
+          double acc = 0;
+          for (int r = 0; r < c.R; ++r) {
+            const int h = p * c.u - c.pad_h + r * c.dil_h;
+            if (h < 0 || h >= c.H) continue;
+            for (int s = 0; s < c.S; ++s) {
+              const int ww = q * c.v - c.pad_w + s * c.dil_w;
+              if (ww < 0 || ww >= c.W) continue;
+              const double* xr = &X[((std::size_t(n) * c.H + h) * c.W + ww) * c.C];
+              const double* wr = &Wd[((std::size_t(k) * c.R + r) * c.S + s) * c.C];
+              for (int ch = 0; ch < c.C; ++ch) acc += xr[ch] * wr[ch];
+            }
+          }
+          blend(y, c, n * c.ys[0] + k * c.ys[1] + p * c.ys[2] + q * c.ys[3], acc, alpha, beta);
+        }
+}
+
+void backward_data_fast(const Conv& c, const void* w, const void* dy, void* dx, double alpha, double beta) {
+  const std::vector<double> DY = dense_dy(c, dy), Wt = dense_w(c, w, true);
+#pragma omp parallel for if (macs(c) > (std::size_t{1} << 22))
+  for (int n = 0; n < c.N; ++n)
+    for (int ch = 0; ch < c.C; ++ch)
+      for (int h = 0; h < c.H; ++h)
+        for (int ww = 0; ww < c.W; ++ww) {
+          double acc = 0;
+          for (int r = 0; r < c.R; ++r) {
+            const int ph = h + c.pad_h - r * c.dil_h;
+            if (ph < 0 || ph % c.u != 0 || ph / c.u >= c.P) continue;
+            const int p = ph / c.u;
+            for (int s = 0; s < c.S; ++s) {
+              const int qw = ww + c.pad_w - s * c.dil_w;
+              if (qw < 0 || qw % c.v != 0 || qw / c.v >= c.Q) continue;
+              const int q = qw / c.v;
+              const double* dr = &DY[((std::size_t(n) * c.P + p) * c.Q + q) * c.K];
+              const double* wr = &Wt[((std::size_t(ch) * c.R + r) * c.S + s) * c.K];
+              for (int k = 0; k < c.K; ++k) acc += dr[k] * wr[k];
+            }
+          }
+          blend(dx, c, n * c.xs[0] + ch * c.xs[1] + h * c.xs[2] + ww * c.xs[3], acc, alpha, beta);
+        }
+}
+
+void backward_filter_fast(const Conv& c, const void* x, const void* dy, void* dw, double alpha, double beta) {
+  const std::vector<double> X = dense_x(c, x), DY = dense_dy(c, dy);
+#pragma omp parallel for if (macs(c) > (std::size_t{1} << 22))
+  for (int k = 0; k < c.K; ++k) {
+    std::vector<double> acc(static_cast<std::size_t>(c.C));
+    for (int r = 0; r < c.R; ++r)
+      for (int s = 0; s < c.S; ++s) {
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (int n = 0; n < c.N; ++n)
+          for (int p = 0; p < c.P; ++p) {
+            const int h = p * c.u - c.pad_h + r * c.dil_h;
+            if (h < 0 || h >= c.H) continue;
+            for (int q = 0; q < c.Q; ++q) {
+              const int ww = q * c.v - c.pad_w + s * c.dil_w;
+              if (ww < 0 || ww >= c.W) continue;
+              const double g = DY[((std::size_t(n) * c.P + p) * c.Q + q) * c.K + k];
+              const double* xr = &X[((std::size_t(n) * c.H + h) * c.W + ww) * c.C];
+              for (int ch = 0; ch < c.C; ++ch) acc[ch] += xr[ch] * g;
+            }
+          }
+        for (int ch = 0; ch < c.C; ++ch)
+          blend(dw, c, k * c.ws[0] + ch * c.ws[1] + fr(c, r) * c.ws[2] + fs(c, s) * c.ws[3], acc[ch], alpha, beta);
+      }
+  }
+}
+
 void compute(Dir d, const Conv& c, const void* a, const void* b, void* out, double alpha, double beta, bool random) {
-  if (d == Dir::fwd) forward(c, a, b, out, alpha, beta, random);
-  if (d == Dir::data) backward_data(c, a, b, out, alpha, beta, random);
-  if (d == Dir::filter) backward_filter(c, a, b, out, alpha, beta, random);
+  if (!random) {
+    if (d == Dir::fwd) forward_fast(c, a, b, out, alpha, beta);
+    if (d == Dir::data) backward_data_fast(c, a, b, out, alpha, beta);
+    if (d == Dir::filter) backward_filter_fast(c, a, b, out, alpha, beta);
+    return;
+  }
+  if (d == Dir::fwd) forward(c, a, b, out, alpha, beta, true);
+  if (d == Dir::data) backward_data(c, a, b, out, alpha, beta, true);
+  if (d == Dir::filter) backward_filter(c, a, b, out, alpha, beta, true);
 }
 
 bool nchw(const cudnnTensorStruct* x) { return x->format == CUDNN_TENSOR_NCHW; }
