@@ -131,8 +131,11 @@ TEST_CASE("the device training step learns a fixed batch", "[cuda][models]") {
 #if defined(DIFFUSE_HAVE_CUDA)
   if (!cuda_available()) return;
   // A weak end-to-end check that gradients, clipping and AdamW point downhill: on one batch the
-  // mean loss of the last 10 of 60 steps is below that of the first 10 (the noise and timesteps
-  // change every step, so single losses are noisy; the means differ by far more than that).
+  // mean loss of the last 10 of 60 steps is below that of the first 10. One noise level, nearly:
+  // over T = 1000 the timesteps of a batch of 8 spread its loss so much that a 10-step mean
+  // varied by ~10% and some seeds failed the margin (0.853 with seed 2706845417568123016, seen on
+  // the simulated device); with two close levels only the noise draws vary, and the means differ by
+  // far more than that.
   const Device gpu = Device::cuda(0);
   nn::UNetConfig c = small_config();
   c.dropout = 0;
@@ -143,6 +146,8 @@ TEST_CASE("the device training step learns a fixed batch", "[cuda][models]") {
   o.adamw.lr = 2e-3f;
   o.adamw.warmup_steps = 5;
   o.objective = "x0";  // the clean batch itself: a fixed target the net can memorise
+  o.timesteps = 2;
+  o.alphas_cumprod = {0.9, 0.89};  // sigma_t ~ 0.32 at both steps
   train::DeviceTrainStep step(net, o);
   const Tensor x = test::random_tensor({8, 8, 8, 1}).to(gpu);
   double first = 0, last = 0;
