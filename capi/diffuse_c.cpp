@@ -63,6 +63,7 @@ struct diffuse_sampler {
   dd::Prediction prediction = dd::Prediction::eps;
   bool clip = true;
   dd::Spacing spacing = dd::Spacing::linspace;
+  bool spacing_set = false;  // unset: karras for euler and heun, linspace for the others
   int64_t batch = 64;
 };
 
@@ -197,7 +198,8 @@ dd::SamplerOptions batch_options(const diffuse_sampler& s, const Job& job, int64
   o.variance = job.variance;
   o.clip_x0 = s.clip;
   o.eta = s.eta;
-  o.spacing = s.spacing;
+  const bool karras_kind = s.kind == dd::SamplerKind::euler || s.kind == dd::SamplerKind::heun;
+  o.spacing = !s.spacing_set && karras_kind ? dd::Spacing::karras : s.spacing;
   if (job.labels || job.cycle_classes > 0) {
     std::vector<int64_t> l(static_cast<size_t>(rows));
     for (int64_t i = 0; i < rows; ++i) l[i] = job.labels ? job.labels[start + i] : (start + i) % job.cycle_classes;
@@ -614,6 +616,7 @@ diffuse_status diffuse_sampler_set_spacing(diffuse_sampler* sampler, const char*
     require(sampler, "sampler");
     require(spacing, "spacing");
     sampler->spacing = parse_spacing(spacing);
+    sampler->spacing_set = true;
   });
 }
 

@@ -1,15 +1,22 @@
 // `diffuse eval`: bits per dimension on the test split (or, for a source without one, all its
 // images, said so), and the DDIM inversion round trip.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <tuple>
 
 #include <nlohmann/json.hpp>
 
 #include "autograd/tape.h"
 #include "core/check.h"
 #include "core/file_io.h"
+#include "core/image_io.h"
 #include "models/diffusion/likelihood.h"
 #include "models/diffusion/sampler.h"
+#include "models/train/classifier.h"
 #include "models/train/trainer.h"
 #include "tools/commands.h"
 #include "tools/enum_option.h"
@@ -31,7 +38,58 @@ struct EvalArgs {
   std::string json = "";
   std::string device = "auto";
   bool allow_nonfinite = false;
+  // --fd: samples scored by a classifier instead of the bound.
+  std::string fd;
+  std::string samples;
+  int fd_count = 1000;
+  int fd_steps = 50;
+  double fd_guidance = 0;
 };
+
+namespace {
+
+// The images of a folder written by `diffuse sample --image-dir` (every .png, in name order), and
+// their target classes from its labels.csv when it has one (empty otherwise).
+std::pair<Tensor, std::vector<int64_t>> read_sample_folder(const std::string& dir, int size, int channels) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  DF_CHECK(fs::is_directory(dir, ec), "--samples ", dir, ": not a folder");
+  std::vector<std::string> files;
+  for (const auto& e : fs::directory_iterator(dir, ec))
+    if (e.path().extension() == ".png") files.push_back(e.path().filename().string());
+  std::sort(files.begin(), files.end());
+  DF_CHECK(files.size() >= 2, "--samples ", dir, ": needs at least 2 PNG images, found ", files.size());
+  Tensor all = Tensor::empty({static_cast<int64_t>(files.size()), size, size, channels});
+  for (size_t i = 0; i < files.size(); ++i) {
+    Tensor img = read_image((fs::path(dir) / files[i]).string(), channels);
+    DF_CHECK(img.size(0) == size && img.size(1) == size, dir, "/", files[i], " is ", img.size(0), "x", img.size(1),
+             "; the classifier takes ", size, "x", size);
+    all.select(static_cast<int64_t>(i)).copy_(img);
+  }
+  std::vector<int64_t> labels;
+  std::ifstream in(fs::path(dir) / "labels.csv");
+  if (in.good()) {
+    std::map<std::string, int64_t> by_name;
+    std::string line;
+    while (std::getline(in, line)) {
+      const size_t comma = line.find(',');
+      if (comma == std::string::npos || line.rfind("file,", 0) == 0) continue;
+      try {
+        by_name[line.substr(0, comma)] = std::stoll(line.substr(comma + 1));
+      } catch (const std::exception&) {
+        DF_FAIL(dir, "/labels.csv: malformed row '", line, "'");
+      }
+    }
+    for (const std::string& f : files) {
+      auto it = by_name.find(f);
+      DF_CHECK(it != by_name.end(), dir, "/labels.csv has no row for ", f);
+      labels.push_back(it->second);
+    }
+  }
+  return {all, labels};
+}
+
+}  // namespace
 
 void register_eval(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("eval", "Bits per dimension on the test split (an image folder has none: all its images) and the DDIM inversion round trip");
@@ -49,6 +107,11 @@ void register_eval(CLI::App& root) {
   cmd->add_option("--json", a->json, "also write the results to this JSON file");
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto")->check(device_validator())->capture_default_str();
   cmd->add_flag("--allow-nonfinite", a->allow_nonfinite, "load a checkpoint whose weights hold NaN or Inf (refused otherwise), with a warning naming them");
+  cmd->add_option("--fd", a->fd, "score samples instead of the bound: a classifier from `diffuse train-classifier --noise none` compares --fd-count samples with as many test images (the Frechet distance of its pooled features: FID's formula on this classifier, not FID; compare only figures from the same classifier), and, where the samples have target classes, the share it labels as their class");
+  cmd->add_option("--samples", a->samples, "with --fd: score the PNG images of this folder (written by `diffuse sample --image-dir`, whose labels.csv gives their classes) instead of sampling the checkpoint");
+  cmd->add_option("--fd-count", a->fd_count, "with --fd: samples drawn (DDIM, --fd-steps; classes cycled for a class-conditional model) and test images compared")->capture_default_str();
+  cmd->add_option("--fd-steps", a->fd_steps, "with --fd: DDIM steps of the samples")->capture_default_str();
+  cmd->add_option("--fd-guidance", a->fd_guidance, "with --fd: classifier-free guidance scale of the samples (class-conditional models)")->capture_default_str();
 
   cmd->callback([a] {
     DF_CHECK(a->batch >= 1 && a->count >= 0 && a->strata >= 0, "--batch must be >= 1, --count and --strata >= 0");
@@ -59,6 +122,87 @@ void register_eval(CLI::App& root) {
       std::fprintf(stderr, "diffuse: warning: %s: %zu tensor(s) hold NaN or Inf (%s%s); the bound will be meaningless\n",
                    a->checkpoint.c_str(), m.nonfinite.size(), m.nonfinite[0].c_str(), m.nonfinite.size() > 1 ? ", ..." : "");
     const nn::UNetConfig& uc = m.unet->config();
+    if (!a->fd.empty()) {
+      DF_CHECK(a->fd_count >= 2 && a->fd_steps >= 1, "--fd-count must be at least 2 and --fd-steps at least 1");
+      train::LoadedClassifier judge = train::load_classifier(a->fd, dev);
+      const nn::UNetConfig& jc = judge.net->config();
+      DF_CHECK(jc.image_size == uc.image_size && jc.in_channels == uc.in_channels, a->fd, " classifies ",
+               jc.image_size, "x", jc.image_size, "x", jc.in_channels, " images, the model draws ", uc.image_size, "x",
+               uc.image_size, "x", uc.in_channels);
+      if (judge.config.noise != train::ClassifierNoise::none)
+        std::fprintf(stderr, "diffuse: note: %s is a noise-aware classifier; a judge trained on clean images "
+                     "(--noise none) is the better one\n", a->fd.c_str());
+      Tensor samples;
+      std::vector<int64_t> targets;
+      if (!a->samples.empty()) {
+        std::tie(samples, targets) = read_sample_folder(a->samples, uc.image_size, uc.in_channels);
+      } else {
+        const std::shared_ptr<const diffusion::Schedule> sched = train::model_schedule(m);
+        diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev);
+        ag::NoGrad ng;
+        samples = Tensor::empty({a->fd_count, uc.image_size, uc.image_size, uc.in_channels});
+        Progress progress("sample", a->fd_count);
+        for (int s = 0; s < a->fd_count; s += a->batch) {
+          const int n = std::min(a->batch, a->fd_count - s);
+          diffusion::SamplerOptions o;
+          o.shape = Shape{n, uc.image_size, uc.image_size, uc.in_channels};
+          o.seed = a->seed + static_cast<uint64_t>(s) * 0x9E3779B97F4A7C15ull;
+          o.steps = a->fd_steps;
+          o.prediction = train::prediction_of(m.config);
+          o.clip_x0 = true;
+          if (uc.num_classes > 0) {
+            std::vector<int64_t> l(static_cast<size_t>(n));
+            for (int i = 0; i < n; ++i) l[i] = (s + i) % uc.num_classes;
+            targets.insert(targets.end(), l.begin(), l.end());
+            o.labels = Tensor::from_vector_i64(l, {n});
+            if (a->fd_guidance != 0) {
+              o.guidance.cfg_scale = a->fd_guidance;
+              o.guidance.null_labels = Tensor::full({n}, uc.num_classes, DType::i64);
+            }
+          }
+          o.callback = [&](int i, int total, const Tensor&, const Tensor&) {
+            progress.update(s + static_cast<int64_t>(n) * (i + 1) / total);
+          };
+          samples.slice(s, s + n).copy_(diffusion::sample(diffusion::SamplerKind::ddim, *sched, f, o));
+        }
+      }
+      const std::string spec = a->dataset.empty() ? m.config.dataset : a->dataset;
+      train::DatasetOptions data_options;
+      data_options.image_size = uc.image_size;
+      data_options.channels = uc.in_channels == 1 ? 1 : 3;
+      data_options.labels = true;
+      data::Dataset test = train::load_dataset(spec, "test", data_options);
+      const int64_t n = std::min<int64_t>(samples.size(0), test.size());
+      DF_CHECK(n >= 2, "dataset ", spec, " has fewer than 2 images to compare with");
+      const train::ClassifierOutputs fs = train::classify(judge, samples);
+      const train::ClassifierOutputs ft = train::classify(judge, test.images.slice(0, n));
+      const double fd = train::feature_distance(fs.features, ft.features, fs.dim);
+      std::printf("feature distance %.3f  (%lld samples vs %lld %s images of %s, %lld features of %s)\n", fd,
+                  static_cast<long long>(samples.size(0)), static_cast<long long>(n),
+                  test.split == "test" ? "test" : "training", spec.c_str(), static_cast<long long>(fs.dim),
+                  a->fd.c_str());
+      nlohmann::json out{{"checkpoint", a->checkpoint}, {"step", m.step}, {"classifier", a->fd},
+                         {"feature_distance", fd}, {"samples", samples.size(0)}, {"reference_images", n},
+                         {"dataset", spec}, {"split", test.split}};
+      if (!targets.empty()) {
+        int64_t right = 0;
+        for (size_t i = 0; i < targets.size(); ++i) right += fs.labels[i] == targets[i];
+        const double acc = static_cast<double>(right) / static_cast<double>(targets.size());
+        std::printf("label accuracy %.1f%%  (the judge's label equals the sample's class)\n", 100 * acc);
+        out["label_accuracy"] = acc;
+      }
+      if (a->samples.empty()) {
+        out["sampler"] = "ddim";
+        out["steps"] = a->fd_steps;
+        out["guidance"] = a->fd_guidance;
+      }
+      if (!a->json.empty()) {
+        const std::string text = out.dump(2) + "\n";
+        write_file_atomic(a->json, text.data(), text.size());
+        std::printf("wrote %s\n", a->json.c_str());
+      }
+      return;
+    }
     const std::string spec = a->dataset.empty() ? m.config.dataset : a->dataset;
     // An image folder is read at the model's own size and channels (unless its spec says @size),
     // labelled by its sub-folders when the model has classes.

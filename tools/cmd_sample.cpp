@@ -1,11 +1,14 @@
 // `diffuse sample`: images from a checkpoint.
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 
 #include "autograd/tape.h"
 #include "core/check.h"
+#include "core/file_io.h"
 #include "core/image_io.h"
 #include "models/diffusion/sampler.h"
+#include "models/train/classifier.h"
 #include "models/train/device_sampling.h"
 #include "models/train/trainer.h"
 #include "tools/commands.h"
@@ -23,6 +26,8 @@ struct SampleArgs {
   double eta = 0;
   double guidance = 0;
   int label = -1;
+  std::string classifier;
+  double classifier_scale = 1;
   int batch = 64;
   uint64_t seed = 0;
   int count = 64;
@@ -45,7 +50,9 @@ void register_sample(CLI::App& root) {
   cmd->add_option("--steps", a->steps, "sampling steps")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
   cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
-  cmd->add_option("--class", a->label, "class label for a class-conditional model (-1: cycle through the classes)")->capture_default_str();
+  cmd->add_option("--class", a->label, "class label for a class-conditional model or for --classifier (-1: cycle through the classes)")->capture_default_str();
+  cmd->add_option("--classifier", a->classifier, "classifier guidance (Dhariwal & Nichol 2021): a noise-aware classifier from `diffuse train-classifier` steers every step towards --class with the gradient of log p(class | z_t), on any sampler and any model, conditional or not");
+  cmd->add_option("--classifier-scale", a->classifier_scale, "the scale s of classifier guidance: eps <- eps - s sigma_t grad log p(y | z_t)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "images per forward pass")->capture_default_str();
   cmd->add_option("--seed", a->seed, "seed of the starting noise (same seed, same images)")->capture_default_str();
   cmd->add_option("-n,--count", a->count, "number of images")->capture_default_str();
@@ -54,16 +61,18 @@ void register_sample(CLI::App& root) {
   cmd->add_option("--upscale", a->upscale, "integer pixel upscaling of the grid")->capture_default_str();
   cmd->add_flag("--no-ema", a->no_ema, "use the live weights instead of the EMA weights");
   cmd->add_flag("--no-clip", a->no_clip, "do not clip the predicted x0 to [-1, 1]");
-  cmd->add_option("--spacing", a->spacing, "where the sampler's steps sit: linspace, leading, trailing (among a discrete schedule's training steps) or logsnr (uniform in log-SNR, a good grid for dpm++2m); euler and heun take their own sigma ramp")->check(enum_validator<diffusion::Spacing>())->capture_default_str();
+  auto spacing_opt = cmd->add_option("--spacing", a->spacing, "where the sampler's steps sit: linspace, leading, trailing (among a discrete schedule's training steps), logsnr (uniform in log-SNR, a good grid for dpm++2m) or karras (EDM's rho = 7 ramp in sigma from min(sigma(1), 80)). Default: karras for euler and heun, linspace for the others; every sampler walks any of them")->check(enum_validator<diffusion::Spacing>())->default_str("linspace; karras for euler, heun");
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto. On a GPU, ddpm, ddim and vdm on a model without classes run every step on the device (no guidance; a hybrid model's variance with ddpm only); the other samplers and class-conditional models run host-driven with the model on the GPU. Same seed, same images either way, up to float rounding")->check(device_validator())->capture_default_str();
   cmd->add_option("--cuda-graph", a->cuda_graph, "on a GPU, for the samplers that run every step on the device: on captures the whole loop as a CUDA graph once per batch shape and replays it, off launches its kernels one by one (the same images)")->check(enum_validator<OnOff>())->default_str("on");
   cmd->add_flag("--allow-nonfinite", a->allow_nonfinite, "load a checkpoint whose weights hold NaN or Inf (refused otherwise), with a warning naming them");
 
-  cmd->callback([a] {
+  cmd->callback([a, spacing_opt] {
     DF_CHECK(a->count >= 1 && a->batch >= 1 && a->steps >= 1, "--count, --batch and --steps must be at least 1");
     DF_CHECK(a->upscale >= 1 && a->upscale <= 16, "--upscale must be in 1..16");
     const diffusion::SamplerKind kind = diffusion::parse_sampler(a->sampler);
-    const diffusion::Spacing spacing = diffusion::parse_spacing(a->spacing);
+    const bool karras_kind = kind == diffusion::SamplerKind::euler || kind == diffusion::SamplerKind::heun;
+    const diffusion::Spacing spacing = spacing_opt->count() == 0 && karras_kind ? diffusion::Spacing::karras
+                                                                                 : diffusion::parse_spacing(a->spacing);
     Device dev = resolve_device(a->device);
     train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema, a->allow_nonfinite);
     if (!m.nonfinite.empty())
@@ -71,7 +80,22 @@ void register_sample(CLI::App& root) {
                    a->checkpoint.c_str(), m.nonfinite.size(), m.nonfinite[0].c_str(), m.nonfinite.size() > 1 ? ", ..." : "");
     const nn::UNetConfig& uc = m.unet->config();
     DF_CHECK(a->guidance == 0 || uc.num_classes > 0, "--guidance needs a class-conditional model (trained with --class-cond)");
-    DF_CHECK(a->label < uc.num_classes, "--class ", a->label, ": the model has ", uc.num_classes, " classes");
+    std::shared_ptr<train::LoadedClassifier> clf;
+    if (!a->classifier.empty()) {
+      DF_CHECK(std::isfinite(a->classifier_scale), "--classifier-scale must be a finite number");
+      clf = std::make_shared<train::LoadedClassifier>(train::load_classifier(a->classifier, dev));
+      DF_CHECK(clf->config.noise == train::ClassifierNoise::diffusion, a->classifier, " was trained on clean images "
+               "(--noise none); guidance needs a noise-aware classifier (train-classifier --noise diffusion)");
+      DF_CHECK(clf->net->config().image_size == uc.image_size && clf->net->config().in_channels == uc.in_channels,
+               a->classifier, " classifies ", clf->net->config().image_size, "x", clf->net->config().image_size, "x",
+               clf->net->config().in_channels, " images, the model draws ", uc.image_size, "x", uc.image_size, "x",
+               uc.in_channels);
+      DF_CHECK(uc.num_classes == 0 || uc.num_classes == clf->net->num_classes(), "the classifier has ",
+               clf->net->num_classes(), " classes, the model ", uc.num_classes);
+    }
+    const int classes = clf ? clf->net->num_classes() : uc.num_classes;
+    DF_CHECK(a->label < classes, "--class ", a->label, ": ",
+             classes ? "there are " + std::to_string(classes) + " classes" : std::string("the model has no classes (give --classifier)"));
     // A discrete objective's DDPM betas, or a vdm model's continuous (learned or linear log-SNR)
     // schedule, whose times the samplers space uniformly in t.
     const std::shared_ptr<const diffusion::Schedule> sched = train::model_schedule(m);
@@ -82,6 +106,9 @@ void register_sample(CLI::App& root) {
     const diffusion::VarianceKind variance = train::ancestral_variance(m.config);
     const bool learned = variance == diffusion::VarianceKind::learned && kind == diffusion::SamplerKind::ddpm;
     diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev, learned);
+    // An unconditional model guided by a classifier: the labels are the classifier's targets only.
+    if (clf && uc.num_classes == 0)
+      f = [f](const Tensor& z, const Tensor& t, const Tensor&) { return f(z, t, Tensor()); };
     ag::NoGrad ng;
     std::unique_ptr<train::DeviceSampling> device_loop;  // models/train/device_sampling.h
     if (dev.is_cuda()) device_loop = std::make_unique<train::DeviceSampling>(m.unet, m.config, dev, a->cuda_graph);
@@ -101,10 +128,14 @@ void register_sample(CLI::App& root) {
       o.eta = a->eta;
       if (kind == diffusion::SamplerKind::ddpm) o.variance = variance;
       o.spacing = spacing;
-      if (uc.num_classes > 0) {
+      if (classes > 0) {
         std::vector<int64_t> l(static_cast<size_t>(n));
-        for (int i = 0; i < n; ++i) l[i] = a->label >= 0 ? a->label : (start + i) % uc.num_classes;
+        for (int i = 0; i < n; ++i) l[i] = a->label >= 0 ? a->label : (start + i) % classes;
         o.labels = Tensor::from_vector_i64(l, {n});
+        if (clf) {
+          o.guidance.grad_log_p = train::classifier_grad(clf, sched);
+          o.guidance.classifier_scale = a->classifier_scale;
+        }
         if (a->guidance != 0) {
           o.guidance.cfg_scale = a->guidance;
           o.guidance.null_labels = Tensor::full({n}, uc.num_classes, DType::i64);
@@ -134,11 +165,15 @@ void register_sample(CLI::App& root) {
       std::error_code ec;
       fs::create_directories(a->image_dir, ec);
       DF_CHECK(!ec, "cannot create ", a->image_dir, ": ", ec.message());
+      // labels.csv: each image's class, for `diffuse eval --fd --samples` to score.
+      std::string csv = "file,class\n";
       for (int i = 0; i < a->count; ++i) {
         char name[32];
         std::snprintf(name, sizeof name, "%05d.png", i);
         write_png((fs::path(a->image_dir) / name).string(), all.select(i), 1);
+        if (classes > 0) csv += std::string(name) + "," + std::to_string(a->label >= 0 ? a->label : i % classes) + "\n";
       }
+      if (classes > 0) write_file_atomic((fs::path(a->image_dir) / "labels.csv").string(), csv.data(), csv.size());
       std::printf("wrote %d images to %s\n", a->count, a->image_dir.c_str());
     }
   });

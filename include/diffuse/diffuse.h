@@ -189,7 +189,8 @@ DIFFUSE_API diffuse_status diffuse_schedule_timesteps(const diffuse_schedule* sc
 
 /* "ddpm", "ddim", "dpm++2m" (DPM-Solver++(2M)), "euler", "heun" or "vdm" (VDM ancestral).
  * Defaults, those of `diffuse sample`: 50 steps, eta 0, no guidance, clip x0 on, spacing
- * "linspace", batches of 64, prediction eps (for callbacks). */
+ * "karras" for euler and heun and "linspace" for the others, batches of 64, prediction eps (for
+ * callbacks). */
 DIFFUSE_API diffuse_status diffuse_sampler_create(const char* name, diffuse_sampler** out) DIFFUSE_NOEXCEPT;
 DIFFUSE_API void diffuse_sampler_free(diffuse_sampler* sampler) DIFFUSE_NOEXCEPT;
 /* Number of denoising steps, >= 1. */
@@ -206,8 +207,9 @@ DIFFUSE_API diffuse_status diffuse_sampler_set_prediction(diffuse_sampler* sampl
                                                           diffuse_prediction prediction) DIFFUSE_NOEXCEPT;
 /* Clip the predicted x0 (and the result) to [-1, 1]: 1 on (for images), 0 off. */
 DIFFUSE_API diffuse_status diffuse_sampler_set_clip(diffuse_sampler* sampler, int clip) DIFFUSE_NOEXCEPT;
-/* Which steps of a discrete schedule to visit: "linspace", "leading", "trailing" or "logsnr"
- * (uniform in log-SNR: what dpm++2m wants). */
+/* Where the steps sit: "linspace", "leading", "trailing" (among a discrete schedule's steps),
+ * "logsnr" (uniform in log-SNR: a good grid for dpm++2m) or "karras" (EDM's sigma ramp). Every
+ * sampler walks any of them. */
 DIFFUSE_API diffuse_status diffuse_sampler_set_spacing(diffuse_sampler* sampler, const char* spacing) DIFFUSE_NOEXCEPT;
 /* At most this many samples per denoiser call (>= 1). Batch k (0-based, of `batch` samples)
  * draws its noise from seed + k * batch * 0x9E3779B97F4A7C15, as `diffuse sample` does, so the

@@ -217,11 +217,39 @@ Tensor grid_sampler(const Schedule& sch, const Denoiser& f, const SamplerOptions
 
 const DiscreteSchedule* as_discrete(const Schedule& s) { return dynamic_cast<const DiscreteSchedule*>(&s); }
 
+// The default sigma_max of the karras spacing is the schedule's own sigma at t = 1, capped at
+// EDM's sigma_max = 80 (Karras et al. 2022, sec. 5 and Table 1; in log-SNR, lambda >= -log 80,
+// the role of diffusers' lambda_min_clipped). The cosine schedule's last beta is clipped to 0.999,
+// which puts its t = 1 at sigma = 2e4: a rho = 7 ramp from there spends more than half its steps
+// above sigma = 80, where data of unit scale is under 1/80 of z and the ODE is a plain rescaling,
+// and leaves the remaining steps too long (Heun at 10 calls erred 40x more than DDIM, and at 50
+// calls 6x more). Starting at 80 reads z_1 as a sample of that level, an error of about
+// alpha(80) = 1/80 of the data mean, far below the solver error at 50 calls. The linear schedule
+// (sigma(1) = 157) gains a little too; VDM's (12.2) is unchanged.
+constexpr double kKarrasSigmaMaxCap = 80.0;
+
+// The karras spacing's sigmas, sigma_max > ... > sigma_min, 0 (o.steps + 1 values).
+std::vector<double> karras_ramp(const Schedule& sch, const SamplerOptions& o) {
+  DF_CHECK(o.steps >= 1, "sampler: steps = ", o.steps);
+  double smax = o.sigma_max, smin = o.sigma_min;
+  if (smax <= 0) smax = std::min(std::exp(0.5 * sch.gamma(1.0)), kKarrasSigmaMaxCap);
+  if (smin <= 0) {
+    const DiscreteSchedule* d = as_discrete(sch);
+    smin = std::exp(0.5 * sch.gamma(d ? d->t_of(0) : 0.0));
+  }
+  return karras_sigmas(o.steps, smin, smax, o.rho);
+}
+
 }  // namespace
 
 std::vector<double> sampling_times(const Schedule& s, const SamplerOptions& o) {
   std::vector<double> ts;
-  if (const DiscreteSchedule* d = as_discrete(s)) {
+  if (o.spacing == Spacing::karras && o.timesteps.empty() && o.section_counts.empty()) {
+    // The EDM ramp's sigmas as times of the schedule (between a discrete schedule's steps), down
+    // to its last nonzero sigma; then t = 0.
+    const std::vector<double> sig = karras_ramp(s, o);
+    for (size_t k = 0; k + 1 < sig.size(); ++k) ts.push_back(s.t_from_gamma(2.0 * std::log(sig[k])));
+  } else if (const DiscreteSchedule* d = as_discrete(s)) {
     std::vector<int> use = o.timesteps;
     if (use.empty()) use = o.section_counts.empty() ? spaced_timesteps(*d, o.steps, o.spacing)
                                                     : section_timesteps(d->T(), o.section_counts);
@@ -371,27 +399,21 @@ Tensor scaled(const Tensor& x, double k) {
   return out;
 }
 
-// The default sigma_max of the Karras samplers is the schedule's own sigma at t = 1, capped at
-// EDM's sigma_max = 80 (Karras et al. 2022, sec. 5 and Table 1; in log-SNR, lambda >= -log 80,
-// the role of diffusers' lambda_min_clipped). The cosine schedule's last beta is clipped to 0.999,
-// which puts its t = 1 at sigma = 2e4: a rho = 7 ramp from there spends more than half its steps
-// above sigma = 80, where data of unit scale is under 1/80 of z and the ODE is a plain rescaling,
-// and leaves the remaining steps too long (Heun at 10 calls erred 40x more than DDIM, and at 50
-// calls 6x more). Starting at 80 reads z_1 as a sample of that level, an error of about
-// alpha(80) = 1/80 of the data mean, far below the solver error at 50 calls. The linear schedule
-// (sigma(1) = 157) gains a little too; VDM's (12.2) is unchanged.
-constexpr double kKarrasSigmaMaxCap = 80.0;
-
+// Euler and Heun walk the sigmas of the spacing: the karras ramp itself (to sigma = 0), or the
+// grid samplers' times (sampling_times) as sigma = exp(gamma / 2), ending where those end: t = 0,
+// sigma = 0 on a discrete schedule, sigma(0) on a continuous one (and then x = z / alpha(0), the
+// grid samplers' result too).
 Tensor karras_sampler(const Schedule& sch, const Denoiser& f, const SamplerOptions& o, bool heun) {
   DF_CHECK(o.steps >= 1, "sampler: steps = ", o.steps);
-  double smax = o.sigma_max, smin = o.sigma_min;
-  if (smax <= 0) smax = std::min(std::exp(0.5 * sch.gamma(1.0)), kKarrasSigmaMaxCap);
-  if (smin <= 0) {
-    const DiscreteSchedule* d = as_discrete(sch);
-    smin = std::exp(0.5 * sch.gamma(d ? d->t_of(0) : 0.0));
+  std::vector<double> sig;
+  if (o.spacing == Spacing::karras && o.timesteps.empty() && o.section_counts.empty()) {
+    sig = karras_ramp(sch, o);
+  } else {
+    for (double t : sampling_times(sch, o)) sig.push_back(std::exp(0.5 * sch.gamma(t)));
+    if (as_discrete(sch)) sig.back() = 0;  // t = 0 of a discrete schedule is the data
   }
-  const std::vector<double> sig = karras_sigmas(o.steps, smin, smax, o.rho);
-  const int n = o.steps;
+  const int n = static_cast<int>(sig.size()) - 1;
+  const double smax = sig[0];
   // x_N = z_1 / alpha: the VP prior N(0, I) at sigma_max seen in x = z / alpha.
   Tensor x = scaled(initial_latent(o), std::sqrt(1.0 + smax * smax));
   SamplerOptions det = o;
@@ -409,7 +431,11 @@ Tensor karras_sampler(const Schedule& sch, const Denoiser& f, const SamplerOptio
     c.c_x0 = static_cast<float>(1.0 - sn / l.sigma);
     Tensor x0;
     Tensor x_next = run_step(e, z, c, det, 0, Tensor(), &x0);
-    if (heun && sn > 0) {
+    // Heun's trapezoid weighs the slope at sn by the whole step: from above EDM's sigma_max (a grid
+    // that starts at the cosine schedule's sigma(1) = 2e4) down to sigma ~ 1 that is a factor of
+    // 1e4 on a slope valid only near sn, and the step diverged (error 1e3 at 10 calls). Such a step
+    // is taken at first order: from there the ODE is a rescaling that Euler follows exactly.
+    if (heun && sn > 0 && l.sigma <= kKarrasSigmaMaxCap) {
       // Heun's correction (Algorithm 1, line 7-8): x + (sn - s)/2 (d + d'), with
       // x + (sn - s)/2 d = (x + x_euler)/2 and d' = (x_euler - D(x_euler; sn)) / sn.
       const KarrasLevel ln = karras_level(sch, sn);
@@ -457,6 +483,7 @@ Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const Samp
     default: return sample_heun(s, f, o);
   }
 }
+
 
 Tensor slerp(const Tensor& x, const Tensor& y, double a) {
   check_same_shape(x, y, "slerp");

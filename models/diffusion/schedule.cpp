@@ -194,6 +194,7 @@ std::vector<int> spaced_timesteps(int T, int steps, Spacing spacing) {
         s.insert(static_cast<int>(std::nearbyint(T - k * (static_cast<double>(T) / steps))) - 1);
         break;
       case Spacing::logsnr: DF_FAIL("spaced_timesteps: logsnr spacing needs the schedule");
+      case Spacing::karras: DF_FAIL("spaced_timesteps: karras spacing gives continuous times (sampling_times)");
     }
   }
   return {s.begin(), s.end()};

@@ -104,10 +104,12 @@ enum class Spacing {
   trailing,  // round(arange(T, 0, -T/steps)) - 1 (Lin et al. 2024, "Common diffusion noise schedules ... are flawed", Table 2)
   logsnr,    // uniform in log-SNR between the ends, nearest steps (Lu et al. 2022, DPM-Solver, sec. 3.4):
              // a good grid for multistep solvers; needs the schedule, so only the overload below.
+  karras,    // EDM's rho = 7 ramp in sigma (Karras et al. 2022, eq. 5; karras_sigmas below): continuous
+             // times, between a discrete schedule's steps, so only the samplers' sampling_times.
 };
 inline constexpr EnumName<Spacing> kSpacingNames[] = {
     {Spacing::linspace, "linspace"}, {Spacing::leading, "leading"}, {Spacing::trailing, "trailing"},
-    {Spacing::logsnr, "logsnr"}};
+    {Spacing::logsnr, "logsnr"}, {Spacing::karras, "karras"}};
 constexpr std::span<const EnumName<Spacing>> enum_table(Spacing) { return kSpacingNames; }
 // The one parser of spacing names (the CLI's --spacing, and the C API's
 // diffuse_sampler_set_spacing): "unknown spacing 'x' (expected linspace, leading, trailing or logsnr)".

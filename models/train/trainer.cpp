@@ -34,6 +34,7 @@
 #include "models/train/device_trainer.h"
 #include "models/train/ema.h"
 #include "models/train/optim.h"
+#include "models/train/run_folder.h"
 
 namespace fs = std::filesystem;
 
@@ -376,166 +377,12 @@ enum Stream : uint64_t { kTimesteps = 1, kNoise = 2, kLabelDrop = 3, kDropout = 
 
 uint64_t stream(int64_t step, Stream s) { return static_cast<uint64_t>(step) * kStreams + s; }
 
-// An exclusive lock on the output folder for the life of the run: two runs writing the same
-// checkpoints would corrupt each other's resume.
-class FolderLock {
- public:
-  explicit FolderLock(const std::string& dir) {
-    path_ = (fs::path(dir) / ".lock").string();
-    // A refused run removes the lock file it made (OutputFolder), so the file a run opened may be
-    // unlinked by the time its flock succeeds; such a lock guards nothing, and the run tries again
-    // on whatever file the path names now.
-    for (int attempt = 0;; ++attempt) {
-      fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-      DF_CHECK(fd_ >= 0, "cannot create the lock file ", path_, ": ", std::strerror(errno));
-      if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
-        char buf[32] = {0};
-        ssize_t n = ::pread(fd_, buf, sizeof buf - 1, 0);
-        ::close(fd_);
-        fd_ = -1;
-        DF_FAIL("the output folder ", dir, " is in use by another run (process ", n > 0 ? buf : "?",
-                " holds ", path_, "); wait for it or choose another --out");
-      }
-      struct stat held {}, named {};
-      if (::fstat(fd_, &held) == 0 && ::stat(path_.c_str(), &named) == 0 && held.st_ino == named.st_ino &&
-          held.st_dev == named.st_dev)
-        break;
-      ::close(fd_);
-      fd_ = -1;
-      DF_CHECK(attempt < 100, "cannot lock the output folder ", dir, ": its lock file ", path_,
-               " keeps being replaced");
-    }
-    std::string pid = std::to_string(::getpid());
-    if (::ftruncate(fd_, 0) == 0 && ::pwrite(fd_, pid.data(), pid.size(), 0) < 0) {
-      // the pid is only informative; the lock itself is what matters
-    }
-  }
-  ~FolderLock() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  // Unlinks the lock file while still holding it (so no other run can have locked that file
-  // meanwhile), then lets go.
-  void remove() {
-    if (fd_ < 0) return;
-    ::unlink(path_.c_str());
-    ::close(fd_);
-    fd_ = -1;
-  }
-  FolderLock(const FolderLock&) = delete;
-  FolderLock& operator=(const FolderLock&) = delete;
-
- private:
-  std::string path_;
-  int fd_ = -1;
-};
-
-// Fails now, not after an hour of training, when the output folder cannot be written.
-void check_writable(const std::string& dir) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  DF_CHECK(!ec, "cannot create the output folder ", dir, ": ", ec.message());
-  std::string probe = (fs::path(dir) / ".write-test").string();
-  write_file_atomic(probe, "ok", 2);
-  fs::remove(probe, ec);
-}
-
-// The output folder of a run: made (with any missing parents) and locked. Until keep(), the run is
-// still being set up, and a refusal (a bad dataset, a config the model cannot take) leaves the
-// disk as it found it: the folders this run made are removed, and in a folder that existed only
-// the lock file this run made goes.
-class OutputFolder {
- public:
-  explicit OutputFolder(const std::string& dir) : dir_(dir) {
-    std::error_code ec;
-    const fs::path top = fs::absolute(dir, ec).lexically_normal();
-    for (fs::path p = top; p.has_relative_path(); p = p.parent_path()) {
-      // Only a path that surely is not there yet is one this run makes (an error reading it is not).
-      if (fs::symlink_status(p, ec).type() != fs::file_type::not_found) break;
-      made_.push_back(p);  // deepest first
-    }
-    ec.clear();
-    lock_existed_ = fs::exists(fs::symlink_status(fs::path(dir) / ".lock", ec));
-    try {
-      check_writable(dir);
-      lock_.emplace(dir);
-    } catch (...) {
-      undo();
-      throw;
-    }
-  }
-  ~OutputFolder() {
-    if (!kept_) undo();
-  }
-  // Setup is over: from here on what the run writes stays, whatever happens.
-  void keep() { kept_ = true; }
-  OutputFolder(const OutputFolder&) = delete;
-  OutputFolder& operator=(const OutputFolder&) = delete;
-
- private:
-  void undo() {
-    if (lock_) {
-      if (lock_existed_) lock_.reset();
-      else lock_->remove();
-    }
-    // Only empty folders go: anything another process put there meanwhile stays, and so do they.
-    std::error_code ec;
-    for (const fs::path& p : made_) fs::remove(p, ec);
-  }
-  std::string dir_;
-  std::vector<fs::path> made_;
-  bool lock_existed_ = false;
-  bool kept_ = false;
-  std::optional<FolderLock> lock_;
-};
-
-// write_file_atomic writes `<name>.tmp.<pid>` and renames it; a run killed in between leaves
-// that temporary behind, and every kill during a checkpoint write would leave a checkpoint-sized
-// file (found by the kill test, tests/tools/kill_test.cpp). Called with the folder lock held, so
-// no other run can be writing them: only the names the trainer itself writes are removed.
-void remove_stale_temporaries(const std::string& dir) {
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(dir, ec)) {
-    const std::string name = e.path().filename().string();
-    const size_t tmp = name.rfind(".tmp.");
-    if (tmp == std::string::npos || tmp + 5 == name.size() ||
-        name.find_first_not_of("0123456789", tmp + 5) != std::string::npos)
-      continue;
-    const std::string base = name.substr(0, tmp);
-    const bool ours = base == "checkpoint.safetensors" || base == ".write-test" ||
-                      (base.rfind("samples_", 0) == 0 && base.size() > 4 && base.compare(base.size() - 4, 4, ".png") == 0);
-    if (ours) fs::remove(e.path(), ec);
-  }
-}
-
 std::string idx_file(const std::string& dir, const std::string& stem) {
   for (const char* ext : {"-ubyte.gz", "-ubyte", ".gz", ""}) {
     std::string p = (fs::path(dir) / (stem + ext)).string();
     if (fs::exists(p)) return p;
   }
   DF_FAIL("dataset folder ", dir, " has no ", stem, "-ubyte[.gz]");
-}
-
-bool all_finite(const Tensor& t) {
-  for (float v : t.to_vector())
-    if (!std::isfinite(v)) return false;
-  return true;
-}
-
-// The floating-point tensors of a checkpoint that hold NaN or Inf, by name. The trainer never
-// writes one (write_checkpoint refuses), so such a file was damaged or made elsewhere; sampling
-// from it would give a grid of noise without a word.
-std::vector<std::string> nonfinite_tensors(const SafeTensors& st) {
-  std::vector<std::string> bad;
-  for (const auto& [name, t] : st.tensors)
-    if (dtype_is_float(t.dtype()) && !all_finite(t)) bad.push_back(name);
-  return bad;
-}
-
-std::string name_list(const std::vector<std::string>& names, size_t at_most = 3) {
-  std::string out;
-  for (size_t i = 0; i < names.size() && i < at_most; ++i) out += (i ? ", " : "") + names[i];
-  if (names.size() > at_most) out += " and " + std::to_string(names.size() - at_most) + " more";
-  return out;
 }
 
 }  // namespace
@@ -832,7 +679,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   if (r.cfg.device == "auto" && !cuda_available()) (void)resolve_device("auto");  // its one notice: no GPU, and why
   // Until folder.keep() below, a refusal leaves the disk as it was.
   OutputFolder folder(r.cfg.out_dir);
-  remove_stale_temporaries(r.cfg.out_dir);
+  remove_stale_temporaries(r.cfg.out_dir, "checkpoint.safetensors");
   const std::string ckpt = checkpoint_path(r.cfg);
   SafeTensors resumed;
   bool resuming = resume && fs::exists(ckpt);

@@ -69,9 +69,9 @@ const std::vector<Row>& error_table() {
       std::vector<Grid> grids;
       if (sch != &vdm)
         grids = {{"linspace", Spacing::linspace}, {"leading", Spacing::leading}, {"trailing", Spacing::trailing},
-                 {"logsnr", Spacing::logsnr}};
+                 {"logsnr", Spacing::logsnr}, {"karras", Spacing::karras}};
       else  // gamma is linear in t: the uniform-t grid is the log-SNR grid
-        grids = {{"logsnr", Spacing::logsnr}};
+        grids = {{"logsnr", Spacing::logsnr}, {"karras", Spacing::karras}};
       const double a1 = sch->alpha(1.0), s1 = sch->sigma(1.0);
       // Grid samplers end at t = 0 and divide by alpha(0) (< 1 on the continuous schedule); the
       // Karras samplers end at sigma = 0.
@@ -93,8 +93,11 @@ const std::vector<Row>& error_table() {
           };
           r.ddim = run(SamplerKind::ddim, calls, want, &r.calls_ddim);
           r.dpmpp_2m = run(SamplerKind::dpmpp_2m, calls, want, &r.calls_2m);
-          r.euler = run(SamplerKind::euler, calls, want_k, &r.calls_euler);
-          r.heun = run(SamplerKind::heun, calls / 2, want_k, &r.calls_heun);
+          // Euler and Heun walk the same grid and end where DDIM ends, except on the karras
+          // ramp, which ends at sigma = 0.
+          const Tensor& end = grid.spacing == Spacing::karras ? want_k : want;
+          r.euler = run(SamplerKind::euler, calls, end, &r.calls_euler);
+          r.heun = run(SamplerKind::heun, calls / 2, end, &r.calls_heun);
           out.push_back(r);
         }
     }
@@ -114,8 +117,11 @@ TEST_CASE("samplers are compared at equal model calls", "[cpu][diffusion]") {
     // (the cosine schedule's last steps): fewer calls, the same for both grid samplers.
     CHECK(r.calls_ddim <= r.calls);
     CHECK(r.calls_2m == r.calls_ddim);
-    CHECK(r.calls_euler == r.calls);
-    CHECK(r.calls_heun == r.calls - 1);
+    // Euler walks the same grid as DDIM; Heun a grid of calls / 2 steps, twice per step except the
+    // last onto sigma = 0 and a step from above sigma = 80 (sampler.cpp says why).
+    CHECK(r.calls_euler == r.calls_ddim);
+    CHECK(r.calls_heun <= r.calls);
+    CHECK(r.calls_heun >= r.calls / 2);
   }
 }
 
@@ -128,32 +134,29 @@ TEST_CASE("DPM-Solver++(2M) is at least as accurate as DDIM on every spacing", "
   }
 }
 
-TEST_CASE("Euler and Heun against DDIM at equal calls on trailing and log-SNR grids", "[cpu][diffusion]") {
-  // "Matches" is within 5%: Euler on the linear schedule's log-SNR grid is 1% from DDIM.
-  const double match = 1.05;
+TEST_CASE("Euler and Heun against DDIM at equal calls", "[cpu][diffusion]") {
   for (const Row& r : error_table()) {
-    if (!fine_grid(r)) continue;
     INFO(r.str());
-    // Heun at 50 calls (25 steps) beats DDIM everywhere (1.2x to 4x).
+    // Euler is DDIM's update in x = z / alpha, (sn/s) x + (1 - sn/s) D, on the same grid: the same
+    // numbers up to float rounding in a different order of operations.
+    CHECK(std::fabs(r.euler - r.ddim) <= 1e-3 * r.ddim);
+    // Heun at 50 calls (25 steps) beats DDIM on every grid (1.2x to 8x measured).
     if (r.calls == 50) CHECK(r.heun <= r.ddim);
-    // Euler is DDIM's update in x = z / alpha, so the two differ only in the grid: the EDM
-    // rho = 7 ramp against the spacing's. It matches or beats DDIM on log-SNR grids; on trailing
-    // grids DDIM's grid is the better one for this data, 1.3x (linear) to 2x (cosine) at every
-    // step count. A property of the EDM ramp, not of the solver; the bound keeps it from growing.
-    if (r.spacing == "logsnr") CHECK(r.euler <= match * r.ddim);
-    else CHECK(r.euler <= 2.2 * r.ddim);
-    // Heun at 10 and 20 calls (5 and 10 steps) is a second-order method on steps too long for
-    // it: at 5 steps the linear schedule's ramp 80, 20, 3.5, 0.34, 0.01, 0 puts one trapezoid
-    // step across sigma = 3.5 -> 0.34, where data of unit scale is resolved, and its error is
-    // 2.6x to 8x DDIM's; at 10 steps it is 1.7x to 2.6x behind on trailing grids and between
-    // 1.3x behind and 1.25x ahead on log-SNR ones. Bounded here at what was measured, so a
-    // regression shows; docs/diffusion.md has the table.
-    if (r.calls == 10) CHECK(r.heun <= 9.0 * r.ddim);
-    if (r.calls == 20) CHECK(r.heun <= (r.spacing == "logsnr" ? 1.35 : 2.9) * r.ddim);
+    // On trailing grids it beats DDIM at every budget (1.1x to 4x measured).
+    if (r.spacing == "trailing") CHECK(r.heun <= r.ddim);
+    // At 10 and 20 calls (5 and 10 steps) on the log-SNR and karras grids it loses: their sigmas
+    // shrink geometrically (about 7x a step on the linear schedule's log-SNR grid at 5 steps), and
+    // the trapezoid, which weighs the slope at the next sigma by the whole step, is a poor rule
+    // for such steps: 6x to 13x DDIM's error at 10 calls, 1.3x to 3.1x at 20. Bounded at what
+    // was measured, so a regression shows; docs/diffusion.md has the table.
+    if (r.spacing == "logsnr" || r.spacing == "karras") {
+      if (r.calls == 10) CHECK(r.heun <= 16.0 * r.ddim);
+      if (r.calls == 20) CHECK(r.heun <= 3.5 * r.ddim);
+    }
   }
 }
 
-TEST_CASE("Euler and Heun start at the schedule's sigma(1), capped at EDM's sigma_max = 80", "[cpu][diffusion]") {
+TEST_CASE("the karras spacing starts at the schedule's sigma(1), capped at EDM's sigma_max = 80", "[cpu][diffusion]") {
   DiscreteSchedule lin = DiscreteSchedule::linear(), cos = DiscreteSchedule::cosine();
   LinearLogSNR vdm;
   const Mixture g = data();
@@ -170,6 +173,7 @@ TEST_CASE("Euler and Heun start at the schedule's sigma(1), capped at EDM's sigm
       o.shape = Shape{4, g.D()};
       o.seed = test::next_seed();
       o.steps = 5;
+      o.spacing = Spacing::karras;
       o.sigma_max = given;
       sample_heun(*sch, f, o);
       const double own = std::exp(0.5 * sch->gamma(1.0));
