@@ -24,6 +24,8 @@ struct SampleArgs {
   std::string sampler = "ddim";
   int steps = 50;
   double eta = 0;
+  int corrector_steps = 1;
+  double snr = 0.16;
   double guidance = 0;
   int label = -1;
   std::string classifier;
@@ -46,9 +48,11 @@ void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
   auto a = std::make_shared<SampleArgs>();
   cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
-  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun or vdm (ddpm uses the model's variance: beta_tilde, beta as its config says, or a hybrid model's learned one; all take a vdm model's continuous, possibly learned, schedule)")->check(enum_validator<diffusion::SamplerKind>())->capture_default_str();
-  cmd->add_option("--steps", a->steps, "sampling steps")->capture_default_str();
+  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun, vdm, langevin (annealed Langevin dynamics over --steps noise levels) or pc (predictor-corrector: the ddpm step after --corrector-steps Langevin steps) (ddpm and pc use the model's variance: beta_tilde, beta as its config says, or a hybrid model's learned one; all take a vdm model's continuous, possibly learned, schedule)")->check(enum_validator<diffusion::SamplerKind>())->capture_default_str();
+  cmd->add_option("--steps", a->steps, "sampling steps (langevin: noise levels; pc: predictor steps)")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
+  CLI::Option* corrector_opt = cmd->add_option("--corrector-steps", a->corrector_steps, "langevin: Langevin steps at each noise level (1 or more); pc: Langevin corrector steps before each predictor step (0: the ddpm sampler exactly)")->capture_default_str();
+  CLI::Option* snr_opt = cmd->add_option("--snr", a->snr, "langevin and pc: the signal-to-noise ratio r of the Langevin step size (langevin: h = 2 alpha (r sigma_t)^2; pc: h = 2 alpha (r ||z|| / ||score||)^2; Song et al. 2021)")->capture_default_str();
   cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
   cmd->add_option("--class", a->label, "class label for a class-conditional model or for --classifier (-1: cycle through the classes)")->capture_default_str();
   cmd->add_option("--classifier", a->classifier, "classifier guidance (Dhariwal & Nichol 2021): a noise-aware classifier from `diffuse train-classifier` steers every step towards --class with the gradient of log p(class | z_t), on any sampler and any model, conditional or not");
@@ -66,10 +70,18 @@ void register_sample(CLI::App& root) {
   cmd->add_option("--cuda-graph", a->cuda_graph, "on a GPU, for the samplers that run every step on the device: on captures the whole loop as a CUDA graph once per batch shape and replays it, off launches its kernels one by one (the same images)")->check(enum_validator<OnOff>())->default_str("on");
   cmd->add_flag("--allow-nonfinite", a->allow_nonfinite, "load a checkpoint whose weights hold NaN or Inf (refused otherwise), with a warning naming them");
 
-  cmd->callback([a, spacing_opt] {
+  cmd->callback([a, corrector_opt, snr_opt, spacing_opt] {
     DF_CHECK(a->count >= 1 && a->batch >= 1 && a->steps >= 1, "--count, --batch and --steps must be at least 1");
     DF_CHECK(a->upscale >= 1 && a->upscale <= 16, "--upscale must be in 1..16");
     const diffusion::SamplerKind kind = diffusion::parse_sampler(a->sampler);
+    // The Langevin samplers' settings (models/diffusion/langevin.h); no other sampler reads them.
+    const bool ald = kind == diffusion::SamplerKind::langevin, pc = kind == diffusion::SamplerKind::pc;
+    DF_CHECK(ald || pc || (corrector_opt->count() == 0 && snr_opt->count() == 0), "--corrector-steps and --snr "
+             "apply to --sampler langevin and pc, not ", a->sampler);
+    DF_CHECK(a->corrector_steps >= (ald ? 1 : 0), "--corrector-steps ", a->corrector_steps, ": ",
+             ald ? "langevin takes 1 or more steps per noise level" : "must be 0 or more");
+    DF_CHECK(std::isfinite(a->snr) && a->snr > 0, "--snr ", a->snr, ": must be a positive number (the score-SDE "
+             "default is 0.16)");
     const bool karras_kind = kind == diffusion::SamplerKind::euler || kind == diffusion::SamplerKind::heun;
     const diffusion::Spacing spacing = spacing_opt->count() == 0 && karras_kind ? diffusion::Spacing::karras
                                                                                  : diffusion::parse_spacing(a->spacing);
@@ -104,7 +116,9 @@ void register_sample(CLI::App& root) {
     // on the respaced betas) is used where the sampler has a variance to choose: DDPM ancestral
     // steps. The other samplers take the eps channels alone.
     const diffusion::VarianceKind variance = train::ancestral_variance(m.config);
-    const bool learned = variance == diffusion::VarianceKind::learned && kind == diffusion::SamplerKind::ddpm;
+    // pc's predictor is the ddpm step, with the same variance.
+    const bool ancestral = kind == diffusion::SamplerKind::ddpm || pc;
+    const bool learned = variance == diffusion::VarianceKind::learned && ancestral;
     diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev, learned);
     // An unconditional model guided by a classifier: the labels are the classifier's targets only.
     if (clf && uc.num_classes == 0)
@@ -126,7 +140,9 @@ void register_sample(CLI::App& root) {
       o.prediction = pred;
       o.clip_x0 = !a->no_clip;
       o.eta = a->eta;
-      if (kind == diffusion::SamplerKind::ddpm) o.variance = variance;
+      o.corrector_steps = a->corrector_steps;
+      o.snr = a->snr;
+      if (ancestral) o.variance = variance;
       o.spacing = spacing;
       if (classes > 0) {
         std::vector<int64_t> l(static_cast<size_t>(n));

@@ -35,6 +35,7 @@ void register_train(CLI::App& root) {
   cmd->add_option_function<double>("--beta-start", [cfg](const double& b) { cfg->beta_start = b; }, "first beta of a linear or scaled_linear schedule, in (0, 1), as given (default: DDPM's 1e-4 x 1000 / T)");
   cmd->add_option_function<double>("--beta-end", [cfg](const double& b) { cfg->beta_end = b; }, "last beta of a linear or scaled_linear schedule, in (0, 1), as given (default: DDPM's 0.02 x 1000 / T)");
   cmd->add_option("--loss-weight", cfg->loss_weight, "per-sample loss weight: none or min-snr (gamma 5)")->check(enum_validator<train::LossWeight>())->capture_default_str();
+  cmd->add_option("--t-sampling", cfg->t_sampling, "how training steps t are drawn: uniform, or importance (--objective hybrid only; improved DDPM's sampler: p_t proportional to sqrt(E[L_t^2]) over each step's last 10 losses, uniform until every step has 10, the loss weighted by 1/(T p_t); the history is saved in the checkpoint)")->check(enum_validator<train::TSampling>())->capture_default_str();
   cmd->add_option("--lr", cfg->lr, "AdamW learning rate")->capture_default_str();
   cmd->add_option("--beta1", cfg->beta1, "AdamW beta1")->capture_default_str();
   cmd->add_option("--beta2", cfg->beta2, "AdamW beta2")->capture_default_str();
@@ -87,6 +88,7 @@ void register_train(CLI::App& root) {
         for (char& ch : key) if (ch == '-') ch = '_';
         if (key == "out") key = "out_dir";
         if (flags.contains(key)) merged[key] = flags[key];
+        else merged.erase(key);  // a key to_json writes only when not the default, given as the default
       }
       c = train::TrainConfig::from_json(merged);
     }

@@ -80,17 +80,37 @@ ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& 
 }
 
 HybridLoss hybrid_loss(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0, const Tensor& xt,
-                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda) {
+                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda,
+                       const std::vector<double>& importance) {
   DF_CHECK(out.defined() && out.dim() == xt.dim() && out.size(-1) == 2 * xt.size(-1), "hybrid_loss: the network "
            "returned ", out.defined() ? out.value().str() : std::string("nothing"), " for x_t ", xt.str(),
            " (a learned variance needs 2C channels: eps, then the variance)");
-  const int64_t C = xt.size(-1);
+  const int64_t C = xt.size(-1), B = xt.size(0);
+  DF_CHECK(importance.empty() || static_cast<int64_t>(importance.size()) == B, "hybrid_loss: ", importance.size(),
+           " importance weights for a batch of ", B);
   ag::Var eps_hat = ag::slice_last(out, 0, C);
   ag::Var raw = ag::slice_last(out, C, 2 * C);
   HybridLoss h;
-  h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), weights);
   // eps_hat.value() is a plain tensor: the stop-gradient on the mean.
-  h.vlb = ag::mean_all(learned_variance_vlb(s, steps, x0, xt, eps_hat.value(), raw, Prediction::eps));
+  ag::Var vlb = learned_variance_vlb(s, steps, x0, xt, eps_hat.value(), raw, Prediction::eps);
+  const std::vector<float> w = weights.to(Device::cpu()).to_vector();
+  const std::vector<float> mse_b = mse_per_sample(eps_hat.value().to(Device::cpu()), eps.to(Device::cpu())).to_vector();
+  const std::vector<float> vlb_b = vlb.value().to(Device::cpu()).to(DType::f32).to_vector();
+  for (int64_t b = 0; b < B; ++b)
+    h.per_sample.push_back(static_cast<double>(w[b]) * mse_b[b] + lambda * s.T() * static_cast<double>(vlb_b[b]));
+  if (importance.empty()) {
+    h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), weights);
+    h.vlb = ag::mean_all(vlb);
+  } else {
+    std::vector<float> uw(B), u(B);
+    for (int64_t b = 0; b < B; ++b) {
+      u[b] = static_cast<float>(importance[b]);
+      uw[b] = u[b] * w[b];
+    }
+    h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), Tensor::from_vector(uw, {B}, weights.device()));
+    const Tensor ut = Tensor::from_vector(u, {B}, vlb.value().device()).to(vlb.value().dtype());
+    h.vlb = ag::mean_all(ag::mul(vlb, ag::Var(ut)));
+  }
   h.loss = ag::add(h.mse, ag::mul_scalar(h.vlb, lambda * s.T()));
   return h;
 }

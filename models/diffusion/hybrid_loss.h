@@ -39,12 +39,18 @@ ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& 
 
 struct HybridLoss {
   ag::Var loss;  // {1}: mse + lambda T vlb
-  ag::Var mse;   // {1}: mean_b w_b ||eps - eps_hat||^2 / N on the first C channels
-  ag::Var vlb;   // {1}: mean_b L_{t_b}, bits per dim (gradient into the last C channels only)
+  ag::Var mse;   // {1}: mean_b u_b w_b ||eps - eps_hat||^2 / N on the first C channels
+  ag::Var vlb;   // {1}: mean_b u_b L_{t_b}, bits per dim (gradient into the last C channels only)
+  // (B) each sample's own loss w_b ||eps - eps_hat||^2 / N + lambda T L_{t_b}, without u_b: what
+  // importance sampling of t records per step (LossSecondMomentResampler::update).
+  std::vector<double> per_sample;
 };
 // out (B, ..., 2C) the network's output, eps the noise behind xt = alpha x0 + sigma eps, weights
-// (B) per-sample weights of the mse part (1, or Min-SNR; not applied to the VLB).
+// (B) per-sample weights of the mse part (1, or Min-SNR; not applied to the VLB). importance: (B)
+// weights u_b of each sample's whole loss, 1 / (T p_t) when t was drawn from p_t (improved DDPM
+// sec. 3.3), so the loss stays an unbiased estimate of the uniform-t loss; empty: all 1.
 HybridLoss hybrid_loss(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0, const Tensor& xt,
-                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda = 1e-3);
+                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda = 1e-3,
+                       const std::vector<double>& importance = {});
 
 }  // namespace diffuse::diffusion

@@ -396,6 +396,20 @@ void LossSecondMomentResampler::update(const std::vector<int>& t, const std::vec
   }
 }
 
+LossSecondMomentResampler::State LossSecondMomentResampler::state() const {
+  return State{hist_, std::vector<int64_t>(count_.begin(), count_.end())};
+}
+
+void LossSecondMomentResampler::set_state(const State& s) {
+  DF_CHECK(s.losses.size() == hist_.size() && s.counts.size() == count_.size(), "loss history of ", s.counts.size(),
+           " steps x ", s.counts.empty() ? 0 : s.losses.size() / s.counts.size(), " values, expected ", T_, " x ",
+           history_);
+  for (int64_t c : s.counts) DF_CHECK(c >= 0 && c <= history_, "loss history: a count of ", c, " outside [0, ", history_, "]");
+  for (double v : s.losses) DF_CHECK(std::isfinite(v), "loss history: a loss of ", v);
+  hist_ = s.losses;
+  count_.assign(s.counts.begin(), s.counts.end());
+}
+
 std::vector<int> uniform_timesteps(int T, int batch, uint64_t seed, uint64_t offset) {
   std::vector<int> t(batch);
   for (int b = 0; b < batch; ++b)

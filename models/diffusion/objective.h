@@ -129,6 +129,18 @@ class LossSecondMomentResampler {
   Draw sample(int batch, uint64_t seed, uint64_t offset = 0) const;
   void update(const std::vector<int>& t, const std::vector<double>& losses);
   bool warmed_up() const;
+  int T() const { return T_; }
+  int history() const { return history_; }
+  // What a checkpoint keeps, so that a resumed run draws what the uninterrupted run would have:
+  // each t's last `history` losses, oldest first (T x history; unfilled slots 0), and how many it
+  // has (T). set_state refuses a state of other sizes, counts outside [0, history], or a loss that
+  // is not finite.
+  struct State {
+    std::vector<double> losses;
+    std::vector<int64_t> counts;
+  };
+  State state() const;
+  void set_state(const State& s);
 
  private:
   int T_, history_;

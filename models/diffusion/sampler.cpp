@@ -11,6 +11,7 @@
 
 #include "core/check.h"
 #include "kernels/sampler_step.h"
+#include "models/diffusion/langevin.h"
 
 namespace diffuse::diffusion {
 namespace {
@@ -480,10 +481,18 @@ Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const Samp
     case SamplerKind::vdm: return sample_vdm(s, f, o);
     case SamplerKind::dpmpp_2m: return sample_dpmpp_2m(s, f, o);
     case SamplerKind::euler: return sample_euler(s, f, o);
+    case SamplerKind::langevin: return sample_langevin(s, f, o);
+    case SamplerKind::pc: return sample_pc(s, f, o);
     default: return sample_heun(s, f, o);
   }
 }
 
+Tensor denoise_step(const Schedule& s, const Denoiser& f, const Tensor& z, double t, const SamplerStepCoeffs& c,
+                    const SamplerOptions& o, uint64_t offset, Tensor* x0_out) {
+  // Exactly the loop body of grid_sampler, so a sampler built from it reproduces their steps.
+  Eval e = evaluate(f, z, t, level(s, t).s, o);
+  return run_step(e, z, c, o, offset, Tensor(), x0_out);
+}
 
 Tensor slerp(const Tensor& x, const Tensor& y, double a) {
   check_same_shape(x, y, "slerp");

@@ -73,6 +73,11 @@ struct SamplerOptions {
   // Karras samplers (Euler, Heun): EDM sigmas; 0 takes them from the schedule's ends, with
   // sigma_max capped at EDM's 80 (sampler.cpp says why).
   double sigma_min = 0, sigma_max = 0, rho = 7;
+  // Langevin correctors (langevin.h): steps per noise level (annealed Langevin) or per predictor
+  // step (predictor-corrector), and the signal-to-noise ratio r of the step size. Defaults as the
+  // score-SDE code (Song et al. 2021): one step, r = 0.16.
+  int corrector_steps = 1;
+  double snr = 0.16;
   // Called after every step with (step, steps, z after the step, x0 prediction of the step).
   std::function<void(int, int, const Tensor&, const Tensor&)> callback;
 };
@@ -104,10 +109,12 @@ Tensor sample_dpmpp_2m(const Schedule& s, const Denoiser& f, const SamplerOption
 Tensor sample_euler(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 
-enum class SamplerKind { ddpm, ddim, vdm, dpmpp_2m, euler, heun };
+// langevin (annealed Langevin dynamics) and pc (predictor-corrector) live in langevin.h.
+enum class SamplerKind { ddpm, ddim, vdm, dpmpp_2m, euler, heun, langevin, pc };
 inline constexpr EnumName<SamplerKind> kSamplerNames[] = {
     {SamplerKind::ddpm, "ddpm"},   {SamplerKind::ddim, "ddim"}, {SamplerKind::dpmpp_2m, "dpm++2m"},
-    {SamplerKind::euler, "euler"}, {SamplerKind::heun, "heun"}, {SamplerKind::vdm, "vdm"}};
+    {SamplerKind::euler, "euler"}, {SamplerKind::heun, "heun"}, {SamplerKind::vdm, "vdm"},
+    {SamplerKind::langevin, "langevin"}, {SamplerKind::pc, "pc"}};
 constexpr std::span<const EnumName<SamplerKind>> enum_table(SamplerKind) { return kSamplerNames; }
 // The names of kSamplerNames, exactly; anything else is refused with the list.
 SamplerKind parse_sampler(const std::string& name);
@@ -124,6 +131,15 @@ struct GridPlan {
   double alpha0 = 1;  // what the result is divided by at t = 0 (1 where sigma(0) = 0)
 };
 GridPlan grid_plan(SamplerKind kind, const Schedule& s, const SamplerOptions& o);
+
+// One step as the grid samplers take it, for samplers built on them (langevin.h): one denoiser
+// call at time t on z (classifier-free guidance on 2B rows; classifier guidance shifting eps by
+// -sigma_t s grad log p) and one fused kernels::sampler_step pass with coefficients `c` for every
+// sample, its noise from Philox (o.seed, offset). x0_out, when given, receives the data prediction.
+// With c = {alpha_t, sigma_t, c_eps = 1} it returns the guided (and, with clip_x0, re-derived) eps.
+Tensor denoise_step(const Schedule& s, const Denoiser& f, const Tensor& z, double t,
+                    const kernels::SamplerStepCoeffs& c, const SamplerOptions& o, uint64_t offset,
+                    Tensor* x0_out = nullptr);
 
 // Spherical interpolation of two latents per sample (Shoemake 1985; DDIM sec. 5.3):
 // sin((1-a) th)/sin th * x + sin(a th)/sin th * y, th the angle between x_b and y_b.

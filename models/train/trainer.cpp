@@ -81,13 +81,14 @@ nlohmann::json TrainConfig::to_json() const {
   if (beta_end) j["beta_end"] = *beta_end;
   if (!betas.empty()) j["betas"] = betas;
   if (variance != TrainConfig{}.variance) j["variance"] = variance;
+  if (t_sampling != TrainConfig{}.t_sampling) j["t_sampling"] = t_sampling;
   return j;
 }
 
 namespace {
 
 // The keys to_json writes only when they are set.
-constexpr const char* kOptionalKeys[] = {"beta_start", "beta_end", "betas", "variance"};
+constexpr const char* kOptionalKeys[] = {"beta_start", "beta_end", "betas", "variance", "t_sampling"};
 
 // A beta of the config (beta_start, beta_end, an entry of betas): a finite number in (0, 1).
 double beta_value(const nlohmann::json& v, const std::string& key) {
@@ -169,6 +170,7 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   }
   get("variance", c.variance);
   get("loss_weight", c.loss_weight);
+  get("t_sampling", c.t_sampling);
   get("lr", c.lr);
   get("beta1", c.beta1);
   get("beta2", c.beta2);
@@ -200,6 +202,14 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   const Objective objective = parse_enum<Objective>(c.objective, "objective", "training config");
   const ScheduleKind schedule = parse_enum<ScheduleKind>(c.schedule, "schedule", "training config");
   (void)parse_enum<LossWeight>(c.loss_weight, "loss_weight", "training config");
+  // Importance sampling of t needs a loss over discrete steps with a VLB term, whose per-step
+  // terms differ by orders of magnitude (improved DDPM sec. 3.3): objective hybrid.
+  if (parse_enum<TSampling>(c.t_sampling, "t_sampling", "training config") == TSampling::importance)
+    DF_CHECK(objective == Objective::hybrid, "training config: t_sampling 'importance' with objective ", c.objective,
+             objective == Objective::vdm
+                 ? ": the VDM loss draws continuous t (low-discrepancy), not one of T discrete steps to importance-sample"
+                 : ", whose loss has no VLB term; importance sampling of t goes with objective hybrid (or use "
+                   "t_sampling uniform)");
   check_device_spec(c.device, "training config");
   {
     const std::vector<std::string> presets = nn::UNetConfig::preset_names();
@@ -275,6 +285,8 @@ std::string device_step_unsupported(const TrainConfig& c) {
   if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
   const Objective o = parse_enum<Objective>(c.objective, "objective");
   if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + c.objective;
+  // The device step draws its steps uniformly in its own kernels and keeps no loss history.
+  if (c.t_sampling != TrainConfig{}.t_sampling) return "--t-sampling " + c.t_sampling;
   return "";
 }
 
@@ -441,6 +453,12 @@ data::Dataset load_dataset(const std::string& spec, const std::string& split, co
 
 namespace {
 
+// The steps an importance-sampled step drew and each sample's loss (hybrid_loss.h's per_sample).
+struct LossRecord {
+  std::vector<int> t;
+  std::vector<double> losses;
+};
+
 struct Run {
   TrainConfig cfg;
   Device device;
@@ -453,9 +471,15 @@ struct Run {
   std::unique_ptr<DeviceTrainer> dev;  // on a GPU: the step, AdamW and the EMA (device_trainer.h)
   std::unique_ptr<data::Batcher> batcher;
   diffusion::DiscreteSchedule schedule = diffusion::DiscreteSchedule::linear(2);
+  // t_sampling importance: the loss history behind the draws of t (checkpointed).
+  std::unique_ptr<diffusion::LossSecondMomentResampler> t_sampler;
   int64_t step = 0;
   int64_t nonfinite_total = 0;
 };
+
+// The resampler's state in a checkpoint: each step's last losses (f64, T x history) and their counts.
+constexpr const char* kTSamplerLosses = "trainer.t_sampler.losses";
+constexpr const char* kTSamplerCounts = "trainer.t_sampler.counts";
 
 std::string checkpoint_path(const TrainConfig& c) { return (fs::path(c.out_dir) / "checkpoint.safetensors").string(); }
 
@@ -477,6 +501,13 @@ void write_checkpoint(Run& r) {
     for (auto& [name, t] : r.opt->state()) tensors.emplace_back(name, t);
   data::BatcherState bs = r.batcher->state();
   tensors.emplace_back("trainer.state", Tensor::from_vector_i64({r.step, bs.epoch, bs.position, r.nonfinite_total}, {4}));
+  if (r.t_sampler) {
+    const diffusion::LossSecondMomentResampler::State st = r.t_sampler->state();
+    Tensor losses = Tensor::empty({r.t_sampler->T(), r.t_sampler->history()}, DType::f64);
+    std::copy(st.losses.begin(), st.losses.end(), losses.data<double>());
+    tensors.emplace_back(kTSamplerLosses, losses);
+    tensors.emplace_back(kTSamplerCounts, Tensor::from_vector_i64(st.counts, {r.t_sampler->T()}));
+  }
   std::map<std::string, std::string> meta{{"format", "diffuse-checkpoint-1"},
                                           {"config", r.cfg.to_json().dump()},
                                           {"unet", r.unet->config().to_json().dump()},
@@ -522,13 +553,24 @@ Tensor sample_grid(Run& r, int64_t step) {
 // One step's loss of a discrete objective: uniform steps, z_t and eps from the fused noising
 // kernel, the UNet on the step index; the MSE to the prediction target (optionally Min-SNR
 // weighted), or the hybrid loss.
-ag::Var ddpm_step_loss(Run& r, const Tensor& x, const Tensor& y, int64_t s) {
+// With t_sampling importance the steps come from the loss history (uniform, weight 1, until every
+// step has its 10 losses), each sample's loss is weighted by 1 / (T p_t), and `record` receives the
+// steps and the per-sample losses for the history, which the caller adds once the step is taken.
+ag::Var ddpm_step_loss(Run& r, const Tensor& x, const Tensor& y, int64_t s, LossRecord* record) {
   const TrainConfig& cfg = r.cfg;
   const int B = cfg.batch;
   const diffusion::Prediction pred = prediction_of(cfg);
   const bool hybrid = learned_variance(cfg);
   const auto& abar = r.schedule.alphas_cumprod();
-  std::vector<int> ts = diffusion::uniform_timesteps(cfg.timesteps, B, cfg.seed, stream(s, kTimesteps));
+  std::vector<int> ts;
+  std::vector<double> importance;  // empty: uniform steps
+  if (r.t_sampler) {
+    diffusion::LossSecondMomentResampler::Draw d = r.t_sampler->sample(B, cfg.seed, stream(s, kTimesteps));
+    ts = std::move(d.t);
+    importance = std::move(d.weights);
+  } else {
+    ts = diffusion::uniform_timesteps(cfg.timesteps, B, cfg.seed, stream(s, kTimesteps));
+  }
   std::vector<float> tf(B), alpha(B), sigma(B);
   std::vector<double> alpha_d(B), sigma_d(B), weights(B, 1.0);
   for (int b = 0; b < B; ++b) {
@@ -549,8 +591,10 @@ ag::Var ddpm_step_loss(Run& r, const Tensor& x, const Tensor& y, int64_t s) {
   std::vector<float> wf(weights.begin(), weights.end());
   const Tensor w = Tensor::from_vector(wf, {B}, r.device);
   // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
-  return hybrid ? diffusion::hybrid_loss(r.schedule, ts, x, z, eps, out, w).loss
-                : ag::weighted_mse(out, ag::Var(target), w);
+  if (!hybrid) return ag::weighted_mse(out, ag::Var(target), w);
+  diffusion::HybridLoss h = diffusion::hybrid_loss(r.schedule, ts, x, z, eps, out, w, 1e-3, importance);
+  if (record) *record = LossRecord{ts, std::move(h.per_sample)};
+  return h.loss;
 }
 
 // One step's VDM loss (vdm_loss.h), bits per dim: low-discrepancy t (VDM app. I.1), the schedule
@@ -742,6 +786,8 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     }
   } else {
     r.schedule = make_schedule(cfg);
+    if (cfg.t_sampling == "importance")  // improved DDPM's settings: 10 losses per step, 1e-3 uniform
+      r.t_sampler = std::make_unique<diffusion::LossSecondMomentResampler>(cfg.timesteps, 10, 1e-3);
   }
 
   AdamWOptions ao;
@@ -791,6 +837,23 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     r.step = s[0];
     r.batcher->set_state(data::BatcherState{s[1], s[2]});
     r.nonfinite_total = s[3];
+    if (r.t_sampler) {
+      auto l = resumed.tensors.find(kTSamplerLosses);
+      auto c = resumed.tensors.find(kTSamplerCounts);
+      const Shape want{r.t_sampler->T(), r.t_sampler->history()};
+      DF_CHECK(l != resumed.tensors.end() && c != resumed.tensors.end() && l->second.dtype() == DType::f64 &&
+                   l->second.shape() == want && c->second.shape() == Shape{r.t_sampler->T()},
+               ckpt, ": the importance sampler's loss history (", kTSamplerLosses, ", ", kTSamplerCounts,
+               ") is missing or malformed; cannot resume a run with t_sampling importance");
+      diffusion::LossSecondMomentResampler::State st;
+      st.losses.assign(l->second.data<double>(), l->second.data<double>() + l->second.numel());
+      st.counts = c->second.to_vector_i64();
+      try {
+        r.t_sampler->set_state(st);
+      } catch (const Error& e) {
+        DF_FAIL(ckpt, ": cannot resume: ", e.message());
+      }
+    }
     if (cb.on_message) cb.on_message("resumed from " + ckpt + " at step " + std::to_string(r.step));
   }
   resumed = SafeTensors();
@@ -875,7 +938,8 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
         y = Tensor::from_vector_i64(l, {B}, r.device);
       }
       r.unet->set_dropout_seed(cfg.seed ^ stream(s, kDropout));
-      ag::Var loss = vdm ? vdm_step_loss(r, x, y, s) : ddpm_step_loss(r, x, y, s);
+      LossRecord record;
+      ag::Var loss = vdm ? vdm_step_loss(r, x, y, s) : ddpm_step_loss(r, x, y, s, r.t_sampler ? &record : nullptr);
       lv = loss.value().item();
       ok = std::isfinite(lv);
       if (ok) {
@@ -886,6 +950,8 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
         ag::clear_tape();
       }
       if (ok) r.opt->step(r.ema.get());
+      // A skipped step leaves the loss history as it was, as it leaves the weights.
+      if (ok && r.t_sampler) r.t_sampler->update(record.t, record.losses);
       r.opt->zero_grad();
       ++r.step;
       account(r.step, lv, gnorm, ok);

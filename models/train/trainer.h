@@ -52,6 +52,14 @@ inline constexpr EnumName<LossWeight> kLossWeightNames[] = {{LossWeight::none, "
                                                             {LossWeight::min_snr, "min-snr"}};
 constexpr std::span<const EnumName<LossWeight>> enum_table(LossWeight) { return kLossWeightNames; }
 
+// How a discrete objective draws its training steps t: uniform, or importance (improved DDPM's
+// loss-aware sampler, Nichol & Dhariwal 2021 sec. 3.3: p_t proportional to sqrt(E[L_t^2]) over
+// each t's last 10 losses, uniform until every t has 10, the loss reweighted by 1 / (T p_t)).
+enum class TSampling { uniform, importance };
+inline constexpr EnumName<TSampling> kTSamplingNames[] = {{TSampling::uniform, "uniform"},
+                                                          {TSampling::importance, "importance"}};
+constexpr std::span<const EnumName<TSampling>> enum_table(TSampling) { return kTSamplingNames; }
+
 // A device spec: "cpu", "cuda", "cuda:N" or "auto". Checks the spelling only (no GPU is asked),
 // so a stored config names its device on any machine; resolve_device decides what it means here.
 // Throws naming the spec and the valid forms, after `where` ("training config") when given.
@@ -86,6 +94,9 @@ struct TrainConfig {
   // only when not beta_tilde.
   std::string variance = "beta_tilde";
   std::string loss_weight = "none"; // none | min-snr (gamma 5)
+  // uniform | importance (objective hybrid only: its loss has a VLB term over discrete t). The
+  // sampler's loss history is saved in the checkpoint. Written only when not uniform.
+  std::string t_sampling = "uniform";
   // optimisation
   double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 0.0;
   int64_t warmup = 100;

@@ -197,3 +197,81 @@ TEST_CASE("loss second-moment resampler", "[cpu][diffusion]") {
   for (int k = 0; k < 10; ++k) r.update({0}, {8.0});
   CHECK(r.weights()[0] > r.weights()[3]);
 }
+
+TEST_CASE("loss second-moment resampler: warm-up, sqrt(E[L^2]) of each history, an unbiased estimator, its state",
+          "[cpu][diffusion]") {
+  const int T = 6;
+  LossSecondMomentResampler r(T, 10, 1e-3);
+  // Warm-up: until every t has 10 losses the draws are uniform with weight 1, however uneven the
+  // losses seen so far.
+  for (int k = 0; k < 10; ++k) r.update({0, 1, 2, 3, 4}, {100.0, 1.0, 1.0, 1.0, 1.0});
+  for (int k = 0; k < 9; ++k) r.update({5}, {0.01});
+  REQUIRE_FALSE(r.warmed_up());
+  {
+    const int n = 60000;
+    auto d = r.sample(n, test::next_seed(), 3);
+    std::vector<int> hits(T, 0);
+    for (int i = 0; i < n; ++i) {
+      CHECK(d.weights[i] == Approx(1.0).epsilon(1e-12));
+      hits[d.t[i]]++;
+    }
+    // Binomial(n, 1/6): 5 standard errors.
+    for (int h : hits) CHECK(std::fabs(h - n / 6.0) < 5 * std::sqrt(n * (1.0 / 6) * (5.0 / 6)));
+  }
+  // A fixed loss table with histories that vary within each t: p_t is proportional to the root
+  // mean square of the last 10 values (not their mean), mixed with 1e-3 of the uniform.
+  LossSecondMomentResampler q(T, 10, 1e-3);
+  std::vector<std::vector<double>> table(T);
+  for (int t = 0; t < T; ++t)
+    for (int k = 0; k < 14; ++k) table[t].push_back((t + 1) * (1.0 + 0.5 * ((k * 7 + t) % 5)));
+  for (int k = 0; k < 14; ++k)
+    for (int t = 0; t < T; ++t) q.update({t}, {table[t][k]});
+  REQUIRE(q.warmed_up());
+  std::vector<double> rms(T, 0.0);
+  double sum = 0;
+  for (int t = 0; t < T; ++t) {
+    for (int k = 4; k < 14; ++k) rms[t] += table[t][k] * table[t][k] / 10;  // the last 10 of 14
+    sum += rms[t] = std::sqrt(rms[t]);
+  }
+  const std::vector<double> p = q.weights();
+  double psum = 0;
+  for (int t = 0; t < T; ++t) {
+    CHECK(p[t] == Approx(rms[t] / sum * (1 - 1e-3) + 1e-3 / T).epsilon(1e-12));
+    psum += p[t];
+  }
+  CHECK(psum == Approx(1.0).epsilon(1e-12));
+  // Unbiased: for any per-step loss L_t, E_{t~p}[L_t / (T p_t)] = (1/T) sum_t L_t exactly, and the
+  // sampled estimate agrees within its standard error. The loss here is not proportional to p
+  // (the last history values), so the weights do not cancel.
+  std::vector<double> L(T);
+  double mean_L = 0;
+  for (int t = 0; t < T; ++t) mean_L += (L[t] = table[t][13] + 0.3 * (T - t)) / T;
+  double exact = 0;
+  for (int t = 0; t < T; ++t) exact += p[t] * L[t] / (T * p[t]);
+  CHECK(exact == Approx(mean_L).epsilon(1e-12));
+  const int n = 200000;
+  auto d = q.sample(n, test::next_seed(), 5);
+  double est = 0, sq = 0;
+  for (int i = 0; i < n; ++i) {
+    CHECK(d.weights[i] == Approx(1.0 / (T * p[d.t[i]])).epsilon(1e-12));
+    const double v = d.weights[i] * L[d.t[i]];
+    est += v / n;
+    sq += v * v / n;
+  }
+  const double se = std::sqrt((sq - est * est) / n);
+  INFO("estimate " << est << " +- " << se << ", exact " << mean_L);
+  CHECK(std::fabs(est - mean_L) < 5 * se);
+  // The state round-trips: a resampler given it draws the same steps and weights.
+  LossSecondMomentResampler c(T, 10, 1e-3);
+  c.set_state(q.state());
+  CHECK(c.warmed_up());
+  auto d2 = c.sample(64, 99, 7), d1 = q.sample(64, 99, 7);
+  CHECK(d1.t == d2.t);
+  CHECK(d1.weights == d2.weights);
+  LossSecondMomentResampler::State bad = q.state();
+  bad.counts[2] = 11;
+  CHECK_THROWS_WITH(c.set_state(bad), Catch::Contains("count of 11"));
+  bad = q.state();
+  bad.losses.pop_back();
+  CHECK_THROWS_WITH(c.set_state(bad), Catch::Contains("expected 6 x 10"));
+}

@@ -48,6 +48,7 @@ TEST_CASE("name tables: every name parses to its value and back; near misses are
   check_table_round_trips<train::Objective>();
   check_table_round_trips<train::ScheduleKind>();
   check_table_round_trips<train::LossWeight>();
+  check_table_round_trips<train::TSampling>();
   check_table_round_trips<nn::InitScheme>();
   check_table_round_trips<nn::TimeEmbeddingKind>();
   check_table_round_trips<OnOff>();
@@ -70,6 +71,7 @@ TEST_CASE("the training config refuses unknown names of its enumerated keys, lis
       {{{"objective", "score"}}, {"'score'", "eps, x0, v, hybrid or vdm"}},
       {{{"schedule", "quadratic"}}, {"'quadratic'", "linear, scaled_linear, cosine, custom or learned"}},
       {{{"loss_weight", "minsnr"}}, {"'minsnr'", "none or min-snr"}},
+      {{{"t_sampling", "lossaware"}}, {"'lossaware'", "uniform or importance"}},
       {{{"device", "gpu"}}, {"'gpu'", "cpu, cuda, cuda:N or auto"}},
       {{{"preset", "huge"}}, {"'huge'", "tiny", "imagenet64"}},
       {{{"schedule", "learned"}}, {"learned", "objective vdm"}},
@@ -104,13 +106,14 @@ TEST_CASE("CLI: each enumerated flag and config key refuses a bad value with the
       {{"sample", ckpt, "--spacing", "foo"}, {"--spacing", "'foo'", spacings}},
       {{"sample", ckpt, "--spacing", "LINSPACE"}, {"--spacing", spacings}},
       {{"sample", ckpt, "--spacing", ""}, {"--spacing", spacings}},
-      {{"sample", ckpt, "--sampler", "dpmpp_2m"}, {"--sampler", "ddpm, ddim, dpm++2m, euler, heun or vdm"}},
+      {{"sample", ckpt, "--sampler", "dpmpp_2m"}, {"--sampler", "ddpm, ddim, dpm++2m, euler, heun, vdm, langevin or pc"}},
       {{"sample", ckpt, "--device", "gpu"}, {"--device", "cpu, cuda, cuda:N or auto"}},
       {{"sample", ckpt, "--cuda-graph", "ON"}, {"--cuda-graph", "on or off"}},
       {{"eval", ckpt, "--device", "cuda:x"}, {"--device", "cpu, cuda, cuda:N or auto"}},
       {{"train", "--objective", "score"}, {"--objective", "eps, x0, v, hybrid or vdm"}},
       {{"train", "--schedule", "quadratic"}, {"--schedule", "linear, scaled_linear, cosine, custom or learned"}},
       {{"train", "--loss-weight", "minsnr"}, {"--loss-weight", "none or min-snr"}},
+      {{"train", "--t-sampling", "Importance"}, {"--t-sampling", "uniform or importance"}},
       {{"train", "--device", "gpu"}, {"--device", "cpu, cuda, cuda:N or auto"}},
       {{"train", "--cuda-graph", "yes"}, {"--cuda-graph", "on or off"}},
       {{"train", "--preset", "huge"}, {"--preset", "tiny", "imagenet64"}},
@@ -140,9 +143,10 @@ TEST_CASE("CLI: --help lists the values of the enumerated flags", "[cpu][tools][
   test::TempDir dir;
   std::string log;
   REQUIRE(test::run({test::cli_path(), "sample", "--help"}, dir / "s.txt", &log) == 0);
-  CHECK_THAT(log, Contains("{linspace,leading,trailing,logsnr}") && Contains("{ddpm,ddim,dpm++2m,euler,heun,vdm}"));
+  CHECK_THAT(log, Contains("{linspace,leading,trailing,logsnr}") && Contains("{ddpm,ddim,dpm++2m,euler,heun,vdm,langevin,pc}"));
   REQUIRE(test::run({test::cli_path(), "train", "--help"}, dir / "t.txt", &log) == 0);
-  CHECK_THAT(log, Contains("{eps,x0,v,hybrid,vdm}") && Contains("{none,min-snr}") && Contains("{on,off}"));
+  CHECK_THAT(log, Contains("{eps,x0,v,hybrid,vdm}") && Contains("{none,min-snr}") && Contains("{on,off}") &&
+                      Contains("{uniform,importance}"));
 }
 
 TEST_CASE("CLI: sample --spacing logsnr runs the log-SNR grid", "[cpu][tools][enum]") {
