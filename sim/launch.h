@@ -77,7 +77,10 @@ void launch(const simt::detail::LaunchSite& site, void (*kernel)(P...), dim3 gri
             CUstream_st* stream, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "DF_LAUNCH: the argument count differs from the kernel's parameters");
   auto l = std::make_unique<TypedLaunch<P...>>(site, kernel, grid, block, smem_bytes, std::forward<A>(args)...);
-  const int e = launch_kernel(stream, std::move(l));
+  int e = launch_kernel(stream, std::move(l));
+#if defined(DIFFUSE_SYNC_LAUNCHES)
+  if (e == 0) e = wait_after_launch(stream);
+#endif
   if (e != 0) [[unlikely]]
     ::diffuse::detail::fail(site.file, site.line, nullptr,
                             ::diffuse::detail::concat("launch of ", site.kernel, " failed: ", error_name(e), " (", e,

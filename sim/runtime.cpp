@@ -414,6 +414,18 @@ const char* error_string(int e) {
   return t ? t->text : "unrecognized error code";
 }
 
+int wait_after_launch(CUstream_st* stream) {
+  Guard g(lock());
+  StreamPtr s = stream_of(stream);
+  if (!s) return take_last_error(true);
+  if (s->capture || (s->legacy && blocking_stream_captured())) return cudaSuccess;  // recorded, not run
+  for (const auto& c : active_captures())  // a wait would break this thread's capture
+    if (c->thread == current_thread_id()) return cudaSuccess;
+  const cudaError_t e = cudaStreamSynchronize(stream);
+  if (e != cudaSuccess) (void)cudaGetLastError();
+  return e;
+}
+
 int memset_async(void* p, int value, std::size_t bytes, CUstream_st* stream) {
   const cudaError_t e = cudaMemsetAsync(p, value, bytes, stream);
   if (e != cudaSuccess) (void)cudaGetLastError();

@@ -53,6 +53,11 @@ class KernelLaunch {
 // launch without the opt-in attribute may have) or a stream that cannot take work now.
 int launch_kernel(CUstream_st* stream, std::unique_ptr<KernelLaunch> launch);
 
+// With DIFFUSE_SYNC_LAUNCHES: waits for `stream` after a launch (unless it, or the legacy stream
+// it stands for, is being captured), as the GPU build's wait_after_launch does, so that a fault is
+// reported at its launch. Returns a cudaError_t.
+int wait_after_launch(CUstream_st* stream);
+
 // cudaGetErrorName / cudaGetErrorString, for code that cannot include the CUDA headers.
 const char* error_name(int error);
 const char* error_string(int error);
