@@ -52,7 +52,7 @@ TEST_CASE("name tables: every name parses to its value and back; near misses are
   check_table_round_trips<nn::InitScheme>();
   check_table_round_trips<nn::TimeEmbeddingKind>();
   check_table_round_trips<OnOff>();
-  CHECK(enum_list<diffusion::Spacing>() == "linspace, leading, trailing or logsnr");
+  CHECK(enum_list<diffusion::Spacing>() == "linspace, leading, trailing, logsnr or karras");
   CHECK(diffusion::parse_spacing("logsnr") == diffusion::Spacing::logsnr);
   CHECK_THROWS_WITH(diffusion::parse_sampler("dpmpp_2m"), Contains("unknown sampler 'dpmpp_2m'") && Contains("dpm++2m"));
   for (const char* ok : {"cpu", "cuda", "cuda:0", "cuda:12", "auto"}) CHECK_NOTHROW(train::check_device_spec(ok));
@@ -93,7 +93,7 @@ TEST_CASE("CLI: each enumerated flag and config key refuses a bad value with the
   test::TempDir dir;
   const std::string data = test::write_idx_dataset(dir.path, 16, test::next_seed());
   const std::string ckpt = dir / "none.safetensors";  // flags are refused before it is opened
-  const std::string spacings = "linspace, leading, trailing or logsnr";
+  const std::string spacings = "linspace, leading, trailing, logsnr or karras";
   auto config = [&](const std::string& name, const std::string& text) {
     std::ofstream(dir / name) << text;
     return dir / name;
@@ -143,7 +143,7 @@ TEST_CASE("CLI: --help lists the values of the enumerated flags", "[cpu][tools][
   test::TempDir dir;
   std::string log;
   REQUIRE(test::run({test::cli_path(), "sample", "--help"}, dir / "s.txt", &log) == 0);
-  CHECK_THAT(log, Contains("{linspace,leading,trailing,logsnr}") && Contains("{ddpm,ddim,dpm++2m,euler,heun,vdm,langevin,pc}"));
+  CHECK_THAT(log, Contains("{linspace,leading,trailing,logsnr,karras}") && Contains("{ddpm,ddim,dpm++2m,euler,heun,vdm,langevin,pc}"));
   REQUIRE(test::run({test::cli_path(), "train", "--help"}, dir / "t.txt", &log) == 0);
   CHECK_THAT(log, Contains("{eps,x0,v,hybrid,vdm}") && Contains("{none,min-snr}") && Contains("{on,off}") &&
                       Contains("{uniform,importance}"));
