@@ -58,6 +58,8 @@ struct diffuse_sampler {
   dd::SamplerKind kind = dd::SamplerKind::ddim;
   int64_t steps = 50;
   double eta = 0;
+  int64_t corrector_steps = 1;  // langevin, pc
+  double snr = 0.16;
   double guidance = 0;
   int64_t null_label = -1;  // -1: the model's num_classes
   dd::Prediction prediction = dd::Prediction::eps;
@@ -198,6 +200,8 @@ dd::SamplerOptions batch_options(const diffuse_sampler& s, const Job& job, int64
   o.variance = job.variance;
   o.clip_x0 = s.clip;
   o.eta = s.eta;
+  o.corrector_steps = static_cast<int>(s.corrector_steps);
+  o.snr = s.snr;
   const bool karras_kind = s.kind == dd::SamplerKind::euler || s.kind == dd::SamplerKind::heun;
   o.spacing = !s.spacing_set && karras_kind ? dd::Spacing::karras : s.spacing;
   if (job.labels || job.cycle_classes > 0) {
@@ -580,6 +584,21 @@ diffuse_status diffuse_sampler_set_eta(diffuse_sampler* sampler, double eta) noe
   });
 }
 
+diffuse_status diffuse_sampler_set_corrector(diffuse_sampler* sampler, int64_t steps, double snr) noexcept {
+  return guarded(__func__, DIFFUSE_ERR_INVALID_ARGUMENT, [&] {
+    require(sampler, "sampler");
+    const bool ald = sampler->kind == dd::SamplerKind::langevin;
+    if (!ald && sampler->kind != dd::SamplerKind::pc)
+      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "corrector steps apply to the langevin and pc samplers; this one is '",
+           sampler->name, "'");
+    if (steps < (ald ? 1 : 0) || steps > 100000)
+      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "corrector steps is ", steps, "; expected ", ald ? 1 : 0, "..100000");
+    if (!(snr > 0 && std::isfinite(snr))) fail(DIFFUSE_ERR_INVALID_ARGUMENT, "snr is ", snr, "; expected > 0");
+    sampler->corrector_steps = steps;
+    sampler->snr = snr;
+  });
+}
+
 diffuse_status diffuse_sampler_set_guidance(diffuse_sampler* sampler, double scale, int64_t null_label) noexcept {
   return guarded(__func__, DIFFUSE_ERR_INVALID_ARGUMENT, [&] {
     require(sampler, "sampler");
@@ -661,7 +680,7 @@ diffuse_status diffuse_sample(const diffuse_sampler* sampler, const diffuse_sche
     job.prediction = train::prediction_of(m->loaded.config);
     // The model's variance, where the sampler has one to choose (DDPM ancestral steps, as `diffuse
     // sample`); a hybrid model's learned one takes all 2C output channels.
-    if (sampler->kind == dd::SamplerKind::ddpm) {
+    if (sampler->kind == dd::SamplerKind::ddpm || sampler->kind == dd::SamplerKind::pc) {  // pc: the ddpm step
       job.variance = train::ancestral_variance(m->loaded.config);
       if (job.variance == dd::VarianceKind::learned)
         job.denoiser = train::make_denoiser(m->loaded.unet, m->loaded.config.timesteps, m->device, true);

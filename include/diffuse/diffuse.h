@@ -187,7 +187,9 @@ DIFFUSE_API diffuse_status diffuse_schedule_timesteps(const diffuse_schedule* sc
 
 /* ---- samplers ---- */
 
-/* "ddpm", "ddim", "dpm++2m" (DPM-Solver++(2M)), "euler", "heun" or "vdm" (VDM ancestral).
+/* "ddpm", "ddim", "dpm++2m" (DPM-Solver++(2M)), "euler", "heun", "vdm" (VDM ancestral),
+ * "langevin" (annealed Langevin dynamics) or "pc" (predictor-corrector: Langevin steps, then
+ * the ddpm step).
  * Defaults, those of `diffuse sample`: 50 steps, eta 0, no guidance, clip x0 on, spacing
  * "karras" for euler and heun and "linspace" for the others, batches of 64, prediction eps (for
  * callbacks). */
@@ -197,6 +199,11 @@ DIFFUSE_API void diffuse_sampler_free(diffuse_sampler* sampler) DIFFUSE_NOEXCEPT
 DIFFUSE_API diffuse_status diffuse_sampler_set_steps(diffuse_sampler* sampler, int64_t steps) DIFFUSE_NOEXCEPT;
 /* DDIM only: 0 deterministic, 1 DDPM-like; >= 0. */
 DIFFUSE_API diffuse_status diffuse_sampler_set_eta(diffuse_sampler* sampler, double eta) DIFFUSE_NOEXCEPT;
+/* "langevin" and "pc" only: Langevin steps at each noise level (langevin, >= 1) or before each
+ * predictor step (pc, >= 0; 0 is "ddpm" exactly), and the signal-to-noise ratio r > 0 of their
+ * step size (docs/diffusion.md). Defaults, those of `diffuse sample`: 1 and 0.16. */
+DIFFUSE_API diffuse_status diffuse_sampler_set_corrector(diffuse_sampler* sampler, int64_t steps,
+                                                         double snr) DIFFUSE_NOEXCEPT;
 /* Classifier-free guidance w: (1 + w) f(x, y) - w f(x, null) (Ho & Salimans 2022); 0 turns it off.
  * null_label is the label of the unconditional branch; -1 means the model's null label
  * (num_classes), which a callback sampling has no way to know, so it must pass one >= 0. */

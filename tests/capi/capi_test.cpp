@@ -169,6 +169,8 @@ TEST_CASE("C API: a callback denoiser gives exactly the C++ sampler's samples", 
       {"euler", "cosine", 1000, DIFFUSE_PREDICT_EPS, 20, "linspace", 0},
       {"heun", "linear_logsnr", 0, DIFFUSE_PREDICT_X0, 12, "linspace", 0},
       {"vdm", "linear_logsnr", 0, DIFFUSE_PREDICT_EPS, 30, "linspace", 0},
+      {"pc", "cosine", 1000, DIFFUSE_PREDICT_V, 12, "linspace", 0},
+      {"langevin", "linear", 1000, DIFFUSE_PREDICT_EPS, 8, "logsnr", 0},
   };
   const int64_t B = 48, D = 3;
   for (const Case& c : cases) {
@@ -183,6 +185,11 @@ TEST_CASE("C API: a callback denoiser gives exactly the C++ sampler's samples", 
       REQUIRE(diffuse_sampler_set_spacing(h.sampler, c.spacing) == DIFFUSE_OK);
       REQUIRE(diffuse_sampler_set_clip(h.sampler, clip) == DIFFUSE_OK);
       if (std::strcmp(c.sampler, "ddim") == 0) REQUIRE(diffuse_sampler_set_eta(h.sampler, c.eta) == DIFFUSE_OK);
+      // The Langevin samplers' settings reach the sampler: pc with 2 corrector steps of r = 0.25,
+      // langevin with 3 steps per level of r = 0.3.
+      const bool is_pc = std::strcmp(c.sampler, "pc") == 0, is_ald = std::strcmp(c.sampler, "langevin") == 0;
+      if (is_pc) REQUIRE(diffuse_sampler_set_corrector(h.sampler, 2, 0.25) == DIFFUSE_OK);
+      if (is_ald) REQUIRE(diffuse_sampler_set_corrector(h.sampler, 3, 0.3) == DIFFUSE_OK);
       const uint64_t seed = test::next_seed();
       CallbackOracle co{h.schedule, mix, c.pred};
       std::vector<float> got(B * D, std::nanf(""));
@@ -204,6 +211,10 @@ TEST_CASE("C API: a callback denoiser gives exactly the C++ sampler's samples", 
       o.prediction = to_cpp(c.pred);
       o.clip_x0 = clip != 0;
       o.eta = c.eta;
+      if (is_pc || is_ald) {
+        o.corrector_steps = is_pc ? 2 : 3;
+        o.snr = is_pc ? 0.25 : 0.3;
+      }
       o.spacing = std::strcmp(c.spacing, "logsnr") == 0     ? Spacing::logsnr
                   : std::strcmp(c.spacing, "leading") == 0  ? Spacing::leading
                   : std::strcmp(c.spacing, "trailing") == 0 ? Spacing::trailing
@@ -561,7 +572,17 @@ TEST_CASE("C API: bad calls return a status and a message that says what was wro
     std::vector<float> img(8 * 8 * 2);
     expect_error([&] { return diffuse_ddim_invert(euler, nullptr, h.model, 2, img.data(), nullptr, out.data(), len); },
                  DIFFUSE_ERR_INVALID_ARGUMENT, {"inversion needs a 'ddim' sampler"});
+    expect_error([&] { return diffuse_sampler_set_corrector(euler, 2, 0.16); }, DIFFUSE_ERR_INVALID_ARGUMENT,
+                 {"apply to the langevin and pc samplers", "euler"});
     diffuse_sampler_free(euler);
+    diffuse_sampler* ald = nullptr;
+    REQUIRE(diffuse_sampler_create("langevin", &ald) == DIFFUSE_OK);
+    expect_error([&] { return diffuse_sampler_set_corrector(ald, 0, 0.16); }, DIFFUSE_ERR_INVALID_ARGUMENT,
+                 {"corrector steps is 0", "1..100000"});
+    expect_error([&] { return diffuse_sampler_set_corrector(ald, 3, 0); }, DIFFUSE_ERR_INVALID_ARGUMENT,
+                 {"snr is 0"});
+    CHECK(diffuse_sampler_set_corrector(ald, 3, 0.3) == DIFFUSE_OK);
+    diffuse_sampler_free(ald);
     double a = 0;
     expect_error([&] { return diffuse_schedule_alpha_sigma(h.schedule, 1.5, &a, nullptr); }, DIFFUSE_ERR_INVALID_ARGUMENT,
                  {"t is 1.5"});
