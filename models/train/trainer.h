@@ -25,110 +25,9 @@
 #include "models/diffusion/schedule.h"
 #include "models/nn/snr_net.h"
 #include "models/nn/unet.h"
+#include "models/train/config.h"
 
 namespace diffuse::train {
-
-// The enumerated keys of a training config. TrainConfig keeps their names (the checkpoint's
-// metadata and every reader of it spell them so); these tables are what accepts a name, from a
-// flag or a config file, and what --help lists.
-enum class Objective { eps, x0, v, hybrid, vdm };
-inline constexpr EnumName<Objective> kObjectiveNames[] = {{Objective::eps, "eps"},
-                                                          {Objective::x0, "x0"},
-                                                          {Objective::v, "v"},
-                                                          {Objective::hybrid, "hybrid"},
-                                                          {Objective::vdm, "vdm"}};
-constexpr std::span<const EnumName<Objective>> enum_table(Objective) { return kObjectiveNames; }
-
-// linear, scaled_linear, cosine, custom: DDPM betas (objectives eps, x0, v, hybrid); linear,
-// learned: objective vdm.
-enum class ScheduleKind { linear, scaled_linear, cosine, custom, learned };
-inline constexpr EnumName<ScheduleKind> kScheduleNames[] = {
-    {ScheduleKind::linear, "linear"}, {ScheduleKind::scaled_linear, "scaled_linear"},
-    {ScheduleKind::cosine, "cosine"}, {ScheduleKind::custom, "custom"}, {ScheduleKind::learned, "learned"}};
-constexpr std::span<const EnumName<ScheduleKind>> enum_table(ScheduleKind) { return kScheduleNames; }
-
-enum class LossWeight { none, min_snr };
-inline constexpr EnumName<LossWeight> kLossWeightNames[] = {{LossWeight::none, "none"},
-                                                            {LossWeight::min_snr, "min-snr"}};
-constexpr std::span<const EnumName<LossWeight>> enum_table(LossWeight) { return kLossWeightNames; }
-
-// How a discrete objective draws its training steps t: uniform, or importance (improved DDPM's
-// loss-aware sampler, Nichol & Dhariwal 2021 sec. 3.3: p_t proportional to sqrt(E[L_t^2]) over
-// each t's last 10 losses, uniform until every t has 10, the loss reweighted by 1 / (T p_t)).
-enum class TSampling { uniform, importance };
-inline constexpr EnumName<TSampling> kTSamplingNames[] = {{TSampling::uniform, "uniform"},
-                                                          {TSampling::importance, "importance"}};
-constexpr std::span<const EnumName<TSampling>> enum_table(TSampling) { return kTSamplingNames; }
-
-// A device spec: "cpu", "cuda", "cuda:N" or "auto". Checks the spelling only (no GPU is asked),
-// so a stored config names its device on any machine; resolve_device decides what it means here.
-// Throws naming the spec and the valid forms, after `where` ("training config") when given.
-void check_device_spec(std::string_view spec, std::string_view where = {});
-
-struct TrainConfig {
-  // model
-  std::string preset = "tiny";
-  nlohmann::json model = nlohmann::json::object();  // UNetConfig keys overriding the preset
-  // diffusion
-  // eps | x0 | v | hybrid (eps + learned variance, improved DDPM) | vdm (continuous-time VDM bound,
-  // eps prediction; Kingma et al. 2021)
-  std::string objective = "eps";
-  // eps, x0, v, hybrid: DDPM betas, linear | scaled_linear (linear in sqrt(beta), latent
-  // diffusion's) | cosine (improved DDPM) | custom (the list `betas`). vdm: linear (VDM's fixed
-  // linear log-SNR, gamma from kVdmGammaMin to kVdmGammaMax) | learned (the SNRNet, trained
-  // jointly; `diffuse train --objective vdm` picks it unless --schedule is given).
-  std::string schedule = "linear";
-  // Discrete objectives: T. vdm: time stays continuous; T only scales the network's time input,
-  // t in [0, 1] -> t T - 1, the map make_denoiser applies for every sampler.
-  int timesteps = 1000;
-  // linear and scaled_linear: the first and last beta, as they are (not scaled by T), each in
-  // (0, 1). Unset: DDPM's 1e-4 and 0.02 scaled by 1000 / T (improved DDPM's rule, so any T spans
-  // the same total noise), and then linear caps each beta at 0.999. Written only when set.
-  std::optional<double> beta_start, beta_end;
-  // custom: the T betas, each in (0, 1) (an imported diffusers model's trained_betas). Written
-  // only when not empty.
-  std::vector<double> betas;
-  // DDPM ancestral sampling's variance for objectives eps, x0 and v (ancestral_variance):
-  // beta_tilde, the posterior's (diffusers' fixed_small), or beta (fixed_large; Ho et al. 2020
-  // sec. 3.2 found the two to give similar samples). Objective hybrid learns its own. Written
-  // only when not beta_tilde.
-  std::string variance = "beta_tilde";
-  std::string loss_weight = "none"; // none | min-snr (gamma 5)
-  // uniform | importance (objective hybrid only: its loss has a VLB term over discrete t). The
-  // sampler's loss history is saved in the checkpoint. Written only when not uniform.
-  std::string t_sampling = "uniform";
-  // optimisation
-  double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 0.0;
-  int64_t warmup = 100;
-  double grad_clip = 1.0;          // 0: off
-  double ema_decay = 0.999;
-  bool ema_warmup = true;
-  int batch = 64;
-  int64_t steps = 2000;
-  double epochs = 0;               // > 0: train ceil(epochs * images / batch) steps instead of `steps`
-  // conditioning
-  bool class_cond = false;
-  double label_dropout = 0.1;      // classifier-free guidance: share of labels replaced by null
-  // data
-  std::string dataset = "fashion-mnist";  // fashion-mnist | mnist:<dir> | cifar10:<dir> | images:<dir>
-  bool flip = false;
-  // run
-  uint64_t seed = 0;
-  std::string device = "auto";
-  bool bf16 = true;                // CUDA activations in bf16 (the cpu computes in f32)
-  bool cuda_graph = true;          // on a GPU: the step captured as a CUDA graph and replayed
-  std::string out_dir = "runs/diffuse";
-  int64_t log_every = 10;
-  int64_t sample_every = 500;      // 0: only at the end
-  int64_t checkpoint_every = 500;  // 0: only at the end
-  int sample_count = 64;
-  int sample_steps = 50;
-  int64_t max_nonfinite = 10;      // consecutive non-finite steps before the run stops
-
-  nlohmann::json to_json() const;
-  static TrainConfig from_json(const nlohmann::json& j);  // unknown keys are an error
-  nn::UNetConfig unet_config(int image_size, int channels, int num_classes) const;
-};
 
 struct StepStats {
   int64_t step = 0;           // steps done
@@ -162,19 +61,6 @@ struct DatasetOptions {
 // of its images, and the Dataset's split says "all".
 data::Dataset load_dataset(const std::string& spec, const std::string& split, const DatasetOptions& options = {});
 
-// Which device a training run uses, decided from the requested spec, whether a GPU answers, and
-// what the config asks of the step. "auto" with a GPU takes the GPU unless the config needs what
-// only the cpu trainer does (device_step_unsupported), and then the cpu, with `note` saying so in
-// one line; an explicit cuda device refuses such a config, naming the option.
-struct TrainingDevice {
-  Device device;
-  std::string note;  // non-empty when "auto" passed a GPU over
-};
-TrainingDevice choose_training_device(const TrainConfig& cfg, bool cuda_available);
-// What of `cfg` the GPU training step cannot do yet, as the flag or key a person gave
-// ("--class-cond", "--objective hybrid", ...), or "" when it can do all of it.
-std::string device_step_unsupported(const TrainConfig& cfg);
-
 // A model loaded from a checkpoint, ready to sample (EMA weights unless ema = false).
 struct LoadedModel {
   std::shared_ptr<nn::UNet> unet;
@@ -196,34 +82,8 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = t
 // VarianceKind::learned (DDPM ancestral sampling, the VLB).
 diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device,
                                   bool with_variance = false);
-// The DDPM schedule of a discrete objective (eps, x0, v, hybrid): the one place a config's
-// schedule, timesteps, beta_start / beta_end and betas become betas, for training (the cpu and the
-// device step), sampling, eval and the C API. Throws for vdm, whose schedule is continuous
-// (model_schedule).
-diffusion::DiscreteSchedule make_schedule(const TrainConfig& c);
-// DDPM's linear betas at T = 1000 (Ho et al. 2020, sec. 4), the default ends of linear and
-// scaled_linear, scaled by 1000 / T.
-inline constexpr double kDdpmBetaStart = 1e-4, kDdpmBetaEnd = 0.02;
-// The first and last beta of a linear or scaled_linear schedule: beta_start and beta_end where
-// set, else kDdpmBetaStart and kDdpmBetaEnd times 1000 / T.
-std::pair<double, double> beta_range(const TrainConfig& c);
 // The schedule that samplers and bounds use with a loaded model: make_schedule's for a discrete
 // objective; for vdm the learned SNRNet (nn::SNRSchedule over m.snr) or VDM's linear log-SNR.
 std::shared_ptr<const diffusion::Schedule> model_schedule(const LoadedModel& m);
-// VDM's ends of the log-SNR schedule (their config: gamma_min -13.3, gamma_max 5), the fixed
-// linear schedule's and the learned schedule's starting point.
-inline constexpr double kVdmGammaMin = -13.3, kVdmGammaMax = 5.0;
-// Objective vdm: continuous time, the VDM bound as the loss.
-bool continuous_time(const TrainConfig& c);
-// A fresh SNRNet for objective vdm with schedule learned (1024 features, as VDM), initialised from
-// the run's seed; nullptr otherwise.
-std::shared_ptr<nn::SNRNet> make_snr_net(const TrainConfig& c);
-// What the first C output channels predict (hybrid: eps).
-diffusion::Prediction prediction_of(const TrainConfig& c);
-// The variance of DDPM ancestral steps (and of the VLB's reverse process) with this model: learned
-// for objective hybrid, else the config's `variance` (beta_tilde or beta).
-diffusion::VarianceKind ancestral_variance(const TrainConfig& c);
-// Whether the network also outputs the variance channels (objective hybrid).
-bool learned_variance(const TrainConfig& c);
 
 }  // namespace diffuse::train
