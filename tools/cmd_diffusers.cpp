@@ -26,8 +26,9 @@ void register_diffusers(CLI::App& root) {
     for (const auto& [name, t] : m.weights) params += t.numel();
     std::printf("wrote %s (%lld parameters, %dx%dx%d, objective %s, %s schedule, %d steps%s%s)\n", imp->out.c_str(),
                 static_cast<long long>(params), m.unet.image_size, m.unet.image_size, m.unet.in_channels,
-                m.train.objective.c_str(), m.train.schedule.c_str(), m.train.timesteps,
-                m.train.variance == "beta" ? ", DDPM variance beta (fixed_large)" : "",
+                std::string(enum_name(m.train.objective)).c_str(), std::string(enum_name(m.train.schedule)).c_str(),
+                m.train.timesteps,
+                m.train.variance == diffusion::VarianceKind::beta ? ", DDPM variance beta (fixed_large)" : "",
                 m.scheduler.is_null() ? "; no scheduler_config.json, so DDPM's linear betas" : "");
     if (!m.sample_flags.empty())
       std::printf("the scheduler's own sampling settings: diffuse sample %s %s\n", m.sample_flags.c_str(),

@@ -256,7 +256,7 @@ void register_eval(CLI::App& root) {
         o.strata = a->strata;
         if (uc.num_classes > 0) o.labels = test.labels.slice(s, e);
         const auto* discrete = dynamic_cast<const diffusion::DiscreteSchedule*>(sched.get());
-        DF_CHECK(discrete != nullptr, "eval: objective '", m.config.objective, "' without DDPM betas");
+        DF_CHECK(discrete != nullptr, "eval: objective '", enum_name(m.config.objective), "' without DDPM betas");
         b = diffusion::vlb_bits_per_dim(*discrete, f_vlb, test.images.slice(s, e), o);
       }
       per_sample.insert(per_sample.end(), b.per_sample.begin(), b.per_sample.end());

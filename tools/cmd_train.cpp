@@ -29,13 +29,13 @@ void register_train(CLI::App& root) {
   cmd->add_option("--config", *config_file, "JSON file of training settings (keys as the flags, with _ for -); flags given on the command line override it");
   cmd->add_option("--preset", cfg->preset, "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64")->check(one_of(nn::UNetConfig::preset_names()))->capture_default_str();
   cmd->add_option("--model", *model_json, "JSON object of UNet keys overriding the preset, e.g. '{\"base_channels\": 48}'");
-  cmd->add_option("--objective", cfg->objective, "what the network predicts: eps, x0, v, hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels), or vdm (eps in continuous time, trained on the VDM likelihood bound in bits/dim: prior + reconstruction + 0.5 gamma'(t) ||eps - eps_hat||^2; Kingma et al. 2021)")->check(enum_validator<train::Objective>())->capture_default_str();
-  CLI::Option* schedule_opt = cmd->add_option("--schedule", cfg->schedule, "noise schedule: linear (DDPM betas), scaled_linear (linear in sqrt(beta), latent diffusion's), cosine (improved DDPM) or custom (the config file's list `betas`, one per step); with --objective vdm: learned (the default there: a monotone SNR network trained with the model, saved as snr.*) or linear (VDM's fixed linear log-SNR, -13.3 to 5)")->check(enum_validator<train::ScheduleKind>())->capture_default_str();
+  add_enum_option(cmd, "--objective", cfg->objective, "what the network predicts: eps, x0, v, hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels), or vdm (eps in continuous time, trained on the VDM likelihood bound in bits/dim: prior + reconstruction + 0.5 gamma'(t) ||eps - eps_hat||^2; Kingma et al. 2021)");
+  CLI::Option* schedule_opt = add_enum_option(cmd, "--schedule", cfg->schedule, "noise schedule: linear (DDPM betas), scaled_linear (linear in sqrt(beta), latent diffusion's), cosine (improved DDPM) or custom (the config file's list `betas`, one per step); with --objective vdm: learned (the default there: a monotone SNR network trained with the model, saved as snr.*) or linear (VDM's fixed linear log-SNR, -13.3 to 5)");
   cmd->add_option("--timesteps", cfg->timesteps, "diffusion steps T")->capture_default_str();
   cmd->add_option_function<double>("--beta-start", [cfg](const double& b) { cfg->beta_start = b; }, "first beta of a linear or scaled_linear schedule, in (0, 1), as given (default: DDPM's 1e-4 x 1000 / T)");
   cmd->add_option_function<double>("--beta-end", [cfg](const double& b) { cfg->beta_end = b; }, "last beta of a linear or scaled_linear schedule, in (0, 1), as given (default: DDPM's 0.02 x 1000 / T)");
-  cmd->add_option("--loss-weight", cfg->loss_weight, "per-sample loss weight: none or min-snr (gamma 5)")->check(enum_validator<train::LossWeight>())->capture_default_str();
-  cmd->add_option("--t-sampling", cfg->t_sampling, "how training steps t are drawn: uniform, or importance (--objective hybrid only; improved DDPM's sampler: p_t proportional to sqrt(E[L_t^2]) over each step's last 10 losses, uniform until every step has 10, the loss weighted by 1/(T p_t); the history is saved in the checkpoint)")->check(enum_validator<train::TSampling>())->capture_default_str();
+  add_enum_option(cmd, "--loss-weight", cfg->loss_weight, "per-sample loss weight: none or min-snr (gamma 5)");
+  add_enum_option(cmd, "--t-sampling", cfg->t_sampling, "how training steps t are drawn: uniform, or importance (--objective hybrid only; improved DDPM's sampler: p_t proportional to sqrt(E[L_t^2]) over each step's last 10 losses, uniform until every step has 10, the loss weighted by 1/(T p_t); the history is saved in the checkpoint)");
   cmd->add_option("--lr", cfg->lr, "AdamW learning rate")->capture_default_str();
   cmd->add_option("--beta1", cfg->beta1, "AdamW beta1")->capture_default_str();
   cmd->add_option("--beta2", cfg->beta2, "AdamW beta2")->capture_default_str();
@@ -100,7 +100,7 @@ void register_train(CLI::App& root) {
       }
     }
     // VDM's point is the learned schedule: it is what --objective vdm trains unless told otherwise.
-    if (c.objective == "vdm" && !schedule_given) c.schedule = "learned";
+    if (c.objective == train::Objective::vdm && !schedule_given) c.schedule = train::ScheduleKind::learned;
     c = train::TrainConfig::from_json(c.to_json());  // validates
     std::signal(SIGINT, on_signal);
     std::signal(SIGTERM, on_signal);

@@ -29,6 +29,17 @@ CLI::Validator enum_validator() {
       braced(enum_name_strings<E>()));
 }
 
+// A flag whose value is one of E's names, stored as the enumeration in `field` (which must outlive
+// the command); --help shows the names and the default.
+template <class E>
+CLI::Option* add_enum_option(CLI::App* cmd, const std::string& name, E& field, const std::string& help) {
+  return cmd
+      ->add_option_function<std::string>(
+          name, [&field, name](const std::string& text) { field = parse_enum<E>(text, "value", name); }, help)
+      ->check(enum_validator<E>())
+      ->default_str(std::string(enum_name(field)));
+}
+
 // cpu, cuda, cuda:N or auto: the spelling, through the one check the training config uses.
 inline CLI::Validator device_validator() {
   return CLI::Validator(

@@ -394,7 +394,7 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
       refuse(file, "trained_betas", json("[" + std::to_string(tb.size()) + " numbers]"),
              "one beta per step, and num_train_timesteps is " + std::to_string(T));
     for (size_t i = 0; i < tb.size(); ++i) t.betas.push_back(beta("trained_betas[" + std::to_string(i) + "]", tb[i]));
-    t.schedule = "custom";
+    t.schedule = train::ScheduleKind::custom;
   } else {
     // diffusers' defaults, whatever T is (diffuse's own scale with T: train::beta_range).
     double b0 = 1e-4, b1 = 0.02;
@@ -403,7 +403,7 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
              "must be numbers");
     const json bs = val("beta_schedule", "linear");
     if (bs == "linear" || bs == "scaled_linear") {
-      t.schedule = bs.get<std::string>();
+      t.schedule = parse_enum<train::ScheduleKind>(bs.get<std::string>(), "beta_schedule");
       b0 = beta("beta_start", b0);
       b1 = beta("beta_end", b1);
       // Left unset where they are diffuse's own default ends for T (DDPM's scaled by 1000 / T), so
@@ -415,7 +415,7 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
         t.beta_end = b1;
       }
     } else if (bs == "squaredcos_cap_v2") {
-      t.schedule = "cosine";  // improved DDPM's cosine, max beta 0.999: DiscreteSchedule::cosine
+      t.schedule = train::ScheduleKind::cosine;  // improved DDPM's cosine, max beta 0.999: DiscreteSchedule::cosine
     } else if (bs == "sigmoid") {
       // GeoDiff's (Xu et al. 2022) as DDPMScheduler has it: betas = sigmoid(linspace(-6, 6, T))
       // (beta_end - beta_start) + beta_start, between the two ends; diffuse keeps them as a list.
@@ -423,7 +423,7 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
       b1 = beta("beta_end", b1);
       for (int i = 0; i < T; ++i)
         t.betas.push_back(diffusion::sigmoid(-6.0 + 12.0 * i / (T - 1)) * (b1 - b0) + b0);
-      t.schedule = "custom";
+      t.schedule = train::ScheduleKind::custom;
     } else {
       refuse(file, "beta_schedule", bs,
              "diffuse has 'linear', 'scaled_linear', 'squaredcos_cap_v2' (cosine) and 'sigmoid' (as its list of "
@@ -431,9 +431,9 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
     }
   }
   const json pt = val("prediction_type", "epsilon");
-  if (pt == "epsilon") t.objective = "eps";
-  else if (pt == "sample") t.objective = "x0";
-  else if (pt == "v_prediction") t.objective = "v";
+  if (pt == "epsilon") t.objective = train::Objective::eps;
+  else if (pt == "sample") t.objective = train::Objective::x0;
+  else if (pt == "v_prediction") t.objective = train::Objective::v;
   else refuse(file, "prediction_type", pt, "diffuse has 'epsilon', 'sample' and 'v_prediction'");
   const json vt = val("variance_type", "fixed_small");
   if (learn_sigma) {
@@ -441,13 +441,13 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
       refuse(file, "variance_type", vt,
              "the UNet outputs twice in_channels, which diffuse reads as improved DDPM's learned variance "
              "(variance_type 'learned_range')");
-    if (t.objective != "eps")
+    if (t.objective != train::Objective::eps)
       refuse(file, "prediction_type", pt, "a learned variance goes with epsilon prediction in diffuse (objective hybrid)");
-    t.objective = "hybrid";
+    t.objective = train::Objective::hybrid;
   } else if (vt == "learned" || vt == "learned_range") {
     refuse(file, "variance_type", vt, "the UNet's output has no variance channels (out_channels = in_channels)");
   } else if (vt == "fixed_large") {
-    t.variance = "beta";  // DDPM's other choice (Ho et al. 2020 sec. 3.2), the DDPM models' own
+    t.variance = diffusion::VarianceKind::beta;  // DDPM's other choice (Ho et al. 2020 sec. 3.2), the DDPM models' own
   } else if (vt != "fixed_small" && vt != "fixed_small_log") {
     // fixed_small_log is fixed_small's variance, which DDPMScheduler.step reaches through its log.
     refuse(file, "variance_type", vt,
@@ -471,22 +471,26 @@ std::string schedule_from_diffusers(const json& s, const std::string& file, bool
 }
 
 json diffusers_scheduler_from(const train::TrainConfig& t) {
-  DF_CHECK(!train::continuous_time(t), "cannot export objective '", t.objective,
+  DF_CHECK(!train::continuous_time(t), "cannot export objective '", enum_name(t.objective),
            "' to diffusers: its schedule is continuous (VDM), and diffusers' schedulers take DDPM betas");
-  const train::ScheduleKind kind = parse_enum<train::ScheduleKind>(t.schedule, "schedule");
+  const train::ScheduleKind kind = t.schedule;
   const auto [b0, b1] = train::beta_range(t);
   json j{{"_class_name", "DDPMScheduler"},
          {"_diffusers_version", kDiffusersVersion},
          {"num_train_timesteps", t.timesteps},
          {"beta_start", b0},
          {"beta_end", b1},
-         {"beta_schedule", kind == train::ScheduleKind::cosine ? "squaredcos_cap_v2" : t.schedule},
+         {"beta_schedule", kind == train::ScheduleKind::cosine ? "squaredcos_cap_v2" : enum_name(kind)},
          {"trained_betas", nullptr},
          {"variance_type",
-          train::learned_variance(t) ? "learned_range" : t.variance == "beta" ? "fixed_large" : "fixed_small"},
+          train::learned_variance(t)                            ? "learned_range"
+          : t.variance == diffusion::VarianceKind::beta ? "fixed_large"
+                                                        : "fixed_small"},
          {"clip_sample", true},
          {"clip_sample_range", 1.0},
-         {"prediction_type", t.objective == "x0" ? "sample" : t.objective == "v" ? "v_prediction" : "epsilon"},
+         {"prediction_type", t.objective == train::Objective::x0  ? "sample"
+                            : t.objective == train::Objective::v ? "v_prediction"
+                                                                 : "epsilon"},
          {"thresholding", false},
          {"timestep_spacing", "linspace"},
          {"steps_offset", 0},

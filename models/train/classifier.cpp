@@ -54,7 +54,7 @@ void visit_fields(C& c, F&& f) {
 // The DDPM schedule of the noise levels, built by the one function `train` uses.
 diffusion::DiscreteSchedule noise_schedule(const ClassifierConfig& c) {
   TrainConfig t;
-  t.schedule = c.schedule;
+  t.schedule = parse_enum<ScheduleKind>(c.schedule, "schedule", "classifier config");
   t.timesteps = c.timesteps;
   return make_schedule(t);
 }

@@ -13,10 +13,10 @@ namespace diffuse::train {
 nlohmann::json TrainConfig::to_json() const {
   nlohmann::json j = {{"preset", preset},
           {"model", model},
-          {"objective", objective},
-          {"schedule", schedule},
+          {"objective", enum_name(objective)},
+          {"schedule", enum_name(schedule)},
           {"timesteps", timesteps},
-          {"loss_weight", loss_weight},
+          {"loss_weight", enum_name(loss_weight)},
           {"lr", lr},
           {"beta1", beta1},
           {"beta2", beta2},
@@ -48,8 +48,8 @@ nlohmann::json TrainConfig::to_json() const {
   if (beta_start) j["beta_start"] = *beta_start;
   if (beta_end) j["beta_end"] = *beta_end;
   if (!betas.empty()) j["betas"] = betas;
-  if (variance != TrainConfig{}.variance) j["variance"] = variance;
-  if (t_sampling != TrainConfig{}.t_sampling) j["t_sampling"] = t_sampling;
+  if (variance != TrainConfig{}.variance) j["variance"] = enum_name(variance);
+  if (t_sampling != TrainConfig{}.t_sampling) j["t_sampling"] = enum_name(t_sampling);
   return j;
 }
 
@@ -69,8 +69,10 @@ double beta_value(const nlohmann::json& v, const std::string& key) {
 }
 
 // The betas' keys against the objective and schedule, and their values.
-void check_betas(const TrainConfig& c, Objective objective, ScheduleKind schedule) {
-  const std::string s = c.schedule;
+void check_betas(const TrainConfig& c) {
+  const Objective objective = c.objective;
+  const ScheduleKind schedule = c.schedule;
+  const std::string_view s = enum_name(schedule);
   const bool given_range = c.beta_start || c.beta_end;
   if (objective == Objective::vdm) {
     DF_CHECK(!given_range && c.betas.empty(), "training config: key '",
@@ -119,13 +121,19 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     if (j.contains(key) && !json_to(j.at(key), field))
       DF_FAIL("training config: key '", key, "' has the wrong type or is out of range: ", json_brief(j.at(key)));
   };
+  // The enumerated keys through their one parser each: an unknown name is refused with the list.
+  auto get_enum = [&](const char* key, auto& field) {
+    std::string name;
+    get(key, name);
+    if (j.contains(key)) field = parse_enum<std::decay_t<decltype(field)>>(name, key, "training config");
+  };
   get("preset", c.preset);
   if (j.contains("model")) {
     DF_CHECK(j["model"].is_object(), "training config: 'model' must be an object of UNet keys");
     c.model = j["model"];
   }
-  get("objective", c.objective);
-  get("schedule", c.schedule);
+  get_enum("objective", c.objective);
+  get_enum("schedule", c.schedule);
   get("timesteps", c.timesteps);
   if (j.contains("beta_start")) c.beta_start = beta_value(j["beta_start"], "beta_start");
   if (j.contains("beta_end")) c.beta_end = beta_value(j["beta_end"], "beta_end");
@@ -136,9 +144,9 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
     for (size_t i = 0; i < j["betas"].size(); ++i)
       c.betas.push_back(beta_value(j["betas"][i], "betas[" + std::to_string(i) + "]"));
   }
-  get("variance", c.variance);
-  get("loss_weight", c.loss_weight);
-  get("t_sampling", c.t_sampling);
+  get_enum("variance", c.variance);
+  get_enum("loss_weight", c.loss_weight);
+  get_enum("t_sampling", c.t_sampling);
   get("lr", c.lr);
   get("beta1", c.beta1);
   get("beta2", c.beta2);
@@ -166,14 +174,13 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   get("sample_count", c.sample_count);
   get("sample_steps", c.sample_steps);
   get("max_nonfinite", c.max_nonfinite);
-  // The enumerated keys through their one parser each: an unknown name is refused with the list.
-  const Objective objective = parse_enum<Objective>(c.objective, "objective", "training config");
-  const ScheduleKind schedule = parse_enum<ScheduleKind>(c.schedule, "schedule", "training config");
-  (void)parse_enum<LossWeight>(c.loss_weight, "loss_weight", "training config");
+  const Objective objective = c.objective;
+  const ScheduleKind schedule = c.schedule;
   // Importance sampling of t needs a loss over discrete steps with a VLB term, whose per-step
   // terms differ by orders of magnitude (improved DDPM sec. 3.3): objective hybrid.
-  if (parse_enum<TSampling>(c.t_sampling, "t_sampling", "training config") == TSampling::importance)
-    DF_CHECK(objective == Objective::hybrid, "training config: t_sampling 'importance' with objective ", c.objective,
+  if (c.t_sampling == TSampling::importance)
+    DF_CHECK(objective == Objective::hybrid, "training config: t_sampling 'importance' with objective ",
+             enum_name(objective),
              objective == Objective::vdm
                  ? ": the VDM loss draws continuous t (low-discrepancy), not one of T discrete steps to importance-sample"
                  : ", whose loss has no VLB term; importance sampling of t goes with objective hybrid (or use "
@@ -188,22 +195,23 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   }
   if (objective == Objective::vdm)
     DF_CHECK(schedule == ScheduleKind::linear || schedule == ScheduleKind::learned, "training config: schedule '",
-             c.schedule, "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
+             enum_name(schedule), "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
   else
     DF_CHECK(schedule != ScheduleKind::learned, "training config: schedule 'learned' needs objective vdm (with "
-             "objective '", c.objective, "' the schedule is linear, scaled_linear, cosine or custom)");
-  check_betas(c, objective, schedule);
+             "objective '", enum_name(objective), "' the schedule is linear, scaled_linear, cosine or custom)");
+  check_betas(c);
   {
-    const diffusion::VarianceKind v = parse_enum<diffusion::VarianceKind>(c.variance, "variance", "training config");
+    const diffusion::VarianceKind v = c.variance;
     DF_CHECK(v != diffusion::VarianceKind::learned, "training config: variance 'learned' comes with objective "
              "hybrid, whose network outputs it (expected beta_tilde or beta)");
     DF_CHECK(v == diffusion::VarianceKind::beta_tilde || objective == Objective::eps || objective == Objective::x0 ||
                  objective == Objective::v,
-             "training config: variance '", c.variance, "' with objective ", c.objective, ", which ",
+             "training config: variance '", enum_name(v), "' with objective ", enum_name(objective), ", which ",
              objective == Objective::hybrid ? "learns its variance" : "samples with VDM's own steps",
              " (leave variance out)");
   }
-  DF_CHECK(c.objective != "vdm" || c.loss_weight == "none", "training config: loss_weight '", c.loss_weight,
+  DF_CHECK(objective != Objective::vdm || c.loss_weight == LossWeight::none, "training config: loss_weight '",
+           enum_name(c.loss_weight),
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
   DF_CHECK(c.timesteps >= 2, "training config: timesteps must be at least 2");
   DF_CHECK(c.batch >= 1, "training config: batch must be at least 1");
@@ -226,10 +234,10 @@ nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_cl
   // The objective decides the output channels: the hybrid loss trains a learned variance, 2C
   // channels (eps, then the variance); every other objective regresses C. A preset's learn_sigma
   // (imagenet64) follows the objective; an explicit model key that contradicts it is an error.
-  const bool hybrid = objective == "hybrid";
+  const bool hybrid = objective == Objective::hybrid;
   DF_CHECK(!model.contains("learn_sigma") || model.at("learn_sigma") == hybrid, "training config: model key "
            "learn_sigma = ", model.contains("learn_sigma") ? model.at("learn_sigma").dump() : "", " but objective '",
-           objective, "' ", hybrid ? "needs" : "cannot train", " a learned variance (use --objective hybrid for one)");
+           enum_name(objective), "' ", hybrid ? "needs" : "cannot train", " a learned variance (use --objective hybrid for one)");
   j["learn_sigma"] = hybrid;
   nn::UNetConfig u = nn::UNetConfig::from_json(j);
   u.validate();
@@ -251,18 +259,18 @@ std::string device_step_unsupported(const TrainConfig& c) {
   // time and learned schedule (vdm).
   if (c.class_cond) return "--class-cond";
   if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
-  const Objective o = parse_enum<Objective>(c.objective, "objective");
-  if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + c.objective;
+  const Objective o = c.objective;
+  if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + std::string(enum_name(o));
   // The device step draws its steps uniformly in its own kernels and keeps no loss history.
-  if (c.t_sampling != TrainConfig{}.t_sampling) return "--t-sampling " + c.t_sampling;
+  if (c.t_sampling != TSampling::uniform) return "--t-sampling " + std::string(enum_name(c.t_sampling));
   return "";
 }
 
 TrainingDevice choose_training_device(const TrainConfig& c, bool cuda_available) {
-  check_device_spec(c.device);
-  if (c.device == "cpu") return {Device::cpu(), ""};
+  const std::optional<Device> asked = parse_device_spec(c.device);  // nullopt: auto
+  if (asked && asked->is_cpu()) return {Device::cpu(), ""};
   const std::string unsupported = device_step_unsupported(c);
-  if (c.device == "auto") {
+  if (!asked) {
     if (!cuda_available) return {Device::cpu(), ""};
     if (unsupported.empty()) return {Device::cuda(0), ""};
     return {Device::cpu(), "--device auto: " + unsupported + " is not in the GPU training step yet; training on the cpu"};
@@ -279,10 +287,11 @@ std::pair<double, double> beta_range(const TrainConfig& c) {
 }
 
 diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
-  DF_CHECK(!continuous_time(c), "objective vdm has a continuous schedule (", c.schedule, "), not DDPM betas: use "
+  DF_CHECK(!continuous_time(c), "objective vdm has a continuous schedule (", enum_name(c.schedule), "), not DDPM "
+           "betas: use "
            "model_schedule");
   using diffusion::DiscreteSchedule;
-  switch (parse_enum<ScheduleKind>(c.schedule, "schedule", "training config")) {
+  switch (c.schedule) {
     case ScheduleKind::cosine: return DiscreteSchedule::cosine(c.timesteps);
     case ScheduleKind::scaled_linear: {
       const auto [b0, b1] = beta_range(c);
@@ -300,26 +309,35 @@ diffusion::DiscreteSchedule make_schedule(const TrainConfig& c) {
       }
     case ScheduleKind::learned: break;
   }
-  DF_FAIL("training config: schedule '", c.schedule, "' needs objective vdm");
+  DF_FAIL("training config: schedule 'learned' needs objective vdm");
 }
 
 diffusion::VarianceKind ancestral_variance(const TrainConfig& c) {
   if (learned_variance(c)) return diffusion::VarianceKind::learned;
-  return parse_enum<diffusion::VarianceKind>(c.variance, "variance", "training config");
+  return c.variance;
 }
 
 diffusion::Prediction prediction_of(const TrainConfig& c) {
-  if (c.objective == "x0") return diffusion::Prediction::x0;
-  if (c.objective == "v") return diffusion::Prediction::v;
-  return diffusion::Prediction::eps;  // eps and hybrid (eps, plus the variance channels)
+  return prediction_of(c.objective);
 }
 
-bool learned_variance(const TrainConfig& c) { return c.objective == "hybrid"; }
+diffusion::Prediction prediction_of(Objective o) {
+  switch (o) {
+    case Objective::x0: return diffusion::Prediction::x0;
+    case Objective::v: return diffusion::Prediction::v;
+    case Objective::eps:
+    case Objective::hybrid:  // eps, plus the variance channels
+    case Objective::vdm: return diffusion::Prediction::eps;
+  }
+  DF_FAIL("prediction_of: an objective without a name");
+}
 
-bool continuous_time(const TrainConfig& c) { return c.objective == "vdm"; }
+bool learned_variance(const TrainConfig& c) { return c.objective == Objective::hybrid; }
+
+bool continuous_time(const TrainConfig& c) { return c.objective == Objective::vdm; }
 
 std::shared_ptr<nn::SNRNet> make_snr_net(const TrainConfig& c) {
-  if (!continuous_time(c) || c.schedule != "learned") return nullptr;
+  if (!continuous_time(c) || c.schedule != ScheduleKind::learned) return nullptr;
   // Its own init stream, so the UNet's init is the same with either schedule.
   return std::make_shared<nn::SNRNet>(1024, static_cast<float>(kVdmGammaMin), static_cast<float>(kVdmGammaMax),
                                       c.seed ^ 0x5e11a7edull);

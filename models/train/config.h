@@ -26,9 +26,9 @@
 
 namespace diffuse::train {
 
-// The enumerated keys of a training config. TrainConfig keeps their names (the checkpoint's
-// metadata and every reader of it spell them so); these tables are what accepts a name, from a
-// flag or a config file, and what --help lists.
+// The enumerated keys of a training config. TrainConfig holds them as these enums; the tables are
+// their one spelling: what the checkpoint's metadata writes, what a flag or a config file is
+// parsed by, and what --help lists.
 enum class Objective { eps, x0, v, hybrid, vdm };
 inline constexpr EnumName<Objective> kObjectiveNames[] = {{Objective::eps, "eps"},
                                                           {Objective::x0, "x0"},
@@ -70,12 +70,12 @@ struct TrainConfig {
   // diffusion
   // eps | x0 | v | hybrid (eps + learned variance, improved DDPM) | vdm (continuous-time VDM bound,
   // eps prediction; Kingma et al. 2021)
-  std::string objective = "eps";
+  Objective objective = Objective::eps;
   // eps, x0, v, hybrid: DDPM betas, linear | scaled_linear (linear in sqrt(beta), latent
   // diffusion's) | cosine (improved DDPM) | custom (the list `betas`). vdm: linear (VDM's fixed
   // linear log-SNR, gamma from kVdmGammaMin to kVdmGammaMax) | learned (the SNRNet, trained
   // jointly; `diffuse train --objective vdm` picks it unless --schedule is given).
-  std::string schedule = "linear";
+  ScheduleKind schedule = ScheduleKind::linear;
   // Discrete objectives: T. vdm: time stays continuous; T only scales the network's time input,
   // t in [0, 1] -> t T - 1, the map make_denoiser applies for every sampler.
   int timesteps = 1000;
@@ -90,11 +90,11 @@ struct TrainConfig {
   // beta_tilde, the posterior's (diffusers' fixed_small), or beta (fixed_large; Ho et al. 2020
   // sec. 3.2 found the two to give similar samples). Objective hybrid learns its own. Written
   // only when not beta_tilde.
-  std::string variance = "beta_tilde";
-  std::string loss_weight = "none"; // none | min-snr (gamma 5)
+  diffusion::VarianceKind variance = diffusion::VarianceKind::beta_tilde;
+  LossWeight loss_weight = LossWeight::none;  // none | min-snr (gamma 5)
   // uniform | importance (objective hybrid only: its loss has a VLB term over discrete t). The
   // sampler's loss history is saved in the checkpoint. Written only when not uniform.
-  std::string t_sampling = "uniform";
+  TSampling t_sampling = TSampling::uniform;
   // optimisation
   double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 0.0;
   int64_t warmup = 100;
@@ -162,6 +162,7 @@ bool continuous_time(const TrainConfig& c);
 std::shared_ptr<nn::SNRNet> make_snr_net(const TrainConfig& c);
 // What the first C output channels predict (hybrid: eps).
 diffusion::Prediction prediction_of(const TrainConfig& c);
+diffusion::Prediction prediction_of(Objective o);
 // The variance of DDPM ancestral steps (and of the VLB's reverse process) with this model: learned
 // for objective hybrid, else the config's `variance` (beta_tilde or beta).
 diffusion::VarianceKind ancestral_variance(const TrainConfig& c);

@@ -63,11 +63,10 @@ class GradMode {
   bool prev_;
 };
 
-diffusion::Prediction prediction_of(const std::string& objective) {
-  if (objective == "x0") return diffusion::Prediction::x0;
-  if (objective == "v") return diffusion::Prediction::v;
-  DF_CHECK(objective == "eps", "DeviceTrainStep: objective '", objective, "' (expected eps, x0 or v)");
-  return diffusion::Prediction::eps;
+diffusion::Prediction step_prediction(Objective objective) {
+  DF_CHECK(objective == Objective::eps || objective == Objective::x0 || objective == Objective::v,
+           "DeviceTrainStep: objective '", enum_name(objective), "' (expected eps, x0 or v)");
+  return prediction_of(objective);
 }
 
 }  // namespace
@@ -77,9 +76,7 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
   DF_CHECK(unet_, "DeviceTrainStep: no model");
   DF_CHECK(unet_->config().num_classes == 0, "DeviceTrainStep: class-conditional models are not supported yet (the ",
            "UNet checks labels on the host)");
-  (void)prediction_of(o_.objective);
-  DF_CHECK(o_.loss_weight == "none" || o_.loss_weight == "min-snr", "DeviceTrainStep: loss_weight '", o_.loss_weight,
-           "'");
+  (void)step_prediction(o_.objective);
   DF_CHECK(o_.timesteps >= 2, "DeviceTrainStep: timesteps ", o_.timesteps);
   const AdamWOptions& a = o_.adamw;
   DF_CHECK(a.lr >= 0.f && a.eps > 0.f && a.beta1 >= 0.f && a.beta1 < 1.f && a.beta2 >= 0.f && a.beta2 < 1.f &&
@@ -219,7 +216,7 @@ void DeviceTrainStep::stage(const Tensor& x) {
   x_.copy_(x);
 
   const int64_t s = steps_, t = s + 1;  // 0-based step index; AdamW's 1-based step
-  const diffusion::Prediction pred = prediction_of(o_.objective);
+  const diffusion::Prediction pred = step_prediction(o_.objective);
   float* h = host_staging_.data();
   const uint64_t word = step_word(o_.seed, s);
   std::memcpy(h + kWordAt, &word, sizeof word);
@@ -248,7 +245,7 @@ void DeviceTrainStep::stage(const Tensor& x) {
     h[kArrays + B + b] = static_cast<float>(std::sqrt(ab));
     h[kArrays + 2 * B + b] = static_cast<float>(std::sqrt(1 - ab));
     h[kArrays + 3 * B + b] =
-        o_.loss_weight == "min-snr" ? static_cast<float>(diffusion::min_snr_weight(pred, ab / (1 - ab))) : 1.f;
+        o_.loss_weight == LossWeight::min_snr ? static_cast<float>(diffusion::min_snr_weight(pred, ab / (1 - ab))) : 1.f;
   }
   cuda::tensor_upload(staging_.raw(), h, host_staging_.size() * sizeof(float), stream_->stream());
 }
@@ -269,7 +266,7 @@ void DeviceTrainStep::body() {
   Tensor z = Tensor::empty(x_.shape(), DType::f32, device_), eps = Tensor::empty(x_.shape(), DType::f32, device_);
   kernels::noise_forward(x_, alpha, sigma, o_.seed, kNoiseOffset, z, eps);
   Tensor target;
-  switch (prediction_of(o_.objective)) {
+  switch (step_prediction(o_.objective)) {
     case diffusion::Prediction::eps: target = eps; break;
     case diffusion::Prediction::x0: target = x_; break;
     default: {  // v = alpha eps - sigma x (Salimans & Ho 2022)

@@ -48,6 +48,7 @@
 #include "core/tensor.h"
 #include "models/diffusion/device_sampler.h"
 #include "models/nn/unet.h"
+#include "models/train/config.h"
 #include "models/train/optim.h"
 
 namespace diffuse {
@@ -66,8 +67,8 @@ struct DeviceTrainOptions {
   // The schedule's alpha_bar per step, `timesteps` of them: train::make_schedule's, the one that
   // turns a training config into betas. Empty: DDPM's linear betas (DiscreteSchedule::linear).
   std::vector<double> alphas_cumprod;
-  std::string objective = "eps";     // eps | x0 | v
-  std::string loss_weight = "none";  // none | min-snr (gamma 5)
+  Objective objective = Objective::eps;       // eps | x0 | v
+  LossWeight loss_weight = LossWeight::none;  // none | min-snr (gamma 5)
   // lr, beta1, beta2, eps, weight_decay, decay_vectors, warmup_steps (flat is implied). The
   // defaults of train(): lr 2e-4 with 100 warm-up steps.
   AdamWOptions adamw{2e-4f, 0.9f, 0.999f, 1e-8f, 0.f, true, 100, true};

@@ -42,7 +42,7 @@ namespace diffuse::train {
 
 std::shared_ptr<const diffusion::Schedule> model_schedule(const LoadedModel& m) {
   if (!continuous_time(m.config)) return std::make_shared<diffusion::DiscreteSchedule>(make_schedule(m.config));
-  if (m.config.schedule == "learned") {
+  if (m.config.schedule == ScheduleKind::learned) {
     DF_CHECK(m.snr != nullptr, "model_schedule: a learned schedule but no SNR net loaded");
     return std::make_shared<nn::SNRSchedule>(m.snr);
   }
@@ -262,7 +262,7 @@ ag::Var ddpm_step_loss(Run& r, const Tensor& x, const Tensor& y, int64_t s, Loss
     sigma_d[b] = std::sqrt(1 - abar[ts[b]]);
     alpha[b] = static_cast<float>(alpha_d[b]);
     sigma[b] = static_cast<float>(sigma_d[b]);
-    if (cfg.loss_weight == "min-snr")
+    if (cfg.loss_weight == LossWeight::min_snr)
       weights[b] = diffusion::min_snr_weight(pred, abar[ts[b]] / (1 - abar[ts[b]]));
   }
   Tensor z = Tensor::empty(x.shape(), DType::f32, r.device), eps = Tensor::empty(x.shape(), DType::f32, r.device);
@@ -369,7 +369,7 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema, bo
   }
   DF_CHECK(m.unet->config().learn_sigma == learned_variance(m.config), path, ": the UNet ",
            m.unet->config().learn_sigma ? "has" : "has no", " learned variance but the training objective is '",
-           m.config.objective, "'");
+           enum_name(m.config.objective), "'");
   try {
     m.unet->load_state(weights);
   } catch (const Error& e) {
@@ -377,7 +377,7 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema, bo
   }
   m.snr = make_snr_net(m.config);
   DF_CHECK(m.snr || snr_weights.empty(), path, ": the checkpoint holds SNR-net weights (snr.*) but its config (objective '",
-           m.config.objective, "', schedule '", m.config.schedule, "') has no learned schedule");
+           enum_name(m.config.objective), "', schedule '", enum_name(m.config.schedule), "') has no learned schedule");
   if (m.snr) {
     try {
       m.snr->load_state(snr_weights);
@@ -469,7 +469,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
     }
   } else {
     r.schedule = make_schedule(cfg);
-    if (cfg.t_sampling == "importance")  // improved DDPM's settings: 10 losses per step, 1e-3 uniform
+    if (cfg.t_sampling == TSampling::importance)  // improved DDPM's settings: 10 losses per step, 1e-3 uniform
       r.t_sampler = std::make_unique<diffusion::LossSecondMomentResampler>(cfg.timesteps, 10, 1e-3);
   }
 

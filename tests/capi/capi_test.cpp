@@ -101,9 +101,9 @@ double max_abs_diff(const std::vector<float>& a, const Tensor& b) {
 // checkpoint: EMA weights under "ema.", live ones under "model.", the configs in the metadata.
 std::string write_tiny_checkpoint(const fs::path& dir, const std::string& objective, uint64_t seed) {
   train::TrainConfig cfg;
-  cfg.objective = objective;
+  cfg.objective = parse_enum<train::Objective>(objective, "objective");
   cfg.timesteps = 100;
-  cfg.schedule = "cosine";
+  cfg.schedule = train::ScheduleKind::cosine;
   cfg.class_cond = true;
   nn::UNetConfig uc;
   uc.in_channels = uc.out_channels = 1;
@@ -445,8 +445,8 @@ TEST_CASE("C API: a vdm checkpoint samples on its learned schedule as the C++ pa
   tu::TempDir dir;
   train::TrainConfig c = tu::tiny_config(tu::make_idx(dir, 8), dir / "run");
   c.class_cond = false;
-  c.objective = "vdm";
-  c.schedule = "learned";
+  c.objective = train::Objective::vdm;
+  c.schedule = train::ScheduleKind::learned;
   c.steps = 2;
   const std::string path = train::train(c, false);
   Handles h;

@@ -43,10 +43,10 @@ void check_round_trip(const train::TrainConfig& t, bool learn_sigma = false) {
 TEST_CASE("diffusers: linear and scaled_linear betas over any range", "[cpu][interop]") {
   // DDPM's own: nothing beyond the schedule's name, as a diffuse-trained model's config.
   train::TrainConfig t = import({{"beta_schedule", "linear"}, {"beta_start", 1e-4}, {"beta_end", 0.02}});
-  CHECK(t.schedule == "linear");
+  CHECK(t.schedule == train::ScheduleKind::linear);
   CHECK_FALSE(t.beta_start);
   CHECK_FALSE(t.beta_end);
-  CHECK(t.variance == "beta_tilde");
+  CHECK(t.variance == diffusion::VarianceKind::beta_tilde);
   CHECK(t.to_json() == train::TrainConfig{}.to_json());
   // DDPM's scaled to T = 500 is diffuse's default there too.
   CHECK_FALSE(import({{"num_train_timesteps", 500}, {"beta_start", 2e-4}, {"beta_end", 0.04}}).beta_start);
@@ -57,17 +57,17 @@ TEST_CASE("diffusers: linear and scaled_linear betas over any range", "[cpu][int
   check_round_trip(t);
   t = import(
       {{"num_train_timesteps", 400}, {"beta_start", 2e-4}, {"beta_end", 0.03}, {"variance_type", "fixed_large"}});
-  CHECK(t.schedule == "linear");
+  CHECK(t.schedule == train::ScheduleKind::linear);
   CHECK(t.beta_start == 2e-4);
   CHECK(t.beta_end == 0.03);
-  CHECK(t.variance == "beta");
+  CHECK(t.variance == diffusion::VarianceKind::beta);
   const std::vector<double> b = train::make_schedule(t).betas();
   // torch.linspace(beta_start, beta_end, T) (DDPMScheduler.__init__), in double here.
   for (int i : {0, 1, 200, 399}) CHECK(b[i] == Approx(2e-4 + (0.03 - 2e-4) * i / 399).epsilon(1e-14));
   check_round_trip(t);
 
   t = import({{"beta_schedule", "scaled_linear"}, {"beta_start", 0.00085}, {"beta_end", 0.012}});
-  CHECK(t.schedule == "scaled_linear");
+  CHECK(t.schedule == train::ScheduleKind::scaled_linear);
   const std::vector<double> s = train::make_schedule(t).betas();
   // torch.linspace(beta_start ** 0.5, beta_end ** 0.5, T) ** 2.
   for (int i : {0, 1, 500, 999}) {
@@ -83,30 +83,30 @@ TEST_CASE("diffusers: trained_betas, sigmoid and cosine", "[cpu][interop]") {
   // trained_betas win over beta_schedule and its ends, as in diffusers.
   train::TrainConfig t = import({{"num_train_timesteps", 50}, {"trained_betas", betas}, {"beta_schedule", "unknown"},
                                  {"beta_end", 7}, {"prediction_type", "v_prediction"}});
-  CHECK(t.schedule == "custom");
+  CHECK(t.schedule == train::ScheduleKind::custom);
   CHECK(t.betas == betas);
-  CHECK(t.objective == "v");
+  CHECK(t.objective == train::Objective::v);
   CHECK(train::make_schedule(t).betas() == betas);
   check_round_trip(t);
 
   // GeoDiff's sigmoid: sigmoid(linspace(-6, 6, T)) (beta_end - beta_start) + beta_start.
   t = import({{"beta_schedule", "sigmoid"}, {"num_train_timesteps", 100}, {"beta_start", 1e-3}, {"beta_end", 0.05}});
-  CHECK(t.schedule == "custom");
+  CHECK(t.schedule == train::ScheduleKind::custom);
   REQUIRE(t.betas.size() == 100);
   for (int i : {0, 33, 99})
     CHECK(t.betas[i] == Approx(1e-3 + (0.05 - 1e-3) / (1 + std::exp(-(-6.0 + 12.0 * i / 99)))).epsilon(1e-14));
   check_round_trip(t);
 
   t = import({{"beta_schedule", "squaredcos_cap_v2"}, {"prediction_type", "sample"}, {"variance_type", "fixed_large"}});
-  CHECK(t.schedule == "cosine");
-  CHECK(t.objective == "x0");
+  CHECK(t.schedule == train::ScheduleKind::cosine);
+  CHECK(t.objective == train::Objective::x0);
   check_round_trip(t);
 
   // A learned variance (2C output channels) and fixed_small_log (fixed_small through a log).
   t = import({{"variance_type", "learned_range"}}, true);
-  CHECK(t.objective == "hybrid");
+  CHECK(t.objective == train::Objective::hybrid);
   check_round_trip(t, true);
-  CHECK(import({{"variance_type", "fixed_small_log"}}).variance == "beta_tilde");
+  CHECK(import({{"variance_type", "fixed_small_log"}}).variance == diffusion::VarianceKind::beta_tilde);
 }
 
 TEST_CASE("diffusers: export writes a list where diffusers has no such schedule", "[cpu][interop]") {
@@ -117,13 +117,13 @@ TEST_CASE("diffusers: export writes a list where diffusers has no such schedule"
   REQUIRE(s["trained_betas"].is_array());
   CHECK(s["trained_betas"].get<std::vector<double>>() == diffusion::DiscreteSchedule::linear(10).betas());
   const train::TrainConfig back = import(s);
-  CHECK(back.schedule == "custom");
+  CHECK(back.schedule == train::ScheduleKind::custom);
   CHECK(train::make_schedule(back).betas() == train::make_schedule(t).betas());
   // The variance goes back as diffusers names it.
   t.timesteps = 1000;
-  t.variance = "beta";
+  t.variance = diffusion::VarianceKind::beta;
   CHECK(interop::diffusers_scheduler_from(t)["variance_type"] == "fixed_large");
-  t.variance = "beta_tilde";
+  t.variance = diffusion::VarianceKind::beta_tilde;
   CHECK(interop::diffusers_scheduler_from(t)["variance_type"] == "fixed_small");
 }
 

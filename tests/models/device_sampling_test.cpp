@@ -30,7 +30,7 @@ int64_t mismatches(const Tensor& a, const Tensor& b) {
 
 train::TrainConfig small_config(const std::string& objective) {
   train::TrainConfig c;
-  c.objective = objective;
+  c.objective = parse_enum<train::Objective>(objective, "objective");
   c.model = {{"base_channels", 8}, {"channel_mult", {1, 2}}, {"num_res_blocks", 1}, {"attention_resolutions", {4}},
              {"groups", 4}};
   return c;

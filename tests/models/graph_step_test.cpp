@@ -48,7 +48,7 @@ TEST_CASE("the device training step refuses a model on the cpu or with labels", 
   nn::UNetConfig c = small_config();
   c.num_classes = 3;
   CHECK_THROWS_WITH(train::DeviceTrainStep(std::make_shared<nn::UNet>(c, 1), o), Catch::Contains("class-conditional"));
-  o.objective = "score";
+  o.objective = train::Objective::hybrid;  // the device step regresses eps, x0 or v alone
   CHECK_THROWS_WITH(train::DeviceTrainStep(net, o), Catch::Contains("objective"));
 }
 
@@ -65,8 +65,8 @@ TEST_CASE("the captured training step replays the uncaptured one bit for bit", "
     b->to(gpu);
     train::DeviceTrainOptions o;
     o.seed = test::next_seed();
-    o.objective = objective;
-    o.loss_weight = "min-snr";
+    o.objective = parse_enum<train::Objective>(objective, "objective");
+    o.loss_weight = train::LossWeight::min_snr;
     o.adamw.lr = 1e-3f;
     o.adamw.warmup_steps = 3;
     o.adamw.weight_decay = 0.01f;
@@ -145,7 +145,7 @@ TEST_CASE("the device training step learns a fixed batch", "[cuda][models]") {
   o.seed = test::next_seed();
   o.adamw.lr = 2e-3f;
   o.adamw.warmup_steps = 5;
-  o.objective = "x0";  // the clean batch itself: a fixed target the net can memorise
+  o.objective = train::Objective::x0;  // the clean batch itself: a fixed target the net can memorise
   o.timesteps = 2;
   o.alphas_cumprod = {0.9, 0.89};  // sigma_t ~ 0.32 at both steps
   train::DeviceTrainStep step(net, o);

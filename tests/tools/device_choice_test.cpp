@@ -25,7 +25,7 @@ TEST_CASE("device choice: auto with a GPU trains there, or on the cpu (saying wh
   // What the GPU step does: eps, x0, v without classes.
   for (const char* objective : {"eps", "x0", "v"}) {
     train::TrainConfig c = config("auto");
-    c.objective = objective;
+    c.objective = parse_enum<train::Objective>(objective, "objective");
     const train::TrainingDevice d = train::choose_training_device(c, /*cuda_available=*/true);
     CHECK(d.device == Device::cuda(0));
     CHECK(d.note.empty());
@@ -37,9 +37,9 @@ TEST_CASE("device choice: auto with a GPU trains there, or on the cpu (saying wh
   };
   train::TrainConfig cond = config("auto"), hybrid = config("auto"), vdm = config("auto"), classes = config("auto");
   cond.class_cond = true;
-  hybrid.objective = "hybrid";
-  vdm.objective = "vdm";
-  vdm.schedule = "learned";
+  hybrid.objective = train::Objective::hybrid;
+  vdm.objective = train::Objective::vdm;
+  vdm.schedule = train::ScheduleKind::learned;
   classes.model = {{"num_classes", 3}};
   for (const Case& c : {Case{"--class-cond", cond}, Case{"--objective hybrid", hybrid}, Case{"--objective vdm", vdm},
                         Case{"num_classes", classes}}) {

@@ -86,7 +86,7 @@ TEST_CASE("the training config refuses unknown names of its enumerated keys, lis
       for (const std::string& n : c.names) CHECK_THAT(e.message(), Contains(n));
     }
   }
-  CHECK(TrainConfig::from_json({{"objective", "vdm"}, {"schedule", "learned"}}).schedule == "learned");
+  CHECK(TrainConfig::from_json({{"objective", "vdm"}, {"schedule", "learned"}}).schedule == train::ScheduleKind::learned);
 }
 
 TEST_CASE("CLI: each enumerated flag and config key refuses a bad value with the valid list", "[cpu][tools][enum]") {

@@ -23,10 +23,10 @@ namespace {
 // (about 25 on average), so a run of 60 spends most of its steps on importance draws.
 train::TrainConfig importance_config(const std::string& data, const std::string& out) {
   train::TrainConfig c = tiny_config(data, out);
-  c.objective = "hybrid";
-  c.schedule = "cosine";
+  c.objective = train::Objective::hybrid;
+  c.schedule = train::ScheduleKind::cosine;
   c.timesteps = 5;
-  c.t_sampling = "importance";
+  c.t_sampling = train::TSampling::importance;
   c.checkpoint_every = 0;
   return c;
 }
@@ -91,11 +91,11 @@ TEST_CASE("--t-sampling importance: the loss history is checkpointed and a resum
 
 TEST_CASE("--t-sampling: uniform by default and not written; importance only with objective hybrid", "[cpu][tools]") {
   train::TrainConfig c;
-  CHECK(c.t_sampling == "uniform");
+  CHECK(c.t_sampling == train::TSampling::uniform);
   CHECK_FALSE(c.to_json().contains("t_sampling"));
-  c.objective = "hybrid";
-  c.t_sampling = "importance";
-  CHECK(train::TrainConfig::from_json(c.to_json()).t_sampling == "importance");
+  c.objective = train::Objective::hybrid;
+  c.t_sampling = train::TSampling::importance;
+  CHECK(train::TrainConfig::from_json(c.to_json()).t_sampling == train::TSampling::importance);
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"objective", "hybrid"}, {"t_sampling", "loss-aware"}}),
                     Catch::Contains("unknown t_sampling 'loss-aware'") && Catch::Contains("uniform or importance"));
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"objective", "eps"}, {"t_sampling", "importance"}}),

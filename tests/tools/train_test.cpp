@@ -119,7 +119,7 @@ TEST_CASE("--objective hybrid trains a learned variance (2C output channels); sa
   TempDir dir;
   const std::string data = make_idx(dir, 12);
   train::TrainConfig c = tiny_config(data, dir / "run");
-  c.objective = "hybrid";
+  c.objective = train::Objective::hybrid;
   std::string path = train::train(c, false);
   SafeTensors st = read_safetensors(path);
   // The output conv has 2C = 2 channels: eps, then the raw variance (NHWC weights: Cout first).
@@ -170,10 +170,10 @@ TEST_CASE("--objective hybrid trains a learned variance (2C output channels); sa
 
 TEST_CASE("hybrid: config checks and the --help text", "[cpu][tools]") {
   train::TrainConfig c;
-  c.objective = "hybrid";
+  c.objective = train::Objective::hybrid;
   CHECK(c.unet_config(8, 1, 0).learn_sigma);
   CHECK(c.unet_config(8, 1, 0).output_channels() == 2);
-  c.objective = "eps";
+  c.objective = train::Objective::eps;
   c.preset = "imagenet64";  // a learned-sigma preset follows the objective
   CHECK_FALSE(c.unet_config(64, 3, 0).learn_sigma);
   c.preset = "tiny";

@@ -24,8 +24,8 @@ TEST_CASE("--objective vdm: the learned schedule trains with the model (snr.* in
   TempDir dir;
   const std::string data = make_idx(dir, 12);
   train::TrainConfig c = tiny_config(data, dir / "run");
-  c.objective = "vdm";
-  c.schedule = "learned";
+  c.objective = train::Objective::vdm;
+  c.schedule = train::ScheduleKind::learned;
   const std::string path = train::train(c, false);
   SafeTensors st = read_safetensors(path);
   // The SNR net's parameters, their EMA and their AdamW moments, all under the documented names.
@@ -113,8 +113,8 @@ TEST_CASE("--objective vdm: a stopped and resumed run equals the uninterrupted r
   TempDir dir;
   const std::string data = make_idx(dir, 12);
   train::TrainConfig a = tiny_config(data, dir / "a");
-  a.objective = "vdm";
-  a.schedule = "learned";
+  a.objective = train::Objective::vdm;
+  a.schedule = train::ScheduleKind::learned;
   a.steps = 5;
   const std::string ca = train::train(a, false);
   train::TrainConfig b = a;
@@ -135,8 +135,8 @@ TEST_CASE("--objective vdm: the fixed linear log-SNR schedule, config checks, th
   TempDir dir;
   const std::string data = make_idx(dir, 8);
   train::TrainConfig c = tiny_config(data, dir / "run");
-  c.objective = "vdm";
-  c.schedule = "linear";
+  c.objective = train::Objective::vdm;
+  c.schedule = train::ScheduleKind::linear;
   c.steps = 2;
   const std::string path = train::train(c, false);
   for (auto& [name, t] : tensors_of(path)) CHECK(name.find("snr.") == std::string::npos);
