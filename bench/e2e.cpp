@@ -62,7 +62,7 @@
 #include <cuda_runtime.h>
 
 #include "core/cuda_check.h"
-#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/gemm.h"
 #endif
 
 using namespace diffuse;
@@ -431,7 +431,7 @@ int main(int argc, char** argv) try {
 #if defined(DIFFUSE_HAVE_CUDA)
   const CudaDeviceInfo dev = cuda_devices().at(0);
   set_current_device(Device::cuda(0));
-  const double peak = kernels::gpu::measure_bf16_gemm_tflops();
+  const double peak = cuda::measure_bf16_gemm_tflops();
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));

@@ -47,8 +47,8 @@
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/concat.h"
-#include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
 #include "kernels/cuda/group_norm.h"
 #include "kernels/cuda/noise.h"
 #include "kernels/cuda/reduce.h"
@@ -297,7 +297,7 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
     Tensor q = rnd({B, T, C}, DType::bf16, 13), k = rnd({B, T, C}, DType::bf16, 14);
     Tensor v = rnd({B, T, C}, DType::bf16, 15);
     cs.push_back({"attention_forward", "cifar10 16x16 B128 T256 1x256", "cublas", 0, 4.0 * B * T * T * C, "4 B T^2 C",
-                  true, [=]() { (void)kernels::gpu::attention_forward(q, k, v, 1); }});
+                  true, [=]() { (void)cuda::attention_forward(q, k, v, 1); }});
   }
 
   // ---- the fused sampler step (DDIM with eta / DDPM: z, eps in; noise drawn in the kernel) ----
@@ -477,7 +477,7 @@ int run_gpu(const Options& o, const std::string& command) {
   set_current_device(Device::cuda(0));
   Bench bench(o, dev);
   const double copy = bench.copy_gbps();
-  const double peak = kernels::gpu::measure_bf16_gemm_tflops();
+  const double peak = cuda::measure_bf16_gemm_tflops();
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));

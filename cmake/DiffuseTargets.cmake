@@ -5,7 +5,6 @@ file(GLOB DIFFUSE_LIB_SOURCES CONFIGURE_DEPENDS
      ${CMAKE_SOURCE_DIR}/kernels/*.cpp
      ${CMAKE_SOURCE_DIR}/kernels/cpu/*.cpp
      ${CMAKE_SOURCE_DIR}/autograd/*.cpp
-     ${CMAKE_SOURCE_DIR}/models/*.cpp
      ${CMAKE_SOURCE_DIR}/models/*/*.cpp)
 # stb's own code, in a file of its own: in sanitizer builds with ASan but without UBSan, for the
 # upstream arithmetic defects of stb_image 2.27 that core/stb_impl.cpp describes.
@@ -13,14 +12,13 @@ if(DIFFUSE_SANITIZE OR DIFFUSE_FUZZ)
   set_source_files_properties(${CMAKE_SOURCE_DIR}/core/stb_impl.cpp PROPERTIES
                               COMPILE_OPTIONS -fno-sanitize=undefined)
 endif()
-# Sources that only make sense with the CUDA toolkit: <name>_cuda.cpp (host code calling the CUDA
-# runtime, cuBLAS, cuDNN) and every .cu file.
+# Sources that only make sense with the CUDA backend: core/<name>_cuda.cpp and kernels/cuda/*.cpp
+# (host code calling the CUDA runtime, cuBLAS, cuDNN and the launchers: the Tensor-level ops on a
+# GPU, kernels/cuda/<op>_cuda.cpp) and every .cu file.
 file(GLOB DIFFUSE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS
-     ${CMAKE_SOURCE_DIR}/core/*_cuda.cpp ${CMAKE_SOURCE_DIR}/kernels/*_cuda.cpp
-     ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cpp)
+     ${CMAKE_SOURCE_DIR}/core/*_cuda.cpp ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cpp)
 list(REMOVE_ITEM DIFFUSE_LIB_SOURCES ${DIFFUSE_CUDA_HOST_SOURCES})
-file(GLOB DIFFUSE_CU_SOURCES CONFIGURE_DEPENDS
-     ${CMAKE_SOURCE_DIR}/core/*.cu ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cu)
+file(GLOB DIFFUSE_CU_SOURCES CONFIGURE_DEPENDS ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cu)
 
 # Always static: the tests and the CLI link C++ internals; the shared library is diffuse_shared
 # (cmake/DiffusePackage.cmake).

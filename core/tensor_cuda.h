@@ -1,4 +1,6 @@
-// core/tensor_cuda.h: the few device kernels that Tensor itself needs (core/tensor_kernels.cu).
+// core/tensor_cuda.h: the few device kernels that Tensor itself needs (defined in
+// kernels/cuda/tensor_kernels.cu, with the other kernels and their portability header, so that
+// core includes nothing above it).
 // Launchers take raw pointers; the emulator builds the same ones in namespace diffuse::emu.
 #pragma once
 

@@ -80,6 +80,8 @@ Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim = false);
 Tensor mean(const Tensor& x, const std::vector<int>& axes, bool keepdim = false);
 Tensor sum_all(const Tensor& x);   // -> {1}
 Tensor mean_all(const Tensor& x);  // -> {1}
+// The number of elements each output of a reduction over `axes` of `s` sums (axes checked).
+int64_t reduction_count(const Shape& s, const std::vector<int>& axes);
 
 // ---- dropout (Philox keep-mask; nothing saved) ---------------------------------------------------
 // Element i is kept iff philox_uniform(seed, offset, i) >= p, and scaled by 1 / (1 - p); p in
@@ -96,6 +98,20 @@ void broadcast_to(const Tensor& x, Tensor& out);
 void unary_forward(UnaryOp op, const Tensor& x, Tensor& y);
 void unary_backward(UnaryOp op, const Tensor& dy, const Tensor& x, Tensor& dx);
 void sum(const Tensor& x, const std::vector<int>& axes, Tensor& out);  // out: keepdim or not, same numel
+// The public functions' cpu path, allocating the output (kernels/elementwise.cpp calls these).
+Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b);
+Tensor sum_to(const Tensor& g, const Shape& shape);
+Tensor broadcast_to(const Tensor& x, const Shape& shape);
+Tensor unary_forward(UnaryOp op, const Tensor& x);
+Tensor unary_backward(UnaryOp op, const Tensor& dy, const Tensor& x);
+Tensor add_scalar(const Tensor& x, double s);
+Tensor mul_scalar(const Tensor& x, double s);
+void axpby(double a, const Tensor& x, double b, Tensor& y);
+void add_(Tensor& y, const Tensor& x, double alpha);
+void scale_(Tensor& y, double s);
+Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim);
+Tensor sum_all(const Tensor& x);
+Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset, const char* what);
 }  // namespace cpu
 
 // The readable reference loops (the oracle the tests trust): one multi-index loop each, in

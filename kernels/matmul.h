@@ -27,6 +27,11 @@ LinearGrads linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, b
 // The cpu implementations write into caller-allocated outputs (tests poison them first); in
 // backward, each gradient that is defined is written (overwritten, not accumulated).
 namespace cpu {
+// Allocating forms: the public functions' cpu path.
+Tensor matmul_forward(const Tensor& a, const Tensor& b);
+MatmulGrads matmul_backward(const Tensor& g, const Tensor& a, const Tensor& b, bool need_a, bool need_b);
+Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias);
+LinearGrads linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, bool need_x, bool need_w, bool need_b);
 void matmul_forward(const Tensor& a, const Tensor& b, Tensor& y);
 void matmul_backward(const Tensor& g, const Tensor& a, const Tensor& b, MatmulGrads& r);
 void linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias, Tensor& y);

@@ -18,6 +18,11 @@ Tensor avg_pool2x_backward(const Tensor& g);  // g (B,H,W,C) -> (B,2H,2W,C)
 
 // The cpu implementations (OpenMP over pixels) write into caller-allocated outputs.
 namespace cpu {
+// Allocating forms: check x (f32 or f64 (B,H,W,C) on the cpu) and return the output.
+Tensor upsample_nearest2x_forward(const Tensor& x);
+Tensor upsample_nearest2x_backward(const Tensor& g);
+Tensor avg_pool2x_forward(const Tensor& x);
+Tensor avg_pool2x_backward(const Tensor& g);
 void upsample_nearest2x_forward(const Tensor& x, Tensor& y);
 void upsample_nearest2x_backward(const Tensor& g, Tensor& dx);
 void avg_pool2x_forward(const Tensor& x, Tensor& y);

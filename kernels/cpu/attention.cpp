@@ -20,7 +20,6 @@
 #include "core/check.h"
 #include "kernels/gemm.h"
 #include "kernels/softmax.h"
-#include "kernels/cuda/dispatch.h"
 
 #if defined(DIFFUSE_HAVE_OPENBLAS)
 #include <cblas.h>
@@ -229,34 +228,5 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
   else run_backward<double>(dout, q, k, v, p, heads, dq, dk, dv, false);
 }
 }  // namespace ref
-
-AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int heads) {
-  if (q.device().is_cpu()) {
-    DF_CHECK(q.dim() == 3 && k.dim() == 3, "attention: q, k must be (B, T, C), got ", q.str(), ", ", k.str());
-    AttentionResult r;
-    r.out = Tensor::empty(q.shape(), q.dtype());
-    r.saved = Tensor::empty({q.size(0), heads, q.size(1), k.size(1)}, q.dtype());
-    cpu::attention_forward(q, k, v, heads, r.out, r.saved);
-    return r;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (q.device().is_cuda()) return gpu::attention_forward(q, k, v, heads);
-#endif
-  DF_FAIL("attention on ", q.device().str(), " needs the CUDA backend");
-}
-
-AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
-                                  const AttentionResult& fwd, int heads) {
-  if (q.device().is_cpu()) {
-    AttentionGrads g{Tensor::empty(q.shape(), q.dtype()), Tensor::empty(k.shape(), k.dtype()),
-                     Tensor::empty(v.shape(), v.dtype())};
-    cpu::attention_backward(dout, q, k, v, fwd.saved, heads, g.dq, g.dk, g.dv);
-    return g;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (q.device().is_cuda()) return gpu::attention_backward(dout, q, k, v, fwd, heads);
-#endif
-  DF_FAIL("attention on ", q.device().str(), " needs the CUDA backend");
-}
 
 }  // namespace diffuse::kernels

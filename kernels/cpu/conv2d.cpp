@@ -24,7 +24,6 @@
 
 #include "core/check.h"
 #include "kernels/conv2d.h"
-#include "kernels/cuda/dispatch.h"
 #include "kernels/cpu/row_chunks.h"
 #include "kernels/gemm.h"
 
@@ -348,33 +347,5 @@ void conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const C
                  mut<float>(r.db), g);
 }
 }  // namespace ref
-
-Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
-  if (x.device().is_cpu()) {
-    Tensor y = Tensor::empty(conv2d_output_shape(x.shape(), w.shape(), p), x.dtype());
-    cpu::conv2d_forward(x, w, bias, p, y);
-    return y;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::conv2d_forward(x, w, bias, p);  // cuDNN, NHWC
-#endif
-  DF_FAIL("conv2d on ", x.device().str(), " needs the CUDA backend");
-}
-
-Conv2dGrads conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Conv2dParams& p, bool need_x,
-                            bool need_w, bool need_b) {
-  if (x.device().is_cpu()) {
-    Conv2dGrads r;
-    if (need_x) r.dx = Tensor::empty(x.shape(), x.dtype());
-    if (need_w) r.dw = Tensor::empty(w.shape(), w.dtype());
-    if (need_b) r.db = Tensor::empty({w.size(0)}, w.dtype());
-    cpu::conv2d_backward(gy, x, w, p, r);
-    return r;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::conv2d_backward(gy, x, w, p, need_x, need_w, need_b);
-#endif
-  DF_FAIL("conv2d on ", x.device().str(), " needs the CUDA backend");
-}
 
 }  // namespace diffuse::kernels

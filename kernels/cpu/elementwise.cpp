@@ -19,7 +19,6 @@
 
 #include "core/check.h"
 #include "core/philox.h"
-#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -45,11 +44,10 @@ void parallel_ranges(int64_t n, F&& body) {
   body(int64_t{0}, n);
 }
 
-int num_shares(int64_t n) {
+int num_shares([[maybe_unused]] int64_t n) {
 #ifdef _OPENMP
   if (n > kParallelMin) return omp_get_max_threads();
 #endif
-  (void)n;
   return 1;
 }
 
@@ -593,10 +591,10 @@ void sum(const Tensor& x, const std::vector<int>& axes, Tensor& out) {
 }  // namespace ref
 
 // ---- dispatch -------------------------------------------------------------------------------
+// ---- the allocating cpu forms of the public functions (kernels/elementwise.cpp) -----------------
+namespace cpu {
+
 Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (a.device().is_cuda()) return gpu::binary_forward(op, a, b);
-#endif
   check_cpu(a, "binary op");
   check_cpu(b, "binary op");
   Tensor out = Tensor::empty(broadcast_shape(a.shape(), b.shape()), a.dtype(), a.device());
@@ -604,15 +602,7 @@ Tensor binary_forward(BinaryOp op, const Tensor& a, const Tensor& b) {
   return out;
 }
 
-Tensor add(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::add, a, b); }
-Tensor sub(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::sub, a, b); }
-Tensor mul(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::mul, a, b); }
-Tensor div(const Tensor& a, const Tensor& b) { return binary_forward(BinaryOp::div, a, b); }
-
 Tensor sum_to(const Tensor& g, const Shape& shape) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (g.device().is_cuda()) return gpu::sum_to(g, shape);
-#endif
   check_cpu(g, "sum_to");
   if (g.shape() == shape) return g;
   Tensor out = Tensor::empty(shape, g.dtype(), g.device());
@@ -621,54 +611,13 @@ Tensor sum_to(const Tensor& g, const Shape& shape) {
 }
 
 Tensor broadcast_to(const Tensor& x, const Shape& shape) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::broadcast_to(x, shape);
-#endif
   check_cpu(x, "broadcast_to");
   Tensor out = Tensor::empty(shape, x.dtype(), x.device());
   cpu::broadcast_to(x, out);
   return out;
 }
 
-// d(a+b) = (dy, dy); d(a-b) = (dy, -dy); d(ab) = (dy b, dy a); d(a/b) = (dy / b, -dy a / b^2),
-// each summed back to its operand's shape.
-BinaryGrads binary_backward(BinaryOp op, const Tensor& dy, const Tensor& a, const Tensor& b, bool need_da,
-                            bool need_db) {
-  // add hands dy itself on where no sum was needed; both operands of x + x would then share one
-  // buffer as their gradients, which an optimizer scaling gradients in place would scale twice.
-  auto own = [&](Tensor t) { return t.same_storage(dy) && need_da && need_db ? t.clone() : t; };
-  DF_CHECK(dy.device() == a.device() && dy.device() == b.device(), "binary backward: ", dy.str(), " for ", a.str(),
-           " and ", b.str());
-  DF_CHECK(dy.shape() == broadcast_shape(a.shape(), b.shape()), "binary backward: gradient ", dy.str(), " for ",
-           a.str(), " and ", b.str());
-  BinaryGrads g;
-  switch (op) {
-    case BinaryOp::add:
-      if (need_da) g.da = own(sum_to(dy, a.shape()));
-      if (need_db) g.db = sum_to(dy, b.shape());
-      break;
-    case BinaryOp::sub:
-      if (need_da) g.da = sum_to(dy, a.shape());
-      if (need_db) g.db = mul_scalar(sum_to(dy, b.shape()), -1.0);
-      break;
-    case BinaryOp::mul:
-      if (need_da) g.da = sum_to(mul(dy, b), a.shape());
-      if (need_db) g.db = sum_to(mul(dy, a), b.shape());
-      break;
-    case BinaryOp::div: {
-      Tensor q = div(dy, b);  // dy / b, out's shape
-      if (need_db) g.db = sum_to(mul_scalar(div(mul(q, a), b), -1.0), b.shape());
-      if (need_da) g.da = sum_to(q, a.shape());
-      break;
-    }
-  }
-  return g;
-}
-
 Tensor unary_forward(UnaryOp op, const Tensor& x) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::unary_forward(op, x);
-#endif
   check_cpu(x, unary_name(op));
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   cpu::unary_forward(op, x, y);
@@ -676,9 +625,6 @@ Tensor unary_forward(UnaryOp op, const Tensor& x) {
 }
 
 Tensor unary_backward(UnaryOp op, const Tensor& dy, const Tensor& x) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::unary_backward(op, dy, x);
-#endif
   check_cpu(x, unary_name(op));
   Tensor dx = Tensor::empty(x.shape(), x.dtype(), x.device());
   cpu::unary_backward(op, dy, x, dx);
@@ -686,9 +632,6 @@ Tensor unary_backward(UnaryOp op, const Tensor& dy, const Tensor& x) {
 }
 
 Tensor add_scalar(const Tensor& x, double s) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::affine(x, 1.0, s);
-#endif
   check_cpu(x, "add_scalar");
   Tensor y = x.clone();
   dispatch_float(x.dtype(), "add_scalar", [&](auto t) {
@@ -701,18 +644,12 @@ Tensor add_scalar(const Tensor& x, double s) {
 }
 
 Tensor mul_scalar(const Tensor& x, double s) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::affine(x, s, 0.0);
-#endif
   Tensor y = x.clone();
   scale_(y, s);
   return y;
 }
 
 void axpby(double a, const Tensor& x, double b, Tensor& y) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (y.device().is_cuda()) return gpu::axpby(a, x, b, y);
-#endif
   check_cpu(y, "axpby");
   check_same_shape(x, y, "axpby");
   DF_CHECK(x.dtype() == y.dtype(), "axpby: ", x.str(), ", ", y.str());
@@ -729,9 +666,6 @@ void axpby(double a, const Tensor& x, double b, Tensor& y) {
 }
 
 void add_(Tensor& y, const Tensor& x, double alpha) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (y.device().is_cuda()) return gpu::axpby(alpha, x, 1.0, y);
-#endif
   check_cpu(y, "add_");
   check_same_shape(x, y, "add_");
   DF_CHECK(x.dtype() == y.dtype(), "add_: ", x.str(), ", ", y.str());
@@ -745,9 +679,6 @@ void add_(Tensor& y, const Tensor& x, double alpha) {
 }
 
 void scale_(Tensor& y, double s) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (y.device().is_cuda()) return gpu::scale_(y, s);
-#endif
   check_cpu(y, "scale_");
   dispatch_float(y.dtype(), "scale_", [&](auto t) {
     using T = decltype(t);
@@ -758,46 +689,25 @@ void scale_(Tensor& y, double s) {
 }
 
 Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::sum(x, axes, keepdim);
-#endif
   check_cpu(x, "sum");
   Tensor out = Tensor::empty(reduced_shape(x.shape(), axes, keepdim), x.dtype(), x.device());
   cpu::sum(x, axes, out);
   return out;
 }
 
-Tensor mean(const Tensor& x, const std::vector<int>& axes, bool keepdim) {
-  int64_t count = 1;
-  keepdim_shape(x.shape(), axes, &count);
-#if defined(DIFFUSE_HAVE_CUDA)
-  // One pass: the kernel's final write scales the sums.
-  if (x.device().is_cuda()) return gpu::sum(x, axes, keepdim, 1.0 / static_cast<double>(std::max<int64_t>(count, 1)));
-#endif
-
-  Tensor out = sum(x, axes, keepdim);
-  scale_(out, 1.0 / static_cast<double>(std::max<int64_t>(count, 1)));
-  return out;
-}
-
 Tensor sum_all(const Tensor& x) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::sum(x.reshape({x.numel()}), {0}, false);
-#endif
   check_cpu(x, "sum_all");
   Tensor out = Tensor::empty({1}, x.dtype(), x.device());
   cpu::sum_to(x, out);
   return out;
 }
 
-Tensor mean_all(const Tensor& x) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda())
-    return gpu::sum(x.reshape({x.numel()}), {0}, false, 1.0 / static_cast<double>(std::max<int64_t>(x.numel(), 1)));
-#endif
-  Tensor out = sum_all(x);
-  scale_(out, 1.0 / static_cast<double>(std::max<int64_t>(x.numel(), 1)));
-  return out;
+}  // namespace cpu
+
+int64_t reduction_count(const Shape& s, const std::vector<int>& axes) {
+  int64_t count = 1;
+  keepdim_shape(s, axes, &count);
+  return count;
 }
 
 // ---- dropout --------------------------------------------------------------------------------
@@ -819,10 +729,11 @@ void dropout_typed(const T* x, T* y, int64_t n, float p, uint64_t seed, uint64_t
   }
 }
 
-Tensor dropout_apply(const Tensor& x, float p, uint64_t seed, uint64_t offset, const char* what) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::dropout(x, p, seed, offset);
-#endif
+}  // namespace
+
+namespace cpu {
+
+Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset, const char* what) {
   check_cpu(x, what);
   DF_CHECK(p >= 0.f && p < 1.f, what, ": p = ", p, " (in [0, 1) expected)");
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -833,15 +744,6 @@ Tensor dropout_apply(const Tensor& x, float p, uint64_t seed, uint64_t offset, c
   return y;
 }
 
-}  // namespace
-
-Tensor dropout_forward(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
-  return dropout_apply(x, p, seed, offset, "dropout");
-}
-
-// The mask is a function of (seed, offset, i) only, so backward is the same map applied to dy.
-Tensor dropout_backward(const Tensor& dy, float p, uint64_t seed, uint64_t offset) {
-  return dropout_apply(dy, p, seed, offset, "dropout backward");
-}
+}  // namespace cpu
 
 }  // namespace diffuse::kernels

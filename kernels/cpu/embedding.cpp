@@ -8,7 +8,6 @@
 #include <algorithm>
 
 #include "core/check.h"
-#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -69,27 +68,5 @@ void embedding_backward(const Tensor& dy, const Tensor& ids, Tensor& dtable) {
 }
 
 }  // namespace cpu
-
-Tensor embedding_forward(const Tensor& ids, const Tensor& table) {
-  DF_CHECK(ids.defined() && table.defined(), "embedding: undefined tensor");
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (table.device().is_cuda()) return gpu::embedding_forward(ids, table);
-#endif
-  if (!table.device().is_cpu()) DF_FAIL("embedding on ", table.device().str(), " needs the CUDA backend");
-  DF_CHECK(table.dim() == 2 && ids.dim() == 1, "embedding: ids ", ids.str(), ", table ", table.str());
-  Tensor out = Tensor::empty({ids.numel(), table.size(1)}, table.dtype());
-  cpu::embedding_forward(ids, table, out);
-  return out;
-}
-
-Tensor embedding_backward(const Tensor& dy, const Tensor& ids, const Shape& table_shape) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (dy.device().is_cuda()) return gpu::embedding_backward(dy, ids, table_shape);
-#endif
-  if (!dy.device().is_cpu()) DF_FAIL("embedding on ", dy.device().str(), " needs the CUDA backend");
-  Tensor dt = Tensor::empty(table_shape, dy.dtype());
-  cpu::embedding_backward(dy, ids, dt);
-  return dt;
-}
 
 }  // namespace diffuse::kernels

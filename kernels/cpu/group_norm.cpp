@@ -24,7 +24,6 @@
 
 #include "core/check.h"
 #include "kernels/cpu/vec_math.h"
-#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -392,7 +391,6 @@ void check_grads(const Tensor& dy, const Tensor& x, const Dims& d, const Tensor&
   chk(g.dshift, shift, "dshift");
 }
 
-Tensor like_if(const Tensor& t, bool want) { return want && t.defined() ? Tensor::empty(t.shape(), t.dtype()) : Tensor(); }
 
 }  // namespace
 
@@ -441,40 +439,5 @@ void group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, 
     ref_backward<double>(dy, x, mean, rstd, gamma, beta, scale, shift, opt, d, g);
 }
 }  // namespace ref
-
-GroupNormResult group_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& scale,
-                                   const Tensor& shift, const GroupNormOptions& opt) {
-  if (x.device().is_cpu()) {
-    GroupNormResult r;
-    r.y = Tensor::empty(x.shape(), x.dtype());
-    r.mean = Tensor::empty({x.size(0), opt.groups}, x.dtype());
-    r.rstd = Tensor::empty({x.size(0), opt.groups}, x.dtype());
-    cpu::group_norm_forward(x, gamma, beta, scale, shift, opt, r.y, r.mean, r.rstd);
-    return r;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::group_norm_forward(x, gamma, beta, scale, shift, opt);
-#endif
-  DF_FAIL("group_norm on ", x.device().str(), " needs the CUDA backend");
-}
-
-GroupNormGrads group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
-                                   const Tensor& gamma, const Tensor& beta, const Tensor& scale,
-                                   const Tensor& shift, const GroupNormOptions& opt) {
-  if (x.device().is_cpu()) {
-    GroupNormGrads g;
-    g.dx = Tensor::empty(x.shape(), x.dtype());
-    g.dgamma = like_if(gamma, true);
-    g.dbeta = like_if(beta, true);
-    g.dscale = like_if(scale, true);
-    g.dshift = like_if(shift, true);
-    cpu::group_norm_backward(dy, x, mean, rstd, gamma, beta, scale, shift, opt, g);
-    return g;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::group_norm_backward(dy, x, mean, rstd, gamma, beta, scale, shift, opt);
-#endif
-  DF_FAIL("group_norm on ", x.device().str(), " needs the CUDA backend");
-}
 
 }  // namespace diffuse::kernels

@@ -9,7 +9,6 @@
 #include <cmath>
 
 #include "core/check.h"
-#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -87,29 +86,5 @@ void cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Ten
 }
 
 }  // namespace cpu
-
-CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& labels) {
-  DF_CHECK(logits.defined() && labels.defined(), "cross_entropy: undefined tensor");
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (logits.device().is_cuda()) return gpu::cross_entropy_forward(logits, labels);
-#endif
-  if (!logits.device().is_cpu()) DF_FAIL("cross_entropy on ", logits.device().str(), " needs the CUDA backend");
-  DF_CHECK(logits.dim() == 2, "cross_entropy: logits must be (B, K), got ", logits.str());
-  CrossEntropyResult r;
-  r.loss = Tensor::empty({1}, logits.dtype());
-  r.lse = Tensor::empty({logits.size(0)}, logits.dtype());
-  cpu::cross_entropy_forward(logits, labels, r.loss, r.lse);
-  return r;
-}
-
-Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& labels, const Tensor& lse) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (logits.device().is_cuda()) return gpu::cross_entropy_backward(dloss, logits, labels, lse);
-#endif
-  if (!logits.device().is_cpu()) DF_FAIL("cross_entropy on ", logits.device().str(), " needs the CUDA backend");
-  Tensor d = Tensor::empty(logits.shape(), logits.dtype());
-  cpu::cross_entropy_backward(dloss, logits, labels, lse, d);
-  return d;
-}
 
 }  // namespace diffuse::kernels

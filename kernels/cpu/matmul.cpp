@@ -14,7 +14,6 @@
 #include <vector>
 
 #include "core/check.h"
-#include "kernels/cuda/dispatch.h"
 #include "kernels/cpu/row_chunks.h"
 #include "kernels/gemm.h"
 #include "kernels/matmul.h"
@@ -238,59 +237,39 @@ void linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, LinearGr
 }
 }  // namespace ref
 
+namespace cpu {
+
 Tensor matmul_forward(const Tensor& a, const Tensor& b) {
-  if (a.device().is_cpu()) {
-    const MatmulDims d = matmul_dims(a, b);
-    Tensor y = Tensor::empty(matmul_out_shape(a, d), a.dtype());
-    cpu::matmul_forward(a, b, y);
-    return y;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (a.device().is_cuda()) return gpu::matmul_forward(a, b);  // cuBLASLt
-#endif
-  DF_FAIL("matmul on ", a.device().str(), " needs the CUDA backend");
+  const MatmulDims d = matmul_dims(a, b);
+  Tensor y = Tensor::empty(matmul_out_shape(a, d), a.dtype());
+  cpu::matmul_forward(a, b, y);
+  return y;
 }
 
 MatmulGrads matmul_backward(const Tensor& g, const Tensor& a, const Tensor& b, bool need_a, bool need_b) {
-  if (a.device().is_cpu()) {
-    MatmulGrads r;
-    if (need_a) r.da = Tensor::empty(a.shape(), a.dtype());
-    if (need_b) r.db = Tensor::empty(b.shape(), b.dtype());
-    cpu::matmul_backward(g, a, b, r);
-    return r;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (a.device().is_cuda()) return gpu::matmul_backward(g, a, b, need_a, need_b);
-#endif
-  DF_FAIL("matmul on ", a.device().str(), " needs the CUDA backend");
+  MatmulGrads r;
+  if (need_a) r.da = Tensor::empty(a.shape(), a.dtype());
+  if (need_b) r.db = Tensor::empty(b.shape(), b.dtype());
+  cpu::matmul_backward(g, a, b, r);
+  return r;
 }
 
 Tensor linear_forward(const Tensor& x, const Tensor& w, const Tensor& bias) {
-  if (x.device().is_cpu()) {
-    const LinearDims d = linear_dims(x, w, bias);
-    Tensor y = Tensor::empty(linear_out_shape(x, d.Out), x.dtype());
-    cpu::linear_forward(x, w, bias, y);
-    return y;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::linear_forward(x, w, bias);  // cuBLASLt, bias in the epilogue
-#endif
-  DF_FAIL("linear on ", x.device().str(), " needs the CUDA backend");
+  const LinearDims d = linear_dims(x, w, bias);
+  Tensor y = Tensor::empty(linear_out_shape(x, d.Out), x.dtype());
+  cpu::linear_forward(x, w, bias, y);
+  return y;
 }
 
 LinearGrads linear_backward(const Tensor& g, const Tensor& x, const Tensor& w, bool need_x, bool need_w, bool need_b) {
-  if (x.device().is_cpu()) {
-    LinearGrads r;
-    if (need_x) r.dx = Tensor::empty(x.shape(), x.dtype());
-    if (need_w) r.dw = Tensor::empty(w.shape(), w.dtype());
-    if (need_b) r.db = Tensor::empty({w.size(0)}, w.dtype());
-    cpu::linear_backward(g, x, w, r);
-    return r;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::linear_backward(g, x, w, need_x, need_w, need_b);
-#endif
-  DF_FAIL("linear on ", x.device().str(), " needs the CUDA backend");
+  LinearGrads r;
+  if (need_x) r.dx = Tensor::empty(x.shape(), x.dtype());
+  if (need_w) r.dw = Tensor::empty(w.shape(), w.dtype());
+  if (need_b) r.db = Tensor::empty({w.size(0)}, w.dtype());
+  cpu::linear_backward(g, x, w, r);
+  return r;
 }
+
+}  // namespace cpu
 
 }  // namespace diffuse::kernels

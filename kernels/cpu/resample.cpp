@@ -6,7 +6,6 @@
 #include <cstring>
 
 #include "core/check.h"
-#include "kernels/cuda/dispatch.h"
 #include "kernels/resample.h"
 
 namespace diffuse::kernels {
@@ -188,56 +187,36 @@ void avg_pool2x_forward(const Tensor& x, Tensor& y) { pool_fwd<true>(x, y); }
 void avg_pool2x_backward(const Tensor& g, Tensor& dx) { pool_bwd<true>(g, dx); }
 }  // namespace ref
 
+namespace cpu {
+
 Tensor upsample_nearest2x_forward(const Tensor& x) {
-  if (x.device().is_cpu()) {
-    check_float_image(x, "upsample_nearest2x");
-    Tensor y = Tensor::empty(up_shape(x), x.dtype());
-    cpu::upsample_nearest2x_forward(x, y);
-    return y;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::upsample_nearest2x_forward(x);
-#endif
-  DF_FAIL("upsample_nearest2x on ", x.device().str(), " needs the CUDA backend");
+  check_float_image(x, "upsample_nearest2x");
+  Tensor y = Tensor::empty(up_shape(x), x.dtype());
+  cpu::upsample_nearest2x_forward(x, y);
+  return y;
 }
 
 Tensor upsample_nearest2x_backward(const Tensor& g) {
-  if (g.device().is_cpu()) {
-    check_float_image(g, "upsample_nearest2x backward");
-    Tensor dx = Tensor::empty(down_shape(g, "upsample_nearest2x backward"), g.dtype());
-    cpu::upsample_nearest2x_backward(g, dx);
-    return dx;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (g.device().is_cuda()) return gpu::upsample_nearest2x_backward(g);
-#endif
-  DF_FAIL("upsample_nearest2x on ", g.device().str(), " needs the CUDA backend");
+  check_float_image(g, "upsample_nearest2x backward");
+  Tensor dx = Tensor::empty(down_shape(g, "upsample_nearest2x backward"), g.dtype());
+  cpu::upsample_nearest2x_backward(g, dx);
+  return dx;
 }
 
 Tensor avg_pool2x_forward(const Tensor& x) {
-  if (x.device().is_cpu()) {
-    check_float_image(x, "avg_pool2x");
-    Tensor y = Tensor::empty(down_shape(x, "avg_pool2x"), x.dtype());
-    cpu::avg_pool2x_forward(x, y);
-    return y;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::avg_pool2x_forward(x);
-#endif
-  DF_FAIL("avg_pool2x on ", x.device().str(), " needs the CUDA backend");
+  check_float_image(x, "avg_pool2x");
+  Tensor y = Tensor::empty(down_shape(x, "avg_pool2x"), x.dtype());
+  cpu::avg_pool2x_forward(x, y);
+  return y;
 }
 
 Tensor avg_pool2x_backward(const Tensor& g) {
-  if (g.device().is_cpu()) {
-    check_float_image(g, "avg_pool2x backward");
-    Tensor dx = Tensor::empty(up_shape(g), g.dtype());
-    cpu::avg_pool2x_backward(g, dx);
-    return dx;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (g.device().is_cuda()) return gpu::avg_pool2x_backward(g);
-#endif
-  DF_FAIL("avg_pool2x on ", g.device().str(), " needs the CUDA backend");
+  check_float_image(g, "avg_pool2x backward");
+  Tensor dx = Tensor::empty(up_shape(g), g.dtype());
+  cpu::avg_pool2x_backward(g, dx);
+  return dx;
 }
+
+}  // namespace cpu
 
 }  // namespace diffuse::kernels

@@ -10,7 +10,6 @@
 
 #include "core/check.h"
 #include "kernels/cpu/vec_math.h"
-#include "kernels/cuda/dispatch.h"
 
 namespace diffuse::kernels {
 
@@ -128,29 +127,5 @@ void softmax_last_backward(const Tensor& dy, const Tensor& y, Tensor& dx) {
   else backward_impl<double>(dy, y, dx, false);
 }
 }  // namespace ref
-
-Tensor softmax_last_forward(const Tensor& x) {
-  if (x.device().is_cpu()) {
-    Tensor y = Tensor::empty(x.shape(), x.dtype());
-    cpu::softmax_last_forward(x, y);
-    return y;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.device().is_cuda()) return gpu::softmax_last_forward(x);
-#endif
-  DF_FAIL("softmax_last on ", x.device().str(), " needs the CUDA backend");
-}
-
-Tensor softmax_last_backward(const Tensor& dy, const Tensor& y) {
-  if (y.device().is_cpu()) {
-    Tensor dx = Tensor::empty(y.shape(), y.dtype());
-    cpu::softmax_last_backward(dy, y, dx);
-    return dx;
-  }
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (y.device().is_cuda()) return gpu::softmax_last_backward(dy, y);
-#endif
-  DF_FAIL("softmax_last on ", y.device().str(), " needs the CUDA backend");
-}
 
 }  // namespace diffuse::kernels

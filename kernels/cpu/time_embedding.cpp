@@ -10,8 +10,6 @@
 #include <vector>
 
 #include "core/check.h"
-#include "core/stream.h"
-#include "kernels/cuda/time_embedding.h"
 
 namespace diffuse::kernels {
 
@@ -59,23 +57,5 @@ void timestep_embedding(const Tensor& t, int dim, const TimeEmbeddingOptions& op
 }
 
 }  // namespace cpu
-
-Tensor timestep_embedding(const Tensor& t, int dim, const TimeEmbeddingOptions& opt) {
-  DF_CHECK(t.defined(), "timestep_embedding: undefined t");
-  DF_CHECK(t.dim() == 1, "timestep_embedding: t must be (B), got ", t.str());
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (t.device().is_cuda()) {  // kernels/cuda/time_embedding.cu
-    DF_CHECK(t.dtype() == DType::f32, "timestep_embedding on cuda: f32 t, got ", t.str());
-    set_current_device(t.device());
-    Tensor out = Tensor::empty({t.size(0), dim}, DType::f32, t.device());
-    cuda::timestep_embedding(t.data<float>(), out.data<float>(), t.size(0), dim, opt, current_stream());
-    return out;
-  }
-#endif
-  if (!t.device().is_cpu()) DF_FAIL("timestep_embedding on ", t.device().str(), " needs the CUDA backend");
-  Tensor out = Tensor::empty({t.size(0), dim}, t.dtype(), t.device());
-  cpu::timestep_embedding(t, dim, opt, out);
-  return out;
-}
 
 }  // namespace diffuse::kernels

@@ -10,6 +10,7 @@
 #include <initializer_list>
 
 #include "core/dtype.h"
+#include "kernels/attention.h"
 
 #define DIFFUSE_ATTENTION_LAUNCHERS                                                                    \
   /* Head dims supported by the kernels: 32 and 64. */                                               \
@@ -43,3 +44,14 @@ void attention_tc_backward(const void* dout, const void* q, const void* k, const
 }  // namespace cuda
 namespace emu { DIFFUSE_ATTENTION_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/attention.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/attention_cuda.cpp; only in a build with the CUDA backend).
+// Head dims 32 and 64 run the flash kernels (saved = the row log-sum-exp (B, heads, Tq) f32): the
+// bf16 tensor-core ones for bf16 on sm_80+, the SIMT ones otherwise. Other head dims materialise
+// S = Q K^T per head with cuBLASLt and keep P (B, heads, Tq, Tk), as the cpu.
+namespace diffuse::cuda {
+kernels::AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int heads);
+kernels::AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const kernels::AttentionResult& fwd, int heads);
+}  // namespace diffuse::cuda

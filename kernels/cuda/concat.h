@@ -5,6 +5,9 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
+
+#include "core/tensor.h"
 
 #define DIFFUSE_CONCAT_LAUNCHERS                                                                       \
   /* dst[r * dst_stride + j] = src[r * src_stride + j] for r < rows, j < width; all in bytes. Any     \
@@ -17,3 +20,11 @@ namespace diffuse {
 namespace cuda { DIFFUSE_CONCAT_LAUNCHERS }
 namespace emu { DIFFUSE_CONCAT_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/concat.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/concat_cuda.cpp; only in a build with the CUDA backend).
+namespace diffuse::cuda {
+Tensor concat_last_forward(const std::vector<Tensor>& xs);
+Tensor slice_last_forward(const Tensor& x, int64_t begin, int64_t end);
+Tensor slice_last_backward(const Tensor& g, int64_t total, int64_t begin);
+}  // namespace diffuse::cuda

@@ -1,4 +1,4 @@
-// kernels/cuda/conv2d_cuda.cpp: 2-D convolution on cuDNN, NHWC (kernels/cuda/dispatch.h; the math
+// kernels/cuda/conv2d_cuda.cpp: 2-D convolution on cuDNN, NHWC (kernels/cuda/conv2d.h; the math
 // is kernels/conv2d.h's): forward, backward-data and backward-filter.
 //
 // Layout. x (B,H,W,Cin) and y (B,Ho,Wo,Cout) are cuDNN's NHWC tensors and w (Cout,KH,KW,Cin) is its
@@ -21,7 +21,7 @@
 
 #include "core/check.h"
 #include "core/stream.h"
-#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/conv2d.h"
 
 #if defined(DIFFUSE_HAVE_CUDNN)
 #include <cuda_runtime.h>
@@ -31,7 +31,13 @@
 #include "kernels/cuda/elementwise.h"
 #endif
 
-namespace diffuse::kernels::gpu {
+namespace diffuse::cuda {
+
+using kernels::BinaryOp;
+using kernels::Conv2dGrads;
+using kernels::Conv2dParams;
+using kernels::conv2d_output_shape;
+using kernels::Dims;
 
 namespace {
 
@@ -264,4 +270,4 @@ Conv2dGrads conv2d_backward(const Tensor&, const Tensor& x, const Tensor& w, con
 
 #endif
 
-}  // namespace diffuse::kernels::gpu
+}  // namespace diffuse::cuda

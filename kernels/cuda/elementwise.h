@@ -6,8 +6,10 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 #include "kernels/cuda/dims.h"
 #include "kernels/elementwise.h"
 
@@ -46,3 +48,19 @@ namespace diffuse {
 namespace cuda { DIFFUSE_ELEMENTWISE_LAUNCHERS }
 namespace emu { DIFFUSE_ELEMENTWISE_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level elementwise ops and reductions on a GPU, which kernels/elementwise.cpp calls for
+// a tensor on a CUDA device (kernels/cuda/elementwise_cuda.cpp, over elementwise.cu and reduce.cu;
+// only in a build with the CUDA backend).
+namespace diffuse::cuda {
+Tensor binary_forward(kernels::BinaryOp op, const Tensor& a, const Tensor& b);
+Tensor sum_to(const Tensor& g, const Shape& shape);
+Tensor broadcast_to(const Tensor& x, const Shape& shape);
+Tensor unary_forward(kernels::UnaryOp op, const Tensor& x);
+Tensor unary_backward(kernels::UnaryOp op, const Tensor& dy, const Tensor& x);
+Tensor affine(const Tensor& x, double a, double b);  // a x + b, a new tensor
+void axpby(double a, const Tensor& x, double b, Tensor& y);
+void scale_(Tensor& y, double s);
+Tensor sum(const Tensor& x, const std::vector<int>& axes, bool keepdim, double scale = 1.0);
+Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset);
+}  // namespace diffuse::cuda

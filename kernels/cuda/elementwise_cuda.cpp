@@ -1,5 +1,5 @@
 // kernels/cuda/elementwise_cuda.cpp: the Tensor-level elementwise ops and reductions on a GPU
-// (kernels/cuda/dispatch.h), over the launchers of kernels/cuda/elementwise.cu and reduce.cu.
+// (kernels/cuda/elementwise.h), over the launchers of kernels/cuda/elementwise.cu and reduce.cu.
 // Each function checks what the launcher cannot (devices, dtypes, shapes), allocates its output
 // from the caching allocator and launches on the current stream; nothing waits for the device.
 #include <algorithm>
@@ -8,11 +8,17 @@
 #include "core/check.h"
 #include "core/graph.h"
 #include "core/stream.h"
-#include "kernels/cuda/dispatch.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/reduce.h"
 
-namespace diffuse::kernels::gpu {
+namespace diffuse::cuda {
+
+using kernels::BinaryOp;
+using kernels::broadcast_shape;
+using kernels::Dims;
+using kernels::ReduceOp;
+using kernels::UnaryOp;
+using kernels::unary_name;
 
 namespace {
 
@@ -155,4 +161,4 @@ Tensor dropout(const Tensor& x, float p, uint64_t seed, uint64_t offset) {
   return y;
 }
 
-}  // namespace diffuse::kernels::gpu
+}  // namespace diffuse::cuda

@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 
 #define DIFFUSE_EMBEDDING_LAUNCHERS                                                                    \
   /* out[b] = table[ids[b]]; an id outside [0, K) gives a row of NaN (a kernel cannot throw; the cpu \
@@ -21,3 +22,10 @@ namespace diffuse {
 namespace cuda { DIFFUSE_EMBEDDING_LAUNCHERS }
 namespace emu { DIFFUSE_EMBEDDING_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/embedding.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/embedding_cuda.cpp; only in a build with the CUDA backend).
+namespace diffuse::cuda {
+Tensor embedding_forward(const Tensor& ids, const Tensor& table);
+Tensor embedding_backward(const Tensor& dy, const Tensor& ids, const Shape& table_shape);
+}  // namespace diffuse::cuda

@@ -1,4 +1,4 @@
-// kernels/cuda/gemm_cuda.cpp: matrix products on cuBLASLt (kernels/cuda/dispatch.h): the GEMM
+// kernels/cuda/gemm_cuda.cpp: matrix products on cuBLASLt (kernels/cuda/gemm.h): the GEMM
 // under matmul, linear and the materialised attention, and the Tensor-level matmul and linear.
 //
 // Row-major to cuBLAS. cuBLAS is column-major; a row-major (M, N) matrix is the column-major
@@ -24,9 +24,13 @@
 #include "core/check.h"
 #include "core/cuda_check.h"
 #include "core/stream.h"
-#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/elementwise.h"
+#include "kernels/cuda/gemm.h"
 
-namespace diffuse::kernels::gpu {
+namespace diffuse::cuda {
+
+using kernels::LinearGrads;
+using kernels::MatmulGrads;
 
 namespace {
 
@@ -291,4 +295,4 @@ double measure_bf16_gemm_tflops(int64_t n) {
   return 2.0 * static_cast<double>(n) * n * n * reps / (ms * 1e-3) / 1e12;
 }
 
-}  // namespace diffuse::kernels::gpu
+}  // namespace diffuse::cuda

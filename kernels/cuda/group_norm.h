@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "kernels/group_norm.h"
 
 namespace diffuse::kernels {
 // How the kernels split the work; the defaults choose by size. Tests and benchmarks force a path.
@@ -41,3 +42,16 @@ namespace diffuse {
 namespace cuda { DIFFUSE_GROUP_NORM_LAUNCHERS }
 namespace emu { DIFFUSE_GROUP_NORM_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/group_norm.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/group_norm_cuda.cpp; only in a build with the CUDA backend).
+// x f32 or bf16; gamma, beta f32 (or x's dtype); scale, shift any float dtype (converted to f32 for
+// the kernel, their gradients returned in their own dtype); mean and rstd f32.
+namespace diffuse::cuda {
+kernels::GroupNormResult group_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta,
+                                            const Tensor& scale, const Tensor& shift,
+                                            const kernels::GroupNormOptions& opt);
+kernels::GroupNormGrads group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
+                                            const Tensor& gamma, const Tensor& beta, const Tensor& scale,
+                                            const Tensor& shift, const kernels::GroupNormOptions& opt);
+}  // namespace diffuse::cuda

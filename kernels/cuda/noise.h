@@ -4,6 +4,8 @@
 
 #include <cstdint>
 
+#include "core/tensor.h"
+
 #define DIFFUSE_NOISE_LAUNCHERS                                                                        \
   /* For b < batch, e < n_per_sample, i = b * n_per_sample + e:                                       \
        eps[i] = element i of the Philox normal stream (seed, offset)  (= Tensor::randn(shape, seed,   \
@@ -21,3 +23,11 @@ namespace diffuse {
 namespace cuda { DIFFUSE_NOISE_LAUNCHERS }
 namespace emu { DIFFUSE_NOISE_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/noise.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/noise_cuda.cpp; only in a build with the CUDA backend).
+// The same eps as the cpu's, bit for bit; x, alpha, sigma, z, eps f32 on one GPU.
+namespace diffuse::cuda {
+void noise_forward(const Tensor& x, const Tensor& alpha, const Tensor& sigma, uint64_t seed, uint64_t offset,
+                   Tensor& z, Tensor& eps);
+}  // namespace diffuse::cuda

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
 
 #define DIFFUSE_RESAMPLE_LAUNCHERS                                                                     \
   /* y (B,2H,2W,C) = x (B,H,W,C) repeated over each 2x2 block */                                      \
@@ -26,3 +27,12 @@ namespace diffuse {
 namespace cuda { DIFFUSE_RESAMPLE_LAUNCHERS }
 namespace emu { DIFFUSE_RESAMPLE_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/resample.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/resample_cuda.cpp; only in a build with the CUDA backend).
+namespace diffuse::cuda {
+Tensor upsample_nearest2x_forward(const Tensor& x);
+Tensor upsample_nearest2x_backward(const Tensor& g);
+Tensor avg_pool2x_forward(const Tensor& x);
+Tensor avg_pool2x_backward(const Tensor& g);
+}  // namespace diffuse::cuda

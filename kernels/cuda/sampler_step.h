@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "core/tensor.h"
 #include "kernels/sampler_step.h"
 
 #define DIFFUSE_SAMPLER_STEP_LAUNCHERS                                                                 \
@@ -17,3 +18,12 @@ namespace diffuse {
 namespace cuda { DIFFUSE_SAMPLER_STEP_LAUNCHERS }
 namespace emu { DIFFUSE_SAMPLER_STEP_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/sampler_step.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/sampler_step_cuda.cpp; only in a build with the CUDA backend).
+// z, model_out (and the optional ones) f32 on one GPU; p.coeffs, p.aux, p.eps_shift, p.x0_out and
+// p.seed_xor must already be device pointers.
+namespace diffuse::cuda {
+void sampler_step(const kernels::SamplerStepParams& p, const Tensor& z, const Tensor& model_out,
+                  const Tensor& model_out_uncond, Tensor& z_next);
+}  // namespace diffuse::cuda

@@ -6,6 +6,8 @@
 #include <cstdint>
 
 #include "core/dtype.h"
+#include "core/tensor.h"
+#include "kernels/loss.h"
 
 #define DIFFUSE_SOFTMAX_LAUNCHERS                                                                      \
   /* y[r, :] = softmax(x[r, :]); dtype f32 or bf16 (x, y alike) */                                    \
@@ -26,3 +28,13 @@ namespace diffuse {
 namespace cuda { DIFFUSE_SOFTMAX_LAUNCHERS }
 namespace emu { DIFFUSE_SOFTMAX_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/softmax.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/softmax_cuda.cpp; only in a build with the CUDA backend).
+namespace diffuse::cuda {
+Tensor softmax_last_forward(const Tensor& x);
+Tensor softmax_last_backward(const Tensor& dy, const Tensor& y);
+// The loss and the log-sum-exp are f32 whatever the logits' dtype (kernels/loss.cpp calls these).
+kernels::CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& labels);
+Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& labels, const Tensor& lse);
+}  // namespace diffuse::cuda

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 
+#include "core/tensor.h"
 #include "kernels/time_embedding.h"
 
 #define DIFFUSE_TIME_EMBEDDING_LAUNCHERS                                                               \
@@ -15,3 +16,10 @@ namespace diffuse {
 namespace cuda { DIFFUSE_TIME_EMBEDDING_LAUNCHERS }
 namespace emu { DIFFUSE_TIME_EMBEDDING_LAUNCHERS }
 }  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/time_embedding.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/time_embedding_cuda.cpp; only in a build with the CUDA backend).
+// t f32 (B); the embedding (B, dim) f32.
+namespace diffuse::cuda {
+Tensor timestep_embedding(const Tensor& t, int dim, const kernels::TimeEmbeddingOptions& opt);
+}  // namespace diffuse::cuda

@@ -31,6 +31,7 @@
 #include <sstream>
 #include <vector>
 
+#include "core/splitmix.h"
 #include "kernels/simt/race.h"
 #include "kernels/simt/runtime.h"
 
@@ -395,13 +396,6 @@ ctx::fiber start_thread(Runtime& R, Thread& t) {
 }
 
 // ---- thread order ------------------------------------------------------------------------------
-uint64_t splitmix(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
 void order_threads(Runtime& R) {
   R.perm.resize(R.n);
   for (unsigned i = 0; i < R.n; ++i) R.perm[i] = i;
@@ -410,7 +404,7 @@ void order_threads(Runtime& R) {
     case Order::reverse: std::reverse(R.perm.begin(), R.perm.end()); break;
     case Order::random: {
       // A fresh permutation per block and per barrier phase, reproducible from the seed.
-      std::mt19937_64 g(splitmix(R.order.seed ^ splitmix(R.block_linear * 0x10001ull + R.phase)));
+      std::mt19937_64 g(splitmix64(R.order.seed ^ splitmix64(R.block_linear * 0x10001ull + R.phase)));
       std::shuffle(R.perm.begin(), R.perm.end(), g);
       break;
     }

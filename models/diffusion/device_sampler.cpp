@@ -11,7 +11,7 @@
 
 #if defined(DIFFUSE_HAVE_CUDA)
 #include "core/tensor_cuda.h"
-#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/sampler_step.h"
 #endif
 
 namespace diffuse::diffusion {
@@ -105,7 +105,7 @@ void DeviceSampler::update(const kernels::SamplerStepParams& p, const Tensor& z,
     return;
   }
 #if defined(DIFFUSE_HAVE_CUDA)
-  kernels::gpu::sampler_step(p, z, model_out, Tensor(), z_next);
+  cuda::sampler_step(p, z, model_out, Tensor(), z_next);
 #else
   DF_FAIL("DeviceSampler on ", o_.device.str(), " in a build without CUDA");
 #endif

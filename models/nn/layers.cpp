@@ -6,15 +6,13 @@
 #include "autograd/elementwise.h"
 #include "autograd/linalg.h"
 #include "autograd/norm.h"
+#include "core/splitmix.h"
 
 namespace diffuse::nn {
 
 DropoutKey DropoutKey::sub(uint64_t site) const {
   // splitmix64 of (offset, site): offsets of different sites never line up in practice.
-  uint64_t z = offset + 0x9E3779B97F4A7C15ull * (site + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return {seed, z ^ (z >> 31)};
+  return {seed, splitmix64(offset + 0x9E3779B97F4A7C15ull * site)};
 }
 
 // ---- Linear -----------------------------------------------------------------------------------

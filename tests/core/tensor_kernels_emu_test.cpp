@@ -1,4 +1,4 @@
-// core/tensor_kernels.cu under the emulator ([emu]) and on a GPU ([cuda]) against the CPU paths of
+// kernels/cuda/tensor_kernels.cu under the emulator ([emu]) and on a GPU ([cuda]) against the CPU paths of
 // core/tensor.cpp. Tolerance everywhere: none. Fills replicate host-converted bits, casts use the
 // same correctly rounded conversions, and the Philox fill uses explicitly rounded operations, so
 // every element must have the same bits as on the CPU (NaN matching any NaN).

@@ -22,9 +22,6 @@
 #include "core/stream.h"
 #include "core/tensor.h"
 #include "kernels/cuda/attention.h"
-#if defined(DIFFUSE_HAVE_CUDA)
-#include "kernels/cuda/dispatch.h"
-#endif
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 
@@ -320,10 +317,10 @@ TEST_CASE("tensor-core flash attention matches the SIMT kernels and the referenc
     CHECK(allclose(tc_lse, simt_lse, 1e-4, 1e-4));
     // The dispatch picks the tensor-core kernels for bf16 on this GPU: the same bits (the kernels
     // are deterministic, with no atomics).
-    const kernels::AttentionResult fwd = kernels::gpu::attention_forward(q, k, v, g.heads);
+    const kernels::AttentionResult fwd = cuda::attention_forward(q, k, v, g.heads);
     CHECK(fwd.out.to_vector() == tc.out);
     CHECK(fwd.saved.to_vector() == tc_lse);
-    const kernels::AttentionGrads grads = kernels::gpu::attention_backward(dout, q, k, v, fwd, g.heads);
+    const kernels::AttentionGrads grads = cuda::attention_backward(dout, q, k, v, fwd, g.heads);
     CHECK(grads.dq.to_vector() == tc.dq);
     CHECK(grads.dk.to_vector() == tc.dk);
     CHECK(grads.dv.to_vector() == tc.dv);

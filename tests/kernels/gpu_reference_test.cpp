@@ -28,7 +28,7 @@
 #include "kernels/gemm.h"
 #include "kernels/matmul.h"
 #if defined(DIFFUSE_HAVE_CUDA)
-#include "kernels/cuda/dispatch.h"
+#include "kernels/cuda/gemm.h"
 #endif
 #include "tests/test_util.h"
 
@@ -124,7 +124,7 @@ Strided strided(int64_t rows, int64_t cols, int64_t pad, int64_t batch, bool bro
 }
 
 // C from the launcher under test: kernels::gemm once per batch on the cpu (the bias as C's initial
-// value with beta = 1, the cpu GEMM has no epilogue), gpu::gemm (one strided-batched cuBLASLt call,
+// value with beta = 1, the cpu GEMM has no epilogue), cuda::gemm (one strided-batched cuBLASLt call,
 // the bias in its epilogue) on a GPU. C arrives NaN-filled and goes back with its padding.
 std::vector<float> run_gemm(Device d, const GemmCase& c, const Strided& A, const Strided& B, const Tensor& bias,
                             Strided C) {
@@ -149,8 +149,8 @@ std::vector<float> run_gemm(Device d, const GemmCase& c, const Strided& A, const
   const Tensor a = upload(A.buf, c.ab), b = upload(B.buf, c.ab);
   Tensor out = upload(C.buf, c.c);
   const Tensor bias_d = c.bias ? bias.to(c.c).to(d) : Tensor();
-  gpu::GemmOperand oa{a.raw(), A.ld, A.stride, c.ta}, ob{b.raw(), B.ld, B.stride, c.tb};
-  gpu::gemm(c.ab, c.c, c.M, c.N, c.K, alpha, oa, ob, 0.f, out.raw(), C.ld, C.stride, c.batch,
+  cuda::GemmOperand oa{a.raw(), A.ld, A.stride, c.ta}, ob{b.raw(), B.ld, B.stride, c.tb};
+  cuda::gemm(c.ab, c.c, c.M, c.N, c.K, alpha, oa, ob, 0.f, out.raw(), C.ld, C.stride, c.batch,
             c.bias ? bias_d.raw() : nullptr);
   return out.to_vector();
 #else

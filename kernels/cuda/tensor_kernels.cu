@@ -1,4 +1,4 @@
-// core/tensor_kernels.cu: the device kernels behind Tensor::fill_, Tensor::to(DType) and
+// kernels/cuda/tensor_kernels.cu: the device kernels behind Tensor::fill_, Tensor::to(DType) and
 // Tensor::normal_/uniform_ (declared in core/tensor_cuda.h). Compiled by nvcc into libdiffuse
 // (namespace diffuse::cuda) and by the host compiler into diffuse_emu (namespace diffuse::emu).
 //

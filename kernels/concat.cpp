@@ -1,4 +1,6 @@
-// Concatenation and slicing along the last dim on the cpu.
+// kernels/concat.cpp: concatenation and slicing along the last dim on Tensors (kernels/concat.h): the
+// cpu path here (nothing is computed, so it is its own reference), the GPU's in
+// kernels/cuda/concat_cuda.cpp (strided row copies of kernels/cuda/concat.cu).
 //
 // Shapes: the tensors are viewed as (rows, C) with rows = the product of the leading dims; each
 // row of the output is the rows of the inputs side by side, so every op here is one memcpy per
@@ -6,8 +8,9 @@
 #include <cstring>
 
 #include "core/check.h"
-#include "kernels/cuda/dispatch.h"
+#include "kernels/backend.h"
 #include "kernels/concat.h"
+#include "kernels/cuda/concat.h"
 
 namespace diffuse::kernels {
 
@@ -31,9 +34,7 @@ void copy_rows(char* dst, int64_t ds, const char* src, int64_t ss, int64_t rows,
 
 Tensor concat_last_forward(const std::vector<Tensor>& xs) {
   DF_CHECK(!xs.empty(), "concat_last of nothing");
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (xs[0].defined() && xs[0].device().is_cuda()) return gpu::concat_last_forward(xs);
-#endif
+  if (xs[0].defined()) DF_ON_CUDA(xs[0].device(), cuda::concat_last_forward(xs));
 
   Shape out = xs[0].shape();
   int64_t total = 0;
@@ -73,9 +74,7 @@ std::vector<Tensor> concat_last_backward(const Tensor& g, const std::vector<int6
 }
 
 Tensor slice_last_forward(const Tensor& x, int64_t begin, int64_t end) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (x.defined() && x.device().is_cuda()) return gpu::slice_last_forward(x, begin, end);
-#endif
+  if (x.defined()) DF_ON_CUDA(x.device(), cuda::slice_last_forward(x, begin, end));
   check_cpu(x, "slice_last");
   const int64_t C = x.size(-1);
   DF_CHECK(0 <= begin && begin <= end && end <= C, "slice_last [", begin, ", ", end, ") of ", x.shape().str());
@@ -90,9 +89,7 @@ Tensor slice_last_forward(const Tensor& x, int64_t begin, int64_t end) {
 }
 
 Tensor slice_last_backward(const Tensor& g, int64_t total, int64_t begin) {
-#if defined(DIFFUSE_HAVE_CUDA)
-  if (g.defined() && g.device().is_cuda()) return gpu::slice_last_backward(g, total, begin);
-#endif
+  if (g.defined()) DF_ON_CUDA(g.device(), cuda::slice_last_backward(g, total, begin));
   check_cpu(g, "slice_last backward");
   const int64_t c = g.size(-1);
   DF_CHECK(0 <= begin && begin + c <= total, "slice_last backward: gradient ", g.str(), " at ", begin, " of ", total);
