@@ -3,7 +3,7 @@
 //
 //   build/bench/e2e [--preset ddpm-cifar10,fmnist] [--batch 128] [--sample-batch 256,1]
 //                   [--sample-steps 20] [--sampler ddpm|ddim] [--graph both|on|off] [--fp32]
-//                   [--warmup 5] [--iters 30] [--json out.json] [--flops-only]
+//                   [--warmup 5] [--iters 30] [--json out.json] [--flops-only] [--once]
 //                   [--export-twin PRESET FILE] [--help]
 //
 // Training step (models/train/graph_step.h, DeviceTrainStep): the batch copied into the step's
@@ -34,6 +34,12 @@
 // forward output for the same weights and input.
 //
 // Without a GPU it says so in one line and exits 0 (--flops-only and --export-twin still work).
+//
+// --once: a correctness run, not a measurement (the simulated device's ctest entry bench.e2e.sim,
+// DIFFUSE_CUDA=SIM, runs it on the tiny preset): every case (each preset, training and each sampling
+// batch, graph on and off) takes two untimed steps or runs (the first captures the graph) and one
+// timed one, no reference GEMM is timed, and the run fails unless that timed step had no host
+// synchronisation and no cudaMalloc and its loss or samples are finite.
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -170,6 +176,7 @@ struct Options {
   int warmup = 5, iters = 30;
   std::string json_path;
   bool flops_only = false;
+  bool once = false;
   std::string twin_preset, twin_path;  // --export-twin
 };
 
@@ -200,6 +207,10 @@ Options parse(int argc, char** argv) {
   app.add_option("--json", o.json_path, "also write the results as JSON to this path");
   app.add_flag("--flops-only", o.flops_only,
                "print parameters and FLOPs per image of each preset and exit (no GPU needed)");
+  app.add_flag("--once", o.once,
+               "each case once after two untimed steps (the first captures), no reference GEMM, and fail unless "
+               "that step had no sync or allocation and the results are finite: a correctness run (e.g. on the "
+               "simulated device), its times mean nothing")->excludes("--warmup", "--iters");
   app.add_option("--export-twin", twin, "PRESET FILE: write the preset's weights (zero-initialised layers drawn at "
                  "random), an input and diffuse's f32 cpu output to FILE (safetensors) and exit, for "
                  "bench/torch_e2e.py --check-twin (no GPU needed)")->expected(2);
@@ -210,6 +221,7 @@ Options parse(int argc, char** argv) {
   }
   o.graphs = graph == "both" ? std::vector<bool>{true, false} : std::vector<bool>{graph == "on"};
   o.bf16 = !fp32;
+  if (o.once) o.warmup = 2, o.iters = 1;
   if (twin.size() == 2) {
     o.twin_preset = twin[0];
     o.twin_path = twin[1];
@@ -294,6 +306,22 @@ struct Waste {
   }
 };
 
+// --once: the checks that make a single step a test. A steady-state step or run that synchronises
+// with the host or calls cudaMalloc, or a non-finite loss or sample, fails the run.
+void check_once(const Options& o, const std::string& what, const json& waste, bool finite) {
+  if (!o.once) return;
+  DF_CHECK(waste["host_syncs"] == 0 && waste["device_allocs"] == 0, "e2e --once: ", what,
+           ": the steady state synchronised with the host ", waste["host_syncs"].get<uint64_t>(),
+           " times and called cudaMalloc ", waste["device_allocs"].get<uint64_t>(), " times (both must be 0)");
+  DF_CHECK(finite, "e2e --once: ", what, ": a loss or sample is not finite");
+}
+
+bool all_finite(const Tensor& host) {
+  const Tensor f = host.to(DType::f32);
+  const float* p = f.data<float>();
+  return std::all_of(p, p + f.numel(), [](float v) { return std::isfinite(v); });
+}
+
 std::shared_ptr<nn::UNet> make_unet(const std::string& preset, Device gpu) {
   auto unet = std::make_shared<nn::UNet>(nn::UNetConfig::preset(preset), 0);
   unet->to(gpu);
@@ -322,6 +350,7 @@ json bench_train(const Options& o, const std::string& preset, bool graph, double
   const double ms = median(timer.ms());
   const double flops = 3.0 * fwd_flops_per_image * B;  // forward + backward (2x)
   const double tflops = flops / (ms * 1e-3) / 1e12;
+  check_once(o, preset + " train " + (graph ? "graph" : "eager"), w, std::isfinite(step.loss()));
   std::printf("  train   %-5s batch %4lld: %9.3f ms/step %10.1f img/s %8.1f TFLOP/s (%4.1f%% of bf16 GEMM)  "
               "syncs %llu allocs %llu  loss %.4f\n",
               graph ? "graph" : "eager", static_cast<long long>(B), ms, B / (ms * 1e-3), tflops, 100 * tflops / peak,
@@ -364,7 +393,7 @@ json bench_sample(const Options& o, const std::string& preset, bool graph, int B
   so.device = gpu;
   diffusion::DeviceSampler sampler(diffusion::DiscreteSchedule::linear(1000), train::unet_device_denoiser(unet, o.bf16),
                                    so);
-  const int warm = std::max(2, o.warmup / 2), iters = std::max(5, o.iters / 3);
+  const int warm = std::max(2, o.warmup / 2), iters = o.once ? 1 : std::max(5, o.iters / 3);
   for (int i = 0; i < warm; ++i) sampler.run(static_cast<uint64_t>(i));
   sampler.synchronize();
   EventTimer timer(sampler.stream());
@@ -374,6 +403,8 @@ json bench_sample(const Options& o, const std::string& preset, bool graph, int B
   const double run_ms = median(timer.ms());
   const double step_ms = run_ms / sampler.steps();
   const double tflops = fwd_flops_per_image * B / (step_ms * 1e-3) / 1e12;
+  check_once(o, preset + " sample batch " + std::to_string(B) + " " + (graph ? "graph" : "eager"), w,
+             !o.once || all_finite(sampler.to_host()));
   std::printf("  sample  %-5s batch %4d: %9.3f ms/step %10.1f img-steps/s %8.1f TFLOP/s (%4.1f%% of bf16 GEMM)  "
               "syncs %llu allocs %llu\n",
               graph ? "graph" : "eager", B, step_ms, B / (step_ms * 1e-3), tflops, 100 * tflops / peak,
@@ -431,7 +462,8 @@ int main(int argc, char** argv) try {
 #if defined(DIFFUSE_HAVE_CUDA)
   const CudaDeviceInfo dev = cuda_devices().at(0);
   set_current_device(Device::cuda(0));
-  const double peak = cuda::measure_bf16_gemm_tflops();
+  // --once times nothing worth a share: the reference GEMM (8192^3) is skipped.
+  const double peak = o.once ? std::nan("") : cuda::measure_bf16_gemm_tflops();
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
@@ -459,6 +491,7 @@ int main(int argc, char** argv) try {
       for (bool g : o.graphs) r["sample"].push_back(bench_sample(o, p, g, b, counts[i].flops, peak));
     out["presets"].push_back(r);
   }
+  if (o.once) std::printf("e2e --once: every case ran; steady states without syncs or allocations, results finite\n");
   if (!o.json_path.empty()) {
     std::ofstream f(o.json_path);
     DF_CHECK(f.good(), "e2e: cannot write ", o.json_path);

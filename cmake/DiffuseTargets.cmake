@@ -257,6 +257,12 @@ if(DIFFUSE_BENCH)
                COMMAND ${CMAKE_SOURCE_DIR}/bench/check_on_gpu.sh $<TARGET_FILE:kernels> kernels --warmup 1 --iters 3)
       set_tests_properties(bench.kernels.gpu PROPERTIES LABELS cuda SKIP_RETURN_CODE 77 TIMEOUT 600)
     endif()
+    # On the simulated device (the sim tier): every case of the end-to-end benchmark once, on the tiny
+    # preset, as a correctness run (e2e --once: no sync or allocation in the steady state, finite results).
+    if(TARGET e2e AND DIFFUSE_CUDA_SIM)
+      add_test(NAME bench.e2e.sim COMMAND e2e --once --preset tiny --batch 2 --sample-batch 2,1 --sample-steps 2)
+      set_tests_properties(bench.e2e.sim PROPERTIES LABELS sim TIMEOUT 900 ENVIRONMENT "OMP_NUM_THREADS=2")
+    endif()
   endif()
 endif()
 

@@ -13,6 +13,8 @@ pkgs=(build-essential cmake ninja-build pkg-config
 test_pkgs=(catch2
       # readelf and nm check the shared library's soname and exports.
       binutils
+      # CI's two gcc builds (scripts/test.sh's and scripts/sim.sh's) share their alike objects (.ci/run).
+      ccache
       # Debian's python3 with Debian's NumPy runs examples/python/embed_ctypes.py and reads a
       # checkpoint with the safetensors package (tests/capi/embed_examples.sh); python3-venv makes
       # the venv below.

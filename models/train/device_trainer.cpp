@@ -3,11 +3,12 @@
 #include "models/train/device_trainer.h"
 
 #include <cmath>
-#include <sstream>
 
 #include "core/check.h"
 #include "core/device.h"
 #include "models/train/graph_step.h"
+#include "models/train/state_entries.h"
+#include "models/train/train_step.h"
 #include "models/train/trainer.h"
 
 namespace diffuse::train {
@@ -89,17 +90,10 @@ DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& 
   o.alphas_cumprod = make_schedule(cfg).alphas_cumprod();
   o.objective = cfg.objective;
   o.loss_weight = cfg.loss_weight;
-  // train()'s AdamW: weight decay on every parameter, the flat layout.
-  adamw_.lr = static_cast<float>(cfg.lr);
-  adamw_.beta1 = static_cast<float>(cfg.beta1);
-  adamw_.beta2 = static_cast<float>(cfg.beta2);
-  adamw_.eps = static_cast<float>(cfg.adam_eps);
-  adamw_.weight_decay = static_cast<float>(cfg.weight_decay);
-  adamw_.decay_vectors = true;
-  adamw_.warmup_steps = cfg.warmup;
+  adamw_ = adamw_options(cfg);
   adamw_.flat = true;
   o.adamw = adamw_;
-  o.grad_clip = cfg.grad_clip;
+  o.grad_clip = max_grad_norm(cfg);
   o.ema_decay = static_cast<float>(cfg.ema_decay);
   o.ema_warmup = cfg.ema_warmup;
   o.bf16 = cfg.bf16;
@@ -116,30 +110,17 @@ bool DeviceTrainer::captured() const { return step_->captured(); }
 void DeviceTrainer::load_state(const std::map<std::string, Tensor>& ckpt) {
   const ParamLayout& layout = step_->layout();
   const int64_t n = step_->weights().numel();
-  std::ostringstream err;
-  int problems = 0;
-  auto find = [&](const std::string& key, const Shape& shape) -> const Tensor* {
-    auto it = ckpt.find(key);
-    if (it == ckpt.end()) {
-      err << "\n  missing: " << key;
-    } else if (!(it->second.shape() == shape)) {
-      err << "\n  shape mismatch: " << key << " should be " << shape.str() << ", is " << it->second.shape().str();
-    } else {
-      return &it->second;
-    }
-    ++problems;
-    return nullptr;
-  };
+  StateEntries entries(ckpt);
   // The flat buffers on the cpu (padding zero), filled segment by segment, then one copy each.
   Tensor m = Tensor::zeros({n}), v = Tensor::zeros({n}), ema = Tensor::zeros({n});
   for (size_t i = 0; i < layout.segments.size(); ++i) {
     const Segment& sg = layout.segments[i];
-    if (const Tensor* t = find("opt.m." + sg.name, sg.shape)) layout.view(m, i).copy_(t->to(DType::f32));
-    if (const Tensor* t = find("opt.v." + sg.name, sg.shape)) layout.view(v, i).copy_(t->to(DType::f32));
-    if (const Tensor* t = find("ema." + sg.name, sg.shape)) layout.view(ema, i).copy_(t->to(DType::f32));
+    if (const Tensor* t = entries.find("opt.m." + sg.name, sg.shape)) layout.view(m, i).copy_(t->to(DType::f32));
+    if (const Tensor* t = entries.find("opt.v." + sg.name, sg.shape)) layout.view(v, i).copy_(t->to(DType::f32));
+    if (const Tensor* t = entries.find("ema." + sg.name, sg.shape)) layout.view(ema, i).copy_(t->to(DType::f32));
   }
-  const Tensor* st = find("trainer.state", Shape{4});
-  DF_CHECK(problems == 0, "the GPU training step cannot restore the checkpoint: ", problems, " problem(s)", err.str());
+  const Tensor* st = entries.find("trainer.state", Shape{4});
+  entries.check("the GPU training step cannot restore the checkpoint");
   const int64_t steps = st->to_vector_i64().at(0);
   step_->restore(m, v, ema, steps);
 }
@@ -173,9 +154,9 @@ DeviceTrainer::Result result_of(const LaggedReadback::Values& v) {
   r.step = v.step;
   r.loss = v.loss;
   r.grad_norm = std::sqrt(static_cast<double>(v.sumsq));
-  // The device skipped the update exactly when the norm (which a non-finite loss poisons) is not
-  // finite (graph_step.h).
-  r.applied = std::isfinite(r.grad_norm);
+  // The device skipped the update exactly when this is false: the norm it tested was poisoned by a
+  // non-finite loss (graph_step.h).
+  r.applied = step_applied(r.loss, r.grad_norm);
   return r;
 }
 
@@ -193,11 +174,7 @@ std::optional<DeviceTrainer::Result> DeviceTrainer::wait() {
   return result_of(*v);
 }
 
-float DeviceTrainer::lr_at(int64_t t) const {
-  if (adamw_.warmup_steps > 0 && t < adamw_.warmup_steps)
-    return adamw_.lr * static_cast<float>(t) / static_cast<float>(adamw_.warmup_steps);
-  return adamw_.lr;
-}
+float DeviceTrainer::lr_at(int64_t t) const { return warmup_lr(adamw_, t); }
 
 void DeviceTrainer::swap_ema() { step_->swap_ema(); }
 

@@ -1,7 +1,9 @@
 #include "models/train/ema.h"
 
 #include <algorithm>
-#include <sstream>
+#include <vector>
+
+#include "models/train/state_entries.h"
 
 namespace diffuse::train {
 
@@ -17,11 +19,13 @@ EMA::EMA(NamedParams params, float decay, bool warmup)
   }
 }
 
-float EMA::next_decay() const {
-  if (!warmup_) return decay_;
-  const double n = static_cast<double>(n_);
-  return std::min(decay_, static_cast<float>((1.0 + n) / (10.0 + n)));
+float ema_decay_at(float decay, bool warmup, int64_t n) {
+  if (!warmup) return decay;
+  const double nd = static_cast<double>(n);
+  return std::min(decay, static_cast<float>((1.0 + nd) / (10.0 + nd)));
 }
+
+float EMA::next_decay() const { return ema_decay_at(decay_, warmup_, n_); }
 
 void EMA::update() {
   const float d = next_decay(), cd = 1.f - d;
@@ -69,24 +73,13 @@ std::map<std::string, Tensor> EMA::state() const {
 }
 
 void EMA::load_state(const std::map<std::string, Tensor>& s) {
-  std::ostringstream err;
-  int problems = 0;
-  auto check = [&](const std::string& key, const Shape& shape) {
-    auto it = s.find(key);
-    if (it == s.end()) {
-      err << "\n  missing: " << key;
-      ++problems;
-    } else if (!(it->second.shape() == shape)) {
-      err << "\n  shape mismatch: " << key << " should be " << shape.str() << ", is " << it->second.shape().str();
-      ++problems;
-    }
-  };
-  for (const Segment& sg : layout_.segments) check("ema." + sg.name, sg.shape);
-  check("ema.num_updates", Shape{1});
-  DF_CHECK(problems == 0, "EMA::load_state: ", problems, " problem(s)", err.str());
-  for (size_t i = 0; i < layout_.segments.size(); ++i)
-    layout_.view(shadow_, i).copy_(s.at("ema." + layout_.segments[i].name).to(DType::f32));
-  n_ = s.at("ema.num_updates").to_vector_i64().at(0);
+  StateEntries entries(s);
+  std::vector<const Tensor*> shadows;
+  for (const Segment& sg : layout_.segments) shadows.push_back(entries.find("ema." + sg.name, sg.shape));
+  const Tensor* n = entries.find("ema.num_updates", Shape{1});
+  entries.check("EMA::load_state");
+  for (size_t i = 0; i < layout_.segments.size(); ++i) layout_.view(shadow_, i).copy_(shadows[i]->to(DType::f32));
+  n_ = n->to_vector_i64().at(0);
 }
 
 }  // namespace diffuse::train

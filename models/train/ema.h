@@ -16,6 +16,11 @@
 
 namespace diffuse::train {
 
+// The decay of update n (0-based): decay, or with warm-up min(decay, (1 + n) / (10 + n)). The one
+// definition that the cpu EMA and the device training step (which stages it for its update
+// kernel) both use.
+float ema_decay_at(float decay, bool warmup, int64_t n);
+
 class EMA {
  public:
   // Starts as a copy of the parameters.

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
-#include <sstream>
 
 #include "models/train/ema.h"
+#include "models/train/state_entries.h"
 
 namespace diffuse::train {
 
@@ -146,11 +146,25 @@ AdamW::AdamW(NamedParams params, AdamWOptions opt)
   if (opt.flat) flat_ = std::make_unique<FlatParams>(params_);
 }
 
-float AdamW::lr_at(int64_t t) const {
-  if (opt_.warmup_steps > 0 && t < opt_.warmup_steps)
-    return opt_.lr * static_cast<float>(t) / static_cast<float>(opt_.warmup_steps);
-  return opt_.lr;
+float warmup_lr(const AdamWOptions& o, int64_t t) {
+  if (o.warmup_steps > 0 && t < o.warmup_steps)
+    return o.lr * static_cast<float>(t) / static_cast<float>(o.warmup_steps);
+  return o.lr;
 }
+
+AdamWStep adamw_step_at(const AdamWOptions& o, int64_t t) {
+  AdamWStep s{};
+  s.lr = warmup_lr(o, t);
+  s.beta1 = o.beta1;
+  s.beta2 = o.beta2;
+  s.eps = o.eps;
+  s.weight_decay = o.weight_decay;
+  s.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(o.beta1), static_cast<double>(t)));
+  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(o.beta2), static_cast<double>(t))));
+  return s;
+}
+
+float AdamW::lr_at(int64_t t) const { return warmup_lr(opt_, t); }
 
 void AdamW::zero_grad() {
   for (auto& [n, p] : params_) p.zero_grad();
@@ -159,14 +173,7 @@ void AdamW::zero_grad() {
 void AdamW::step(EMA* ema) {
   if (ema)
     DF_CHECK(ema->layout_ == layout_, "AdamW::step: the EMA tracks a different parameter list than the optimizer");
-  const int64_t t = step_ + 1;
-  AdamWStep s{};
-  s.lr = lr_at(t);
-  s.beta1 = opt_.beta1;
-  s.beta2 = opt_.beta2;
-  s.eps = opt_.eps;
-  s.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(opt_.beta1), static_cast<double>(t)));
-  s.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(opt_.beta2), static_cast<double>(t))));
+  AdamWStep s = adamw_step_at(opt_, step_ + 1);
   s.ema_decay = ema ? ema->next_decay() : 0.f;
   float* m = m_.data<float>();
   float* v = v_.data<float>();
@@ -221,30 +228,17 @@ std::map<std::string, Tensor> AdamW::state() const {
 }
 
 void AdamW::load_state(const std::map<std::string, Tensor>& s) {
-  std::ostringstream err;
-  int problems = 0;
-  auto check = [&](const std::string& key, const Shape& shape) {
-    auto it = s.find(key);
-    if (it == s.end()) {
-      err << "\n  missing: " << key;
-      ++problems;
-    } else if (!(it->second.shape() == shape)) {
-      err << "\n  shape mismatch: " << key << " should be " << shape.str() << ", is " << it->second.shape().str();
-      ++problems;
-    }
-  };
-  for (const Segment& sg : layout_.segments) {
-    check("opt.m." + sg.name, sg.shape);
-    check("opt.v." + sg.name, sg.shape);
-  }
-  check("opt.step", Shape{1});
-  DF_CHECK(problems == 0, "AdamW::load_state: ", problems, " problem(s)", err.str());
+  StateEntries entries(s);
+  std::vector<std::pair<const Tensor*, const Tensor*>> moments;
+  for (const Segment& sg : layout_.segments)
+    moments.emplace_back(entries.find("opt.m." + sg.name, sg.shape), entries.find("opt.v." + sg.name, sg.shape));
+  const Tensor* step = entries.find("opt.step", Shape{1});
+  entries.check("AdamW::load_state");
   for (size_t i = 0; i < layout_.segments.size(); ++i) {
-    const std::string& n = layout_.segments[i].name;
-    layout_.view(m_, i).copy_(s.at("opt.m." + n).to(DType::f32));
-    layout_.view(v_, i).copy_(s.at("opt.v." + n).to(DType::f32));
+    layout_.view(m_, i).copy_(moments[i].first->to(DType::f32));
+    layout_.view(v_, i).copy_(moments[i].second->to(DType::f32));
   }
-  step_ = s.at("opt.step").to_vector_i64().at(0);
+  step_ = step->to_vector_i64().at(0);
 }
 
 // ---- clipping -----------------------------------------------------------------------------------

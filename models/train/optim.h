@@ -122,6 +122,14 @@ struct AdamWStep {
 };
 void adamw_update(float* w, const float* g, float* m, float* v, float* ema, int64_t n, const AdamWStep& s);
 
+// The schedule of AdamW's scalars, the one definition that AdamW::step on the cpu and the device
+// training step (which stages them for its update kernel) both use.
+// The learning rate of step t (1-based): lr * t / warmup_steps during the warm-up, then lr.
+float warmup_lr(const AdamWOptions& o, int64_t t);
+// Step t's scalars: warmup_lr, the betas, eps, weight_decay and the bias corrections 1 - beta1^t
+// and sqrt(1 - beta2^t) (in double, rounded once); ema_decay is left 0 for the caller.
+AdamWStep adamw_step_at(const AdamWOptions& o, int64_t t);
+
 // Scales every gradient by max_norm / total_norm when the global L2 norm exceeds max_norm.
 // Returns the norm before clipping (accumulated in double). Gradients are replaced, not written in
 // place, since a gradient may share storage with another's.

@@ -1,0 +1,49 @@
+#include "models/train/train_step.h"
+
+#include <cmath>
+#include <utility>
+
+#include "core/check.h"
+
+namespace diffuse::train {
+
+NoiseLevels noise_levels(std::vector<int> t, const std::vector<double>& abar, diffusion::Prediction prediction,
+                         LossWeight weight) {
+  NoiseLevels n;
+  const size_t B = t.size();
+  n.alpha.resize(B);
+  n.sigma.resize(B);
+  n.weight.assign(B, 1.0);
+  for (size_t b = 0; b < B; ++b) {
+    DF_CHECK(t[b] >= 0 && static_cast<size_t>(t[b]) < abar.size(), "noise_levels: step ", t[b], " outside [0, ",
+             abar.size(), ")");
+    const double ab = abar[static_cast<size_t>(t[b])];
+    n.alpha[b] = std::sqrt(ab);
+    n.sigma[b] = std::sqrt(1 - ab);
+    if (weight == LossWeight::min_snr) n.weight[b] = diffusion::min_snr_weight(prediction, ab / (1 - ab));
+  }
+  n.t = std::move(t);
+  return n;
+}
+
+std::vector<int> uniform_steps(int T, int B, uint64_t seed, int64_t step) {
+  return diffusion::uniform_timesteps(T, B, seed, stream_offset(step, Stream::timesteps));
+}
+
+AdamWOptions adamw_options(const TrainConfig& c) {
+  AdamWOptions o;
+  o.lr = static_cast<float>(c.lr);
+  o.beta1 = static_cast<float>(c.beta1);
+  o.beta2 = static_cast<float>(c.beta2);
+  o.eps = static_cast<float>(c.adam_eps);
+  o.weight_decay = static_cast<float>(c.weight_decay);
+  o.decay_vectors = true;
+  o.warmup_steps = c.warmup;
+  return o;
+}
+
+double max_grad_norm(const TrainConfig& c) { return c.grad_clip > 0 ? c.grad_clip : 0; }
+
+bool step_applied(double loss, double grad_norm) { return std::isfinite(loss) && std::isfinite(grad_norm); }
+
+}  // namespace diffuse::train

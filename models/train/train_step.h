@@ -1,0 +1,51 @@
+// models/train/train_step.h: the decisions of one diffusion training step, defined once for the
+// step on the cpu (trainer.cpp) and the step on a GPU (graph_step.h), which differ only where the
+// hardware does: the cpu skips a non-finite step before its update, the GPU's update kernel skips
+// it on the device (so a skipped step still counts there; device_trainer.h).
+//
+// Randomness. Use u of step s (0-based) draws from Philox (seed, kStreamsPerStep * s + u), the
+// same numbers on either device (core/philox.h): the batch's timesteps, the noise eps of z_t, the
+// dropped labels of classifier-free guidance, the dropout masks (through the UNet's dropout seed),
+// and VDM's second noise. A resumed run continues every stream where it stopped.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "models/diffusion/objective.h"
+#include "models/train/config.h"
+#include "models/train/optim.h"
+
+namespace diffuse::train {
+
+enum class Stream : uint64_t { timesteps = 1, noise = 2, label_drop = 3, dropout = 4, noise0 = 5 };
+inline constexpr uint64_t kStreamsPerStep = 8;
+
+// The Philox offset of use `u` at step s.
+constexpr uint64_t stream_offset(int64_t step, Stream u) {
+  return static_cast<uint64_t>(step) * kStreamsPerStep + static_cast<uint64_t>(u);
+}
+// The UNet's dropout seed at step s (nn::UNet::set_dropout_seed; its per-call offsets restart).
+constexpr uint64_t dropout_seed(uint64_t seed, int64_t step) { return seed ^ stream_offset(step, Stream::dropout); }
+
+// The noise levels of one batch of a discrete objective: each sample's step t, alpha_t =
+// sqrt(alpha_bar_t), sigma_t = sqrt(1 - alpha_bar_t) and its loss weight (Min-SNR-gamma, gamma 5,
+// or 1).
+struct NoiseLevels {
+  std::vector<int> t;
+  std::vector<double> alpha, sigma, weight;
+};
+NoiseLevels noise_levels(std::vector<int> t, const std::vector<double>& alphas_cumprod,
+                         diffusion::Prediction prediction, LossWeight weight);
+// Step s's B timesteps drawn uniformly from [0, T), from stream (seed, s, timesteps).
+std::vector<int> uniform_steps(int T, int B, uint64_t seed, int64_t step);
+
+// The run's AdamW (weight decay on every parameter; the device step keeps its parameters flat).
+AdamWOptions adamw_options(const TrainConfig& c);
+// Clipping by the global gradient norm: the norm that gradients are scaled down to, 0 for none.
+double max_grad_norm(const TrainConfig& c);
+// A step updates the weights, the optimizer and the EMA only when its loss and its gradient norm
+// are finite; otherwise it is skipped and counted (TrainConfig::max_nonfinite).
+bool step_applied(double loss, double grad_norm);
+
+}  // namespace diffuse::train
