@@ -125,20 +125,20 @@ void DeviceTrainer::load_state(const std::map<std::string, Tensor>& ckpt) {
   step_->restore(m, v, ema, steps);
 }
 
-std::map<std::string, Tensor> DeviceTrainer::state() {
+std::vector<std::pair<std::string, Tensor>> DeviceTrainer::state() {
   step_->synchronize();
   const ParamLayout& layout = step_->layout();
   const Tensor m = step_->adam_m().to(Device::cpu()), v = step_->adam_v().to(Device::cpu()),
                ema = step_->ema().to(Device::cpu());
-  std::map<std::string, Tensor> out;
+  std::vector<std::pair<std::string, Tensor>> out;
   for (size_t i = 0; i < layout.segments.size(); ++i) {
     const std::string& name = layout.segments[i].name;
-    out.emplace("opt.m." + name, layout.view(m, i));
-    out.emplace("opt.v." + name, layout.view(v, i));
-    out.emplace("ema." + name, layout.view(ema, i));
+    out.emplace_back("opt.m." + name, layout.view(m, i));
+    out.emplace_back("opt.v." + name, layout.view(v, i));
+    out.emplace_back("ema." + name, layout.view(ema, i));
   }
-  out.emplace("opt.step", Tensor::from_vector_i64({step_->steps()}, {1}));
-  out.emplace("ema.num_updates", Tensor::from_vector_i64({step_->steps()}, {1}));
+  out.emplace_back("opt.step", Tensor::from_vector_i64({step_->steps()}, {1}));
+  out.emplace_back("ema.num_updates", Tensor::from_vector_i64({step_->steps()}, {1}));
   return out;
 }
 
@@ -147,10 +147,15 @@ void DeviceTrainer::step(const Tensor& images) {
   readback_.push(step_->steps(), *slots_);
 }
 
+void DeviceTrainer::step(const data::Batch& batch, int64_t s) {
+  DF_CHECK(s == step_->steps(), "DeviceTrainer: step ", s, " after ", step_->steps(), " steps");
+  step(batch.images);
+}
+
 namespace {
 
-DeviceTrainer::Result result_of(const LaggedReadback::Values& v) {
-  DeviceTrainer::Result r;
+Stepper::Result result_of(const LaggedReadback::Values& v) {
+  Stepper::Result r;
   r.step = v.step;
   r.loss = v.loss;
   r.grad_norm = std::sqrt(static_cast<double>(v.sumsq));
@@ -162,13 +167,13 @@ DeviceTrainer::Result result_of(const LaggedReadback::Values& v) {
 
 }  // namespace
 
-std::optional<DeviceTrainer::Result> DeviceTrainer::poll() {
+std::optional<Stepper::Result> DeviceTrainer::poll() {
   const std::optional<LaggedReadback::Values> v = readback_.poll(*slots_);
   if (!v) return std::nullopt;
   return result_of(*v);
 }
 
-std::optional<DeviceTrainer::Result> DeviceTrainer::wait() {
+std::optional<Stepper::Result> DeviceTrainer::wait() {
   const std::optional<LaggedReadback::Values> v = readback_.wait(*slots_);
   if (!v) return std::nullopt;
   return result_of(*v);

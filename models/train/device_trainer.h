@@ -1,9 +1,10 @@
-// models/train/device_trainer.h: the device side of train() for a run on a GPU. The loop of
-// trainer.cpp stays one code path for both devices (batches, the CSV log, progress, sample grids,
-// checkpoints, resume, Ctrl-C, counting non-finite steps); on a GPU its step, the optimizer and
-// the EMA are DeviceTrainStep's (graph_step.h: the whole step on the device, captured as a CUDA
-// graph with cuda_graph, launched kernel by kernel without), and this class translates between
-// that step's flat device buffers and the checkpoint's names.
+// models/train/device_trainer.h: train()'s step on a GPU (stepper.h; CpuStepper is the cpu's).
+// The loop of trainer.cpp is one code path for both devices (batches, the CSV log, progress,
+// sample grids, checkpoints, resume, Ctrl-C, counting non-finite steps); on a GPU the step, the
+// optimizer and the EMA are DeviceTrainStep's (graph_step.h: the whole step on the device,
+// captured as a CUDA graph with cuda_graph, launched kernel by kernel without), and this class
+// reads its results back late and translates between its flat device buffers and the
+// checkpoint's names.
 //
 // Checkpoints are the cpu trainer's: "ema.<name>", "ema.num_updates", "opt.m.<name>",
 // "opt.v.<name>", "opt.step", so a run may resume on the other device. On the device the step
@@ -25,6 +26,7 @@
 #include "core/tensor.h"
 #include "models/nn/unet.h"
 #include "models/train/optim.h"
+#include "models/train/stepper.h"
 
 namespace diffuse::train {
 
@@ -72,7 +74,7 @@ class LaggedReadback {
   std::vector<int> free_;
 };
 
-class DeviceTrainer {
+class DeviceTrainer final : public Stepper {
  public:
   // unet: built from cfg, its weights final (loaded, when resuming), on the GPU. Its parameters
   // move into the step's flat buffer; they stay its views for the run.
@@ -83,24 +85,19 @@ class DeviceTrainer {
 
   // Restores the EMA, the moments and the step counter ("trainer.state"[0]) from a checkpoint's
   // tensors. Missing or mis-shaped entries throw, naming them.
-  void load_state(const std::map<std::string, Tensor>& ckpt);
+  void load_state(const std::map<std::string, Tensor>& ckpt) override;
   // ema.* and opt.* as the cpu's EMA::state() and AdamW::state() name them, on the cpu.
-  std::map<std::string, Tensor> state();
+  std::vector<std::pair<std::string, Tensor>> state() override;
 
-  struct Result {
-    int64_t step = 0;      // steps done after it (1-based step index)
-    double loss = 0;       // the batch's loss
-    double grad_norm = 0;  // before clipping
-    bool applied = false;  // false: not finite, and the device left every buffer as it was
-  };
-  // Queues one step on the batch (B, H, W, C) f32 on the cpu; does not wait for it.
+  // Queues one step on the batch (B, H, W, C) f32 on the cpu; does not wait for it. The step
+  // index is the device step's own count (s must equal it).
   void step(const Tensor& images);
-  // The results of queued steps, in order, each once: poll() returns the oldest only once it is
-  // on the host (no wait), wait() waits for it. Empty when every step's result was returned.
-  std::optional<Result> poll();
-  std::optional<Result> wait();
-  float lr_at(int64_t t) const;  // the learning rate of step t (1-based), as AdamW::lr_at
-  void swap_ema();               // weights <-> EMA, for the sample grids (swap again to undo)
+  void step(const data::Batch& batch, int64_t s) override;
+  // Results come back late (LaggedReadback); applied false: the device left every buffer as it was.
+  std::optional<Result> poll() override;
+  std::optional<Result> wait() override;
+  float lr_at(int64_t t) const override;  // warmup_lr, as AdamW::lr_at
+  void swap_ema() override;
   bool captured() const;
 
  private:
