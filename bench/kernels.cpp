@@ -1,13 +1,13 @@
 // bench/kernels: every hand-written kernel of kernels/cuda on one GPU, against the hardware's
-// measured limits and against cuBLAS / the copy engine where one does the same work (issue 4,
-// item 4). The PyTorch side of the same ops and shapes is bench/torch_kernels.py; bench/kernels.sh
-// runs both and prints the ratios against issue 4's targets.
+// measured limits and against cuBLAS / the copy engine where one does the same work. The PyTorch
+// side of the same ops and shapes is bench/torch_kernels.py; bench/kernels.sh runs both and prints
+// the ratios against the kernels' targets (listed there).
 //
 //   build/bench/kernels [--only SUBSTRING] [--warmup 10] [--iters 50] [--json out.json] [--help]
 //
 // Shapes: the DDPM CIFAR-10 UNet at batch 128 (32x32x128 and 16x16x256 feature maps, images
 // 32x32x3, 35.7M parameters) and a 64x64 model at batch 32 (64x64x128 maps, images 64x64x3).
-// Attention runs at issue 4's target shapes, 256 and 1024 tokens of 4 heads of 64 channels; also
+// Attention runs at the target shapes, 256 and 1024 tokens of 4 heads of 64 channels; also
 // the CIFAR UNet's own attention (one head of 256 channels), which the dispatch sends to cuBLASLt
 // (the flash kernels have head dims 32 and 64).
 //

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# bench/kernels.sh: issue 4's kernel comparison in one command, on the GPU of this machine:
-# diffuse's kernels (bench/kernels) and the same ops in PyTorch (bench/torch_kernels.py), then the
-# ratios against the issue's targets.
+# bench/kernels.sh: the kernel comparison in one command, on the GPU of this machine: diffuse's
+# kernels (bench/kernels) and the same ops in PyTorch (bench/torch_kernels.py), then the ratios
+# against the targets below.
 #
 #   bash bench/kernels.sh                      # after a build in build/ (docs/benchmarks.md)
 #   BUILD=build-rel PYTHON=.venv/bin/python OUT=/tmp/kb bash bench/kernels.sh
@@ -10,7 +10,7 @@
 # python3), OUT (where the JSON and logs go, default $BUILD/kernels), ITERS (timed runs, 50),
 # WARMUP (10).
 #
-# Targets (issue 4, on an H100):
+# Targets (on an H100):
 #   noising, time embedding, sampler step, AdamW+EMA   >= 90% of the measured copy bandwidth
 #   GroupNorm+SiLU forward and backward                >= 80% of the copy bandwidth, and >= 3x
 #                                                         faster than PyTorch's GroupNorm then SiLU
@@ -58,7 +58,7 @@ import json, sys
 
 d, t = (json.load(open(p)) for p in sys.argv[1:3])
 copy = d["copy_gbps"]
-print(f"\nissue 4 targets on {d['device']} ({d['date']}); copy bandwidth {copy:.0f} GB/s, "
+print(f"\ntargets on {d['device']} ({d['date']}); copy bandwidth {copy:.0f} GB/s, "
       f"bf16 GEMM {d['bf16_gemm_tflops']:.1f} TFLOP/s")
 print(f"{'kernel':28} {'shape':42} {'target':>26} {'measured':>10}  verdict")
 

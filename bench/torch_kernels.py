@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/torch_kernels.py: the PyTorch side of bench/kernels (issue 4, item 4).
+"""bench/torch_kernels.py: the PyTorch side of bench/kernels.
 
 The same ops on the same shapes as bench/kernels.cpp, named alike (kernel and shape strings are
 identical, so bench/kernels.sh can join the two JSON files row by row), in PyTorch as a user would
@@ -129,7 +129,7 @@ def cases(dev):
                 continue
             out.append(("attention_forward", shape, f"torch-sdpa-{bname}", 0, 4 * t2c, "4 B T^2 C",
                         lambda fwd=fwd: fwd()))
-            if D == 64:  # backward at the issue's target shapes only
+            if D == 64:  # backward at the target shapes only
                 def bwd(o=o, q=q, k=k, v=v, dout=dout, backend=backend):
                     if backend is None:
                         return torch.autograd.grad(o, (q, k, v), dout, retain_graph=True)

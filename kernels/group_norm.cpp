@@ -10,7 +10,9 @@
 namespace diffuse::kernels {
 
 namespace {
-Tensor like_if(const Tensor& t, bool want) { return want && t.defined() ? Tensor::empty(t.shape(), t.dtype()) : Tensor(); }
+Tensor like_if(const Tensor& t, bool want) {
+  return want && t.defined() ? Tensor::empty(t.shape(), t.dtype()) : Tensor();
+}
 }  // namespace
 
 GroupNormResult group_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& scale,

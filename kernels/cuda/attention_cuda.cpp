@@ -1,7 +1,7 @@
-// kernels/cuda/attention_cuda.cpp: the Tensor-level attention over the flash kernels of kernels/cuda/attention.cu and
-// attention_tc.cu (head dims 32 and 64), or materialised with cuBLASLt for other head dims.
-// Checks what the launchers cannot, allocates outputs and workspaces from the caching allocator and
-// launches on the current stream; nothing here waits for the device.
+// kernels/cuda/attention_cuda.cpp: the Tensor-level attention over the flash kernels of
+// kernels/cuda/attention.cu and attention_tc.cu (head dims 32 and 64), or materialised with
+// cuBLASLt for other head dims. Checks what the launchers cannot, allocates outputs and workspaces
+// from the caching allocator and launches on the current stream; nothing here waits for the device.
 #include <algorithm>
 #include <cmath>
 

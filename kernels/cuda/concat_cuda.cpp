@@ -1,7 +1,7 @@
-// kernels/cuda/concat_cuda.cpp: the Tensor-level concatenation and slicing along the last dim: strided row copies
-// (kernels/cuda/concat.cu).
-// Checks what the launchers cannot, allocates outputs and workspaces from the caching allocator and
-// launches on the current stream; nothing here waits for the device.
+// kernels/cuda/concat_cuda.cpp: the Tensor-level concatenation and slicing along the last dim:
+// strided row copies (kernels/cuda/concat.cu). Checks what the launchers cannot, allocates outputs
+// and workspaces from the caching allocator and launches on the current stream; nothing here waits
+// for the device.
 #include "core/check.h"
 #include "core/stream.h"
 #include "kernels/cuda/concat.h"

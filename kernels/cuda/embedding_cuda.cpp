@@ -1,7 +1,7 @@
-// kernels/cuda/embedding_cuda.cpp: the Tensor-level embedding lookup and its gradient over the launchers of
-// kernels/cuda/embedding.cu.
-// Checks what the launchers cannot, allocates outputs and workspaces from the caching allocator and
-// launches on the current stream; nothing here waits for the device.
+// kernels/cuda/embedding_cuda.cpp: the Tensor-level embedding lookup and its gradient over the
+// launchers of kernels/cuda/embedding.cu. Checks what the launchers cannot, allocates outputs and
+// workspaces from the caching allocator and launches on the current stream; nothing here waits for
+// the device.
 #include "core/check.h"
 #include "core/stream.h"
 #include "kernels/cuda/embedding.h"

@@ -1,6 +1,6 @@
-// kernels/cuda/group_norm_cuda.cpp: the Tensor-level GroupNorm with AdaGN scale/shift and SiLU over the launchers of
-// kernels/cuda/group_norm.cu: statistics and parameter gradients in f32.
-// Checks what the launchers cannot, allocates outputs and workspaces from the caching allocator and
+// kernels/cuda/group_norm_cuda.cpp: the Tensor-level GroupNorm with AdaGN scale/shift and SiLU over
+// the launchers of kernels/cuda/group_norm.cu: statistics and parameter gradients in f32. Checks
+// what the launchers cannot, allocates outputs and workspaces from the caching allocator and
 // launches on the current stream; nothing here waits for the device.
 #include <algorithm>
 #include <cmath>

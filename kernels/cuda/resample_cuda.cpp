@@ -1,7 +1,7 @@
-// kernels/cuda/resample_cuda.cpp: the Tensor-level nearest 2x upsampling and 2x2 average pooling over the launchers of
-// kernels/cuda/resample.cu.
-// Checks what the launchers cannot, allocates outputs and workspaces from the caching allocator and
-// launches on the current stream; nothing here waits for the device.
+// kernels/cuda/resample_cuda.cpp: the Tensor-level nearest 2x upsampling and 2x2 average pooling
+// over the launchers of kernels/cuda/resample.cu. Checks what the launchers cannot, allocates
+// outputs and workspaces from the caching allocator and launches on the current stream; nothing
+// here waits for the device.
 #include "core/check.h"
 #include "core/stream.h"
 #include "kernels/cuda/resample.h"

@@ -1,6 +1,6 @@
-// kernels/cuda/sampler_step_cuda.cpp: the Tensor-level the fused sampler step over the launcher of kernels/cuda/sampler_step.cu.
-// Checks what the launchers cannot, allocates outputs and workspaces from the caching allocator and
-// launches on the current stream; nothing here waits for the device.
+// kernels/cuda/sampler_step_cuda.cpp: the Tensor-level fused sampler step over the launcher of
+// kernels/cuda/sampler_step.cu. Checks what the launchers cannot, allocates outputs and workspaces
+// from the caching allocator and launches on the current stream; nothing here waits for the device.
 #include <algorithm>
 #include <cmath>
 

@@ -1,7 +1,7 @@
-// kernels/cuda/softmax_cuda.cpp: the Tensor-level softmax and cross-entropy over the launchers of kernels/cuda/softmax.cu (the
-// cross-entropy is f32 whatever the activations' dtype).
-// Checks what the launchers cannot, allocates outputs and workspaces from the caching allocator and
-// launches on the current stream; nothing here waits for the device.
+// kernels/cuda/softmax_cuda.cpp: the Tensor-level softmax and cross-entropy over the launchers of
+// kernels/cuda/softmax.cu (the cross-entropy is f32 whatever the activations' dtype). Checks what
+// the launchers cannot, allocates outputs and workspaces from the caching allocator and launches on
+// the current stream; nothing here waits for the device.
 #include "core/check.h"
 #include "core/stream.h"
 #include "kernels/cuda/softmax.h"

@@ -18,18 +18,21 @@ using namespace diffuse::test;
 
 namespace {
 
-template <class Fwd, class Bwd>
-void check_out_of_range(Fwd&& fwd, Bwd&& bwd, Device dev) {
+// The launchers of kernels/cuda/embedding.h (emu:: or cuda::).
+using Fwd = void (*)(const int64_t*, const void*, void*, DType, int64_t, int64_t, int64_t, void*);
+using Bwd = void (*)(const void*, const int64_t*, void*, DType, int64_t, int64_t, int64_t, void*);
+
+void check_out_of_range(Fwd fwd, Bwd bwd, Device dev) {
   const int64_t K = 11, D = 4;
   Tensor ids = Tensor::from_vector_i64({2, K + 3}, {2}, dev);
   Tensor table = random_tensor({K, D}).to(dev), out = Tensor::empty({2, D}, DType::f32, dev).poison_();
-  fwd(ids.template data<int64_t>(), table.raw(), out.raw(), DType::f32, 2, K, D, current_stream());
+  fwd(ids.data<int64_t>(), table.raw(), out.raw(), DType::f32, 2, K, D, current_stream());
   const std::vector<float> o = out.to_vector();
   CHECK(std::isfinite(o[0]));
   CHECK(std::isnan(o[D]));
   // Backward: only id 2 contributes; every other row of the table's gradient is zero.
   Tensor dy = random_tensor({2, D}), dt = Tensor::empty({K, D}, DType::f32, dev).poison_();
-  bwd(dy.to(dev).raw(), ids.template data<int64_t>(), dt.raw(), DType::f32, 2, K, D, current_stream());
+  bwd(dy.to(dev).raw(), ids.data<int64_t>(), dt.raw(), DType::f32, 2, K, D, current_stream());
   const std::vector<float> g = dt.to_vector(), dyv = dy.to_vector();
   for (int64_t k = 0; k < K; ++k)
     for (int64_t d = 0; d < D; ++d) CHECK(g[k * D + d] == (k == 2 ? dyv[d] : 0.f));

@@ -338,8 +338,8 @@ void conv2d_cases(Device d) {
 //
 // The oracle is kernels::ref in f64 on the device's inputs. On a GPU, head dims 32 and 64 run the
 // flash kernels (the bf16 tensor-core ones for bf16), other head dims the materialised path (S and
-// P per head on cuBLASLt); the cpu runs its per-head GEMMs for all. Tolerances as argued in
-// attention_emu_test.cpp: f32: a score is a D-term dot product (D <= 64) of values in [-1, 1], its
+// P per head on cuBLASLt); the cpu runs its per-head GEMMs for all. Tolerances as argued for the
+// flash kernels' entries in op_table_test.cpp: f32: a score is a D-term dot product (D <= 64) of values in [-1, 1], its
 // f32 error ~3e-5 absolute, inherited by P as a relative error and by the P-weighted sums: rtol
 // 1e-4, floor 1e-4 max|want|. bf16: the inputs are rounded before both sides see them; the output
 // adds a bf16 rounding (2^-8), and P or dS are rounded to bf16 before their second product (the

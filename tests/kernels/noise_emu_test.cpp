@@ -13,6 +13,7 @@
 #include "core/stream.h"
 #include "core/tensor.h"
 #include "kernels/cuda/noise.h"
+#include "kernels/noise.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 
@@ -86,6 +87,22 @@ TEST_CASE("noise_forward under the emulator: the seed word of a graph replay XOR
   const Tensor want_eps = Tensor::randn({B, N}, seed ^ word, 5);
   CHECK(bit_mismatches(eps, want_eps) == 0);
   CHECK(bit_mismatches(z, z_reference(in, want_eps)) == 0);
+}
+
+// Tied to the cpu path itself (kernels/cpu/noise.cpp), which the rest of the engine uses.
+TEST_CASE("noise_forward under the emulator equals kernels::cpu::noise_forward bit for bit", "[emu][kernels]") {
+  for_each_order([] {
+    const int64_t B = 3, N = 5 * 7;
+    Tensor x = random_tensor({B, 5, 7}), alpha = random_tensor({B}, 0.1f, 1.f), sigma = random_tensor({B}, 0.1f, 1.f);
+    Tensor z = Tensor::empty(x.shape()).poison_(), eps = Tensor::empty(x.shape()).poison_();
+    Tensor zc = Tensor::empty(x.shape()), ec = Tensor::empty(x.shape());
+    const uint64_t seed = next_seed();
+    kernels::cpu::noise_forward(x, alpha, sigma, seed, 11, zc, ec);
+    emu::noise_forward(x.data<float>(), alpha.data<float>(), sigma.data<float>(), z.data<float>(), eps.data<float>(),
+                       B, N, seed, 11, nullptr);
+    CHECK(bit_mismatches(eps, ec) == 0);
+    CHECK(bit_mismatches(z, zc) == 0);
+  });
 }
 
 #endif  // DIFFUSE_HAVE_SIMT

@@ -42,15 +42,17 @@ struct OpCase {
   // Fresh random inputs on the cpu. Floating inputs have `dtype` (an index input keeps its own);
   // bf16 inputs are exactly representable, so the f32 reference sees what the kernel sees.
   std::function<Tensors(DType dtype)> inputs;
-  // The expected outputs in `dtype`: kernels::ref in f64 for f64, in f32 for f32 and bf16 (a bf16
-  // output is the f32 result rounded once, as the kernels round).
-  std::function<Tensors(const Tensors& in, DType dtype)> reference;
+  // The expected outputs of `backend` in `dtype`, from the op's reference (kernels::ref, or the cpu
+  // loop where that is the readable one): usually in f64 and rounded once to `dtype`; the cpu fast
+  // path in f32 against the reference in f32 where its own tolerance is argued that way.
+  std::function<Tensors(const Tensors& in, DType dtype, Backend backend)> reference;
   // Each backend's outputs for the same inputs, on the cpu. An empty runner: the backend lacks it.
   // The emulator and GPU runners write into poisoned outputs; the GPU runner uploads the inputs.
   std::function<Tensors(const Tensors& in, DType dtype)> cpu, emu, cuda;
   std::vector<DType> cpu_dtypes{DType::f32, DType::f64};
   std::vector<DType> device_dtypes{DType::f32, DType::bf16};
-  std::function<Tolerance(Backend, DType, size_t output)> tolerance;
+  // The tolerance of output `output`; it may scale with the data (the inputs, the expected outputs).
+  std::function<Tolerance(Backend, DType, size_t output, const Tensors& in, const Tensors& want)> tolerance;
   std::function<Cost(DType)> cost;
 };
 

@@ -5,17 +5,33 @@
 // writes them; inputs are fresh per run.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
+#include <sstream>
+#include <string>
 #include <vector>
 
 #include "core/device.h"
 #include "core/philox.h"
 #include "core/stream.h"
 #include "core/tensor.h"
+#include "kernels/attention.h"
+#include "kernels/cuda/attention.h"
+#include "kernels/cuda/concat.h"
 #include "kernels/cuda/embedding.h"
+#include "kernels/cuda/group_norm.h"
 #include "kernels/cuda/resample.h"
+#include "kernels/cuda/softmax.h"
+#include "kernels/cuda/time_embedding.h"
 #include "kernels/embedding.h"
+#include "kernels/group_norm.h"
+#include "kernels/loss.h"
 #include "kernels/resample.h"
+#include "kernels/softmax.h"
+#include "kernels/time_embedding.h"
 #include "tests/emu_test_util.h"
 #include "tests/kernels/op_table.h"
 #include "tests/test_util.h"
@@ -39,7 +55,17 @@ Tensor poisoned(const Shape& s, DType t, Device d) {
 
 namespace {
 
-// The dtype a reference computes in for outputs of dtype t: f64 for f64, f32 otherwise.
+// The parts, streamed into one string: a case's name.
+template <class... Parts>
+std::string name_of(const Parts&... parts) {
+  std::ostringstream os;
+  (os << ... << parts);
+  return os.str();
+}
+
+// The dtype the resampling reference computes in for outputs of dtype t: f64 for f64, f32
+// otherwise (its sums of four values scaled by 1 or 1/4 are exact in f32, and the kernels round
+// their f32 result once to bf16).
 DType compute_dtype(DType t) { return t == DType::f64 ? DType::f64 : DType::f32; }
 
 // ---- resampling: upsample_nearest2x and avg_pool2x, forward and backward ------------------------
@@ -120,10 +146,10 @@ void add_resample(std::vector<OpCase>& table) {
       const Shape in_shape = op.in_small ? s : big, out_shape = op.out_small ? s : big;
       const bool device_too = s.numel() < 10000;
       OpCase c;
-      c.name = std::string(op.name) + " small grid " + s.str();
+      c.name = name_of(op.name, " small grid ", s.str());
       c.inputs = [in_shape](DType t) { return Tensors{random_tensor(in_shape).to(t)}; };
       // Output 1 of the cpu backend is the public kernels:: function's result.
-      c.reference = [op, out_shape](const Tensors& in, DType t) {
+      c.reference = [op, out_shape](const Tensors& in, DType t, Backend) {
         Tensor o = Tensor::empty(out_shape, compute_dtype(t));
         op.ref(in[0].to(compute_dtype(t)), o);
         return Tensors{o.to(t), o.to(t)};
@@ -144,7 +170,7 @@ void add_resample(std::vector<OpCase>& table) {
 #if defined(DIFFUSE_HAVE_CUDA)
       if (device_too && op.cuda) c.cuda = device_run(op.cuda, Device::cuda(0));
 #endif
-      c.tolerance = [](Backend, DType, size_t) {
+      c.tolerance = [](Backend, DType, size_t, const Tensors&, const Tensors&) {
         return Tolerance{true, 0, 0, "moves exact in binary; sums in the reference's order, rounded once"};
       };
       // Bytes: the input read once, the output written once. FLOPs: the pool's forward and the
@@ -166,15 +192,14 @@ void add_embedding(std::vector<OpCase>& table) {
   constexpr int64_t K = 11, D = 300;
   for (int64_t B : {1L, 7L, 40L}) {
     OpCase c;
-    c.name = "embedding_forward and embedding_backward B " + std::to_string(B) + " K " + std::to_string(K) +
-             " D " + std::to_string(D);
+    c.name = name_of("embedding_forward and embedding_backward B ", B, " K ", K, " D ", D);
     c.inputs = [B](DType t) {
       std::vector<int64_t> idv(static_cast<size_t>(B));
       for (int64_t b = 0; b < B; ++b) idv[b] = static_cast<int64_t>(philox_uniform(next_seed(), 0, 0) * K) % K;
       idv[0] = K - 1;  // the null label row (classifier-free guidance) is the last
       return Tensors{Tensor::from_vector_i64(idv, {B}), random_tensor({K, D}).to(t), random_tensor({B, D}).to(t)};
     };
-    c.reference = [](const Tensors& in, DType t) {
+    c.reference = [](const Tensors& in, DType t, Backend) {
       return Tensors{kernels::embedding_forward(in[0], in[1].to(DType::f32)).to(t),
                      kernels::embedding_backward(in[2].to(DType::f32), in[0], Shape{K, D}).to(t)};
     };
@@ -195,12 +220,650 @@ void add_embedding(std::vector<OpCase>& table) {
 #if defined(DIFFUSE_HAVE_CUDA)
     c.cuda = device_run(cuda::embedding_forward, cuda::embedding_backward, Device::cuda(0));
 #endif
-    c.tolerance = [](Backend, DType, size_t) {
+    c.tolerance = [](Backend, DType, size_t, const Tensors&, const Tensors&) {
       return Tolerance{true, 0, 0, "row copies; sums in the cpu loop's order, rounded once"};
     };
     c.cost = [B](DType t) {
       const double es = static_cast<double>(dtype_size(t));
       return Cost{8.0 * B + es * (2.0 * B * D) + es * (B * D + K * D), static_cast<double>(B * D)};
+    };
+    table.push_back(c);
+  }
+}
+
+// ---- softmax over the last dim, forward and backward ---------------------------------------------
+// The kernels (softmax.cu) against kernels::ref in f64, rounded once. f32: the sum of exponentials
+// accumulates ~L/R terms per thread plus a tree and the online rescalings, each <= 1 ulp, and expf
+// is within 2 ulp on the GPU: relative error below ~40 eps = 2.4e-6 for these lengths, so rtol 1e-5
+// (atol 1e-9 for tiny probabilities). Backward y (dy - sum(dy y)) cancels when dy ~ the dot:
+// absolute error ~ eps (|dy| + |dot|) <= 1e-6. bf16: one rounding of the f32 result, 2^-8 relative,
+// rtol 8e-3. The cpu fast path against kernels::ref in f32: probabilities in [0, 1]; the f32 sum of
+// <= 196 terms is off by <= 196 * 6e-8 relative: rtol 2e-5 (atol 1e-7 forward, 1e-6 backward).
+struct RowCase {
+  Shape shape;       // (..., L)
+  float lo, hi;      // the logits' range
+  bool cpu, emu, gpu;
+};
+
+const RowCase kSoftmaxCases[] = {
+    // Warp per row (partial last block of 8 rows), block per row past 1024, batch 1. The cpu's
+    // tolerance is argued for rows of up to 196.
+    {{1, 1}, -8.f, 8.f, true, true, true},      {{3, 7}, -8.f, 8.f, true, true, true},
+    {{10, 33}, -8.f, 8.f, true, true, true},    {{2, 1025}, -8.f, 8.f, false, true, true},
+    {{1, 3000}, -8.f, 8.f, false, true, true},  {{5, 37}, -6.f, 6.f, true, true, true},
+    // Logits up to +-30: the rows differ by orders of magnitude, so both the max and the
+    // normalisation are exercised.
+    {{3, 7}, -30.f, 30.f, true, true, true},    {{2, 3, 196}, -30.f, 30.f, true, true, true},
+    {{1, 1}, -30.f, 30.f, true, true, true},    {{5, 49}, -30.f, 30.f, true, true, true},
+    // GPU sizes: many short rows, long rows, one very long row (too slow for the emulator tier).
+    {{4096, 77}, -8.f, 8.f, false, false, true}, {{64, 4096}, -8.f, 8.f, false, false, true},
+    {{1, 100003}, -8.f, 8.f, false, false, true},
+};
+
+Tolerance softmax_tolerance(Backend b, DType t, bool backward) {
+  if (b == Backend::cpu) return {false, 2e-5, backward ? 1e-6 : 1e-7, "f32 fast path vs the f32 reference: 196 terms"};
+  if (t == DType::bf16) return {false, 8e-3, backward ? 1e-6 : 1e-9, "one bf16 rounding of the f32 result"};
+  return {false, 1e-5, backward ? 1e-6 : 1e-9, "~40 eps of f32 sums and expf; cancellation in the backward's dot"};
+}
+
+// The reference's dtype: the cpu fast path is checked against kernels::ref in its own dtype, the
+// devices against kernels::ref in f64.
+DType ref_dtype(Backend b, DType t) { return b == Backend::cpu ? t : DType::f64; }
+
+using RowLaunch = void (*)(const void*, void*, DType, int64_t, int64_t, void*);
+using RowGradLaunch = void (*)(const void*, const void*, void*, DType, int64_t, int64_t, void*);
+
+void add_softmax(std::vector<OpCase>& table) {
+  for (const RowCase& rc : kSoftmaxCases) {
+    const Shape s = rc.shape;
+    const int64_t L = s[-1], rows = s.numel() / L;
+    const std::string where = name_of(" ", s.str(), " logits in [", rc.lo, ", ", rc.hi, "]");
+    OpCase f;
+    f.name = name_of("softmax_last_forward", where);
+    f.inputs = [s, rc](DType t) { return Tensors{random_tensor(s, rc.lo, rc.hi).to(t)}; };
+    f.reference = [s](const Tensors& in, DType t, Backend b) {
+      Tensor y = Tensor::empty(s, ref_dtype(b, t));
+      kernels::ref::softmax_last_forward(in[0].to(ref_dtype(b, t)), y);
+      return Tensors{y.to(t)};
+    };
+    if (rc.cpu)
+      f.cpu = [s](const Tensors& in, DType t) {
+        Tensor y = poisoned(s, t);
+        kernels::cpu::softmax_last_forward(in[0], y);
+        return Tensors{y};
+      };
+    f.cpu_dtypes = {DType::f32};
+    auto fwd_run = [s, rows, L](RowLaunch launch, Device d) {
+      return [=](const Tensors& in, DType t) {
+        Tensor y = poisoned(s, t, d);
+        launch(in[0].to(d).raw(), y.raw(), t, rows, L, d.is_cpu() ? nullptr : current_stream());
+        return Tensors{y.to(Device::cpu())};
+      };
+    };
+#if defined(DIFFUSE_HAVE_SIMT)
+    if (rc.emu) f.emu = fwd_run(emu::softmax_forward, Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+    if (rc.gpu) f.cuda = fwd_run(cuda::softmax_forward, Device::cuda(0));
+#endif
+    f.tolerance = [](Backend b, DType t, size_t, const Tensors&, const Tensors&) {
+      return softmax_tolerance(b, t, false);
+    };
+    f.cost = [s](DType t) {  // read x, write y; max, exp, sum, divide: ~4 FLOPs an element
+      return Cost{2.0 * s.numel() * dtype_size(t), 4.0 * s.numel()};
+    };
+    table.push_back(f);
+
+    OpCase g;
+    g.name = name_of("softmax_last_backward", where);
+    // y is a softmax output (the reference's, in the dtype), dy uniform in [-1, 1).
+    g.inputs = [s, rc](DType t) {
+      Tensor y = Tensor::empty(s, DType::f64);
+      kernels::ref::softmax_last_forward(random_tensor(s, rc.lo, rc.hi).to(DType::f64), y);
+      return Tensors{random_tensor(s).to(t), y.to(t)};
+    };
+    g.reference = [s](const Tensors& in, DType t, Backend b) {
+      Tensor dx = Tensor::empty(s, ref_dtype(b, t));
+      kernels::ref::softmax_last_backward(in[0].to(ref_dtype(b, t)), in[1].to(ref_dtype(b, t)), dx);
+      return Tensors{dx.to(t)};
+    };
+    if (rc.cpu)
+      g.cpu = [s](const Tensors& in, DType t) {
+        Tensor dx = poisoned(s, t);
+        kernels::cpu::softmax_last_backward(in[0], in[1], dx);
+        return Tensors{dx};
+      };
+    g.cpu_dtypes = {DType::f32};
+    auto bwd_run = [s, rows, L](RowGradLaunch launch, Device d) {
+      return [=](const Tensors& in, DType t) {
+        Tensor dx = poisoned(s, t, d);
+        launch(in[0].to(d).raw(), in[1].to(d).raw(), dx.raw(), t, rows, L, d.is_cpu() ? nullptr : current_stream());
+        return Tensors{dx.to(Device::cpu())};
+      };
+    };
+#if defined(DIFFUSE_HAVE_SIMT)
+    if (rc.emu) g.emu = bwd_run(emu::softmax_backward, Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+    if (rc.gpu) g.cuda = bwd_run(cuda::softmax_backward, Device::cuda(0));
+#endif
+    g.tolerance = [](Backend b, DType t, size_t, const Tensors&, const Tensors&) {
+      return softmax_tolerance(b, t, true);
+    };
+    g.cost = [s](DType t) {  // read dy, y, write dx; the dot and y (dy - dot): 4 FLOPs an element
+      return Cost{3.0 * s.numel() * dtype_size(t), 4.0 * s.numel()};
+    };
+    table.push_back(g);
+  }
+}
+
+// ---- cross-entropy (the GPU kernels; f32 whatever the activations) ------------------------------
+// Against the cpu loops (kernels/cpu/loss.cpp, checked against the formula in loss_test.cpp) in
+// f64: lse, the row losses lse - x[label], their mean, and dlogits = g / B (p - onehot) for
+// g = 1.7. The kernels' bounds are the softmax's: rtol 1e-5; atol 1e-6 (lse, losses: values of
+// O(1..10)) and 1e-7 (dlogits: tiny probabilities over B).
+void add_cross_entropy(std::vector<OpCase>& table) {
+  const int64_t shapes[][2] = {{1, 1}, {3, 7}, {10, 33}, {2, 1025}, {1, 3000}, {5, 37}, {1000, 10}};
+  for (const auto& bk : shapes) {
+    const int64_t B = bk[0], K = bk[1];
+    OpCase c;
+    c.name = name_of("cross_entropy_forward and _backward B ", B, " K ", K);
+    c.inputs = [B, K](DType) {
+      std::vector<int64_t> lab(static_cast<size_t>(B));
+      const std::vector<float> u = random_tensor({B}, 0.f, 1.f).to_vector();
+      for (int64_t b = 0; b < B; ++b) lab[b] = std::min<int64_t>(K - 1, static_cast<int64_t>(u[b] * K));
+      return Tensors{random_tensor({B, K}, -5.f, 5.f), Tensor::from_vector_i64(lab, {B})};
+    };
+    c.reference = [B, K](const Tensors& in, DType, Backend) {
+      const Tensor x = in[0].to(DType::f64);
+      Tensor loss = Tensor::empty({1}, DType::f64), lse = Tensor::empty({B}, DType::f64);
+      kernels::cpu::cross_entropy_forward(x, in[1], loss, lse);
+      Tensor rows = Tensor::empty({B}, DType::f64);
+      for (int64_t b = 0; b < B; ++b)
+        rows.data<double>()[b] = lse.data<double>()[b] - x.data<double>()[b * K + in[1].data<int64_t>()[b]];
+      Tensor d = Tensor::empty({B, K}, DType::f64);
+      kernels::cpu::cross_entropy_backward(Tensor::full({1}, 1.7, DType::f64), x, in[1], lse, d);
+      return Tensors{lse.to(DType::f32), rows.to(DType::f32), loss.to(DType::f32), d.to(DType::f32)};
+    };
+    using Fwd = void (*)(const float*, const int64_t*, float*, float*, float*, int64_t, int64_t, void*);
+    using Bwd = void (*)(const float*, const float*, const int64_t*, const float*, float*, int64_t, int64_t, void*);
+    auto run = [B, K](Fwd fwd, Bwd bwd, Device d) {
+      return [=](const Tensors& in, DType) {
+        void* stream = d.is_cpu() ? nullptr : current_stream();
+        const Tensor x = in[0].to(d), labels = in[1].to(d), g = Tensor::full({1}, 1.7).to(d);
+        Tensor lse = poisoned({B}, DType::f32, d), rows = poisoned({B}, DType::f32, d);
+        Tensor loss = poisoned({1}, DType::f32, d), dl = poisoned({B, K}, DType::f32, d);
+        fwd(x.data<float>(), labels.data<int64_t>(), lse.data<float>(), rows.data<float>(), loss.data<float>(), B, K,
+            stream);
+        bwd(g.data<float>(), x.data<float>(), labels.data<int64_t>(), lse.data<float>(), dl.data<float>(), B, K,
+            stream);
+        const Device cpu = Device::cpu();
+        return Tensors{lse.to(cpu), rows.to(cpu), loss.to(cpu), dl.to(cpu)};
+      };
+    };
+#if defined(DIFFUSE_HAVE_SIMT)
+    if (B * K < 100000) c.emu = run(emu::cross_entropy_forward, emu::cross_entropy_backward, Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+    c.cuda = run(cuda::cross_entropy_forward, cuda::cross_entropy_backward, Device::cuda(0));
+#endif
+    c.device_dtypes = {DType::f32};
+    c.tolerance = [](Backend, DType, size_t out, const Tensors&, const Tensors&) {
+      return out == 3 ? Tolerance{false, 1e-5, 1e-7, "dlogits: the softmax's 1e-5; tiny probabilities / B"}
+                      : Tolerance{false, 1e-5, 1e-6, "lse and losses: the softmax's 1e-5 relative"};
+    };
+    c.cost = [B, K](DType) {  // logits read twice, dlogits written; ~5 FLOPs an element
+      return Cost{4.0 * (3.0 * B * K + 3.0 * B) + 8.0 * B, 5.0 * B * K};
+    };
+    table.push_back(c);
+  }
+}
+
+// ---- the sinusoidal timestep embedding -----------------------------------------------------------
+// The kernel (time_embedding.cu, f32) against the cpu loop (kernels/cpu/time_embedding.cpp: the
+// angle and sin/cos in double, rounded once; checked against DDPM and ADM in
+// time_embedding_test.cpp). Both round a double evaluation once; the double results differ by a
+// few double ulps at most (operation order, CUDA's 2-ulp sin/cos), which can flip that one
+// rounding: one f32 ulp of a value in [-1, 1], atol 1.2e-7.
+void add_time_embedding(std::vector<OpCase>& table) {
+  using kernels::TimeEmbeddingOptions;
+  const TimeEmbeddingOptions ddpm{10000.f, false, 1.f, 1.f}, adm{10000.f, true, 0.f, 1.f},
+      scaled{100.f, true, 1.f, 1000.f};
+  const TimeEmbeddingOptions options[] = {TimeEmbeddingOptions{}, ddpm, adm, scaled};
+  struct Size {
+    int64_t B;
+    int dim;
+    bool emu;
+  };
+  const Size sizes[] = {{1, 2, true},  {1, 7, true},   {1, 64, true},   {1, 129, true}, {5, 2, true},
+                        {5, 7, true},  {5, 33, true},  {5, 64, true},   {5, 129, true}, {257, 321, false}};
+  for (const Size& z : sizes)
+    for (const TimeEmbeddingOptions& o : options) {
+      if (z.dim / 2 - o.downscale_freq_shift <= 0) continue;
+      OpCase c;
+      c.name = name_of("timestep_embedding B ", z.B, " dim ", z.dim, " flip ", o.flip_sin_to_cos, " shift ",
+                       o.downscale_freq_shift, " max_period ", o.max_period, " scale ", o.scale);
+      // Integer-valued and continuous timesteps, up to 1000.
+      c.inputs = [z](DType) { return Tensors{random_tensor({z.B}, 0.f, 1000.f)}; };
+      c.reference = [z, o](const Tensors& in, DType, Backend) {
+        Tensor out = Tensor::empty({z.B, z.dim});
+        kernels::cpu::timestep_embedding(in[0], z.dim, o, out);
+        return Tensors{out};
+      };
+      using Launch = void (*)(const float*, float*, int64_t, int, const TimeEmbeddingOptions&, void*);
+      auto run = [z, o](Launch launch, Device d) {
+        return [=](const Tensors& in, DType) {
+          Tensor out = poisoned({z.B, z.dim}, DType::f32, d);
+          launch(in[0].to(d).data<float>(), out.data<float>(), z.B, z.dim, o, d.is_cpu() ? nullptr : current_stream());
+          return Tensors{out.to(Device::cpu())};
+        };
+      };
+#if defined(DIFFUSE_HAVE_SIMT)
+      if (z.emu) c.emu = run(emu::timestep_embedding, Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+      c.cuda = run(cuda::timestep_embedding, Device::cuda(0));
+#endif
+      c.device_dtypes = {DType::f32};
+      c.tolerance = [](Backend, DType, size_t, const Tensors&, const Tensors&) {
+        return Tolerance{false, 0, 1.2e-7, "both round a double evaluation once: one f32 ulp of [-1, 1]"};
+      };
+      c.cost = [z](DType) { return Cost{4.0 * z.B + 4.0 * z.B * z.dim, 3.0 * z.B * z.dim}; };
+      table.push_back(c);
+    }
+}
+
+// ---- copy_rows: the strided row copy under concat and slice --------------------------------------
+// Bytes are moved, so the result equals a memcpy per row, for every access width the alignment of
+// the pointers, the strides and the width allows.
+void add_copy_rows(std::vector<OpCase>& table) {
+  struct Geometry {
+    int64_t rows, width, src_stride, dst_stride, src_off, dst_off;  // bytes
+  };
+  // 16-byte units (bf16 concat of 128 + 256 channels), 8, 4, 2 and 1 byte units, one row.
+  const Geometry geoms[] = {{37, 256, 768, 512, 512, 0}, {9, 24, 40, 64, 8, 16}, {5, 12, 20, 28, 4, 12},
+                            {7, 6, 10, 14, 2, 6},        {3, 5, 9, 11, 1, 3},    {1, 300, 300, 304, 0, 4}};
+  for (const Geometry& g : geoms) {
+    OpCase c;
+    c.name = name_of("copy_rows rows ", g.rows, " width ", g.width, " strides ", g.src_stride, "/", g.dst_stride,
+                     " offsets ", g.src_off, "/", g.dst_off);
+    const int64_t src_bytes = g.rows * g.src_stride + g.src_off, dst_bytes = g.rows * g.dst_stride + g.dst_off;
+    // The source, and the destination's bytes before the copy (those between the rows must stay).
+    c.inputs = [src_bytes, dst_bytes](DType) {
+      return Tensors{Tensor::rand({src_bytes}, next_seed(), 0, 0.f, 255.f).to(DType::u8),
+                     Tensor::rand({dst_bytes}, next_seed(), 0, 0.f, 255.f).to(DType::u8)};
+    };
+    c.reference = [g](const Tensors& in, DType, Backend) {
+      Tensor want = in[1].clone();
+      for (int64_t r = 0; r < g.rows; ++r)
+        std::memcpy(static_cast<uint8_t*>(want.raw()) + g.dst_off + r * g.dst_stride,
+                    static_cast<const uint8_t*>(in[0].raw()) + g.src_off + r * g.src_stride,
+                    static_cast<size_t>(g.width));
+      return Tensors{want};
+    };
+    using Launch = void (*)(void*, int64_t, const void*, int64_t, int64_t, int64_t, void*);
+    auto run = [g](Launch launch, Device d) {
+      return [=](const Tensors& in, DType) {
+        Tensor src = in[0].to(d), dst = in[1].to(d);
+        launch(static_cast<char*>(dst.raw()) + g.dst_off, g.dst_stride, static_cast<const char*>(src.raw()) + g.src_off,
+               g.src_stride, g.rows, g.width, d.is_cpu() ? nullptr : current_stream());
+        return Tensors{dst.to(Device::cpu())};
+      };
+    };
+#if defined(DIFFUSE_HAVE_SIMT)
+    c.emu = run(emu::copy_rows, Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+    c.cuda = run(cuda::copy_rows, Device::cuda(0));
+#endif
+    c.device_dtypes = {DType::u8};
+    c.tolerance = [](Backend, DType, size_t, const Tensors&, const Tensors&) {
+      return Tolerance{true, 0, 0, "bytes moved"};
+    };
+    c.cost = [g](DType) { return Cost{2.0 * g.rows * g.width, 0.0}; };
+    table.push_back(c);
+  }
+}
+
+// ---- GroupNorm with AdaGN scale/shift and SiLU, forward and backward -----------------------------
+// One case runs forward and backward. Inputs: x, dy, gamma, beta, scale, shift (each parameter
+// undefined when off). Outputs: y, mean, rstd, dx, then dgamma, dbeta, dscale, dshift for the
+// parameters that are on.
+//
+// Two families of cases, each with the inputs its tolerance is argued for:
+//  - the cpu fast path against kernels::ref in the same dtype, on activations with a non-zero mean
+//    per channel (centring matters), every combination of gamma, beta, scale/shift and SiLU; both
+//    backwards from the reference's statistics, so only the backward differs. f64: the same math
+//    in a different order; only rounding of ~1e-16 per term separates them, so any algebra slip
+//    shows far above 1e-10. f32: the fast path rounds the statistics to f32 and evaluates each
+//    output with ~6 f32 operations on values of order 10, against a reference that rounds once: a
+//    few 1e-6 absolute; 2e-5 leaves 4x margin. Parameter gradients are sums over the B*N positions:
+//    their absolute tolerance grows with that count.
+//  - the kernels (group_norm.cu) on every launch path (fused one-pass, split over blocks, split of
+//    one, automatic), each backward from its own forward's statistics, against kernels::ref in f64
+//    rounded once. x has an offset mean (+1.5) so a variance formula with cancellation would show.
+//    f32 forward: the statistics are f32 (sums or Welford partials over <= a few thousand terms,
+//    relative error ~(k + log2 n) eps < 1e-6), so xhat is within ~1e-6 and z, O(1) to O(10) here,
+//    within rtol = atol = 1e-5. A group of nearly equal values has a large rstd, and x - mean,
+//    tiny, carries the f32 mean's rounding (~eps |x|) times rstd into xhat: an absolute floor of
+//    8 eps |x|max rstd (gamma (1+s) < 2.25). f32 backward: every gradient is a sum of up to B*N f32
+//    terms and dx subtracts two such means, so the absolute error scales with the largest
+//    gradient: atol 1e-4 max|want|, rtol 1e-4; dx = rstd (dxhat - m1 - xhat m2) cancels: each term
+//    is O(max|dxhat|) (< 2.5 here) with an f32 error of a few ulp, scaled by rstd: a floor of
+//    16 eps 2.5 max rstd, and xhat's error above enters times m2 and rstd once more:
+//    8 eps |x|max rstd^2 2.5. bf16: the outputs y and dx add one rounding, 2^-8 of the value:
+//    rtol 8e-3 (the f32 statistics and parameter gradients keep the f32 bounds).
+struct GnCase {
+  int64_t B, N, C;
+  int G;
+  bool gamma, beta, adagn, silu;
+  kernels::GroupNormLaunch how;
+  bool device;  // the kernels' family (else the cpu's)
+  bool gpu_only;
+};
+
+double max_abs_of(const Tensor& t) {
+  double m = 0;
+  for (float v : t.to_vector()) m = std::max(m, static_cast<double>(std::fabs(v)));
+  return m;
+}
+
+Tolerance group_norm_tolerance(const GnCase& g, DType t, size_t out, const Tensors& in,
+                               const Tensors& want) {
+  if (!g.device) {
+    const bool f64 = t == DType::f64;
+    const double tol = f64 ? 1e-10 : 2e-5, n = static_cast<double>(g.B * g.N);
+    if (out < 4) return {false, f64 ? 1e-10 : 1e-5, tol, "fast path vs reference: rounding only"};
+    return {false, f64 ? 1e-10 : 1e-5, tol * n, "parameter gradients: sums over B*N, tolerance times N"};
+  }
+  const bool f32 = t == DType::f32;
+  const double rstd_max = max_abs_of(want[2]), ulp_x = 6e-8 * max_abs_of(in[0]);
+  switch (out) {
+    case 0:
+      return {false, f32 ? 1e-5 : 8e-3, std::max(1e-5, 8 * ulp_x * rstd_max * 2.25),
+              "f32 statistics; x - mean carries the mean's rounding times rstd"};
+    case 1: return {false, 1e-5, 1e-6, "f32 sums of a few thousand terms"};
+    case 2: return {false, 1e-5, 0, "f32 sums of a few thousand terms"};
+    case 3:
+      return {false, f32 ? 1e-4 : 8e-3,
+              std::max({1e-4 * max_abs_of(want[3]), 4e-6 * rstd_max, 8 * ulp_x * rstd_max * rstd_max * 2.5}),
+              "dx cancels: rstd times the f32 error of its terms, and xhat's error times m2 rstd"};
+    default:
+      return {false, 1e-4, 1e-4 * max_abs_of(want[out]), "sums of B*N f32 terms: 1e-4 of the largest"};
+  }
+}
+
+using GnWorkspace = std::size_t (*)(int64_t, int64_t, int64_t, int, const kernels::GroupNormLaunch&);
+using GnForward = void (*)(const void*, void*, DType, const float*, const float*, const float*, const float*, float*,
+                           float*, int64_t, int64_t, int64_t, int, float, bool, void*, void*,
+                           const kernels::GroupNormLaunch&);
+using GnBackward = void (*)(const void*, const void*, void*, DType, const float*, const float*, const float*,
+                            const float*, const float*, const float*, float*, float*, float*, float*, int64_t, int64_t,
+                            int64_t, int, bool, void*, void*, const kernels::GroupNormLaunch&);
+
+void add_group_norm(std::vector<OpCase>& table) {
+  std::vector<GnCase> cases;
+  // The cpu family: odd sizes (C=6 with G=3, T=5), batch 1, (B,C) with one position, one channel
+  // per group, one group; every option.
+  struct CpuShape {
+    int64_t B, N, C;
+    int G;
+  };
+  const CpuShape cpu_shapes[] = {{2, 16, 8, 4}, {1, 5, 6, 3}, {3, 1, 8, 2}, {2, 9, 32, 32}, {2, 7, 12, 1}};
+  for (const CpuShape& c : cpu_shapes)
+    for (int opts = 0; opts < 16; ++opts)
+      cases.push_back({c.B, c.N, c.C, c.G, bool(opts & 1), bool(opts & 2), bool(opts & 4), bool(opts & 8), {}, false,
+                       false});
+  // The kernels' family: each launch path; options as (affine, adagn, silu).
+  struct DevShape {
+    int64_t B, N, C;
+    int G;
+    kernels::GroupNormLaunch how;
+  };
+  const DevShape dev_shapes[] = {
+      {2, 9, 12, 4, {1, true}},    // fused: one block per (b, g), the group in shared memory
+      {1, 7, 6, 2, {1, false}},    // split of one (the stats, finalize, apply kernels), batch 1
+      {2, 50, 40, 8, {3, true}},   // three blocks per group; C > 32: two channel tiles in backward
+      {1, 600, 6, 2, {0, true}},   // automatic: small batch splits (2 forward, 10 backward)
+      {3, 1, 8, 4, {0, true}},     // N = 1: a (B, C) input
+      {2, 15, 12, 4, {1, true}},   // (2, 3, 5, 12) images, fused
+      {2, 15, 12, 4, {3, true}},   // and split in three
+  };
+  for (const DevShape& d : dev_shapes)
+    for (int opts = 0; opts < 8; ++opts)
+      cases.push_back({d.B, d.N, d.C, d.G, bool(opts & 1), bool(opts & 1), bool(opts & 2), bool(opts & 4), d.how, true,
+                       false});
+  // UNet shapes on a GPU: 32x32x128 at batch 64 (fused), 64x64x256 at batch 1 (split), 8x8x512.
+  for (const DevShape& d : {DevShape{64, 1024, 128, 32, {}}, DevShape{1, 4096, 256, 32, {}},
+                            DevShape{16, 64, 512, 32, {}}})
+    cases.push_back({d.B, d.N, d.C, d.G, true, true, true, true, d.how, true, true});
+
+  for (const GnCase& g : cases) {
+    OpCase c;
+    c.name = name_of("group_norm B ", g.B, " N ", g.N, " C ", g.C, " G ", g.G, " gamma ", g.gamma, " beta ", g.beta,
+                     " scale/shift ", g.adagn, " silu ", g.silu,
+                     g.device ? name_of(" splits ", g.how.splits, " fused ", g.how.allow_fused) : " (cpu family)");
+    const Shape xs{g.B, g.N, g.C};
+    c.inputs = [g, xs](DType t) {
+      Tensors in(6);
+      if (g.device) {
+        in[0] = random_tensor(xs, -0.5f, 3.5f).to(t);  // an offset mean (+1.5)
+        in[1] = random_tensor(xs).to(t);
+        // The parameters are f32 for the kernels whatever the activations' dtype.
+        if (g.gamma) in[2] = random_tensor({g.C}, 0.5f, 1.5f);
+        if (g.beta) in[3] = random_tensor({g.C}, -0.5f, 0.5f);
+        if (g.adagn) in[4] = random_tensor({g.B, g.C}, -0.5f, 0.5f), in[5] = random_tensor({g.B, g.C}, -0.5f, 0.5f);
+      } else {
+        Tensor x = random_normal(xs);  // activations with a non-zero mean per channel
+        float* p = x.data<float>();
+        for (int64_t i = 0; i < x.numel(); ++i) p[i] = 1.5f * p[i] + 0.7f;
+        in[0] = x.to(t);
+        in[1] = random_tensor(xs).to(t);
+        if (g.gamma) in[2] = random_tensor({g.C}).to(t);
+        if (g.beta) in[3] = random_tensor({g.C}).to(t);
+        if (g.adagn) in[4] = random_tensor({g.B, g.C}).to(t), in[5] = random_tensor({g.B, g.C}).to(t);
+      }
+      return in;
+    };
+    kernels::GroupNormOptions opt;
+    opt.groups = g.G, opt.eps = 1e-5f, opt.silu = g.silu;
+    // kernels::ref (ref) or the fast path: forward, then backward from the reference's statistics
+    // (ref_stats) or the forward's own.
+    auto host_run = [g, xs, opt](const Tensors& in, DType ct, bool ref, bool ref_stats) {
+      Tensor y = poisoned(xs, ct), mean = poisoned({g.B, g.G}, ct), rstd = poisoned({g.B, g.G}, ct);
+      auto f = ref ? kernels::ref::group_norm_forward : kernels::cpu::group_norm_forward;
+      f(in[0], in[2], in[3], in[4], in[5], opt, y, mean, rstd);
+      Tensor sm = mean, sr = rstd;
+      if (ref_stats) {
+        sm = Tensor::empty({g.B, g.G}, ct), sr = Tensor::empty({g.B, g.G}, ct);
+        Tensor yr = Tensor::empty(xs, ct);
+        kernels::ref::group_norm_forward(in[0], in[2], in[3], in[4], in[5], opt, yr, sm, sr);
+      }
+      auto like = [](const Tensor& p) { return p.defined() ? poisoned(p.shape(), p.dtype()) : Tensor(); };
+      kernels::GroupNormGrads gr{poisoned(xs, ct), like(in[2]), like(in[3]), like(in[4]), like(in[5])};
+      auto bw = ref ? kernels::ref::group_norm_backward : kernels::cpu::group_norm_backward;
+      bw(in[1], in[0], sm, sr, in[2], in[3], in[4], in[5], opt, gr);
+      Tensors out{y, mean, rstd, gr.dx};
+      for (const Tensor& p : {gr.dgamma, gr.dbeta, gr.dscale, gr.dshift})
+        if (p.defined()) out.push_back(p);
+      return out;
+    };
+    if (!g.device) {
+      c.reference = [host_run](const Tensors& in, DType t, Backend) { return host_run(in, t, true, false); };
+      c.cpu = [host_run](const Tensors& in, DType t) { return host_run(in, t, false, true); };
+    } else {
+      // kernels::ref in f64 on the same (bf16-exact) inputs; y and dx rounded once to the dtype,
+      // the statistics and parameter gradients f32 as the kernels keep them.
+      c.reference = [host_run](const Tensors& in, DType t, Backend) {
+        Tensors in64;
+        for (const Tensor& x : in) in64.push_back(x.defined() ? x.to(DType::f64) : Tensor());
+        Tensors out = host_run(in64, DType::f64, true, false);
+        for (size_t i = 0; i < out.size(); ++i) out[i] = out[i].to(i == 0 || i == 3 ? t : DType::f32);
+        return out;
+      };
+      auto dev_run = [g, xs](GnWorkspace ws_bytes, GnForward fwd, GnBackward bwd, Device d) {
+        return [=](const Tensors& in, DType t) {
+          auto up = [d](const Tensor& x) { return x.defined() ? x.to(d) : Tensor(); };
+          auto ptr = [](const Tensor& x) { return x.defined() ? x.data<float>() : nullptr; };
+          auto out_ptr = [](Tensor& x) { return x.defined() ? x.data<float>() : nullptr; };
+          auto grad = [d](bool on, const Shape& s) { return on ? poisoned(s, DType::f32, d) : Tensor(); };
+          const Tensors di{up(in[0]), up(in[1]), up(in[2]), up(in[3]), up(in[4]), up(in[5])};
+          Tensor y = poisoned(xs, t, d), dx = poisoned(xs, t, d);
+          Tensor mean = poisoned({g.B, g.G}, DType::f32, d), rstd = poisoned({g.B, g.G}, DType::f32, d);
+          Tensor dg = grad(g.gamma, {g.C}), db = grad(g.beta, {g.C});
+          Tensor ds = grad(g.adagn, {g.B, g.C}), dh = grad(g.adagn, {g.B, g.C});
+          const std::size_t wsb = ws_bytes(g.B, g.N, g.C, g.G, g.how);
+          Tensor ws = poisoned({static_cast<int64_t>(wsb / 4) + 1}, DType::f32, d);
+          void* stream = d.is_cpu() ? nullptr : current_stream();
+          fwd(di[0].raw(), y.raw(), t, ptr(di[2]), ptr(di[3]), ptr(di[4]), ptr(di[5]), mean.data<float>(),
+              rstd.data<float>(), g.B, g.N, g.C, g.G, 1e-5f, g.silu, ws.raw(), stream, g.how);
+          bwd(di[1].raw(), di[0].raw(), dx.raw(), t, mean.data<float>(), rstd.data<float>(), ptr(di[2]), ptr(di[3]),
+              ptr(di[4]), ptr(di[5]), out_ptr(dg), out_ptr(db), out_ptr(ds), out_ptr(dh), g.B, g.N, g.C, g.G,
+              g.silu, ws.raw(), stream, g.how);
+          Tensors out;
+          for (const Tensor& o : {y, mean, rstd, dx, dg, db, ds, dh})
+            if (o.defined()) out.push_back(o.to(Device::cpu()));
+          return out;
+        };
+      };
+#if defined(DIFFUSE_HAVE_SIMT)
+      if (!g.gpu_only)
+        c.emu = dev_run(emu::group_norm_workspace_bytes, emu::group_norm_forward, emu::group_norm_backward,
+                        Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+      c.cuda = dev_run(cuda::group_norm_workspace_bytes, cuda::group_norm_forward, cuda::group_norm_backward,
+                       Device::cuda(0));
+#endif
+    }
+    c.tolerance = [g](Backend, DType t, size_t out, const Tensors& in, const Tensors& want) {
+      return group_norm_tolerance(g, t, out, in, want);
+    };
+    c.cost = [g](DType t) {
+      // Forward reads x twice (statistics, then normalise) and writes y; backward reads dy and x
+      // twice and writes dx: ~10 FLOPs an element each way.
+      const double n = static_cast<double>(g.B * g.N * g.C), es = static_cast<double>(dtype_size(t));
+      return Cost{n * es * 8.0, 20.0 * n};
+    };
+    table.push_back(c);
+  }
+}
+
+// ---- multi-head attention, forward and backward --------------------------------------------------
+// Inputs q (B, Tq, C), k, v (B, Tk, C), dout (B, Tq, C), C = heads * D.
+//  - The cpu fast path (GEMMs) against kernels::ref in the same dtype; outputs out, P, dq, dk, dv,
+//    both backwards from the reference's P. Inputs q, k of order 2 so the logits give peaked rows.
+//    f64: same math, other order: 1e-12. f32: logits of order 10 carry ~1e-6 absolute rounding,
+//    which moves probabilities by ~1e-6 relative; outputs are averages of values <= 1: 1e-5.
+//    Gradients sum up to T terms of order 1 (dV: P^T dO over Tq rows): atol scaled by T.
+//  - The SIMT flash kernels (attention.cu) against kernels::ref in f64 (P materialised), rounded
+//    once; outputs out, dq, dk, dv. f32: a score is a D-term dot product (D <= 64) of values in
+//    [-1, 1], scaled by 1/sqrt(D): its f32 error is at most 64 eps * 8 = 3e-5 absolute, which P
+//    inherits as a relative error; out, dV, dQ, dK are P-weighted sums of <= 100 terms accumulated
+//    in f32, and dS subtracts Delta from dP. So each output is within ~1e-4 of its own scale: rtol
+//    1e-4 with an absolute floor of 1e-4 max|want|. bf16: the outputs add one bf16 rounding (2^-8
+//    of the value): rtol 8e-3; backward reads the bf16-rounded forward output in
+//    Delta = rowsum(dO * O), an error spread over every dS of the row, so a gradient element is
+//    within a bf16 rounding of the largest one: atol 8e-3 max|want| (max|want| of the f32 values;
+//    rounding to bf16 may raise it by 2^-9, taken back here). The tensor-core kernels, checked
+//    against these and the SIMT ones, are in attention_emu_test.cpp.
+struct AttnCase {
+  int64_t B, Tq, Tk;
+  int heads, D;
+  bool device, gpu_only;
+};
+
+void add_attention(std::vector<OpCase>& table) {
+  std::vector<AttnCase> cases = {
+      // The cpu family: odd sizes (T=5, C=6), batch 1, cross-attention (Tk != Tq, both ways), D=1,
+      // and a UNet shape.
+      {2, 5, 5, 2, 3, false, false}, {1, 5, 7, 2, 4, false, false}, {2, 9, 4, 1, 12, false, false},
+      {1, 3, 3, 4, 1, false, false}, {3, 49, 49, 4, 16, false, false},
+      // The kernels: self-attention with an odd length; cross-attention with Tq over one block (64)
+      // and Tk under a tile (32); many key tiles and two dK/dV blocks (Tk > 64); batch 1 and
+      // several heads; both head dims.
+      {1, 37, 37, 1, 64, true, false}, {2, 70, 19, 2, 32, true, false}, {1, 5, 100, 2, 64, true, false},
+      {1, 33, 33, 3, 32, true, false}, {2, 21, 45, 2, 32, true, false},
+      // On a GPU: UNet attention at 16x16 (T = 256) with 4 heads of 64, and a cross-attention shape.
+      {4, 256, 256, 4, 64, true, true}, {2, 100, 77, 8, 32, true, true},
+  };
+  for (const AttnCase& a : cases) {
+    const int64_t C = static_cast<int64_t>(a.heads) * a.D;
+    const Shape qs{a.B, a.Tq, C}, ks{a.B, a.Tk, C}, ps{a.B, a.heads, a.Tq, a.Tk};
+    OpCase c;
+    c.name = name_of("attention B ", a.B, " Tq ", a.Tq, " Tk ", a.Tk, " heads ", a.heads, " D ", a.D,
+                     a.device ? " (kernels)" : " (cpu family)");
+    c.inputs = [a, qs, ks](DType t) {
+      const float r = a.device ? 1.f : 2.f;
+      return Tensors{random_tensor(qs, -r, r).to(t), random_tensor(ks, -r, r).to(t), random_tensor(ks).to(t),
+                     random_tensor(qs).to(t)};
+    };
+    // kernels::ref or the fast path in dtype ct: out, P, then the gradients from the reference's P.
+    auto host_run = [a, qs, ks, ps](const Tensors& in, DType ct, bool ref) {
+      Tensors x;
+      for (const Tensor& t : in) x.push_back(t.to(ct));
+      Tensor out = poisoned(qs, ct), p = poisoned(ps, ct), outr = Tensor::empty(qs, ct), pr = Tensor::empty(ps, ct);
+      (ref ? kernels::ref::attention_forward : kernels::cpu::attention_forward)(x[0], x[1], x[2], a.heads, out, p);
+      kernels::ref::attention_forward(x[0], x[1], x[2], a.heads, outr, pr);
+      Tensor dq = poisoned(qs, ct), dk = poisoned(ks, ct), dv = poisoned(ks, ct);
+      (ref ? kernels::ref::attention_backward : kernels::cpu::attention_backward)(x[3], x[0], x[1], x[2], pr, a.heads,
+                                                                                   dq, dk, dv);
+      return Tensors{out, p, dq, dk, dv};
+    };
+    if (!a.device) {
+      c.reference = [host_run](const Tensors& in, DType t, Backend) { return host_run(in, t, true); };
+      c.cpu = [host_run](const Tensors& in, DType t) { return host_run(in, t, false); };
+    } else {
+      c.reference = [host_run](const Tensors& in, DType t, Backend) {
+        Tensors r = host_run(in, DType::f64, true);
+        return Tensors{r[0].to(t), r[2].to(t), r[3].to(t), r[4].to(t)};
+      };
+      using Fwd = void (*)(const void*, const void*, const void*, void*, float*, DType, int64_t, int64_t, int64_t, int,
+                           int, void*);
+      using Ws = std::size_t (*)(int64_t, int64_t, int);
+      using Bwd = void (*)(const void*, const void*, const void*, const void*, const void*, const float*, void*, void*,
+                           void*, DType, int64_t, int64_t, int64_t, int, int, void*, void*);
+      auto dev_run = [a, qs, ks](Fwd fwd, Ws ws_bytes, Bwd bwd, Device d) {
+        return [=](const Tensors& in, DType t) {
+          const Tensor q = in[0].to(d), k = in[1].to(d), v = in[2].to(d), dout = in[3].to(d);
+          void* stream = d.is_cpu() ? nullptr : current_stream();
+          Tensor out = poisoned(qs, t, d), lse = poisoned({a.B, a.heads, a.Tq}, DType::f32, d);
+          fwd(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), t, a.B, a.Tq, a.Tk, a.heads, a.D, stream);
+          Tensor dq = poisoned(qs, t, d), dk = poisoned(ks, t, d), dv = poisoned(ks, t, d);
+          Tensor ws = poisoned({static_cast<int64_t>(ws_bytes(a.B, a.Tq, a.heads) / 4) + 1}, DType::f32, d);
+          bwd(dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), dq.raw(), dk.raw(), dv.raw(), t,
+              a.B, a.Tq, a.Tk, a.heads, a.D, ws.raw(), stream);
+          const Device cpu = Device::cpu();
+          return Tensors{out.to(cpu), dq.to(cpu), dk.to(cpu), dv.to(cpu)};
+        };
+      };
+#if defined(DIFFUSE_HAVE_SIMT)
+      if (!a.gpu_only)
+        c.emu = dev_run(emu::attention_forward, emu::attention_backward_workspace_bytes, emu::attention_backward,
+                        Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+      c.cuda = dev_run(cuda::attention_forward, cuda::attention_backward_workspace_bytes, cuda::attention_backward,
+                       Device::cuda(0));
+#endif
+    }
+    c.tolerance = [a](Backend, DType t, size_t out, const Tensors&, const Tensors& want) {
+      if (!a.device) {
+        const double tol = t == DType::f64 ? 1e-12 : 1e-5;
+        if (out < 2) return Tolerance{false, tol, tol, "fast path vs reference: the same math, another order"};
+        return Tolerance{false, tol, tol * static_cast<double>(std::max(a.Tq, a.Tk)),
+                         "gradients: sums of up to T terms of order 1"};
+      }
+      const bool f32 = t == DType::f32;
+      const double rtol = f32 ? 1e-4 : 8e-3, m = max_abs_of(want[out]) / (f32 ? 1.0 : 1.0 + 1.0 / 512);
+      return Tolerance{false, rtol, rtol * m, f32 ? "f32 scores of D terms; P-weighted f32 sums"
+                                                 : "one bf16 rounding; Delta reads the bf16 forward output"};
+    };
+    c.cost = [a, C](DType t) {
+      // Reads q, k, v, dout once and writes out, dq, dk, dv; forward 2 GEMMs of B heads Tq Tk D,
+      // backward 5 (with the recomputed scores).
+      const double es = static_cast<double>(dtype_size(t)), tok = static_cast<double>(a.B * (a.Tq + a.Tk) * C);
+      return Cost{4.0 * tok * es, 14.0 * a.B * a.heads * a.Tq * a.Tk * a.D};
     };
     table.push_back(c);
   }
@@ -212,15 +875,21 @@ std::vector<OpCase> op_table() {
   std::vector<OpCase> table;
   add_resample(table);
   add_embedding(table);
+  add_softmax(table);
+  add_cross_entropy(table);
+  add_time_embedding(table);
+  add_copy_rows(table);
+  add_group_norm(table);
+  add_attention(table);
   return table;
 }
 
 namespace {
 
-void check_outputs(const OpCase& c, Backend b, DType t, const Tensors& got, const Tensors& want) {
+void check_outputs(const OpCase& c, Backend b, DType t, const Tensors& in, const Tensors& got, const Tensors& want) {
   REQUIRE(got.size() == want.size());
   for (size_t i = 0; i < got.size(); ++i) {
-    const Tolerance tol = c.tolerance(b, t, i);
+    const Tolerance tol = c.tolerance(b, t, i, in, want);
     INFO(c.name << " on the " << backend_name(b) << " in " << dtype_name(t) << ", output " << i << " (" << tol.why
                 << "), seed " << run_seed());
     REQUIRE(got[i].shape() == want[i].shape());
@@ -242,7 +911,7 @@ int run_backend(Backend b, const std::vector<OpCase>& table) {
     if (!run) continue;
     for (DType t : b == Backend::cpu ? c.cpu_dtypes : c.device_dtypes) {
       const Tensors in = c.inputs(t);
-      check_outputs(c, b, t, run(in, t), c.reference(in, t));
+      check_outputs(c, b, t, in, run(in, t), c.reference(in, t, b));
       ++ran;
     }
   }

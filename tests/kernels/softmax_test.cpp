@@ -1,4 +1,5 @@
-// softmax over the last dim: the fast cpu path against the reference loops.
+// softmax over the last dim: its rows, large logits and the vectorised exp (the fast path against the
+// reference loops, on every backend, is in the op table, op_table_test.cpp).
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -10,25 +11,13 @@
 
 using namespace diffuse;
 
-TEST_CASE("softmax_last fast path equals the reference", "[cpu][kernels]") {
+TEST_CASE("softmax_last rows sum to one", "[cpu][kernels]") {
+  // The fast path against the reference is in the op table (op_table_test.cpp).
   for (Shape s : {Shape{3, 7}, Shape{2, 3, 196}, Shape{1, 1}, Shape{5, 49}}) {
-    // Logits up to +-30: exp without the max subtracted would reach 1e13, still finite in f32, but
-    // the rows differ by orders of magnitude, so both the max and the normalisation are exercised.
-    Tensor x = test::random_tensor(s, -30.f, 30.f), dy = test::random_tensor(s);
-    Tensor y = Tensor::empty(s), yr = Tensor::empty(s), dx = Tensor::empty(s), dxr = Tensor::empty(s);
-    y.poison_(); yr.poison_(); dx.poison_(); dxr.poison_();
-    kernels::cpu::softmax_last_forward(x, y);
-    kernels::ref::softmax_last_forward(x, yr);
     CAPTURE(s.str());
-    INFO(test::compare(y, yr).str());
-    // Probabilities in [0, 1]; the f32 sum of <= 196 terms is off by <= 196 * 6e-8 relative: 2e-5.
-    CHECK(test::allclose(y, yr, 2e-5, 1e-7));
-    kernels::cpu::softmax_last_backward(dy, yr, dx);
-    kernels::ref::softmax_last_backward(dy, yr, dxr);
-    CHECK(test::allclose(dx, dxr, 2e-5, 1e-6));
-    std::vector<float> v = y.to_vector();
+    const std::vector<float> v = kernels::softmax_last_forward(test::random_tensor(s, -30.f, 30.f)).to_vector();
     const int64_t L = s[-1];
-    for (int64_t r = 0; r < y.numel() / L; ++r) {
+    for (int64_t r = 0; r < static_cast<int64_t>(v.size()) / L; ++r) {
       double sum = 0;
       for (int64_t j = 0; j < L; ++j) sum += v[r * L + j];
       CHECK(std::fabs(sum - 1) < 2e-5);
