@@ -47,11 +47,11 @@ class Progress {
     std::fflush(stderr);
   }
 
-  void finish(const std::string& extra = "") {
-    if (done_ < total_) {
-      if (tty_) std::fprintf(stderr, "\n");
-    }
-    (void)extra;
+  // Ends the bar's line when the work stopped short of its total (an interrupted run: update()
+  // ends it at the total), so what is printed next starts on a line of its own.
+  void finish() {
+    if (tty_ && done_ < total_) std::fprintf(stderr, "\n");
+    std::fflush(stderr);
   }
 
   static std::string format_time(double s) {

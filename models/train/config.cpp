@@ -2,73 +2,72 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/check.h"
 #include "core/json_util.h"
+#include "models/train/config_fields.h"
 
 namespace diffuse::train {
 
 // ---- configuration -----------------------------------------------------------------------------
-
-nlohmann::json TrainConfig::to_json() const {
-  nlohmann::json j = {{"preset", preset},
-          {"model", model},
-          {"objective", enum_name(objective)},
-          {"schedule", enum_name(schedule)},
-          {"timesteps", timesteps},
-          {"loss_weight", enum_name(loss_weight)},
-          {"lr", lr},
-          {"beta1", beta1},
-          {"beta2", beta2},
-          {"adam_eps", adam_eps},
-          {"weight_decay", weight_decay},
-          {"warmup", warmup},
-          {"grad_clip", grad_clip},
-          {"ema_decay", ema_decay},
-          {"ema_warmup", ema_warmup},
-          {"batch", batch},
-          {"steps", steps},
-          {"epochs", epochs},
-          {"class_cond", class_cond},
-          {"label_dropout", label_dropout},
-          {"dataset", dataset},
-          {"flip", flip},
-          {"seed", seed},
-          {"device", device},
-          {"bf16", bf16},
-          {"cuda_graph", cuda_graph},
-          {"out_dir", out_dir},
-          {"log_every", log_every},
-          {"sample_every", sample_every},
-          {"checkpoint_every", checkpoint_every},
-          {"sample_count", sample_count},
-          {"sample_steps", sample_steps},
-          {"max_nonfinite", max_nonfinite}};
-  // Written only when set, so a config that does not use them reads and writes as before.
-  if (beta_start) j["beta_start"] = *beta_start;
-  if (beta_end) j["beta_end"] = *beta_end;
-  if (!betas.empty()) j["betas"] = betas;
-  if (variance != TrainConfig{}.variance) j["variance"] = enum_name(variance);
-  if (t_sampling != TrainConfig{}.t_sampling) j["t_sampling"] = enum_name(t_sampling);
-  return j;
-}
+//
+// Every field once, in config_fields.h: to_json, from_json and the per-field half of validate walk
+// that list; what follows here is how each C++ type of a field travels as JSON.
 
 namespace {
 
-// The keys to_json writes only when they are set.
-constexpr const char* kOptionalKeys[] = {"beta_start", "beta_end", "betas", "variance", "t_sampling"};
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
 
-// A beta of the config (beta_start, beta_end, an entry of betas): a finite number in (0, 1).
-double beta_value(const nlohmann::json& v, const std::string& key) {
-  DF_CHECK(v.is_number(), "training config: key '", key, "' must be a number in (0, 1), not ", json_brief(v));
-  const double b = v.get<double>();
-  DF_CHECK(std::isfinite(b), "training config: key '", key, "' = ", b, " is not a finite number");
-  DF_CHECK(b > 0 && b < 1, "training config: key '", key, "' = ", b, " is outside (0, 1) (a beta is the variance "
-           "of one step's noise)");
-  return b;
+template <class T>
+nlohmann::json json_of(const T& v) {
+  if constexpr (std::is_enum_v<T>) return enum_name(v);
+  else if constexpr (is_optional<T>::value) return *v;
+  else return v;
 }
 
-// The betas' keys against the objective and schedule, and their values.
+template <class T>
+bool is_set(const T& v, const T& default_value) {
+  if constexpr (is_optional<T>::value) return v.has_value();
+  else if constexpr (requires { v.empty(); }) return !v.empty();
+  else return !(v == default_value);
+}
+
+// A value in a refusal: names quoted, numbers as they are.
+template <class T>
+std::string value_text(const T& v) {
+  if constexpr (std::is_same_v<T, std::string>) return "'" + v + "'";
+  else if constexpr (std::is_same_v<T, nlohmann::json>) return json_brief(v);
+  else return json_brief(json_of(v));
+}
+
+// The generic reader: the JSON type and the C++ range of T (json_to), an enumeration's names
+// through its one parser, and numbers finite.
+template <class T>
+void read_value(const nlohmann::json& v, const std::string& key, T& out) {
+  if constexpr (std::is_enum_v<T>) {
+    std::string name;
+    DF_CHECK(json_to(v, name), "training config: key '", key, "' must be a string (one of ", enum_list<T>(),
+             "), not ", json_brief(v));
+    out = parse_enum<T>(name, key, "training config");
+  } else if constexpr (std::is_same_v<T, nlohmann::json>) {
+    out = v;
+  } else if constexpr (is_optional<T>::value) {
+    typename T::value_type x{};
+    read_value(v, key, x);
+    out = x;
+  } else {
+    if (!json_to(v, out))
+      DF_FAIL("training config: key '", key, "' has the wrong type or is out of range: ", json_brief(v));
+    if constexpr (std::is_floating_point_v<T>)
+      DF_CHECK(std::isfinite(out), "training config: key '", key, "' = ", out, " is not a finite number");
+  }
+}
+
+// The betas' keys against the objective and schedule (each value's own range is its field's check).
 void check_betas(const TrainConfig& c) {
   const Objective objective = c.objective;
   const ScheduleKind schedule = c.schedule;
@@ -86,8 +85,6 @@ void check_betas(const TrainConfig& c) {
            schedule == ScheduleKind::custom ? " (custom lists its betas)" : "");
   DF_CHECK(c.betas.empty() || schedule == ScheduleKind::custom, "training config: key 'betas' goes with schedule "
            "custom, not '", s, "'");
-  if (c.beta_start) beta_value(*c.beta_start, "beta_start");
-  if (c.beta_end) beta_value(*c.beta_end, "beta_end");
   // A default end is DDPM's scaled by 1000 / T, which leaves (0, 1) below T = 20: linear alone
   // caps it at 0.999 (improved DDPM), and only when neither end is given, as before.
   if (schedule == ScheduleKind::scaled_linear || (schedule == ScheduleKind::linear && given_range)) {
@@ -102,78 +99,113 @@ void check_betas(const TrainConfig& c) {
              " betas in (0, 1)");
     DF_CHECK(c.betas.size() == static_cast<size_t>(c.timesteps), "training config: key 'betas' has ", c.betas.size(),
              " entries but timesteps is ", c.timesteps, " (one beta per step)");
-    for (size_t i = 0; i < c.betas.size(); ++i) beta_value(c.betas[i], "betas[" + std::to_string(i) + "]");
   }
 }
 
 }  // namespace
 
+namespace field_checks {
+
+std::string preset(const std::string& p) {
+  const std::vector<std::string> presets = nn::UNetConfig::preset_names();
+  if (std::find(presets.begin(), presets.end(), p) != presets.end()) return "";
+  std::string list;
+  for (size_t i = 0; i < presets.size(); ++i) list += (i ? i + 1 == presets.size() ? " or " : ", " : "") + presets[i];
+  return "unknown preset '" + p + "' (expected " + list + ")";
+}
+
+std::string device(const std::string& d) {
+  try {
+    parse_device_spec(d);
+  } catch (const Error& e) {
+    return e.message();
+  }
+  return "";
+}
+
+std::string model(const nlohmann::json& m) {
+  return m.is_object() ? "" : "must be an object of UNet keys, not " + json_brief(m);
+}
+
+std::string beta(const std::optional<double>& b) {
+  return !b || (*b > 0 && *b < 1) ? "" : "must be in (0, 1) (a beta is the variance of one step's noise)";
+}
+
+std::string betas(const std::vector<double>& b) {
+  for (size_t i = 0; i < b.size(); ++i)
+    if (!(b[i] > 0 && b[i] < 1)) return "entry " + std::to_string(i) + " is outside (0, 1)";
+  return "";
+}
+
+std::string at_least_words(int64_t min) {
+  std::string words = "must be at least ";
+  words += std::to_string(min);
+  return words;
+}
+
+std::string positive(const double& v) { return v > 0 ? "" : "must be positive"; }
+std::string non_negative(const double& v) { return v >= 0 ? "" : "must be at least 0"; }
+std::string unit_interval(const double& v) {
+  return v >= 0 && v < 1 ? "" : "must be in [0, 1)";
+}
+std::string epochs(const double& v) {
+  return v >= 0 && v <= 1e6 ? "" : "must be in [0, 1e6] (0: use steps)";
+}
+
+std::optional<double> read_beta(const nlohmann::json& v, const std::string& key) {
+  DF_CHECK(v.is_number(), "training config: key '", key, "' must be a number in (0, 1), not ", json_brief(v));
+  const double b = v.get<double>();
+  DF_CHECK(std::isfinite(b), "training config: key '", key, "' = ", b, " is not a finite number");
+  DF_CHECK(b > 0 && b < 1, "training config: key '", key, "' = ", b, " is outside (0, 1) (a beta is the variance "
+           "of one step's noise)");
+  return b;
+}
+
+std::vector<double> read_betas(const nlohmann::json& v, const std::string& key) {
+  DF_CHECK(v.is_array(), "training config: key '", key, "' must be an array of numbers in (0, 1), not ",
+           json_brief(v));
+  std::vector<double> out;
+  for (size_t i = 0; i < v.size(); ++i) out.push_back(*read_beta(v[i], key + "[" + std::to_string(i) + "]"));
+  return out;
+}
+
+}  // namespace field_checks
+
+nlohmann::json TrainConfig::to_json() const {
+  nlohmann::json j = nlohmann::json::object();
+  const TrainConfig defaults;
+  for_each_field([&](const auto& f) {
+    const auto& v = this->*f.member;
+    if (f.written == Written::always || is_set(v, defaults.*f.member)) j[std::string(f.key)] = json_of(v);
+  });
+  return j;
+}
+
 TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   DF_CHECK(j.is_object(), "training config: expected a JSON object");
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    bool known = false;
+    for_each_field([&](const auto& f) { known = known || f.key == it.key(); });
+    DF_CHECK(known, "training config: unknown key '", it.key(), "'");
+  }
   TrainConfig c;
-  const nlohmann::json known = c.to_json();
-  for (auto it = j.begin(); it != j.end(); ++it)
-    DF_CHECK(known.contains(it.key()) || std::find(std::begin(kOptionalKeys), std::end(kOptionalKeys), it.key()) !=
-                                             std::end(kOptionalKeys),
-             "training config: unknown key '", it.key(), "'");
-  // json_to, not get<T>: nlohmann's conversions are unchecked casts (core/json_util.h).
-  auto get = [&](const char* key, auto& field) {
-    if (j.contains(key) && !json_to(j.at(key), field))
-      DF_FAIL("training config: key '", key, "' has the wrong type or is out of range: ", json_brief(j.at(key)));
-  };
-  // The enumerated keys through their one parser each: an unknown name is refused with the list.
-  auto get_enum = [&](const char* key, auto& field) {
-    std::string name;
-    get(key, name);
-    if (j.contains(key)) field = parse_enum<std::decay_t<decltype(field)>>(name, key, "training config");
-  };
-  get("preset", c.preset);
-  if (j.contains("model")) {
-    DF_CHECK(j["model"].is_object(), "training config: 'model' must be an object of UNet keys");
-    c.model = j["model"];
-  }
-  get_enum("objective", c.objective);
-  get_enum("schedule", c.schedule);
-  get("timesteps", c.timesteps);
-  if (j.contains("beta_start")) c.beta_start = beta_value(j["beta_start"], "beta_start");
-  if (j.contains("beta_end")) c.beta_end = beta_value(j["beta_end"], "beta_end");
-  if (j.contains("betas")) {
-    DF_CHECK(j["betas"].is_array(), "training config: key 'betas' must be an array of numbers in (0, 1), not ",
-             json_brief(j["betas"]));
-    c.betas.clear();
-    for (size_t i = 0; i < j["betas"].size(); ++i)
-      c.betas.push_back(beta_value(j["betas"][i], "betas[" + std::to_string(i) + "]"));
-  }
-  get_enum("variance", c.variance);
-  get_enum("loss_weight", c.loss_weight);
-  get_enum("t_sampling", c.t_sampling);
-  get("lr", c.lr);
-  get("beta1", c.beta1);
-  get("beta2", c.beta2);
-  get("adam_eps", c.adam_eps);
-  get("weight_decay", c.weight_decay);
-  get("warmup", c.warmup);
-  get("grad_clip", c.grad_clip);
-  get("ema_decay", c.ema_decay);
-  get("ema_warmup", c.ema_warmup);
-  get("batch", c.batch);
-  get("steps", c.steps);
-  get("epochs", c.epochs);
-  get("class_cond", c.class_cond);
-  get("label_dropout", c.label_dropout);
-  get("dataset", c.dataset);
-  get("flip", c.flip);
-  get("seed", c.seed);
-  get("device", c.device);
-  get("bf16", c.bf16);
-  get("cuda_graph", c.cuda_graph);
-  get("out_dir", c.out_dir);
-  get("log_every", c.log_every);
-  get("sample_every", c.sample_every);
-  get("checkpoint_every", c.checkpoint_every);
-  get("sample_count", c.sample_count);
-  get("sample_steps", c.sample_steps);
-  get("max_nonfinite", c.max_nonfinite);
+  for_each_field([&](const auto& f) {
+    const std::string key(f.key);
+    if (!j.contains(key)) return;
+    if (f.read) c.*f.member = f.read(j.at(key), key);
+    else read_value(j.at(key), key, c.*f.member);
+  });
+  c.validate();
+  return c;
+}
+
+void TrainConfig::validate() const {
+  const TrainConfig& c = *this;
+  for_each_field([&](const auto& f) {
+    if (!f.check) return;
+    const std::string why = f.check(c.*f.member);
+    DF_CHECK(why.empty(), "training config: key '", f.key, "' = ", value_text(c.*f.member), ": ", why);
+  });
   const Objective objective = c.objective;
   const ScheduleKind schedule = c.schedule;
   // Importance sampling of t needs a loss over discrete steps with a VLB term, whose per-step
@@ -185,14 +217,6 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
                  ? ": the VDM loss draws continuous t (low-discrepancy), not one of T discrete steps to importance-sample"
                  : ", whose loss has no VLB term; importance sampling of t goes with objective hybrid (or use "
                    "t_sampling uniform)");
-  check_device_spec(c.device, "training config");
-  {
-    const std::vector<std::string> presets = nn::UNetConfig::preset_names();
-    std::string list;
-    for (size_t i = 0; i < presets.size(); ++i) list += (i ? i + 1 == presets.size() ? " or " : ", " : "") + presets[i];
-    DF_CHECK(std::find(presets.begin(), presets.end(), c.preset) != presets.end(),
-             "training config: unknown preset '", c.preset, "' (expected ", list, ")");
-  }
   if (objective == Objective::vdm)
     DF_CHECK(schedule == ScheduleKind::linear || schedule == ScheduleKind::learned, "training config: schedule '",
              enum_name(schedule), "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
@@ -213,15 +237,6 @@ TrainConfig TrainConfig::from_json(const nlohmann::json& j) {
   DF_CHECK(objective != Objective::vdm || c.loss_weight == LossWeight::none, "training config: loss_weight '",
            enum_name(c.loss_weight),
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
-  DF_CHECK(c.timesteps >= 2, "training config: timesteps must be at least 2");
-  DF_CHECK(c.batch >= 1, "training config: batch must be at least 1");
-  DF_CHECK(c.steps >= 1, "training config: steps must be at least 1");
-  DF_CHECK(c.epochs >= 0 && c.epochs <= 1e6, "training config: epochs must be in [0, 1e6] (0: use steps)");
-  DF_CHECK(c.lr > 0, "training config: lr must be positive");
-  DF_CHECK(c.label_dropout >= 0 && c.label_dropout < 1, "training config: label_dropout must be in [0, 1)");
-  DF_CHECK(c.ema_decay >= 0 && c.ema_decay < 1, "training config: ema_decay must be in [0, 1)");
-  DF_CHECK(c.sample_count >= 1 && c.sample_steps >= 1, "training config: sample_count and sample_steps must be >= 1");
-  return c;
 }
 
 nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_classes) const {

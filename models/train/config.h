@@ -123,8 +123,13 @@ struct TrainConfig {
   int sample_steps = 50;
   int64_t max_nonfinite = 10;      // consecutive non-finite steps before the run stops
 
+  // The fields, their JSON, their flags and their checks are listed once, in config_fields.h.
   nlohmann::json to_json() const;
-  static TrainConfig from_json(const nlohmann::json& j);  // unknown keys are an error
+  // Unknown keys are an error; each refusal names its key. Validates the result.
+  static TrainConfig from_json(const nlohmann::json& j);
+  // Each field's own requirement (config_fields.h), then those across fields (a schedule with its
+  // objective, the betas with the schedule, ...); throws naming the key.
+  void validate() const;
   nn::UNetConfig unet_config(int image_size, int channels, int num_classes) const;
 };
 
