@@ -20,6 +20,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -64,8 +65,7 @@ struct diffuse_sampler {
   int64_t null_label = -1;  // -1: the model's num_classes
   dd::Prediction prediction = dd::Prediction::eps;
   bool clip = true;
-  dd::Spacing spacing = dd::Spacing::linspace;
-  bool spacing_set = false;  // unset: karras for euler and heun, linspace for the others
+  std::optional<dd::Spacing> spacing;  // unset: the sampler's default (dd::sampler_spacing)
   int64_t batch = 64;
 };
 
@@ -202,8 +202,7 @@ dd::SamplerOptions batch_options(const diffuse_sampler& s, const Job& job, int64
   o.eta = s.eta;
   o.corrector_steps = static_cast<int>(s.corrector_steps);
   o.snr = s.snr;
-  const bool karras_kind = s.kind == dd::SamplerKind::euler || s.kind == dd::SamplerKind::heun;
-  o.spacing = !s.spacing_set && karras_kind ? dd::Spacing::karras : s.spacing;
+  o.spacing = dd::sampler_spacing(s.kind, s.spacing);
   if (job.labels || job.cycle_classes > 0) {
     std::vector<int64_t> l(static_cast<size_t>(rows));
     for (int64_t i = 0; i < rows; ++i) l[i] = job.labels ? job.labels[start + i] : (start + i) % job.cycle_classes;
@@ -333,6 +332,56 @@ const char* prediction_name_list = "0 (eps), 1 (x0) or 2 (v)";
 // T of the model's schedule, 0 for a continuous one (objective vdm: learned or linear log-SNR).
 int64_t model_timesteps(const train::LoadedModel& m) {
   return train::continuous_time(m.config) ? 0 : m.config.timesteps;
+}
+
+// The job of sampling or inverting n images with a loaded model: the schedule given, or the
+// model's own (kept in `own`); the model's image shape, labels, denoiser and prediction.
+Job model_job(const diffuse_sampler* sampler, const diffuse_schedule* schedule, diffuse_model& m, int64_t n,
+              const int64_t* labels, size_t out_len, std::unique_ptr<diffuse_schedule>& own) {
+  require(sampler, "sampler");
+  if (!schedule) {
+    own = std::make_unique<diffuse_schedule>();
+    own->schedule = train::model_schedule(m.loaded);
+    own->timesteps = model_timesteps(m.loaded);
+    schedule = own.get();
+  }
+  check_sampler(sampler, schedule);
+  const nn::UNetConfig& uc = m.loaded.unet->config();
+  Job job;
+  job.n = n;
+  job.h = job.w = uc.image_size;
+  job.c = uc.in_channels;
+  check_out_len(out_len, element_count(n, job.h, job.w, job.c), n, job.h, job.w, job.c);
+  model_labels(*sampler, m, n, labels, job);
+  job.schedule = schedule->schedule.get();
+  job.denoiser = m.denoiser;
+  job.prediction = train::prediction_of(m.loaded.config);
+  return job;
+}
+
+// The job of sampling or inverting n images of h x w x c with the caller's denoiser.
+Job callback_job(const diffuse_sampler* sampler, const diffuse_schedule* schedule, diffuse_denoise_fn denoise,
+                 void* user_data, int64_t n, int64_t h, int64_t w, int64_t c, const int64_t* labels, size_t out_len) {
+  check_sampler(sampler, schedule);
+  if (!denoise) fail(DIFFUSE_ERR_INVALID_ARGUMENT, "denoise is NULL");
+  check_out_len(out_len, element_count(n, h, w, c), n, h, w, c);
+  Job job;
+  job.n = n;
+  job.h = h;
+  job.w = w;
+  job.c = c;
+  callback_labels(*sampler, labels, job);
+  job.schedule = schedule->schedule.get();
+  job.denoiser = callback_denoiser(denoise, user_data);
+  job.prediction = sampler->prediction;
+  return job;
+}
+
+// Inversion runs DDIM backwards.
+void require_ddim(const diffuse_sampler* sampler) {
+  require(sampler, "sampler");
+  if (sampler->kind != dd::SamplerKind::ddim)
+    fail(DIFFUSE_ERR_INVALID_ARGUMENT, "inversion needs a 'ddim' sampler; this one is '", sampler->name, "'");
 }
 
 }  // namespace
@@ -493,20 +542,31 @@ diffuse_status diffuse_schedule_create(const char* name, int64_t timesteps, diff
     require(name, "name");
     const std::string n = name;
     auto s = std::make_unique<diffuse_schedule>();
-    if (n == "linear" || n == "cosine") {
-      // 100000 bounds the tables at a few MB; real schedules use 1000 to 4000.
-      if (timesteps < 2 || timesteps > 100000)
-        fail(DIFFUSE_ERR_INVALID_ARGUMENT, "schedule '", n, "' needs timesteps in 2..100000, got ", timesteps);
-      const int T = static_cast<int>(timesteps);
-      s->schedule = std::make_unique<dd::DiscreteSchedule>(n == "linear" ? dd::DiscreteSchedule::linear(T)
-                                                                         : dd::DiscreteSchedule::cosine(T));
-      s->timesteps = timesteps;
-    } else if (n == "linear_logsnr") {
+    if (n == "linear_logsnr") {
       if (timesteps != 0)
         fail(DIFFUSE_ERR_INVALID_ARGUMENT, "schedule 'linear_logsnr' is continuous: timesteps must be 0, got ", timesteps);
       s->schedule = std::make_unique<dd::LinearLogSNR>();
     } else {
-      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "unknown schedule '", n, "' (expected linear, cosine or linear_logsnr)");
+      // The training config's DDPM schedules, by its one table of names and train::make_schedule,
+      // so a schedule named here has the betas `diffuse train --schedule <name>` trains with.
+      const std::optional<train::ScheduleKind> kind = try_parse_enum<train::ScheduleKind>(n);
+      if (!kind)
+        fail(DIFFUSE_ERR_INVALID_ARGUMENT, "unknown schedule '", n,
+             "' (expected linear, scaled_linear, cosine or linear_logsnr)");
+      if (*kind == train::ScheduleKind::custom)
+        fail(DIFFUSE_ERR_INVALID_ARGUMENT, "schedule 'custom' is a list of betas, which a name cannot carry: load the "
+             "model that has them and use diffuse_schedule_from_model");
+      if (*kind == train::ScheduleKind::learned)
+        fail(DIFFUSE_ERR_INVALID_ARGUMENT, "schedule 'learned' is a vdm model's SNR network: use "
+             "diffuse_schedule_from_model");
+      // 100000 bounds the tables at a few MB; real schedules use 1000 to 4000.
+      if (timesteps < 2 || timesteps > 100000)
+        fail(DIFFUSE_ERR_INVALID_ARGUMENT, "schedule '", n, "' needs timesteps in 2..100000, got ", timesteps);
+      train::TrainConfig c;
+      c.schedule = *kind;
+      c.timesteps = static_cast<int>(timesteps);
+      s->schedule = std::make_unique<dd::DiscreteSchedule>(train::make_schedule(c));
+      s->timesteps = timesteps;
     }
     *out = s.release();
   });
@@ -635,7 +695,6 @@ diffuse_status diffuse_sampler_set_spacing(diffuse_sampler* sampler, const char*
     require(sampler, "sampler");
     require(spacing, "spacing");
     sampler->spacing = parse_spacing(spacing);
-    sampler->spacing_set = true;
   });
 }
 
@@ -661,23 +720,7 @@ diffuse_status diffuse_sample(const diffuse_sampler* sampler, const diffuse_sche
     require(out, "out");
     auto* m = const_cast<diffuse_model*>(model);  // the lock is the only thing that changes
     std::unique_ptr<diffuse_schedule> own;
-    if (!schedule) {
-      own = std::make_unique<diffuse_schedule>();
-      own->schedule = train::model_schedule(m->loaded);
-      own->timesteps = model_timesteps(m->loaded);
-      schedule = own.get();
-    }
-    check_sampler(sampler, schedule);
-    const nn::UNetConfig& uc = m->loaded.unet->config();
-    Job job;
-    job.n = n;
-    job.h = job.w = uc.image_size;
-    job.c = uc.in_channels;
-    check_out_len(out_len, element_count(n, job.h, job.w, job.c), n, job.h, job.w, job.c);
-    model_labels(*sampler, *m, n, labels, job);
-    job.schedule = schedule->schedule.get();
-    job.denoiser = m->denoiser;
-    job.prediction = train::prediction_of(m->loaded.config);
+    Job job = model_job(sampler, schedule, *m, n, labels, out_len, own);
     // The model's variance, where the sampler has one to choose (DDPM ancestral steps, as `diffuse
     // sample`); a hybrid model's learned one takes all 2C output channels.
     if (sampler->kind == dd::SamplerKind::ddpm || sampler->kind == dd::SamplerKind::pc) {  // pc: the ddpm step
@@ -696,19 +739,8 @@ diffuse_status diffuse_sample_callback(const diffuse_sampler* sampler, const dif
                                        int64_t width, int64_t channels, uint64_t seed, const int64_t* labels,
                                        const float* z_T, float* out, size_t out_len) noexcept {
   return guarded(__func__, DIFFUSE_ERR_INTERNAL, [&] {
-    check_sampler(sampler, schedule);
-    if (!denoise) fail(DIFFUSE_ERR_INVALID_ARGUMENT, "denoise is NULL");
     require(out, "out");
-    check_out_len(out_len, element_count(n, height, width, channels), n, height, width, channels);
-    Job job;
-    job.n = n;
-    job.h = height;
-    job.w = width;
-    job.c = channels;
-    callback_labels(*sampler, labels, job);
-    job.schedule = schedule->schedule.get();
-    job.denoiser = callback_denoiser(denoise, user_data);
-    job.prediction = sampler->prediction;
+    const Job job = callback_job(sampler, schedule, denoise, user_data, n, height, width, channels, labels, out_len);
     run_sampling(*sampler, job, seed, z_T, out);
   });
 }
@@ -717,31 +749,14 @@ diffuse_status diffuse_ddim_invert(const diffuse_sampler* sampler, const diffuse
                                    const diffuse_model* model, int64_t n, const float* images, const int64_t* labels,
                                    float* out, size_t out_len) noexcept {
   return guarded(__func__, DIFFUSE_ERR_INTERNAL, [&] {
-    require(sampler, "sampler");
+    require_ddim(sampler);
     require(model, "model");
     require(images, "images");
     require(out, "out");
-    if (sampler->kind != dd::SamplerKind::ddim)
-      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "inversion needs a 'ddim' sampler; this one is '", sampler->name, "'");
     auto* m = const_cast<diffuse_model*>(model);
     std::unique_ptr<diffuse_schedule> own;
-    if (!schedule) {
-      own = std::make_unique<diffuse_schedule>();
-      own->schedule = train::model_schedule(m->loaded);
-      own->timesteps = model_timesteps(m->loaded);
-      schedule = own.get();
-    }
-    check_sampler(sampler, schedule);
-    const nn::UNetConfig& uc = m->loaded.unet->config();
-    Job job;
-    job.n = n;
-    job.h = job.w = uc.image_size;
-    job.c = uc.in_channels;
-    check_out_len(out_len, element_count(n, job.h, job.w, job.c), n, job.h, job.w, job.c);
-    model_labels(*sampler, *m, n, labels, job);
-    job.schedule = schedule->schedule.get();
+    Job job = model_job(sampler, schedule, *m, n, labels, out_len, own);
     job.denoiser = prediction_channels_only(m->denoiser, job.c);
-    job.prediction = train::prediction_of(m->loaded.config);
     std::lock_guard<std::mutex> lock(m->mu);
     set_current_device(m->device);
     run_inversion(*sampler, job, images, out);
@@ -753,22 +768,10 @@ diffuse_status diffuse_ddim_invert_callback(const diffuse_sampler* sampler, cons
                                             int64_t width, int64_t channels, const float* images,
                                             const int64_t* labels, float* out, size_t out_len) noexcept {
   return guarded(__func__, DIFFUSE_ERR_INTERNAL, [&] {
-    check_sampler(sampler, schedule);
-    if (sampler->kind != dd::SamplerKind::ddim)
-      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "inversion needs a 'ddim' sampler; this one is '", sampler->name, "'");
-    if (!denoise) fail(DIFFUSE_ERR_INVALID_ARGUMENT, "denoise is NULL");
+    require_ddim(sampler);
     require(images, "images");
     require(out, "out");
-    check_out_len(out_len, element_count(n, height, width, channels), n, height, width, channels);
-    Job job;
-    job.n = n;
-    job.h = height;
-    job.w = width;
-    job.c = channels;
-    callback_labels(*sampler, labels, job);
-    job.schedule = schedule->schedule.get();
-    job.denoiser = callback_denoiser(denoise, user_data);
-    job.prediction = sampler->prediction;
+    const Job job = callback_job(sampler, schedule, denoise, user_data, n, height, width, channels, labels, out_len);
     run_inversion(*sampler, job, images, out);
   });
 }

@@ -2,6 +2,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <optional>
 
 #include "autograd/tape.h"
 #include "core/check.h"
@@ -21,7 +22,7 @@ namespace fs = std::filesystem;
 
 struct SampleArgs {
   std::string checkpoint;
-  std::string sampler = "ddim";
+  diffusion::SamplerKind sampler = diffusion::SamplerKind::ddim;
   int steps = 50;
   double eta = 0;
   int corrector_steps = 1;
@@ -38,7 +39,7 @@ struct SampleArgs {
   int upscale = 2;
   bool no_ema = false;
   bool no_clip = false;
-  std::string spacing = "linspace";
+  std::optional<diffusion::Spacing> spacing;  // unset: the sampler's default (sampler_spacing)
   std::string device = "auto";
   bool cuda_graph = true;
   bool allow_nonfinite = false;
@@ -48,7 +49,7 @@ void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
   auto a = std::make_shared<SampleArgs>();
   cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
-  cmd->add_option("--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun, vdm, langevin (annealed Langevin dynamics over --steps noise levels) or pc (predictor-corrector: the ddpm step after --corrector-steps Langevin steps) (ddpm and pc use the model's variance: beta_tilde, beta as its config says, or a hybrid model's learned one; all take a vdm model's continuous, possibly learned, schedule)")->check(enum_validator<diffusion::SamplerKind>())->capture_default_str();
+  add_enum_option(cmd, "--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun, vdm, langevin (annealed Langevin dynamics over --steps noise levels) or pc (predictor-corrector: the ddpm step after --corrector-steps Langevin steps) (ddpm and pc use the model's variance: beta_tilde, beta as its config says, or a hybrid model's learned one; all take a vdm model's continuous, possibly learned, schedule)");
   cmd->add_option("--steps", a->steps, "sampling steps (langevin: noise levels; pc: predictor steps)")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
   CLI::Option* corrector_opt = cmd->add_option("--corrector-steps", a->corrector_steps, "langevin: Langevin steps at each noise level (1 or more); pc: Langevin corrector steps before each predictor step (0: the ddpm sampler exactly)")->capture_default_str();
@@ -65,26 +66,24 @@ void register_sample(CLI::App& root) {
   cmd->add_option("--upscale", a->upscale, "integer pixel upscaling of the grid")->capture_default_str();
   cmd->add_flag("--no-ema", a->no_ema, "use the live weights instead of the EMA weights");
   cmd->add_flag("--no-clip", a->no_clip, "do not clip the predicted x0 to [-1, 1]");
-  auto spacing_opt = cmd->add_option("--spacing", a->spacing, "where the sampler's steps sit: linspace, leading, trailing (among a discrete schedule's training steps), logsnr (uniform in log-SNR, a good grid for dpm++2m) or karras (EDM's rho = 7 ramp in sigma from min(sigma(1), 80)). Default: karras for euler and heun, linspace for the others; every sampler walks any of them")->check(enum_validator<diffusion::Spacing>())->default_str("linspace; karras for euler, heun");
+  cmd->add_option_function<std::string>("--spacing", [a](const std::string& text) { a->spacing = parse_enum<diffusion::Spacing>(text, "value", "--spacing"); }, "where the sampler's steps sit: linspace, leading, trailing (among a discrete schedule's training steps), logsnr (uniform in log-SNR, a good grid for dpm++2m) or karras (EDM's rho = 7 ramp in sigma from min(sigma(1), 80)). Default: karras for euler and heun, linspace for the others; every sampler walks any of them")->check(enum_validator<diffusion::Spacing>())->default_str("linspace; karras for euler, heun");
   cmd->add_option("--device", a->device, "cpu, cuda, cuda:N or auto. On a GPU, ddpm, ddim and vdm on a model without classes run every step on the device (no guidance; a hybrid model's variance with ddpm only); the other samplers and class-conditional models run host-driven with the model on the GPU. Same seed, same images either way, up to float rounding")->check(device_validator())->capture_default_str();
   cmd->add_option("--cuda-graph", a->cuda_graph, "on a GPU, for the samplers that run every step on the device: on captures the whole loop as a CUDA graph once per batch shape and replays it, off launches its kernels one by one (the same images)")->check(enum_validator<OnOff>())->default_str("on");
   cmd->add_flag("--allow-nonfinite", a->allow_nonfinite, "load a checkpoint whose weights hold NaN or Inf (refused otherwise), with a warning naming them");
 
-  cmd->callback([a, corrector_opt, snr_opt, spacing_opt] {
+  cmd->callback([a, corrector_opt, snr_opt] {
     DF_CHECK(a->count >= 1 && a->batch >= 1 && a->steps >= 1, "--count, --batch and --steps must be at least 1");
     DF_CHECK(a->upscale >= 1 && a->upscale <= 16, "--upscale must be in 1..16");
-    const diffusion::SamplerKind kind = diffusion::parse_sampler(a->sampler);
+    const diffusion::SamplerKind kind = a->sampler;
     // The Langevin samplers' settings (models/diffusion/langevin.h); no other sampler reads them.
     const bool ald = kind == diffusion::SamplerKind::langevin, pc = kind == diffusion::SamplerKind::pc;
     DF_CHECK(ald || pc || (corrector_opt->count() == 0 && snr_opt->count() == 0), "--corrector-steps and --snr "
-             "apply to --sampler langevin and pc, not ", a->sampler);
+             "apply to --sampler langevin and pc, not ", enum_name(kind));
     DF_CHECK(a->corrector_steps >= (ald ? 1 : 0), "--corrector-steps ", a->corrector_steps, ": ",
              ald ? "langevin takes 1 or more steps per noise level" : "must be 0 or more");
     DF_CHECK(std::isfinite(a->snr) && a->snr > 0, "--snr ", a->snr, ": must be a positive number (the score-SDE "
              "default is 0.16)");
-    const bool karras_kind = kind == diffusion::SamplerKind::euler || kind == diffusion::SamplerKind::heun;
-    const diffusion::Spacing spacing = spacing_opt->count() == 0 && karras_kind ? diffusion::Spacing::karras
-                                                                                 : diffusion::parse_spacing(a->spacing);
+    const diffusion::Spacing spacing = diffusion::sampler_spacing(kind, a->spacing);
     Device dev = resolve_device(a->device);
     train::LoadedModel m = train::load_checkpoint(a->checkpoint, dev, !a->no_ema, a->allow_nonfinite);
     if (!m.nonfinite.empty())
@@ -172,7 +171,7 @@ void register_sample(CLI::App& root) {
     }
     if (!a->grid.empty()) {
       write_png_grid(a->grid, all, a->upscale);
-      std::printf("wrote %s (%d images, %s, %d steps, seed %llu%s)\n", a->grid.c_str(), a->count, a->sampler.c_str(),
+      std::printf("wrote %s (%d images, %s, %d steps, seed %llu%s)\n", a->grid.c_str(), a->count, std::string(enum_name(kind)).c_str(),
                   a->steps, static_cast<unsigned long long>(a->seed),
                   !dev.is_cuda() ? "" : !all_on_device ? ", host-driven" : a->cuda_graph ? ", device loop, CUDA graph"
                                                                                          : ", device loop");

@@ -171,8 +171,12 @@ DIFFUSE_API diffuse_status diffuse_export_diffusers(const char* checkpoint_path,
 
 /* ---- schedules ---- */
 
-/* "linear" (DDPM betas) or "cosine" (improved DDPM) with `timesteps` >= 2 steps, or
- * "linear_logsnr" (VDM's continuous schedule; timesteps must be 0). */
+/* The DDPM schedules `diffuse train --schedule` names, with `timesteps` in 2..100000 and the
+ * betas training gives them: "linear" (DDPM's 1e-4 to 0.02, scaled by 1000 / timesteps and capped
+ * at 0.999), "scaled_linear" (linear in sqrt(beta) between the same ends, latent diffusion's) or
+ * "cosine" (improved DDPM); or "linear_logsnr" (VDM's continuous schedule; timesteps must be 0).
+ * "custom" (a list of betas) and "learned" (a vdm model's SNR network) belong to a model: they are
+ * refused here, and diffuse_schedule_from_model gives them. */
 DIFFUSE_API diffuse_status diffuse_schedule_create(const char* name, int64_t timesteps,
                                                    diffuse_schedule** out) DIFFUSE_NOEXCEPT;
 /* The schedule the model was trained with: discrete (DDPM betas), or continuous for a model trained

@@ -474,6 +474,11 @@ Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o
 
 SamplerKind parse_sampler(const std::string& name) { return parse_enum<SamplerKind>(name, "sampler"); }
 
+Spacing sampler_spacing(SamplerKind kind, std::optional<Spacing> asked) {
+  if (asked) return *asked;
+  return kind == SamplerKind::euler || kind == SamplerKind::heun ? Spacing::karras : Spacing::linspace;
+}
+
 Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const SamplerOptions& o) {
   switch (kind) {
     case SamplerKind::ddpm: return sample_ddpm(s, f, o);

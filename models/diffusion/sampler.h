@@ -23,6 +23,7 @@
 #pragma once
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -118,6 +119,10 @@ inline constexpr EnumName<SamplerKind> kSamplerNames[] = {
 constexpr std::span<const EnumName<SamplerKind>> enum_table(SamplerKind) { return kSamplerNames; }
 // The names of kSamplerNames, exactly; anything else is refused with the list.
 SamplerKind parse_sampler(const std::string& name);
+// The spacing a sampler walks: `asked` where given, else its default, karras (EDM's sigma ramp,
+// the grid Euler and Heun were designed on; Karras et al. 2022) for euler and heun and linspace for
+// the others. The one definition `diffuse sample` and the C API share.
+Spacing sampler_spacing(SamplerKind kind, std::optional<Spacing> asked);
 Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 
 // The whole plan of a DDPM, DDIM or VDM run, computed on the host before any step: the time grid

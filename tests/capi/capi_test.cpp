@@ -550,6 +550,10 @@ TEST_CASE("C API: bad calls return a status and a message that says what was wro
                  {"timesteps", "got 1"});
     expect_error([&] { return diffuse_schedule_create("linear_logsnr", 1000, &sch); }, DIFFUSE_ERR_INVALID_ARGUMENT,
                  {"continuous"});
+    expect_error([&] { return diffuse_schedule_create("custom", 1000, &sch); }, DIFFUSE_ERR_INVALID_ARGUMENT,
+                 {"'custom'", "diffuse_schedule_from_model"});
+    expect_error([&] { return diffuse_schedule_create("learned", 1000, &sch); }, DIFFUSE_ERR_INVALID_ARGUMENT,
+                 {"'learned'", "diffuse_schedule_from_model"});
     CHECK(sch == nullptr);
     expect_error([&] { return diffuse_sampler_set_steps(h.sampler, 0); }, DIFFUSE_ERR_INVALID_ARGUMENT, {"steps is 0"});
     expect_error([&] { return diffuse_sampler_set_spacing(h.sampler, "random"); }, DIFFUSE_ERR_INVALID_ARGUMENT,
@@ -657,4 +661,31 @@ TEST_CASE("C API: bad calls return a status and a message that says what was wro
     diffuse_sampler_free(nullptr);
   }
   fs::remove_all(dir);
+}
+
+TEST_CASE("C API: diffuse_schedule_create takes every DDPM schedule the training config names, with its betas",
+          "[cpu][capi]") {
+  for (const char* name : {"linear", "scaled_linear", "cosine"}) {
+    for (int64_t T : {50, 1000}) {
+      INFO(name << " T = " << T);
+      diffuse_schedule* sch = nullptr;
+      REQUIRE(diffuse_schedule_create(name, T, &sch) == DIFFUSE_OK);
+      int64_t got = 0;
+      REQUIRE(diffuse_schedule_timesteps(sch, &got) == DIFFUSE_OK);
+      CHECK(got == T);
+      train::TrainConfig c;
+      c.schedule = parse_enum<train::ScheduleKind>(name, "schedule");
+      c.timesteps = static_cast<int>(T);
+      const DiscreteSchedule want = train::make_schedule(c);
+      // alpha and sigma at every trained step i, t = (i + 1) / T: the training betas exactly.
+      for (int64_t i = 0; i < T; ++i) {
+        const double t = static_cast<double>(i + 1) / static_cast<double>(T);
+        double alpha = 0, sigma = 0;
+        REQUIRE(diffuse_schedule_alpha_sigma(sch, t, &alpha, &sigma) == DIFFUSE_OK);
+        CHECK(alpha == want.alpha(t));
+        CHECK(sigma == want.sigma(t));
+      }
+      diffuse_schedule_free(sch);
+    }
+  }
 }

@@ -341,3 +341,13 @@ TEST_CASE("slerp", "[cpu][diffusion]") {
   CHECK(h[5] == Approx(2 * std::sqrt(0.5)));
   CHECK(test::allclose(slerp(a, b, 1.0), b, 1e-6, 1e-6));
 }
+
+TEST_CASE("sampler_spacing: the spacing asked for, else karras for euler and heun and linspace for the others",
+          "[cpu][diffusion]") {
+  for (const auto& e : enum_names<SamplerKind>()) {
+    INFO(e.name);
+    const bool karras = e.value == SamplerKind::euler || e.value == SamplerKind::heun;
+    CHECK(sampler_spacing(e.value, std::nullopt) == (karras ? Spacing::karras : Spacing::linspace));
+    for (const auto& sp : enum_names<Spacing>()) CHECK(sampler_spacing(e.value, sp.value) == sp.value);
+  }
+}
