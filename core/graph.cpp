@@ -23,6 +23,22 @@ const uint64_t* philox_seed_xor() { return t_seed_xor; }
 PhiloxSeedXorScope::PhiloxSeedXorScope(const uint64_t* device_word) : prev_(t_seed_xor) { t_seed_xor = device_word; }
 PhiloxSeedXorScope::~PhiloxSeedXorScope() { t_seed_xor = prev_; }
 
+void run_captured(std::unique_ptr<CudaGraph>& graph, Device d, const std::function<void()>& body) {
+  if (graph->ready()) {
+    graph->replay();
+    return;
+  }
+  body();
+  graph->begin(d);
+  try {
+    body();  // recorded, not run: the replays execute it
+  } catch (...) {
+    graph = std::make_unique<CudaGraph>();  // abandons the capture and its memory
+    throw;
+  }
+  graph->end();
+}
+
 #if defined(DIFFUSE_HAVE_CUDA)
 
 DeviceStream::DeviceStream(Device d) : device_(d), prev_(current_stream()) {

@@ -18,6 +18,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "core/device.h"
@@ -95,6 +96,14 @@ class CudaGraph {
   struct Impl;
   std::unique_ptr<Impl> impl_;
 };
+
+// A loop run through a captured graph, for a body whose kernel arguments are the same at every call
+// (what changes lives in device memory it reads): while `graph` holds no capture, `body` runs as
+// it is (the warm-up: cuDNN's algorithm search and cuBLASLt's heuristics wait for the GPU, which
+// a capture cannot) and is then recorded into `graph`, not run; once captured, each call replays
+// it on the current stream. A capture that throws leaves a fresh, empty graph (the interrupted
+// capture and its memory released) and rethrows, so a later call captures again.
+void run_captured(std::unique_ptr<CudaGraph>& graph, Device d, const std::function<void()>& body);
 
 // Allocation pools for graph capture (core/allocator_cuda.cpp). While a pool is active on the
 // calling thread, cuda_allocate serves that thread from it; blocks it handed out return to it when

@@ -160,21 +160,10 @@ const Tensor& DeviceSampler::run(uint64_t seed) {
     cuda::tensor_upload(word_.raw(), &word, sizeof word, stream());
 #endif
   }
-  if (!o_.graph) {
+  if (o_.graph)
+    run_captured(graph_, o_.device, [this] { loop(); });  // the first run samples, and is captured
+  else
     loop();
-  } else if (graph_->ready()) {
-    graph_->replay();
-  } else {
-    loop();  // this run's samples, and the warm-up: plans and algorithm searches happen here
-    graph_->begin(o_.device);
-    try {
-      loop();  // recorded, not run: the replays of later runs execute it
-    } catch (...) {
-      graph_ = std::make_unique<CudaGraph>();  // abandons the capture and its memory
-      throw;
-    }
-    graph_->end();
-  }
   if (o_.device.is_cuda()) stream_wait(caller, stream(), o_.device);
   return result_;
 }

@@ -15,6 +15,8 @@
 #include "kernels/noise.h"
 #include "models/diffusion/objective.h"
 #include "models/diffusion/schedule.h"
+#include "models/train/ema.h"
+#include "models/train/train_step.h"
 
 #if defined(DIFFUSE_HAVE_CUDA)
 #include <cuda_runtime.h>
@@ -30,26 +32,13 @@ namespace diffuse::train {
 
 namespace {
 
-// The staging buffer, in floats: the seed word (8 bytes) at 0, AdamWParams at 4 (16-byte aligned),
-// then t, alpha, sigma and the loss weights, B each, from kArrays.
+// The staging buffer, in floats: the dropout seed word (8 bytes) at 0, AdamWParams at 4 (16-byte
+// aligned), then t, alpha, sigma and the loss weights, B each, from kArrays.
 // Only the CUDA step reads them.
 [[maybe_unused]] constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16;
 #if defined(DIFFUSE_HAVE_CUDA)
 static_assert(sizeof(kernels::AdamWParams) <= (kArrays - kParamsAt) * sizeof(float), "AdamWParams fits its slot");
 #endif
-
-// Philox offsets of the step's draws; the seed word, not the offset, changes from step to step.
-[[maybe_unused]] constexpr uint64_t kTimestepStreams = 8, kTimestepStream = 1;  // train(): (seed, 8 s + 1)
-[[maybe_unused]] constexpr uint64_t kNoiseOffset = 2;
-[[maybe_unused]] constexpr uint64_t kDropoutSalt = 0x64726f706f7574ull;  // "dropout": dropout's seed differs from noise's
-
-// splitmix64 of (seed, step): the seed word of step s. Only the CUDA step calls it.
-[[maybe_unused]] uint64_t step_word(uint64_t seed, int64_t s) {
-  uint64_t z = seed + 0x9E3779B97F4A7C15ull * (static_cast<uint64_t>(s) + 1);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
 
 // The step records its forward whatever the caller's grad mode is.
 class GradMode {
@@ -210,44 +199,47 @@ void DeviceTrainStep::stage(const Tensor& x) {
     // A new shape: new static buffers, and a new capture (the old graph reads the old ones).
     graph_ = std::make_unique<CudaGraph>();
     x_ = Tensor::empty(x.shape(), DType::f32, device_);
+    z_ = Tensor::empty(x.shape(), DType::f32, device_);
+    eps_ = Tensor::empty(x.shape(), DType::f32, device_);
     staging_ = Tensor::zeros({kArrays + 4 * B}, DType::f32, device_);
     host_staging_.assign(static_cast<size_t>(kArrays + 4 * B), 0.f);
   }
   x_.copy_(x);
 
-  const int64_t s = steps_, t = s + 1;  // 0-based step index; AdamW's 1-based step
-  const diffusion::Prediction pred = step_prediction(o_.objective);
+  // Step s's draws and scalars, by train_step.h's definitions, as the cpu step takes them.
+  const int64_t s = steps_;
   float* h = host_staging_.data();
-  const uint64_t word = step_word(o_.seed, s);
+  // The dropout kernels key their masks by (seed ^ word): dropout_seed(seed, s), the cpu's.
+  const uint64_t word = stream_offset(s, Stream::dropout);
   std::memcpy(h + kWordAt, &word, sizeof word);
-  // AdamW::step's scalars, computed the same way (optim.cpp), and EMA::next_decay's.
-  const AdamWOptions& a = o_.adamw;
+  const AdamWStep a = adamw_step_at(o_.adamw, s + 1);
   kernels::AdamWParams p;
-  p.lr = (a.warmup_steps > 0 && t < a.warmup_steps)
-             ? a.lr * static_cast<float>(t) / static_cast<float>(a.warmup_steps)
-             : a.lr;
+  p.lr = a.lr;
   p.beta1 = a.beta1;
   p.beta2 = a.beta2;
   p.eps = a.eps;
   p.weight_decay = a.weight_decay;
-  p.bc1 = static_cast<float>(1.0 - std::pow(static_cast<double>(a.beta1), static_cast<double>(t)));
-  p.bc2_sqrt = static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(a.beta2), static_cast<double>(t))));
-  const double nu = static_cast<double>(s);
-  p.ema_decay = o_.ema_warmup ? std::min(o_.ema_decay, static_cast<float>((1.0 + nu) / (10.0 + nu))) : o_.ema_decay;
-  p.max_grad_norm = o_.grad_clip > 0 ? static_cast<float>(o_.grad_clip) : 0.f;
+  p.bc1 = a.bc1;
+  p.bc2_sqrt = a.bc2_sqrt;
+  p.ema_decay = ema_decay_at(o_.ema_decay, o_.ema_warmup, s);
+  p.max_grad_norm = static_cast<float>(o_.grad_clip > 0 ? o_.grad_clip : 0);
   p.skip_nonfinite = 1;
   std::memcpy(h + kParamsAt, &p, sizeof p);
-  const std::vector<int> ts = diffusion::uniform_timesteps(o_.timesteps, static_cast<int>(B), o_.seed,
-                                                           static_cast<uint64_t>(s) * kTimestepStreams + kTimestepStream);
+  const NoiseLevels lv = noise_levels(uniform_steps(o_.timesteps, static_cast<int>(B), o_.seed, s), abar_,
+                                      step_prediction(o_.objective), o_.loss_weight);
   for (int64_t b = 0; b < B; ++b) {
-    const double ab = abar_[static_cast<size_t>(ts[b])];
-    h[kArrays + b] = static_cast<float>(ts[b]);
-    h[kArrays + B + b] = static_cast<float>(std::sqrt(ab));
-    h[kArrays + 2 * B + b] = static_cast<float>(std::sqrt(1 - ab));
-    h[kArrays + 3 * B + b] =
-        o_.loss_weight == LossWeight::min_snr ? static_cast<float>(diffusion::min_snr_weight(pred, ab / (1 - ab))) : 1.f;
+    h[kArrays + b] = static_cast<float>(lv.t[b]);
+    h[kArrays + B + b] = static_cast<float>(lv.alpha[b]);
+    h[kArrays + 2 * B + b] = static_cast<float>(lv.sigma[b]);
+    h[kArrays + 3 * B + b] = static_cast<float>(lv.weight[b]);
   }
   cuda::tensor_upload(staging_.raw(), h, host_staging_.size() * sizeof(float), stream_->stream());
+  // z_t and eps from the fused noising kernel, here and not in the graph: its (seed, offset) are
+  // the step's own arguments, the cpu step's stream (seed, s, noise), so both devices noise a batch
+  // alike. One launch outside the graph, ordered after the upload on this stream.
+  kernels::noise_forward(x_, staging_.slice(kArrays + B, kArrays + 2 * B),
+                         staging_.slice(kArrays + 2 * B, kArrays + 3 * B), o_.seed, stream_offset(s, Stream::noise), z_,
+                         eps_);
 }
 
 void DeviceTrainStep::body() {
@@ -263,8 +255,7 @@ void DeviceTrainStep::body() {
   ag::Autocast autocast(o_.bf16);
   GradMode grad_on;
   g_.zero_();  // one fill for every gradient (they are views of g_)
-  Tensor z = Tensor::empty(x_.shape(), DType::f32, device_), eps = Tensor::empty(x_.shape(), DType::f32, device_);
-  kernels::noise_forward(x_, alpha, sigma, o_.seed, kNoiseOffset, z, eps);
+  const Tensor& eps = eps_;
   Tensor target;
   switch (step_prediction(o_.objective)) {
     case diffusion::Prediction::eps: target = eps; break;
@@ -274,8 +265,10 @@ void DeviceTrainStep::body() {
       target = kernels::sub(kernels::mul(eps, a4), kernels::mul(x_, s4));
     }
   }
-  unet_->set_dropout_seed(o_.seed ^ kDropoutSalt);  // per-call offsets restart: the same at every step
-  ag::Var out = unet_->forward(ag::Var(z), t);
+  // The word turns seed into dropout_seed(seed, s) when the kernels run; the per-call offsets
+  // restart here, as they do at each step on the cpu.
+  unet_->set_dropout_seed(o_.seed);
+  ag::Var out = unet_->forward(ag::Var(z_), t);
   ag::Var loss = ag::weighted_mse(out, ag::Var(target), weights);
   ag::backward(loss);
   cuda::reduce_all(g_.data<float>(), n, kernels::ReduceOp::sum_squares, reduce_ws_.data<float>(),
@@ -324,22 +317,18 @@ void DeviceTrainStep::step(const Tensor& x) {
   caller_ready_->record(caller);
   caller_ready_->block(stream_->stream());
   stage(x);
-  if (!o_.graph) {
-    body();
-  } else if (graph_->ready()) {
-    graph_->replay();
-  } else {
-    body();  // this step, and the warm-up: plans and algorithm searches wait for the GPU here
-    graph_->begin(device_);
+  const auto run = [this] {
     try {
-      body();  // recorded, not run: the replays of the later steps execute it
+      body();
     } catch (...) {
-      ag::clear_tape();
-      graph_ = std::make_unique<CudaGraph>();  // abandons the capture and its memory
+      ag::clear_tape();  // the nodes an interrupted forward or backward left
       throw;
     }
-    graph_->end();
-  }
+  };
+  if (o_.graph)
+    run_captured(graph_, device_, run);  // the first step runs, and is captured for the later ones
+  else
+    run();
   ++steps_;
   step_done_->record(stream_->stream());
   step_done_->block(caller);

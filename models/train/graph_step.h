@@ -2,24 +2,26 @@
 // CUDA graph and replayed; and the UNet as the denoiser of a device sampling loop.
 //
 // One step, all on the device: the batch (a static buffer) is noised with eps drawn in the kernel,
-// z_t = alpha_t x + sigma_t eps; the UNet's forward under bf16 autocast (its persistent bf16
-// weights, ag::Bf16Weights); the objective's per-sample weighted MSE; backward, every parameter's
-// gradient accumulated in place into one flat f32 buffer; the squared global norm of that buffer
-// (one fixed-order reduction); and one fused launch for clipping, AdamW, the EMA and the bf16
-// weight copy, which leaves everything unchanged, on the device, when the norm is not finite. The
-// loss times 0 is added to that norm, so a non-finite loss skips the step too: a step is skipped
-// exactly when its loss or its gradient is not finite, as train() on the cpu skips it.
+// z_t = alpha_t x + sigma_t eps, into static buffers before the graph (see Randomness); the UNet's
+// forward under bf16 autocast (its persistent bf16 weights, ag::Bf16Weights); the objective's
+// per-sample weighted MSE; backward, every parameter's gradient accumulated in place into one
+// flat f32 buffer; the squared global norm of that buffer (one fixed-order reduction); and one
+// fused launch for clipping, AdamW, the EMA and the bf16 weight copy, which leaves everything
+// unchanged, on the device, when the norm is not finite. The loss times 0 is added to that norm,
+// so a non-finite loss skips the step too: a step is skipped exactly when its loss or its
+// gradient is not finite, train_step.h's step_applied, as train() on the cpu skips it.
 //
 // What changes between steps reaches the device in one upload of a few KB before each step (a
 // kernel whose arguments carry the bytes: no pinned memory, no wait): the timesteps, alpha_t,
 // sigma_t and the loss weights of the batch; the AdamW scalars of step t (learning rate with
 // warm-up, bias corrections, EMA decay with warm-up), read by the update kernel when it runs; and
-// a 64-bit word that the noise and dropout kernels XOR into their seeds (PhiloxSeedXorScope).
-// Every kernel argument is the same at every step, so with `graph` the step is captured at the end
+// a 64-bit word that the dropout kernels XOR into their seed (PhiloxSeedXorScope). The values are
+// train_step.h's, ema.h's and optim.h's, the definitions the cpu step uses. Every kernel argument
+// of the captured part is the same at every step, so with `graph` the step is captured at the end
 // of the first one (which runs uncaptured, since cuDNN's algorithm search and cuBLASLt's heuristics
 // wait for the GPU, which a capture cannot) and every later step is one upload, one copy of the
-// batch and one graph launch. Without `graph` the same code launches each kernel; both paths give
-// the same bits. A batch of another shape drops the graph and captures again.
+// batch, the noising launch and one graph launch. Without `graph` the same code launches each
+// kernel; both paths give the same bits. A batch of another shape drops the graph and captures again.
 //
 // Steady state, from the second step: no host-device synchronisation and no cudaMalloc (with the
 // graph not even a cache lookup: its memory is its own pool, core/graph.h). The loss and the
@@ -33,11 +35,13 @@
 // next, or the reuse of the batch's block, come after it): events between the streams, no host
 // wait.
 //
-// Randomness: step s (0-based) draws its timesteps on the host from Philox (seed, 8 s + 1), as
-// train() does; its noise and dropout masks from (seed ^ w_s) at fixed offsets, w_s a hash of
-// (seed, s). Unlike train() on the cpu (noise keyed by offset), so the two draw different, equally
-// random numbers. The step counter advances on the host, so a step that the device skipped (not
-// finite) still counts for the warm-up and the bias corrections.
+// Randomness: step s (0-based) draws from train_step.h's streams, as train() does on the cpu: its
+// timesteps on the host from (seed, s, timesteps); its noise in the fused noising kernel from
+// (seed, s, noise), launched before the graph with that offset as its argument; its dropout masks
+// with the seed dropout_seed(seed, s), the UNet's dropout seed XOR the staged word. So both devices
+// draw the same numbers for a step (Philox gives the same bits everywhere). The step counter
+// advances on the host, so a step that the device skipped (not finite) still counts for the
+// warm-up and the bias corrections.
 #pragma once
 
 #include <cstdint>
@@ -149,6 +153,7 @@ class DeviceTrainStep {
   Tensor w_, g_, m_, v_, ema_;  // flat f32
   Tensor decay_mask_;           // u8, or undefined (weight decay everywhere)
   Tensor x_;                    // the batch (static: the graph reads it)
+  Tensor z_, eps_;              // its noised version and the noise (static, drawn before the graph)
   Tensor staging_;              // f32: seed word, AdamW scalars, t, alpha, sigma, loss weights
   std::vector<float> host_staging_;
   Tensor results_;  // f32 (sumsq, loss): one copy reads both

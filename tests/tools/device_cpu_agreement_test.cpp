@@ -3,14 +3,12 @@
 // both sides (--bf16 false), and every number compared within a tolerance argued below. On a GPU
 // this is the cuda tier; in a DIFFUSE_CUDA=SIM build, the simulated device's (sim tier).
 //
-// Training. The device step draws its noise from (seed ^ w_s) at fixed offsets, train() on the cpu
-// from (seed, 8 s + 2) (models/train/graph_step.h): different, equally random numbers. To compare
-// the two steps number for number, the noise is made irrelevant instead of equal: objective x0
-// (the target is the clean batch) and betas of 1e-12 over 10 steps, so sigma_t <= 3.2e-6 and the
-// noise moves the network's input by a few parts in 1e6, the size of f32 rounding. The timesteps
-// and batches are the same draws on both sides. What remains between the two is rounding: the
-// same f32 math summed in other orders (cuBLASLt and cuDNN without TF32, the device's reductions),
-// about 1e-6 relative per result.
+// Training. Both steps draw from the same Philox streams (models/train/train_step.h): the same
+// batches, timesteps, noise and dropout masks, so the two are compared number for number with the
+// noise at full strength: objective v (its target mixes the noise and the clean batch), DDPM's
+// linear betas over T = 1000 (sigma_t from 0.01 to 1) and dropout 0.1. What remains between the two is
+// rounding: the same f32 math summed in other orders (cuBLASLt and cuDNN without TF32, the
+// device's reductions), about 1e-6 relative per result.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
@@ -55,14 +53,17 @@ std::vector<LogRow> read_log(const std::string& path) {
 
 constexpr int kSteps = 3;
 constexpr double kLr = 1e-3;
+// The tiny test model with dropout, whose masks both devices draw alike.
+constexpr const char* kModel = R"({"base_channels":8,"channel_mult":[1,2],"groups":4,"attention_resolutions":[],)"
+                               R"("dropout":0.1})";
 
 std::vector<std::string> train_args(const std::string& data, const std::string& out, const std::string& device,
                                     const std::string& graph) {
-  return {test::cli_path(), "train", "--preset", "tiny", "--model", test::kTinyModel, "--dataset", data, "--batch", "8",
+  return {test::cli_path(), "train", "--preset", "tiny", "--model", kModel, "--dataset", data, "--batch", "8",
           "--steps", std::to_string(kSteps), "--checkpoint-every", "0", "--sample-every", "0", "--sample-count", "4",
-          "--sample-steps", "2", "--log-every", "1", "--seed", "7", "--bf16", "false", "--objective", "x0",
-          "--schedule", "linear", "--timesteps", "10", "--beta-start", "1e-12", "--beta-end", "1e-12", "--warmup", "0",
-          "--lr", std::to_string(kLr), "--device", device, "--cuda-graph", graph, "--out", out};
+          "--sample-steps", "2", "--log-every", "1", "--seed", "7", "--bf16", "false", "--objective", "v",
+          "--schedule", "linear", "--timesteps", "1000", "--warmup", "0", "--lr", std::to_string(kLr), "--device",
+          device, "--cuda-graph", graph, "--out", out};
 }
 
 }  // namespace
@@ -84,9 +85,9 @@ TEST_CASE("train --device cuda agrees with train on the cpu, graph on and off", 
     INFO(log);
     CHECK(log.find(std::string("the whole step on cuda:0") + (graph[1] == 'n' ? ", captured as a CUDA graph" : "")) !=
           std::string::npos);
-    // Loss and gradient norm of every step: rounding (~1e-6 relative) and the noise's few parts in
-    // 1e6 of the input; 1e-4 relative leaves a margin of 30 and is a thousand times below what a
-    // wrong formula, batch or timestep gives (losses of different batches differ by percents).
+    // Loss and gradient norm of every step: rounding (~1e-6 relative); 1e-4 relative leaves a
+    // margin of 30 and more and is a thousand times below what a wrong formula, batch, timestep,
+    // noise draw or dropout mask gives (losses of different draws differ by percents).
     const std::vector<LogRow> got = read_log(out + "/log.csv");
     REQUIRE(got.size() == want.size());
     for (size_t s = 0; s < got.size(); ++s) {
