@@ -157,20 +157,24 @@ dd::Spacing parse_spacing(const std::string& s) {
 }
 
 // "auto" without the notice resolve_device() prints: a library does not write to its host's stderr.
+// The spelling is core's one parser (parse_device_spec); a bad one is the caller's argument.
 Device parse_device(const char* spec) {
   const std::string s = spec ? spec : "auto";
-  if (s == "auto") return cuda_available() ? Device::cuda(0) : Device::cpu();
-  if (s == "cpu") return Device::cpu();
-  if (s == "cuda" || s.rfind("cuda:", 0) == 0) {
-    if (!cuda_available())
-      fail(DIFFUSE_ERR_UNSUPPORTED, "device '", s, "' asked for, but CUDA is not available: ", cuda_unavailable_reason());
-    try {
-      return resolve_device(s);
-    } catch (const Error& e) {
-      fail(DIFFUSE_ERR_INVALID_ARGUMENT, "device '", s, "': ", e.message());
-    }
+  std::optional<Device> asked;
+  try {
+    asked = parse_device_spec(s);
+  } catch (const Error& e) {
+    fail(DIFFUSE_ERR_INVALID_ARGUMENT, e.message());
   }
-  fail(DIFFUSE_ERR_INVALID_ARGUMENT, "unknown device '", s, "' (expected cpu, cuda, cuda:N or auto)");
+  if (!asked) return cuda_available() ? Device::cuda(0) : Device::cpu();
+  if (asked->is_cpu()) return *asked;
+  if (!cuda_available())
+    fail(DIFFUSE_ERR_UNSUPPORTED, "device '", s, "' asked for, but CUDA is not available: ", cuda_unavailable_reason());
+  try {
+    return resolve_device(s);
+  } catch (const Error& e) {
+    fail(DIFFUSE_ERR_INVALID_ARGUMENT, "device '", s, "': ", e.message());
+  }
 }
 
 constexpr uint64_t kBatchSeedStride = 0x9E3779B97F4A7C15ull;  // tools/cmd_sample.cpp

@@ -40,8 +40,12 @@ void register_classifier(CLI::App& root) {
                   "(judging samples)")
       ->check(enum_validator<train::ClassifierNoise>())
       ->capture_default_str();
-  cmd->add_option("--schedule", c->schedule, "noise diffusion: linear or cosine DDPM betas (guidance matches any "
-                  "model's schedule by log-SNR)")->check(one_of({"linear", "cosine"}))->capture_default_str();
+  cmd->add_option_function<std::string>(
+         "--schedule",
+         [c](const std::string& text) { c->schedule = parse_enum<train::ScheduleKind>(text, "value", "--schedule"); },
+         "noise diffusion: linear or cosine DDPM betas (guidance matches any model's schedule by log-SNR)")
+      ->check(one_of({"linear", "cosine"}))
+      ->default_str(std::string(enum_name(c->schedule)));
   cmd->add_option("--timesteps", c->timesteps, "noise diffusion: T of the schedule")->capture_default_str();
   cmd->add_option("--dataset", c->dataset, "fashion-mnist[:dir], mnist:<dir>, idx:<images>,<labels>, cifar10:<path> or "
                   "images:<dir>[@size] (labelled by its class sub-folders)")->capture_default_str();

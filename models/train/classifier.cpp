@@ -34,7 +34,6 @@ constexpr const char* kCheckpointName = "classifier.safetensors";
 template <class C, class F>
 void visit_fields(C& c, F&& f) {
   f("preset", c.preset);
-  f("schedule", c.schedule);
   f("timesteps", c.timesteps);
   f("lr", c.lr);
   f("weight_decay", c.weight_decay);
@@ -54,7 +53,7 @@ void visit_fields(C& c, F&& f) {
 // The DDPM schedule of the noise levels, built by the one function `train` uses.
 diffusion::DiscreteSchedule noise_schedule(const ClassifierConfig& c) {
   TrainConfig t;
-  t.schedule = parse_enum<ScheduleKind>(c.schedule, "schedule", "classifier config");
+  t.schedule = c.schedule;
   t.timesteps = c.timesteps;
   return make_schedule(t);
 }
@@ -116,6 +115,7 @@ nlohmann::json ClassifierConfig::to_json() const {
   visit_fields(*this, [&](const char* key, const auto& field) { j[key] = field; });
   j["model"] = model;
   j["noise"] = std::string(enum_name(noise));
+  j["schedule"] = std::string(enum_name(schedule));
   return j;
 }
 
@@ -138,13 +138,18 @@ ClassifierConfig ClassifierConfig::from_json(const nlohmann::json& j) {
     DF_CHECK(json_to(j["noise"], name), "classifier config: key 'noise' must be a string");
     c.noise = parse_enum<ClassifierNoise>(name, "classifier noise");
   }
+  if (j.contains("schedule")) {
+    std::string name;
+    DF_CHECK(json_to(j["schedule"], name), "classifier config: key 'schedule' must be a string");
+    c.schedule = parse_enum<ScheduleKind>(name, "schedule", "classifier config");
+  }
   c.validate();
   return c;
 }
 
 void ClassifierConfig::validate() const {
-  DF_CHECK(schedule == "linear" || schedule == "cosine", "classifier: --schedule must be linear or cosine, not '",
-           schedule, "'");
+  DF_CHECK(schedule == ScheduleKind::linear || schedule == ScheduleKind::cosine, "classifier: --schedule must be "
+           "linear or cosine, not '", enum_name(schedule), "'");
   DF_CHECK(timesteps >= 2 && timesteps <= 100000, "classifier: --timesteps must be in [2, 100000], not ", timesteps);
   DF_CHECK(lr > 0 && std::isfinite(lr), "classifier: --lr must be positive");
   DF_CHECK(weight_decay >= 0 && std::isfinite(weight_decay), "classifier: --weight-decay must be >= 0");

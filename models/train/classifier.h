@@ -27,6 +27,7 @@
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
 #include "models/nn/unet.h"
+#include "models/train/config.h"
 
 namespace diffuse::train {
 
@@ -42,7 +43,7 @@ struct ClassifierConfig {
   // noise diffusion: the DDPM schedule of its noise levels (linear or cosine betas, as `train`).
   // Guidance maps a sampler's time to this schedule's by log-SNR, so it steers a model trained on
   // another schedule too.
-  std::string schedule = "linear";
+  ScheduleKind schedule = ScheduleKind::linear;
   int timesteps = 1000;
   double lr = 3e-4, weight_decay = 0.05;
   int64_t warmup = 100;

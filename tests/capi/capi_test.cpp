@@ -519,6 +519,9 @@ TEST_CASE("C API: bad calls return a status and a message that says what was wro
                  {"not a diffuse checkpoint"});
     expect_error([&] { return diffuse_model_load(ckpt.c_str(), "tpu", 0, &m); }, DIFFUSE_ERR_INVALID_ARGUMENT,
                  {"unknown device 'tpu'"});
+    // The spelling is checked before any GPU is asked for, by the parser the CLI uses.
+    expect_error([&] { return diffuse_model_load(ckpt.c_str(), "cuda:x", 0, &m); }, DIFFUSE_ERR_INVALID_ARGUMENT,
+                 {"unknown device 'cuda:x'", "cpu, cuda, cuda:N or auto"});
     expect_error([&] { return diffuse_model_load(ckpt.c_str(), "cpu", 8, &m); }, DIFFUSE_ERR_INVALID_ARGUMENT,
                  {"flags"});
     expect_error([&] { return diffuse_model_load(nullptr, "cpu", 0, &m); }, DIFFUSE_ERR_INVALID_ARGUMENT,

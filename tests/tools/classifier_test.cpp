@@ -94,7 +94,7 @@ TEST_CASE("a stopped and resumed classifier run equals the uninterrupted run bit
 TEST_CASE("the classifier config round-trips and refuses what it does not know", "[cpu][tools]") {
   train::ClassifierConfig c;
   c.noise = train::ClassifierNoise::none;
-  c.schedule = "cosine";
+  c.schedule = train::ScheduleKind::cosine;
   c.steps = 123;
   c.model = {{"base_channels", 16}};
   const train::ClassifierConfig d = train::ClassifierConfig::from_json(c.to_json());
