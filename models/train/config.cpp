@@ -144,7 +144,6 @@ std::string at_least_words(int64_t min) {
 }
 
 std::string positive(const double& v) { return v > 0 ? "" : "must be positive"; }
-std::string non_negative(const double& v) { return v >= 0 ? "" : "must be at least 0"; }
 std::string unit_interval(const double& v) {
   return v >= 0 && v < 1 ? "" : "must be in [0, 1)";
 }

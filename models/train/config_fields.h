@@ -35,6 +35,9 @@ enum class Written { always, when_set };
 
 // A value's own requirement: "" when `v` satisfies it, else what is wrong, in words that follow the
 // key and the value ("must be at least 2"; "unknown preset 'huge' (expected ...)").
+// from_json runs it on every checkpoint it reads, so a check added later must still accept what
+// an older checkpoint can hold (a negative grad_clip or checkpoint_every meant "off" and stays
+// accepted); log_every >= 1 is checked because train() divides by it.
 template <class T>
 using FieldCheck = std::string (*)(const T& v);
 // A field's own reader of its JSON value, where the generic one (json_to: the JSON type and the
@@ -74,7 +77,6 @@ std::string at_least(const decltype(Min)& v) {
   return v >= Min ? std::string() : at_least_words(static_cast<int64_t>(Min));
 }
 std::string positive(const double& v);
-std::string non_negative(const double& v);
 std::string unit_interval(const double& v);  // [0, 1)
 std::string epochs(const double& v);         // [0, 1e6]
 // A beta (beta_start, beta_end, an entry of betas): a finite number in (0, 1).
@@ -102,12 +104,12 @@ void for_each_field(V&& v) {
   v(Field<TSampling>{.key = "t_sampling", .member = &C::t_sampling, .help = "how training steps t are drawn: uniform, or importance (--objective hybrid only; improved DDPM's sampler: p_t proportional to sqrt(E[L_t^2]) over each step's last 10 losses, uniform until every step has 10, the loss weighted by 1/(T p_t); the history is saved in the checkpoint)", .written = Written::when_set});
   // optimisation
   v(Field<double>{.key = "lr", .member = &C::lr, .help = "AdamW learning rate", .check = fc::positive});
-  v(Field<double>{.key = "beta1", .member = &C::beta1, .help = "AdamW beta1", .check = fc::unit_interval});
-  v(Field<double>{.key = "beta2", .member = &C::beta2, .help = "AdamW beta2", .check = fc::unit_interval});
-  v(Field<double>{.key = "adam_eps", .member = &C::adam_eps, .help = "AdamW epsilon", .check = fc::positive});
-  v(Field<double>{.key = "weight_decay", .member = &C::weight_decay, .help = "AdamW decoupled weight decay", .check = fc::non_negative});
-  v(Field<int64_t>{.key = "warmup", .member = &C::warmup, .help = "learning-rate warm-up steps", .check = fc::at_least<int64_t{0}>});
-  v(Field<double>{.key = "grad_clip", .member = &C::grad_clip, .help = "clip gradients to this global norm (0: off)", .check = fc::non_negative});
+  v(Field<double>{.key = "beta1", .member = &C::beta1, .help = "AdamW beta1"});
+  v(Field<double>{.key = "beta2", .member = &C::beta2, .help = "AdamW beta2"});
+  v(Field<double>{.key = "adam_eps", .member = &C::adam_eps, .help = "AdamW epsilon"});
+  v(Field<double>{.key = "weight_decay", .member = &C::weight_decay, .help = "AdamW decoupled weight decay"});
+  v(Field<int64_t>{.key = "warmup", .member = &C::warmup, .help = "learning-rate warm-up steps"});
+  v(Field<double>{.key = "grad_clip", .member = &C::grad_clip, .help = "clip gradients to this global norm (0: off)"});
   v(Field<double>{.key = "ema_decay", .member = &C::ema_decay, .help = "EMA decay of the weights used for sampling", .check = fc::unit_interval});
   v(Field<bool>{.key = "ema_warmup", .member = &C::ema_warmup, .help = "EMA decay warm-up min(decay, (1+n)/(10+n))"});
   v(Field<int>{.key = "batch", .member = &C::batch, .help = "batch size", .check = fc::at_least<1>});
@@ -126,11 +128,11 @@ void for_each_field(V&& v) {
   v(Field<bool>{.key = "cuda_graph", .member = &C::cuda_graph, .help = "on a GPU (where the whole step runs on the device: objectives eps, x0 and v, no --class-cond): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)", .flag_kind = FlagKind::on_off});
   v(Field<std::string>{.key = "out_dir", .member = &C::out_dir, .help = "output folder (checkpoint.safetensors, log.csv, samples_*.png)", .flag = "--out"});
   v(Field<int64_t>{.key = "log_every", .member = &C::log_every, .help = "steps between CSV log rows", .check = fc::at_least<int64_t{1}>});
-  v(Field<int64_t>{.key = "sample_every", .member = &C::sample_every, .help = "steps between PNG grids of EMA samples (0: only at the end)", .check = fc::at_least<int64_t{0}>});
-  v(Field<int64_t>{.key = "checkpoint_every", .member = &C::checkpoint_every, .help = "steps between checkpoints (0: only at the end)", .check = fc::at_least<int64_t{0}>});
+  v(Field<int64_t>{.key = "sample_every", .member = &C::sample_every, .help = "steps between PNG grids of EMA samples (0: only at the end)"});
+  v(Field<int64_t>{.key = "checkpoint_every", .member = &C::checkpoint_every, .help = "steps between checkpoints (0: only at the end)"});
   v(Field<int>{.key = "sample_count", .member = &C::sample_count, .help = "images in each grid", .check = fc::at_least<1>});
   v(Field<int>{.key = "sample_steps", .member = &C::sample_steps, .help = "DDIM steps for the grids", .check = fc::at_least<1>});
-  v(Field<int64_t>{.key = "max_nonfinite", .member = &C::max_nonfinite, .help = "consecutive non-finite steps before the run stops", .check = fc::at_least<int64_t{1}>});
+  v(Field<int64_t>{.key = "max_nonfinite", .member = &C::max_nonfinite, .help = "consecutive non-finite steps before the run stops"});
 }
 
 }  // namespace diffuse::train

@@ -71,13 +71,10 @@ TEST_CASE("training config fields: an unknown key, a wrong type and a value out 
   });
   // A value outside its range for every field that has a check: each such field must be here.
   const std::vector<std::pair<std::string, nlohmann::json>> cases = {
-      {"preset", "huge"},     {"model", {1, 2}},      {"timesteps", 1},          {"beta_start", 0.0},
-      {"beta_end", 1.0},      {"betas", {0.5, 1.5}},  {"lr", 0.0},               {"beta1", 1.0},
-      {"beta2", -0.1},        {"adam_eps", 0.0},      {"weight_decay", -1.0},    {"warmup", -1},
-      {"grad_clip", -1.0},    {"ema_decay", 1.0},     {"batch", 0},              {"steps", 0},
-      {"epochs", -1.0},       {"label_dropout", 1.0}, {"device", "gpu"},         {"log_every", 0},
-      {"sample_every", -1},   {"checkpoint_every", -1}, {"sample_count", 0},     {"sample_steps", 0},
-      {"max_nonfinite", 0}};
+      {"preset", "huge"}, {"model", {1, 2}},     {"timesteps", 1},       {"beta_start", 0.0},
+      {"beta_end", 1.0},  {"betas", {0.5, 1.5}}, {"lr", 0.0},            {"ema_decay", 1.0},
+      {"batch", 0},       {"steps", 0},          {"epochs", -1.0},       {"label_dropout", 1.0},
+      {"device", "gpu"},  {"log_every", 0},      {"sample_count", 0},    {"sample_steps", 0}};
   std::set<std::string> covered;
   for (const auto& [key, value] : cases) {
     INFO(key << " = " << value.dump());
