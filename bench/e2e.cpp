@@ -6,11 +6,11 @@
 //                   [--warmup 5] [--iters 30] [--json out.json] [--flops-only] [--once]
 //                   [--export-twin PRESET FILE] [--help]
 //
-// Training step (models/train/graph_step.h, DeviceTrainStep): the batch copied into the step's
+// Training step (models/train/device_train_step.h, DeviceTrainStep): the batch copied into the step's
 // buffer, noising with eps drawn in the kernel, the UNet forward under bf16 autocast, the eps
 // MSE, backward, the global-norm clip, AdamW and the EMA in one launch. Data: random images of the
 // preset's shape in [-1, 1], resident on the GPU (loading is not timed). Sampler step
-// (models/diffusion/device_sampler.h, DeviceSampler): one UNet forward without the tape and the
+// (models/diffusion/sampling_loop.h, SamplingLoop): one UNet forward without the tape and the
 // fused sampler update, noise drawn in the kernel; a run of --sample-steps steps is timed and
 // divided by the steps.
 //
@@ -59,10 +59,11 @@
 #include "core/device.h"
 #include "core/safetensors.h"
 #include "core/stream.h"
-#include "models/diffusion/device_sampler.h"
+#include "models/diffusion/sampling_loop.h"
 #include "models/diffusion/schedule.h"
 #include "models/nn/unet.h"
-#include "models/train/graph_step.h"
+#include "models/train/device_sampling.h"
+#include "models/train/device_train_step.h"
 
 #if defined(DIFFUSE_HAVE_CUDA)
 #include <cuda_runtime.h>
@@ -383,7 +384,7 @@ json bench_sample(const Options& o, const std::string& preset, bool graph, int B
   }
   std::unique_ptr<ag::Bf16Weights> lowp;
   if (o.bf16) lowp = std::make_unique<ag::Bf16Weights>(vars, offsets, total);
-  diffusion::DeviceSamplerOptions so;
+  diffusion::SamplingLoopOptions so;
   so.kind = o.sampler == "ddpm" ? diffusion::SamplerKind::ddpm : diffusion::SamplerKind::ddim;
   so.sampler.shape = Shape{B, cfg.image_size, cfg.image_size, cfg.in_channels};
   so.sampler.steps = o.sample_steps;
@@ -391,8 +392,8 @@ json bench_sample(const Options& o, const std::string& preset, bool graph, int B
   so.time_of = train::unet_time_of(1000);
   so.graph = graph;
   so.device = gpu;
-  diffusion::DeviceSampler sampler(diffusion::DiscreteSchedule::linear(1000), train::unet_device_denoiser(unet, o.bf16),
-                                   so);
+  diffusion::SamplingLoop sampler(diffusion::DiscreteSchedule::linear(1000), train::unet_device_denoiser(unet, o.bf16),
+                                  so);
   const int warm = std::max(2, o.warmup / 2), iters = o.once ? 1 : std::max(5, o.iters / 3);
   for (int i = 0; i < warm; ++i) sampler.run(static_cast<uint64_t>(i));
   sampler.synchronize();

@@ -127,7 +127,7 @@ Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const Samp
 
 // The whole plan of a DDPM, DDIM or VDM run, computed on the host before any step: the time grid
 // (t_0 > ... > t_N = 0) and the coefficients of each of the N fused steps, exactly those the
-// sampler itself uses (the same code computes them). A loop that stays on a GPU (device_sampler.h)
+// sampler itself uses (the same code computes them). A loop that stays on a GPU (sampling_loop.h)
 // uploads it once and replays it; options that need the host between steps (guidance, callbacks)
 // are not part of a plan.
 struct GridPlan {

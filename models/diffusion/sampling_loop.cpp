@@ -1,6 +1,6 @@
-// models/diffusion/device_sampler.cpp: the GPU sampling loop of device_sampler.h. B batch,
+// models/diffusion/sampling_loop.cpp: the GPU sampling loop of sampling_loop.h. B batch,
 // N elements per sample, C = last dimension.
-#include "models/diffusion/device_sampler.h"
+#include "models/diffusion/sampling_loop.h"
 
 #include <cstring>
 #include <vector>
@@ -29,20 +29,20 @@ kernels::StepPrediction to_step(Prediction p) {
 
 }  // namespace
 
-DeviceSampler::DeviceSampler(const Schedule& s, DeviceDenoiser f, DeviceSamplerOptions o)
+SamplingLoop::SamplingLoop(const Schedule& s, LoopDenoiser f, SamplingLoopOptions o)
     : f_(std::move(f)), o_(std::move(o)) {
   const SamplerOptions& so = o_.sampler;
-  DF_CHECK(f_, "DeviceSampler: no denoiser");
-  DF_CHECK(o_.device.is_cuda() || !o_.graph, "DeviceSampler: CUDA graphs need a GPU; on ", o_.device.str(),
+  DF_CHECK(f_, "SamplingLoop: no denoiser");
+  DF_CHECK(o_.device.is_cuda() || !o_.graph, "SamplingLoop: CUDA graphs need a GPU; on ", o_.device.str(),
            " set graph = false");
   DF_CHECK(so.guidance.cfg_scale == 0 && !so.guidance.grad_log_p && !so.labels.defined() && !so.z_T.defined() &&
                !so.callback,
-           "DeviceSampler: guidance, labels, z_T and callbacks need the host between steps; use sample()");
-  DF_CHECK(so.shape.rank() >= 2 && so.shape.numel() > 0, "DeviceSampler: options.shape ", so.shape.str(),
+           "SamplingLoop: guidance, labels, z_T and callbacks need the host between steps; use sample()");
+  DF_CHECK(so.shape.rank() >= 2 && so.shape.numel() > 0, "SamplingLoop: options.shape ", so.shape.str(),
            " must be (B, ..., C)");
   plan_ = grid_plan(o_.kind, s, so);
   steps_ = static_cast<int>(plan_.coeffs.size());
-  DF_CHECK(steps_ >= 1, "DeviceSampler: no steps");
+  DF_CHECK(steps_ >= 1, "SamplingLoop: no steps");
   batch_ = so.shape[0];
   finish_ = so.clip_x0 || plan_.alpha0 != 1.0;
 
@@ -77,27 +77,27 @@ DeviceSampler::DeviceSampler(const Schedule& s, DeviceDenoiser f, DeviceSamplerO
   diffuse::synchronize(o_.device);  // set-up: the tables are on the device before the host copies go
 }
 
-DeviceSampler::~DeviceSampler() {
+SamplingLoop::~SamplingLoop() {
   StreamGuard guard(stream());
   graph_.reset();  // waits for a replay still running, then frees the graph's memory
   z_ = result_ = times_ = coeffs_ = word_ = Tensor();
 }
 
-bool DeviceSampler::captured() const { return graph_ && graph_->ready(); }
-void* DeviceSampler::stream() const { return stream_ ? stream_->stream() : nullptr; }
+bool SamplingLoop::captured() const { return graph_ && graph_->ready(); }
+void* SamplingLoop::stream() const { return stream_ ? stream_->stream() : nullptr; }
 
-void DeviceSampler::synchronize() {
+void SamplingLoop::synchronize() {
   StreamGuard guard(stream());
   diffuse::synchronize(o_.device);
 }
 
-Tensor DeviceSampler::to_host() {
+Tensor SamplingLoop::to_host() {
   StreamGuard guard(stream());
   return result_.to(Device::cpu());  // the copy waits for the stream
 }
 
 // One fused update: the CUDA kernel, or its reference loop when the sampler runs on the cpu.
-void DeviceSampler::update(const kernels::SamplerStepParams& p, const Tensor& z, const Tensor& model_out,
+void SamplingLoop::update(const kernels::SamplerStepParams& p, const Tensor& z, const Tensor& model_out,
                            Tensor& z_next) {
   if (o_.device.is_cpu()) {
     kernels::sampler_step_cpu(p, z.data<float>(), model_out.data<float>(), nullptr, z_next.data<float>(),
@@ -107,11 +107,11 @@ void DeviceSampler::update(const kernels::SamplerStepParams& p, const Tensor& z,
 #if defined(DIFFUSE_HAVE_CUDA)
   cuda::sampler_step(p, z, model_out, Tensor(), z_next);
 #else
-  DF_FAIL("DeviceSampler on ", o_.device.str(), " in a build without CUDA");
+  DF_FAIL("SamplingLoop on ", o_.device.str(), " in a build without CUDA");
 #endif
 }
 
-void DeviceSampler::loop() {
+void SamplingLoop::loop() {
   const SamplerOptions& so = o_.sampler;
   const int64_t B = batch_;
   kernels::SamplerStepParams p;
@@ -126,7 +126,7 @@ void DeviceSampler::loop() {
     const Tensor out = f_(z_, times_.select(k));
     DF_CHECK(out.defined() && out.dtype() == DType::f32 && out.device() == z_.device() &&
                  out.numel() == (p.learned_variance ? 2 : 1) * z_.numel(),
-             "DeviceSampler: the denoiser returned ", out.defined() ? out.str() : std::string("nothing"), " for z ",
+             "SamplingLoop: the denoiser returned ", out.defined() ? out.str() : std::string("nothing"), " for z ",
              z_.str());
     p.coeffs = reinterpret_cast<const SamplerStepCoeffs*>(coeffs + k * B * kCoeffFloats);
     p.offset = static_cast<uint64_t>(k) + 1;  // sample(): the noise of step k is (seed, k + 1)
@@ -142,7 +142,7 @@ void DeviceSampler::loop() {
   }
 }
 
-const Tensor& DeviceSampler::run(uint64_t seed) {
+const Tensor& SamplingLoop::run(uint64_t seed) {
   void* const caller = current_stream();
   StreamGuard guard(stream());
   // Joined to the caller's stream both ways by events, without a host wait: what the caller

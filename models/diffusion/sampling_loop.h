@@ -1,5 +1,6 @@
-// models/diffusion/device_sampler.h: a DDPM, DDIM or VDM sampling loop that stays on one GPU, and
-// is captured once as a CUDA graph and replayed.
+// models/diffusion/sampling_loop.h: a DDPM, DDIM or VDM sampling loop that stays on its device:
+// on a GPU captured once as a CUDA graph and replayed; on the cpu the same loop with the fused
+// step's reference (how the cpu tier checks what a GPU replays).
 //
 // The samplers of sampler.h run the update on the host between denoiser calls; this loop keeps
 // the latent on the device and does each step as the denoiser's kernels plus one fused
@@ -12,13 +13,14 @@
 // algorithm search and cuBLASLt's heuristics wait for the GPU, which a capture cannot) and each
 // later run is: the start latent z_1 = randn(shape, seed, 0) drawn into the loop's buffer, the
 // seed word written, one graph launch. Without `graph` the same code launches every kernel; both
-// give the same bits. A new shape is a new DeviceSampler.
+// give the same bits. A new shape is a new SamplingLoop.
 //
 // Noise streams are those of sample(): a seed gives the same z_1 and step noise on the cpu and
 // here, so the results agree up to the denoiser's precision. The loop also runs on the cpu
 // (device cpu, graph off), with the fused step's reference loop: there it gives sample()'s bits,
-// which is how the cpu tier checks the plan, the tables and the streams this loop replays. Steady state (from the second run):
-// no host-device synchronisation and no cudaMalloc; with the graph, no allocation at all.
+// which is how the cpu tier checks the plan, the tables and the streams this loop replays. Steady
+// state (from the second run): no host-device synchronisation and no cudaMalloc; with the graph,
+// no allocation at all.
 #pragma once
 
 #include <cstdint>
@@ -41,9 +43,9 @@ namespace diffuse::diffusion {
 // returns the prediction (B, ...) f32 on the same GPU (2C channels with a learned variance). It is
 // called with the sampler's stream current and must only queue work there: no host reads of
 // device data and no host-to-device copies, or the loop cannot be captured.
-using DeviceDenoiser = std::function<Tensor(const Tensor& z, const Tensor& t)>;
+using LoopDenoiser = std::function<Tensor(const Tensor& z, const Tensor& t)>;
 
-struct DeviceSamplerOptions {
+struct SamplingLoopOptions {
   SamplerKind kind = SamplerKind::ddim;  // ddpm, ddim or vdm
   // shape, steps / spacing / section_counts / timesteps, prediction, clip_x0, variance, eta, seed
   // (the base seed the seed word is relative to). Guidance, labels, z_T and the callback need the
@@ -56,12 +58,12 @@ struct DeviceSamplerOptions {
   Device device = Device::cuda(0);  // or the cpu (graph = false)
 };
 
-class DeviceSampler {
+class SamplingLoop {
  public:
-  DeviceSampler(const Schedule& s, DeviceDenoiser f, DeviceSamplerOptions o);
-  ~DeviceSampler();
-  DeviceSampler(const DeviceSampler&) = delete;
-  DeviceSampler& operator=(const DeviceSampler&) = delete;
+  SamplingLoop(const Schedule& s, LoopDenoiser f, SamplingLoopOptions o);
+  ~SamplingLoop();
+  SamplingLoop(const SamplingLoop&) = delete;
+  SamplingLoop& operator=(const SamplingLoop&) = delete;
 
   // Samples (B, ...) f32 in data space for `seed`, on the GPU: a view of the loop's own buffer,
   // overwritten by the next run and ordered on the loop's stream (read it with to_host(), or after
@@ -78,8 +80,8 @@ class DeviceSampler {
   void loop();
   void update(const kernels::SamplerStepParams& p, const Tensor& z, const Tensor& model_out, Tensor& z_next);
 
-  DeviceDenoiser f_;
-  DeviceSamplerOptions o_;
+  LoopDenoiser f_;
+  SamplingLoopOptions o_;
   GridPlan plan_;
   int steps_ = 0;
   int64_t batch_ = 0;

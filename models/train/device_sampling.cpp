@@ -2,9 +2,10 @@
 // (device_sampling.h).
 #include "models/train/device_sampling.h"
 
+#include "autograd/autocast.h"
+#include "autograd/tape.h"
 #include "core/check.h"
-#include "models/diffusion/device_sampler.h"
-#include "models/train/graph_step.h"
+#include "models/diffusion/sampling_loop.h"
 #include "models/train/trainer.h"
 
 namespace diffuse::train {
@@ -42,7 +43,7 @@ Tensor DeviceSampling::sample(diffusion::SamplerKind kind, const diffusion::Sche
                               const diffusion::SamplerOptions& o) {
   if (!loop_ || !same_plan(kind, o, kind_, key_)) {
     loop_.reset();  // its buffers and graph go before the next one's
-    diffusion::DeviceSamplerOptions d;
+    diffusion::SamplingLoopOptions d;
     d.kind = kind;
     d.sampler = o;
     d.sampler.callback = nullptr;
@@ -50,7 +51,7 @@ Tensor DeviceSampling::sample(diffusion::SamplerKind kind, const diffusion::Sche
     d.graph = graph_;
     d.device = device_;
     // f32, as make_denoiser: the same images as the host-driven samplers on this device.
-    loop_ = std::make_unique<diffusion::DeviceSampler>(s, unet_device_denoiser(unet_, false), d);
+    loop_ = std::make_unique<diffusion::SamplingLoop>(s, unet_device_denoiser(unet_, false), d);
     kind_ = kind;
     key_ = d.sampler;
   }
@@ -58,6 +59,21 @@ Tensor DeviceSampling::sample(diffusion::SamplerKind kind, const diffusion::Sche
   Tensor out = loop_->to_host();
   if (o.callback) o.callback(loop_->steps() - 1, loop_->steps(), Tensor(), Tensor());
   return out;
+}
+
+diffusion::LoopDenoiser unet_device_denoiser(std::shared_ptr<nn::UNet> unet, bool bf16) {
+  DF_CHECK(unet, "unet_device_denoiser: no model");
+  return [unet, bf16](const Tensor& z, const Tensor& t) {
+    ag::NoGrad no_grad;
+    ag::Autocast autocast(bf16);
+    Tensor out = unet->forward(ag::Var(z), t).value();
+    return out.dtype() == DType::f32 ? out : out.to(DType::f32);
+  };
+}
+
+std::function<float(double)> unet_time_of(int timesteps) {
+  // make_denoiser: t goes through a f32 tensor, then v * float(T) - 1.f.
+  return [timesteps](double t) { return static_cast<float>(t) * static_cast<float>(timesteps) - 1.f; };
 }
 
 }  // namespace diffuse::train

@@ -1,5 +1,5 @@
 // models/train/device_sampling.h: `diffuse sample` on a trained UNet through the device sampling
-// loop (DeviceSampler, models/diffusion/device_sampler.h: every step on the device, the whole loop
+// loop (SamplingLoop, models/diffusion/sampling_loop.h: every step on the device, the whole loop
 // captured as a CUDA graph and replayed) where the loop can run the request, with the same
 // options, seeds and noise streams as sample() of sampler.h, the host-driven samplers.
 //
@@ -11,20 +11,26 @@
 // images up to the rounding of the fused update: bit for bit on the cpu for ddpm and ddim.
 #pragma once
 
+#include <functional>
 #include <memory>
 
 #include "core/device.h"
 #include "core/tensor.h"
 #include "models/diffusion/sampler.h"
+#include "models/diffusion/sampling_loop.h"
 #include "models/nn/unet.h"
-
-namespace diffuse::diffusion {
-class DeviceSampler;
-}  // namespace diffuse::diffusion
 
 namespace diffuse::train {
 
 struct TrainConfig;
+
+// The UNet as a device denoiser (z, t on the GPU, t on DDPM's step scale; see
+// SamplingLoopOptions::time_of and unet_time_of): a forward pass without the tape, under bf16
+// autocast when bf16, returning f32. Runs the model in whatever mode it is in: eval() for sampling.
+diffusion::LoopDenoiser unet_device_denoiser(std::shared_ptr<nn::UNet> unet, bool bf16);
+// Sampler time t to the step index a UNet trained on T steps was trained on: t T - 1, in the float
+// arithmetic of make_denoiser (trainer.h), so the device and cpu samplers feed the same times.
+std::function<float(double)> unet_time_of(int timesteps);
 
 // Whether the device loop runs sampler `kind` for a model trained with cfg, with options o.
 bool device_loop_supports(diffusion::SamplerKind kind, const nn::UNetConfig& unet, const TrainConfig& cfg,
@@ -50,7 +56,7 @@ class DeviceSampling {
   int timesteps_;
   Device device_;
   bool graph_;
-  std::unique_ptr<diffusion::DeviceSampler> loop_;
+  std::unique_ptr<diffusion::SamplingLoop> loop_;
   diffusion::SamplerKind kind_ = diffusion::SamplerKind::ddim;
   diffusion::SamplerOptions key_;  // the options loop_ was built for
 };

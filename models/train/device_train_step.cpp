@@ -1,6 +1,6 @@
-// models/train/graph_step.cpp: the device training step and the UNet denoiser of graph_step.h.
+// models/train/device_train_step.cpp: the device training step and the UNet denoiser of device_train_step.h.
 // B batch; n the flat parameter buffer's length (ParamLayout, padding included).
-#include "models/train/graph_step.h"
+#include "models/train/device_train_step.h"
 
 #include <cmath>
 #include <cstring>
@@ -349,20 +349,5 @@ void DeviceTrainStep::wait_results(int) const {}
 DeviceTrainStep::Results DeviceTrainStep::results(int) const { return {}; }
 
 #endif
-
-diffusion::DeviceDenoiser unet_device_denoiser(std::shared_ptr<nn::UNet> unet, bool bf16) {
-  DF_CHECK(unet, "unet_device_denoiser: no model");
-  return [unet, bf16](const Tensor& z, const Tensor& t) {
-    ag::NoGrad no_grad;
-    ag::Autocast autocast(bf16);
-    Tensor out = unet->forward(ag::Var(z), t).value();
-    return out.dtype() == DType::f32 ? out : out.to(DType::f32);
-  };
-}
-
-std::function<float(double)> unet_time_of(int timesteps) {
-  // make_denoiser: t goes through a f32 tensor, then v * float(T) - 1.f.
-  return [timesteps](double t) { return static_cast<float>(t) * static_cast<float>(timesteps) - 1.f; };
-}
 
 }  // namespace diffuse::train

@@ -1,5 +1,5 @@
-// models/train/graph_step.h: a diffusion training step that stays on one GPU, captured once as a
-// CUDA graph and replayed; and the UNet as the denoiser of a device sampling loop.
+// models/train/device_train_step.h: a diffusion training step that stays on one GPU, captured once
+// as a CUDA graph and replayed.
 //
 // One step, all on the device: the batch (a static buffer) is noised with eps drawn in the kernel,
 // z_t = alpha_t x + sigma_t eps, into static buffers before the graph (see Randomness); the UNet's
@@ -50,7 +50,6 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "models/diffusion/device_sampler.h"
 #include "models/nn/unet.h"
 #include "models/train/config.h"
 #include "models/train/optim.h"
@@ -159,13 +158,5 @@ class DeviceTrainStep {
   Tensor results_;  // f32 (sumsq, loss): one copy reads both
   Tensor sumsq_, reduce_ws_, loss_;  // views of results_, and the reduction's workspace
 };
-
-// The UNet as a device denoiser (z, t on the GPU, t on DDPM's step scale; see
-// DeviceSamplerOptions::time_of and unet_time_of): a forward pass without the tape, under bf16
-// autocast when bf16, returning f32. Runs the model in whatever mode it is in: eval() for sampling.
-diffusion::DeviceDenoiser unet_device_denoiser(std::shared_ptr<nn::UNet> unet, bool bf16);
-// Sampler time t to the step index a UNet trained on T steps was trained on: t T - 1, in the float
-// arithmetic of make_denoiser (trainer.h), so the device and cpu samplers feed the same times.
-std::function<float(double)> unet_time_of(int timesteps);
 
 }  // namespace diffuse::train

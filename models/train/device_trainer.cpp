@@ -6,7 +6,7 @@
 
 #include "core/check.h"
 #include "core/device.h"
-#include "models/train/graph_step.h"
+#include "models/train/device_train_step.h"
 #include "models/train/state_entries.h"
 #include "models/train/train_step.h"
 #include "models/train/trainer.h"
@@ -160,7 +160,7 @@ Stepper::Result result_of(const LaggedReadback::Values& v) {
   r.loss = v.loss;
   r.grad_norm = std::sqrt(static_cast<double>(v.sumsq));
   // The device skipped the update exactly when this is false: the norm it tested was poisoned by a
-  // non-finite loss (graph_step.h).
+  // non-finite loss (device_train_step.h).
   r.applied = step_applied(r.loss, r.grad_norm);
   return r;
 }

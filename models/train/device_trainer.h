@@ -1,7 +1,7 @@
 // models/train/device_trainer.h: train()'s step on a GPU (stepper.h; CpuStepper is the cpu's).
 // The loop of trainer.cpp is one code path for both devices (batches, the CSV log, progress,
 // sample grids, checkpoints, resume, Ctrl-C, counting non-finite steps); on a GPU the step, the
-// optimizer and the EMA are DeviceTrainStep's (graph_step.h: the whole step on the device,
+// optimizer and the EMA are DeviceTrainStep's (device_train_step.h: the whole step on the device,
 // captured as a CUDA graph with cuda_graph, launched kernel by kernel without), and this class
 // reads its results back late and translates between its flat device buffers and the
 // checkpoint's names.

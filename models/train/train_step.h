@@ -1,5 +1,5 @@
 // models/train/train_step.h: the decisions of one diffusion training step, defined once for the
-// step on the cpu (trainer.cpp) and the step on a GPU (graph_step.h), which differ only where the
+// step on the cpu (trainer.cpp) and the step on a GPU (device_train_step.h), which differ only where the
 // hardware does: the cpu skips a non-finite step before its update, the GPU's update kernel skips
 // it on the device (so a skipped step still counts there; device_trainer.h).
 //

@@ -1,4 +1,4 @@
-// models/diffusion/device_sampler.h: the sampling loop that stays on a device. On the cpu
+// models/diffusion/sampling_loop.h: the sampling loop that stays on a device. On the cpu
 // ([cpu]) it runs the fused step's reference loop and must give sample()'s bits: that checks the
 // plan (grid_plan), the tables, the per-step Philox streams and the seed word. On a GPU ([cuda])
 // with a UNet: the captured graph against the uncaptured loop, the steady state, and the cpu.
@@ -12,11 +12,11 @@
 #include "core/allocator.h"
 #include "core/device.h"
 #include "core/stream.h"
-#include "models/diffusion/device_sampler.h"
+#include "models/diffusion/sampling_loop.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
 #include "models/nn/unet.h"
-#include "models/train/graph_step.h"
+#include "models/train/device_sampling.h"
 #include "tests/test_util.h"
 
 using namespace diffuse;
@@ -76,12 +76,12 @@ TEST_CASE("the device loop on the cpu gives sample()'s bits", "[cpu][diffusion]"
     o.eta = r.eta;
     o.clip_x0 = r.clip;
     const Denoiser f = [](const Tensor& z, const Tensor& t, const Tensor&) { return affine_denoiser(z, t); };
-    DeviceSamplerOptions d;
+    SamplingLoopOptions d;
     d.kind = r.kind;
     d.sampler = o;
     d.graph = false;
     d.device = Device::cpu();
-    DeviceSampler loop(*r.sch, affine_denoiser, d);
+    SamplingLoop loop(*r.sch, affine_denoiser, d);
     CHECK(loop.steps() == 7);
     // Twice, with two seeds: the word, not a new plan, changes the noise.
     for (int rep = 0; rep < 2; ++rep) {
@@ -105,17 +105,17 @@ TEST_CASE("the device loop on the cpu gives sample()'s bits", "[cpu][diffusion]"
 
 TEST_CASE("the device loop refuses what needs the host between steps", "[cpu][diffusion]") {
   DiscreteSchedule lin = DiscreteSchedule::linear(100);
-  DeviceSamplerOptions d;
+  SamplingLoopOptions d;
   d.sampler.shape = Shape{2, 4, 4, 1};
   d.device = Device::cpu();
   d.graph = true;
-  CHECK_THROWS_WITH(DeviceSampler(lin, affine_denoiser, d), Catch::Contains("graphs need a GPU"));
+  CHECK_THROWS_WITH(SamplingLoop(lin, affine_denoiser, d), Catch::Contains("graphs need a GPU"));
   d.graph = false;
   d.sampler.guidance.cfg_scale = 2;
-  CHECK_THROWS_WITH(DeviceSampler(lin, affine_denoiser, d), Catch::Contains("guidance"));
+  CHECK_THROWS_WITH(SamplingLoop(lin, affine_denoiser, d), Catch::Contains("guidance"));
   d.sampler.guidance.cfg_scale = 0;
   d.kind = SamplerKind::heun;
-  CHECK_THROWS_WITH(DeviceSampler(lin, affine_denoiser, d), Catch::Contains("grid_plan"));
+  CHECK_THROWS_WITH(SamplingLoop(lin, affine_denoiser, d), Catch::Contains("grid_plan"));
 }
 
 namespace {
@@ -149,7 +149,7 @@ TEST_CASE("the captured sampling loop replays the uncaptured one, with no alloca
   DiscreteSchedule lin = DiscreteSchedule::linear(1000);
   for (bool bf16 : {false, true}) {
     INFO("bf16 " << bf16);
-    DeviceSamplerOptions d;
+    SamplingLoopOptions d;
     d.kind = SamplerKind::ddpm;  // ancestral: the step noise is drawn in the kernel every step
     d.sampler.shape = Shape{3, 8, 8, 1};
     d.sampler.steps = 6;
@@ -158,9 +158,9 @@ TEST_CASE("the captured sampling loop replays the uncaptured one, with no alloca
     d.time_of = train::unet_time_of(1000);
     d.device = gpu;
     d.graph = false;
-    DeviceSampler eager(lin, train::unet_device_denoiser(unet, bf16), d);
+    SamplingLoop eager(lin, train::unet_device_denoiser(unet, bf16), d);
     d.graph = true;
-    DeviceSampler graph(lin, train::unet_device_denoiser(unet, bf16), d);
+    SamplingLoop graph(lin, train::unet_device_denoiser(unet, bf16), d);
     const uint64_t s1 = test::next_seed(), s2 = test::next_seed();
     graph.run(s1);  // uncaptured, then captured
     CHECK(graph.captured());
@@ -208,14 +208,14 @@ TEST_CASE("the device loop on a GPU samples what the cpu samples", "[cuda][diffu
   cpu_net->eval();
   gpu_net->eval();
   DiscreteSchedule lin = DiscreteSchedule::linear(1000);
-  DeviceSamplerOptions d;
+  SamplingLoopOptions d;
   d.kind = SamplerKind::ddim;
   d.sampler.shape = Shape{2, 8, 8, 1};
   d.sampler.steps = 5;
   d.sampler.clip_x0 = true;
   d.time_of = train::unet_time_of(1000);
   d.device = gpu;
-  DeviceSampler loop(lin, train::unet_device_denoiser(gpu_net, false), d);
+  SamplingLoop loop(lin, train::unet_device_denoiser(gpu_net, false), d);
   const uint64_t seed = test::next_seed();
   loop.run(seed);
   SamplerOptions o = d.sampler;
@@ -246,7 +246,7 @@ TEST_CASE("the device loop is ordered with the caller's stream both ways", "[cud
   unet->to(gpu);
   unet->eval();
   DiscreteSchedule lin = DiscreteSchedule::linear(1000);
-  DeviceSamplerOptions d;
+  SamplingLoopOptions d;
   d.kind = SamplerKind::ddim;
   d.sampler.shape = Shape{4, 8, 8, 1};
   d.sampler.steps = 8;
@@ -256,7 +256,7 @@ TEST_CASE("the device loop is ordered with the caller's stream both ways", "[cud
   for (bool graph : {false, true}) {
     INFO("graph " << graph);
     d.graph = graph;
-    DeviceSampler loop(lin, train::unet_device_denoiser(unet, false), d);
+    SamplingLoop loop(lin, train::unet_device_denoiser(unet, false), d);
     const uint64_t s1 = test::next_seed(), s2 = test::next_seed();
     const Tensor a = loop.run(s1).clone();  // on the caller's stream, right after the run is queued
     const Tensor b = loop.run(s2).clone();  // this run may overwrite the result only after a's copy

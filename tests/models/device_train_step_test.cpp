@@ -1,4 +1,4 @@
-// models/train/graph_step.h: the training step that stays on a GPU ([cuda]): the captured graph
+// models/train/device_train_step.h: the training step that stays on a GPU ([cuda]): the captured graph
 // against the uncaptured step, bit for bit; the steady state (no sync, no cudaMalloc); and that it
 // trains. On the cpu ([cpu]) only its refusals.
 #include <catch2/catch.hpp>
@@ -13,7 +13,7 @@
 #include "core/stream.h"
 #include "models/nn/unet.h"
 #include "models/train/device_trainer.h"
-#include "models/train/graph_step.h"
+#include "models/train/device_train_step.h"
 #include "models/train/trainer.h"
 #include "tests/test_util.h"
 
