@@ -6,8 +6,8 @@
 #     simulated device in the sim tier; the *_cuda.cpp library calls; the headers' inline code),
 #   - core/: allocator_cuda.cpp and cuda_check.h whole, and of core/device.cpp, graph.cpp,
 #     stream.cpp and tensor.cpp the lines inside their DIFFUSE_HAVE_CUDA blocks (the rest is cpu code),
-#   - the device training step and sampling loop: models/train/graph_step*.cpp, device_*.cpp and
-#     models/diffusion/device_*.cpp.
+#   - the device training step and sampling loop: models/train/graph_step*.cpp, device_*.cpp,
+#     models/diffusion/device_*.cpp and sampling_loop*.cpp (the names these have had).
 # A line counts when gcov marks it executable; it is covered when any object that compiles it (a .cu
 # is compiled twice, for the emulator and for the simulated device) ran it.
 # -O1 (gcov's lines stay close to the source, the emulator not too slow) and only the files above
@@ -63,7 +63,7 @@ import glob, json, os, re, sys
 root, out = sys.argv[1], sys.argv[2]
 whole = [r"kernels/cuda/[^/]+$", r"core/[^/]*_cuda\.(cpp|h)$", r"core/cuda_check\.h$", r"core/[^/]+\.cu$",
          r"models/train/graph_step[^/]*\.cpp$", r"models/train/device_[^/]+\.cpp$",
-         r"models/diffusion/device_[^/]+\.cpp$"]
+         r"models/diffusion/device_[^/]+\.cpp$", r"models/diffusion/sampling_loop[^/]*\.cpp$"]
 cuda_blocks = {"core/device.cpp", "core/graph.cpp", "core/stream.cpp", "core/tensor.cpp"}
 
 def gpu_lines(path):
