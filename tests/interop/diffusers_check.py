@@ -565,7 +565,9 @@ def train_cli(a, work):
     # A beta outside (0, 1) is refused, naming the key, and leaves nothing behind.
     out = os.path.join(work, "train-refused")
     r = run_cli(a.cli, "train", *common, "--beta-end", "1.5", "--out", out)
-    check(r.returncode != 0 and "beta_end" in r.stderr and "(0, 1)" in r.stderr and not os.path.exists(out),
+    # The refusal names the setting as the user gave it (the flag; a config file's key reads beta_end).
+    check(r.returncode != 0 and ("--beta-end" in r.stderr or "beta_end" in r.stderr) and "(0, 1)" in r.stderr
+          and not os.path.exists(out),
           f"diffuse train --beta-end 1.5 is refused: {r.stderr.strip()}")
 
 
