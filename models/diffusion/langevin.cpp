@@ -132,15 +132,7 @@ Tensor sample_pc(const Schedule& sch, const Denoiser& f, const SamplerOptions& o
     z = denoise_step(sch, f, z, ts[k], plan.coeffs[k], o, static_cast<uint64_t>(k) + 1, &x0);
     if (o.callback) o.callback(k, n, z, x0);
   }
-  // As every grid sampler ends: z at t = 0 back to data space where alpha(0) < 1, then the clip.
-  const Level l0 = level_at(sch, 0.0);
-  float* p = z.data<float>();
-  const float inv = static_cast<float>(1.0 / l0.a);
-  for (int64_t i = 0; i < z.numel(); ++i) {
-    if (l0.s2 > 0) p[i] *= inv;
-    if (o.clip_x0) p[i] = std::clamp(p[i], -1.f, 1.f);
-  }
-  return z;
+  return grid_finish(sch, z, o);  // as every grid sampler ends
 }
 
 }  // namespace diffuse::diffusion

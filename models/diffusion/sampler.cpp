@@ -132,8 +132,9 @@ Level level(const Schedule& s, double t) {
   return l;
 }
 
-// The end of every grid sampler: z at t = 0 back to data space.
-Tensor finish(const Schedule& s, Tensor z, const SamplerOptions& o) {
+}  // namespace
+
+Tensor grid_finish(const Schedule& s, Tensor z, const SamplerOptions& o) {
   const Level l0 = level(s, 0.0);
   float* p = z.data<float>();
   const float inv = static_cast<float>(1.0 / l0.a);
@@ -143,6 +144,8 @@ Tensor finish(const Schedule& s, Tensor z, const SamplerOptions& o) {
   }
   return z;
 }
+
+namespace {
 
 void notify(const SamplerOptions& o, int k, int n, const Tensor& z, const Tensor& x0) {
   if (o.callback) o.callback(k, n, z, x0);
@@ -213,7 +216,7 @@ Tensor grid_sampler(const Schedule& sch, const Denoiser& f, const SamplerOptions
     z = run_step(e, z, c, o, static_cast<uint64_t>(k) + 1, Tensor(), &x0);
     notify(o, k, n, z, x0);
   }
-  return finish(sch, z, o);
+  return grid_finish(sch, z, o);
 }
 
 const DiscreteSchedule* as_discrete(const Schedule& s) { return dynamic_cast<const DiscreteSchedule*>(&s); }
@@ -302,7 +305,7 @@ Tensor ddim_invert(const Schedule& sch, const Denoiser& f, const Tensor& x0, con
   det.eta = 0;
   det.variance = VarianceKind::beta_tilde;
   Tensor z = x0.to(Device::cpu()).clone();
-  // Mirror finish(): data to z_0 = alpha(0) x0 where a continuous schedule has alpha(0) < 1.
+  // Mirror grid_finish(): data to z_0 = alpha(0) x0 where a continuous schedule has alpha(0) < 1.
   const Level l0 = level(sch, 0.0);
   if (l0.s2 > 0) {
     float* p = z.data<float>();
@@ -372,7 +375,7 @@ Tensor sample_dpmpp_2m(const Schedule& sch, const Denoiser& f, const SamplerOpti
     h_prev = h;
     notify(o, k, n, z, x0);
   }
-  return finish(sch, z, o);
+  return grid_finish(sch, z, o);
 }
 
 namespace {

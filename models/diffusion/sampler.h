@@ -146,6 +146,10 @@ Tensor denoise_step(const Schedule& s, const Denoiser& f, const Tensor& z, doubl
                     const kernels::SamplerStepCoeffs& c, const SamplerOptions& o, uint64_t offset,
                     Tensor* x0_out = nullptr);
 
+// The end of every grid sampler (and of those built on them): z at t = 0 back to data space,
+// divided by alpha(0) where sigma(0) > 0, then clipped to [-1, 1] with o.clip_x0. In place.
+Tensor grid_finish(const Schedule& s, Tensor z, const SamplerOptions& o);
+
 // Spherical interpolation of two latents per sample (Shoemake 1985; DDIM sec. 5.3):
 // sin((1-a) th)/sin th * x + sin(a th)/sin th * y, th the angle between x_b and y_b.
 Tensor slerp(const Tensor& x, const Tensor& y, double a);
