@@ -34,6 +34,7 @@
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
 #include "models/interop/diffusers.h"
+#include "models/train/super_res.h"
 #include "models/train/trainer.h"
 
 using namespace diffuse;
@@ -443,6 +444,14 @@ diffuse_status diffuse_model_load(const char* checkpoint_path, const char* devic
     } catch (const std::exception& e) {
       // std::stoll on a damaged "step" and the like: still a bad file, not a bug.
       fail(DIFFUSE_ERR_IO, checkpoint_path, ": malformed checkpoint (", e.what(), ")");
+    }
+    // Its denoiser has no way to take a low-resolution image: refused as a file the API cannot use.
+    if (m->loaded.unet->config().super_res()) {
+      try {
+        train::refuse_super_res(m->loaded.unet->config(), checkpoint_path, "the C API");
+      } catch (const Error& e) {
+        fail(DIFFUSE_ERR_INVALID_ARGUMENT, e.message());
+      }
     }
     m->denoiser = train::make_denoiser(m->loaded.unet, m->loaded.config.timesteps, dev);
     *out = m.release();

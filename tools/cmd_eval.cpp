@@ -17,6 +17,7 @@
 #include "models/diffusion/likelihood.h"
 #include "models/diffusion/sampler.h"
 #include "models/train/classifier.h"
+#include "models/train/super_res.h"
 #include "models/train/trainer.h"
 #include "tools/commands.h"
 #include "tools/enum_option.h"
@@ -122,6 +123,11 @@ void register_eval(CLI::App& root) {
       std::fprintf(stderr, "diffuse: warning: %s: %zu tensor(s) hold NaN or Inf (%s%s); the bound will be meaningless\n",
                    a->checkpoint.c_str(), m.nonfinite.size(), m.nonfinite[0].c_str(), m.nonfinite.size() > 1 ? ", ..." : "");
     const nn::UNetConfig& uc = m.unet->config();
+    // A super-resolution model has no bound or samples without its low-resolution input; its test
+    // images still judge the folder of a cascade's samples.
+    if (a->fd.empty() || a->samples.empty())
+      train::refuse_super_res(uc, a->checkpoint, "diffuse eval (but for --fd JUDGE --samples DIR, which scores a "
+                              "cascade's images written by sample --image-dir)");
     if (!a->fd.empty()) {
       DF_CHECK(a->fd_count >= 2 && a->fd_steps >= 1, "--fd-count must be at least 2 and --fd-steps at least 1");
       train::LoadedClassifier judge = train::load_classifier(a->fd, dev);

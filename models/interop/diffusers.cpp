@@ -13,6 +13,7 @@
 #include "core/file_io.h"
 #include "core/json_util.h"
 #include "core/safetensors.h"
+#include "models/train/super_res.h"
 
 namespace diffuse::interop {
 
@@ -792,6 +793,7 @@ DiffusersModel import_diffusers(const std::string& dir, const std::string& out) 
 void export_diffusers(const std::string& checkpoint, const std::string& dir) {
   const train::LoadedModel lm = train::load_checkpoint(checkpoint, Device::cpu(), /*ema=*/true);
   const nn::UNetConfig& c = lm.unet->config();
+  train::refuse_super_res(c, checkpoint, "export-diffusers (UNet2DModel has no low-resolution input)");
   json cfg;
   json sched;
   try {

@@ -44,6 +44,19 @@ void UNetConfig::validate() const {
   DF_CHECK(num_heads > 0 || head_channels > 0, "UNetConfig: num_heads or head_channels must be positive");
   DF_CHECK(dropout >= 0.f && dropout < 1.f, "UNetConfig: dropout must be in [0, 1)");
   DF_CHECK(num_classes >= 0 && num_classes <= kMaxClasses, "UNetConfig: num_classes must be in [0, ", kMaxClasses, "]");
+  DF_CHECK(low_res_channels >= 0 && low_res_channels <= kMaxChannels, "UNetConfig: low_res_channels must be in [0, ",
+           kMaxChannels, "], got ", low_res_channels);
+  if (low_res_channels == 0) {
+    DF_CHECK(low_res_size == 0, "UNetConfig: low_res_size ", low_res_size, " without low_res_channels (a "
+             "super-resolution model sets both)");
+  } else {
+    // Nearest-neighbour upsampling and area averaging by 2, repeated (super_res.h).
+    DF_CHECK(low_res_size > 0 && low_res_size < image_size, "UNetConfig: low_res_size must be in [1, image_size ",
+             image_size, "), got ", low_res_size);
+    int f = image_size / low_res_size;
+    DF_CHECK(image_size % low_res_size == 0 && (f & (f - 1)) == 0, "UNetConfig: image_size ", image_size,
+             " is not low_res_size ", low_res_size, " times a power of two (2, 4, ...)");
+  }
   // Every level but the last halves the size: it must stay even until then, or the skip
   // connections of the decoder would not line up.
   int s = image_size;
@@ -91,6 +104,8 @@ nlohmann::json UNetConfig::to_json() const {
   // builds can still read it.
   if (norm_eps != UNetConfig{}.norm_eps) j["norm_eps"] = norm_eps;
   if (downsample_padding != UNetConfig{}.downsample_padding) j["downsample_padding"] = downsample_padding;
+  if (low_res_channels != 0) j["low_res_channels"] = low_res_channels;
+  if (low_res_size != 0) j["low_res_size"] = low_res_size;
   return j;
 }
 
@@ -103,7 +118,8 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
                                       "dropout",         "groups",            "num_classes",
                                       "scale_shift_norm", "resblock_updown",  "rescale_residual",
                                       "learn_sigma",     "conv_resample",     "init",
-                                      "time_embedding",  "norm_eps",          "downsample_padding"};
+                                      "time_embedding",  "norm_eps",          "downsample_padding",
+                                      "low_res_channels", "low_res_size"};
   for (auto it = j.begin(); it != j.end(); ++it)
     DF_CHECK(keys.count(it.key()), "UNetConfig: unknown key '", it.key(), "'");
   // json_to, not get_to: nlohmann's conversions are unchecked casts (core/json_util.h).
@@ -125,6 +141,8 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
   get("norm_eps", c.norm_eps);
   get("downsample_padding", c.downsample_padding);
   get("num_classes", c.num_classes);
+  get("low_res_channels", c.low_res_channels);
+  get("low_res_size", c.low_res_size);
   get("scale_shift_norm", c.scale_shift_norm);
   get("resblock_updown", c.resblock_updown);
   get("rescale_residual", c.rescale_residual);
@@ -269,7 +287,8 @@ std::vector<int64_t> build_encoder(Module& m, const UNetConfig& c, std::shared_p
                                    std::shared_ptr<ModuleList<UNetDownLevel>>& down, std::shared_ptr<UNetMid>& mid,
                                    int64_t& ch) {
   ch = int64_t{c.channel_mult[0]} * c.base_channels;
-  conv_in = m.register_module("conv_in", std::make_shared<Conv2d>(c.in_channels, ch, 3));
+  // A super-resolution model's upsampled low-resolution image enters beside x (SR3's concatenation).
+  conv_in = m.register_module("conv_in", std::make_shared<Conv2d>(c.in_channels + c.low_res_channels, ch, 3));
   std::vector<int64_t> skips = {ch};
   down = m.register_module("down", std::make_shared<ModuleList<UNetDownLevel>>());
   int size = c.image_size;
@@ -324,14 +343,17 @@ ag::Var run_encoder(const ag::Var& x, const ag::Var& emb_act, Sites& sites, cons
   return mid.res2->forward(h, emb_act, sites());
 }
 
-void build_time_embedding(Module& m, const UNetConfig& c, std::shared_ptr<Linear>& fc1, std::shared_ptr<Linear>& fc2) {
-  auto time = m.register_module("time", std::make_shared<Module>());
+void build_time_embedding(Module& m, const UNetConfig& c, std::shared_ptr<Linear>& fc1, std::shared_ptr<Linear>& fc2,
+                          const char* name = "time") {
+  auto time = m.register_module(name, std::make_shared<Module>());
   fc1 = time->register_module("fc1", std::make_shared<Linear>(c.base_channels, c.emb_channels()));
   fc2 = time->register_module("fc2", std::make_shared<Linear>(c.emb_channels(), c.emb_channels()));
 }
 
-ag::Var time_embedding(const Tensor& t, const UNetConfig& c, const Linear& fc1, const Linear& fc2, DType dtype) {
-  DF_CHECK(t.defined() && t.dim() == 1, "UNet: t must be a (B) tensor, got ", t.defined() ? t.shape().str() : "undefined");
+ag::Var time_embedding(const Tensor& t, const UNetConfig& c, const Linear& fc1, const Linear& fc2, DType dtype,
+                       const char* what = "t") {
+  DF_CHECK(t.defined() && t.dim() == 1, "UNet: ", what, " must be a (B) tensor, got ",
+           t.defined() ? t.shape().str() : "undefined");
   Tensor tf = t.dtype() == DType::f32 ? t : t.to(DType::f32);
   kernels::TimeEmbeddingOptions opt;
   opt.flip_sin_to_cos = c.time_embedding == "adm";
@@ -349,6 +371,26 @@ void check_input(const ag::Var& x, const UNetConfig& c, const char* who) {
 
 }  // namespace
 
+// ---- super-resolution resampling ---------------------------------------------------------------
+
+ag::Var nearest_upsample(const ag::Var& x, int factor) {
+  DF_CHECK(factor >= 1 && (factor & (factor - 1)) == 0, "nearest_upsample: factor ", factor, " is not a power of two");
+  ag::Var y = x;
+  for (int f = factor; f > 1; f /= 2) y = ag::upsample_nearest2x(y);
+  return y;
+}
+
+Tensor area_downsample(const Tensor& x, int factor) {
+  DF_CHECK(factor >= 1 && (factor & (factor - 1)) == 0, "area_downsample: factor ", factor, " is not a power of two");
+  DF_CHECK(x.dim() == 4 && x.size(1) % factor == 0 && x.size(2) % factor == 0, "area_downsample: (B, H, W, C) with H "
+           "and W divisible by ", factor, " expected, got ", x.shape().str());
+  ag::NoGrad ng;
+  // The mean of 2x2 means of equal blocks is the mean of the block: area averaging by `factor`.
+  ag::Var y(x);
+  for (int f = factor; f > 1; f /= 2) y = ag::avg_pool2x(y);
+  return y.value();
+}
+
 // ---- UNet ---------------------------------------------------------------------------------------
 
 UNet::UNet(const UNetConfig& cfg, uint64_t seed) : UNet(cfg, seed, true) {}
@@ -361,6 +403,8 @@ UNet::UNet(const UNetConfig& cfg, uint64_t seed, bool draw) : cfg_(cfg) {
   build_time_embedding(*this, c, time_fc1_, time_fc2_);
   if (c.num_classes > 0)
     label_emb_ = register_module("label_emb", std::make_shared<Embedding>(c.num_classes + 1, c.emb_channels()));
+  // CDM conditions on the augmentation level as on t: its own sinusoidal features and MLP, added.
+  if (c.super_res()) build_time_embedding(*this, c, aug_fc1_, aug_fc2_, "aug");
   int64_t ch = 0;
   std::vector<int64_t> skips = build_encoder(*this, c, conv_in_, down_, mid_, ch);
 
@@ -401,12 +445,30 @@ UNet::UNet(const UNetConfig& cfg, uint64_t seed, bool draw) : cfg_(cfg) {
   if (draw) init_parameters(seed, parse_init_scheme(c.init));
 }
 
-ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels) {
+ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels, const LowRes& low) {
   const UNetConfig& c = cfg_;
   check_input(x, c, "UNet");
   const int64_t B = x.size(0);
   DF_CHECK(t.defined() && t.numel() == B, "UNet: t must have one timestep per sample (", B, ")");
   ag::Var emb = time_embedding(t, c, *time_fc1_, *time_fc2_, x.dtype());
+  ag::Var input = x;
+  if (c.super_res()) {
+    DF_CHECK(low.defined(), "UNet: a super-resolution model (", c.low_res_size, "x", c.low_res_size, " -> ",
+             c.image_size, "x", c.image_size, ") needs its low-resolution image");
+    const ag::Var& z = low.image;
+    DF_CHECK(z.dim() == 4 && z.size(0) == B && z.size(1) == c.low_res_size && z.size(2) == c.low_res_size &&
+                 z.size(3) == c.low_res_channels,
+             "UNet: expected a low-resolution image (", B, ", ", c.low_res_size, ", ", c.low_res_size, ", ",
+             c.low_res_channels, "), got ", z.shape().str());
+    DF_CHECK(low.level.defined() && low.level.numel() == B, "UNet: the low-resolution image needs one augmentation "
+             "level per sample (", B, ")");
+    emb = ag::add(emb, time_embedding(low.level, c, *aug_fc1_, *aug_fc2_, x.dtype(), "the augmentation level"));
+    ag::Var up = nearest_upsample(z.dtype() == x.dtype() ? z : ag::Var(z.value().to(x.dtype())), c.low_res_factor());
+    input = ag::concat_last({x, up});
+  } else {
+    DF_CHECK(!low.defined(), "UNet: a low-resolution image given to a model without super-resolution input "
+             "(low_res_channels = 0)");
+  }
   if (label_emb_) {
     Tensor ids = labels;
     if (!ids.defined()) ids = Tensor::from_vector_i64(std::vector<int64_t>(B, c.num_classes), {B});
@@ -422,7 +484,7 @@ ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels) {
   Sites sites{{dropout_seed_, calls_++}};
 
   std::vector<ag::Var> skips;
-  ag::Var h = run_encoder(x, emb_act, sites, *conv_in_, *down_, *mid_, &skips);
+  ag::Var h = run_encoder(input, emb_act, sites, *conv_in_, *down_, *mid_, &skips);
   for (size_t k = up_->size(); k-- > 0;) {
     const UNetUpLevel* lvl = &(*up_)[k];
     for (size_t j = 0; j < lvl->res->size(); ++j) {
@@ -442,6 +504,7 @@ ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels) {
 EncoderClassifier::EncoderClassifier(const UNetConfig& cfg, int num_classes, uint64_t seed)
     : cfg_(cfg), num_classes_(num_classes) {
   cfg_.num_classes = 0;  // the classifier predicts labels; it is never conditioned on one
+  cfg_.low_res_channels = cfg_.low_res_size = 0;  // nor on a low-resolution image
   cfg_.validate();
   DF_CHECK(num_classes > 0, "EncoderClassifier needs num_classes > 0");
   build_time_embedding(*this, cfg_, time_fc1_, time_fc2_);

@@ -4,14 +4,16 @@
 //
 // Shape of the network (L = channel_mult.size() levels, ch = base_channels):
 //   emb   = time.fc2(SiLU(time.fc1(timestep_embedding(t, ch))))    (+ label_emb(label))
+//           (+ aug.fc2(SiLU(aug.fc1(timestep_embedding(s, ch)))) for a super-resolution model)
 //   h     = conv_in(x)                                                 -> skip
+//           (a super-resolution model: conv_in(concat(x, upsample(z_low))), see LowRes below)
 //   down.i: num_res_blocks x [ResBlock (+ AttentionBlock at attention resolutions)]  -> skip each
 //           then, except at the last level, downsample (conv stride 2 or ResBlock down) -> skip
 //   mid:  ResBlock, AttentionBlock, ResBlock
 //   up.i (i = L-1 .. 0): num_res_blocks+1 x [concat(h, skip.pop()); ResBlock (+ Attention)]
 //           then, except at level 0, upsample (nearest + conv, or ResBlock up)
 //   out   = out_conv(SiLU(out_norm(h)))     out_conv zero-initialised
-// Parameter names (docs/models.md): time.fc1, time.fc2, label_emb, conv_in,
+// Parameter names (docs/models.md): time.fc1, time.fc2, label_emb, aug.fc1, aug.fc2, conv_in,
 // down.<i>.res.<j>, down.<i>.attn.<j>, down.<i>.downsample, mid.res1, mid.attn, mid.res2,
 // up.<i>.res.<j>, up.<i>.attn.<j>, up.<i>.upsample, out_norm, out_conv; then the layer's own
 // names (layers.h), e.g. down.1.res.0.conv1.weight.
@@ -62,6 +64,14 @@ struct UNetConfig {
   int downsample_padding = 1;
   int num_classes = 0;      // 0: unconditional; else an embedding of num_classes + 1 rows (the
                             // last, index num_classes, is the null label for classifier-free guidance)
+  // Super-resolution (a cascade's second stage; Saharia et al. 2021, SR3; Ho et al. 2021, CDM):
+  // low_res_channels > 0 conditions the model on a low_res_size x low_res_size image of that many
+  // channels, upsampled by nearest neighbour to image_size and concatenated to x before conv_in,
+  // and on its augmentation level s (an embedding like the timestep's, added to it). image_size
+  // must be low_res_size times a power of two (2, 4, ...). 0 and 0: an ordinary model. Both are
+  // written to the JSON only when set.
+  int low_res_channels = 0;
+  int low_res_size = 0;
   bool scale_shift_norm = false;
   bool resblock_updown = false;
   bool rescale_residual = false;
@@ -73,6 +83,8 @@ struct UNetConfig {
   std::string time_embedding = "adm";
 
   int output_channels() const { return learn_sigma ? 2 * out_channels : out_channels; }
+  bool super_res() const { return low_res_channels > 0; }
+  int low_res_factor() const { return super_res() ? image_size / low_res_size : 1; }  // a power of two
   int emb_channels() const { return 4 * base_channels; }
   void validate() const;  // throws with the offending key
 
@@ -90,6 +102,22 @@ struct UNetConfig {
   static std::vector<std::string> preset_names();
 };
 
+// A super-resolution model's conditioning: the augmented low-resolution image z_s (B, low_res_size,
+// low_res_size, low_res_channels), a Var so that a gradient reaches it, and its augmentation level
+// s (B) f32, on the same scale as the timestep t (the network's time input: s T - 1 for level s in
+// [0, 1] of a T-step schedule, as make_denoiser maps t).
+struct LowRes {
+  ag::Var image;
+  Tensor level;
+  bool defined() const { return image.defined(); }
+};
+
+// Nearest-neighbour upsampling by `factor` (a power of two) and area averaging by it, (B, H, W, C):
+// the resampling of a super-resolution model's conditioning. area_downsample(nearest_upsample(x))
+// is x exactly: the model sees each low-resolution pixel's value on the pixels it averages.
+ag::Var nearest_upsample(const ag::Var& x, int factor);
+Tensor area_downsample(const Tensor& x, int factor);
+
 class UNet : public Module {
  public:
   // Builds the tree and draws the parameters from `seed` with cfg.init.
@@ -104,8 +132,9 @@ class UNet : public Module {
   // x (B, H, W, in_channels) with H = W = image_size; t (B) f32 timesteps on DDPM's scale
   // (0..1000, what the time embedding expects); labels (B) i64 in [0, num_classes] or undefined
   // (then the null label num_classes when the model is class-conditional).
-  // Returns (B, H, W, output_channels()).
-  ag::Var forward(const ag::Var& x, const Tensor& t, const Tensor& labels = {});
+  // low: a super-resolution model's conditioning (LowRes), required by one and refused by any
+  // other. Returns (B, H, W, output_channels()).
+  ag::Var forward(const ag::Var& x, const Tensor& t, const Tensor& labels = {}, const LowRes& low = {});
 
   const UNetConfig& config() const { return cfg_; }
   // Dropout masks are drawn from (dropout_seed, a per-call counter): the same seed and call
@@ -117,6 +146,7 @@ class UNet : public Module {
   UNetConfig cfg_;
   std::shared_ptr<Linear> time_fc1_, time_fc2_;
   std::shared_ptr<Embedding> label_emb_;
+  std::shared_ptr<Linear> aug_fc1_, aug_fc2_;  // super-resolution: the augmentation level's MLP
   std::shared_ptr<Conv2d> conv_in_;
   std::shared_ptr<ModuleList<UNetDownLevel>> down_;
   std::shared_ptr<UNetMid> mid_;

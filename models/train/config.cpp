@@ -147,6 +147,7 @@ std::string positive(const double& v) { return v > 0 ? "" : "must be positive"; 
 std::string unit_interval(const double& v) {
   return v >= 0 && v < 1 ? "" : "must be in [0, 1)";
 }
+std::string unit_closed(const double& v) { return v >= 0 && v <= 1 ? "" : "must be in [0, 1]"; }
 std::string epochs(const double& v) {
   return v >= 0 && v <= 1e6 ? "" : "must be in [0, 1e6] (0: use steps)";
 }
@@ -233,6 +234,13 @@ void TrainConfig::validate() const {
              objective == Objective::hybrid ? "learns its variance" : "samples with VDM's own steps",
              " (leave variance out)");
   }
+  // Super-resolution: the augmentation is the forward process of a fixed DDPM schedule, which
+  // vdm's learned one is not; its key goes with super_res.
+  if (c.super_res > 0)
+    DF_CHECK(objective != Objective::vdm, "training config: super_res with objective vdm (the conditioning "
+             "augmentation noises the low-resolution image on a DDPM schedule; use objective eps, x0, v or hybrid)");
+  DF_CHECK(c.super_res > 0 || c.super_res_aug == TrainConfig{}.super_res_aug, "training config: key "
+           "'super_res_aug' goes with super_res (the low-resolution size of a super-resolution model)");
   DF_CHECK(objective != Objective::vdm || c.loss_weight == LossWeight::none, "training config: loss_weight '",
            enum_name(c.loss_weight),
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
@@ -244,7 +252,20 @@ nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_cl
   j["in_channels"] = channels;
   j["out_channels"] = channels;
   j["num_classes"] = class_cond ? num_classes : 0;
-  for (auto it = model.begin(); it != model.end(); ++it) j[it.key()] = it.value();
+  for (auto it = model.begin(); it != model.end(); ++it) {
+    DF_CHECK(it.key() != "low_res_channels" && it.key() != "low_res_size", "training config: model key '", it.key(),
+             "' is set by super_res (--super-res LOW), not by the model's keys");
+    j[it.key()] = it.value();
+  }
+  if (super_res > 0) {
+    // The low-resolution image is the same data, area-averaged down: the same channels.
+    j["low_res_channels"] = channels;
+    j["low_res_size"] = super_res;
+    const int f = super_res > 0 && image_size % super_res == 0 ? image_size / super_res : 0;
+    DF_CHECK(super_res < image_size && f > 0 && (f & (f - 1)) == 0, "training config: super_res ", super_res,
+             " with ", image_size, "x", image_size, " images: the low resolution must be the image size divided by 2, "
+             "4, ... (e.g. --super-res ", image_size / 2, ")");
+  }
   // The objective decides the output channels: the hybrid loss trains a learned variance, 2C
   // channels (eps, then the variance); every other objective regresses C. A preset's learn_sigma
   // (imagenet64) follows the objective; an explicit model key that contradicts it is an error.
@@ -272,6 +293,8 @@ std::string device_step_unsupported(const TrainConfig& c) {
   // cannot) and regresses one target with a weighted MSE: no VLB term (hybrid), no continuous
   // time and learned schedule (vdm).
   if (c.class_cond) return "--class-cond";
+  // Its step has no low-resolution input (the UNet's conditioning and its augmentation).
+  if (c.super_res > 0) return "--super-res";
   if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
   const Objective o = c.objective;
   if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + std::string(enum_name(o));

@@ -107,6 +107,12 @@ struct TrainConfig {
   // conditioning
   bool class_cond = false;
   double label_dropout = 0.1;      // classifier-free guidance: share of labels replaced by null
+  // Super-resolution (super_res.h): > 0 trains a cascade's second stage, conditioned on each image
+  // area-averaged down to super_res x super_res (the image size divided by a power of two),
+  // augmented to level s ~ U[0, super_res_aug] on the model's schedule (Ho et al. 2021, CDM sec.
+  // 4.1), upsampled and concatenated to z_t. Both written only when set.
+  int super_res = 0;
+  double super_res_aug = 0.2;
   // data
   std::string dataset = "fashion-mnist";  // fashion-mnist | mnist:<dir> | cifar10:<dir> | images:<dir>
   bool flip = false;

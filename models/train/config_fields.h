@@ -78,6 +78,7 @@ std::string at_least(const decltype(Min)& v) {
 }
 std::string positive(const double& v);
 std::string unit_interval(const double& v);  // [0, 1)
+std::string unit_closed(const double& v);    // [0, 1]
 std::string epochs(const double& v);         // [0, 1e6]
 // A beta (beta_start, beta_end, an entry of betas): a finite number in (0, 1).
 std::optional<double> read_beta(const nlohmann::json& v, const std::string& key);
@@ -118,8 +119,10 @@ void for_each_field(V&& v) {
   // conditioning
   v(Field<bool>{.key = "class_cond", .member = &C::class_cond, .help = "condition on class labels (with label dropout for classifier-free guidance); with images:<dir>, each image's label is its class sub-folder", .flag_kind = FlagKind::toggle});
   v(Field<double>{.key = "label_dropout", .member = &C::label_dropout, .help = "share of labels replaced by the null class", .check = fc::unit_interval});
+  v(Field<int>{.key = "super_res", .member = &C::super_res, .help = "train a super-resolution model (a cascade's second stage) conditioned on each image area-averaged down to this size (the image size divided by 2, 4, ...), noise-augmented, upsampled by nearest neighbour and concatenated to z_t (0: off)", .check = fc::at_least<0>, .written = Written::when_set});
+  v(Field<double>{.key = "super_res_aug", .member = &C::super_res_aug, .help = "with --super-res: the largest augmentation level; each low-resolution image is noised to z_s = alpha_s low + sigma_s eps' at s ~ U[0, this] on the model's schedule (time axis [0, 1]; 0: no augmentation), and s is an input of the model (CDM's conditioning augmentation)", .check = fc::unit_closed, .written = Written::when_set});
   // data
-  v(Field<std::string>{.key = "dataset", .member = &C::dataset, .help = "fashion-mnist[:<dir>], mnist:<dir>, cifar10:<dir>, images:<dir>[@size] (resized to size x size, default 64), or idx:<images>,<labels>"});
+  v(Field<std::string>{.key = "dataset", .member = &C::dataset, .help = "fashion-mnist[:<dir>], mnist:<dir>, cifar10:<dir>, images:<dir>[@size] (resized to size x size, default 64), or idx:<images>,<labels>; the fixed-size sets also take @size, area-averaged to their size divided by a power of two (fashion-mnist@14)"});
   v(Field<bool>{.key = "flip", .member = &C::flip, .help = "random horizontal flips", .flag_kind = FlagKind::toggle});
   // run
   v(Field<uint64_t>{.key = "seed", .member = &C::seed, .help = "seed of every random draw (init, batches, noise)"});

@@ -12,6 +12,7 @@
 #include "kernels/noise.h"
 #include "models/diffusion/hybrid_loss.h"
 #include "models/diffusion/vdm_loss.h"
+#include "models/train/super_res.h"
 #include "models/train/train_step.h"
 
 namespace diffuse::train {
@@ -120,7 +121,11 @@ ag::Var CpuStepper::discrete_loss(const Tensor& x, const Tensor& y, int64_t s, L
                          cfg_.seed, stream_offset(s, Stream::noise), z, eps);
   Tensor target = pred == diffusion::Prediction::eps ? eps
                                                      : diffusion::prediction_target(pred, x, eps, lv.alpha, lv.sigma);
-  ag::Var out = unet_->forward(ag::Var(z), Tensor::from_vector(tf, {B}, device_), y);
+  // A super-resolution model: x's low-resolution image, augmented (super_res.h).
+  nn::LowRes low;
+  if (unet_->config().super_res())
+    low = training_low_res(x, unet_->config(), schedule_, cfg_.timesteps, cfg_.super_res_aug, cfg_.seed, s);
+  ag::Var out = unet_->forward(ag::Var(z), Tensor::from_vector(tf, {B}, device_), y, low);
   const Tensor w = Tensor::from_vector(wf, {B}, device_);
   // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
   if (!learned_variance(cfg_)) return ag::weighted_mse(out, ag::Var(target), w);

@@ -3,7 +3,8 @@
 // Step s: the labels of a class-conditional model, a share of them dropped to the null class for
 // classifier-free guidance; the objective's loss (discrete: timesteps uniform or importance-
 // sampled, z_t and eps from the fused noising kernel, the MSE to the prediction target, Min-SNR
-// weighted or not, or the hybrid loss; vdm: the VDM bound); backward; clipping by global norm;
+// weighted or not, or the hybrid loss, with a super-resolution model's augmented low-resolution
+// input (super_res.h); vdm: the VDM bound); backward; clipping by global norm;
 // AdamW and the EMA in one pass. A step whose loss or gradient norm is not finite changes nothing
 // (the weights, AdamW's state, the EMA and the importance sampler's loss history stay as they
 // were). Each random draw is train_step.h's stream of (seed, s), so a resumed run repeats the

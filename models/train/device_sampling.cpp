@@ -24,6 +24,9 @@ bool device_loop_supports(diffusion::SamplerKind kind, const nn::UNetConfig& une
                           const diffusion::SamplerOptions& o) {
   using diffusion::SamplerKind;
   if (kind != SamplerKind::ddpm && kind != SamplerKind::ddim && kind != SamplerKind::vdm) return false;
+  // The device loop calls the UNet on z_t and t alone: a super-resolution model's low-resolution
+  // input goes the host-driven way.
+  if (unet.super_res()) return false;
   if (unet.num_classes > 0 || o.labels.defined() || o.guidance.cfg_scale != 0 || o.guidance.grad_log_p) return false;
   if (o.z_T.defined() || !o.timesteps.empty() || !o.section_counts.empty()) return false;
   const bool learned = learned_variance(cfg);

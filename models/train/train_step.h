@@ -18,7 +18,15 @@
 
 namespace diffuse::train {
 
-enum class Stream : uint64_t { timesteps = 1, noise = 2, label_drop = 3, dropout = 4, noise0 = 5 };
+enum class Stream : uint64_t {
+  timesteps = 1,
+  noise = 2,
+  label_drop = 3,
+  dropout = 4,
+  noise0 = 5,
+  aug_level = 6,  // super-resolution: each sample's augmentation level s
+  aug_noise = 7,  // super-resolution: the noise eps' of the augmented low-resolution image
+};
 inline constexpr uint64_t kStreamsPerStep = 8;
 
 // The Philox offset of use `u` at step s.

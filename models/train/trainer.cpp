@@ -28,6 +28,7 @@
 #include "models/train/cpu_stepper.h"
 #include "models/train/device_trainer.h"
 #include "models/train/run_folder.h"
+#include "models/train/super_res.h"
 
 namespace fs = std::filesystem;
 
@@ -67,6 +68,32 @@ std::string idx_file(const std::string& dir, const std::string& stem) {
   DF_FAIL("dataset folder ", dir, " has no ", stem, "-ubyte[.gz]");
 }
 
+// "@size" ends a spec: removed from `text` and returned (0 when there is none). An '@' inside a
+// path (one followed by a '/') is part of the path.
+int take_size_suffix(std::string& text, const std::string& spec) {
+  const auto at = text.rfind('@');
+  if (at == std::string::npos || text.find('/', at) != std::string::npos) return 0;
+  const std::string size = text.substr(at + 1);
+  int v = 0;
+  const auto [end, ec] = std::from_chars(size.data(), size.data() + size.size(), v);
+  DF_CHECK(!size.empty() && ec == std::errc() && end == size.data() + size.size() && v >= 1 && v <= 4096,
+           "dataset '", spec, "': the size after '@' must be a whole number of pixels from 1 to 4096, not '", size,
+           "' (images:<dir>@64 resizes every image to 64x64; fashion-mnist@14 area-averages to 14x14)");
+  text = text.substr(0, at);
+  return v;
+}
+
+// A set of fixed-size images area-averaged down to size x size (the native size divided by a power
+// of two: each output pixel the mean of the block it covers, no interpolation to choose).
+data::Dataset area_resized(data::Dataset d, int size, const std::string& spec) {
+  const int64_t H = d.images.size(1), W = d.images.size(2);
+  const int64_t f = H % size == 0 ? H / size : 0;
+  DF_CHECK(H == W && f > 0 && (f & (f - 1)) == 0, "dataset '", spec, "': its ", H, "x", W, " images area-average "
+           "only to their size divided by a power of two (", H, ", ", H / 2, ", ", H / 4, ", ...), not to ", size);
+  if (f > 1) d.images = nn::area_downsample(d.images, static_cast<int>(f));
+  return d;
+}
+
 }  // namespace
 
 data::Dataset load_dataset(const std::string& spec, const std::string& split, const DatasetOptions& options) {
@@ -74,6 +101,12 @@ data::Dataset load_dataset(const std::string& spec, const std::string& split, co
   if (auto colon = spec.find(':'); colon != std::string::npos) {
     kind = spec.substr(0, colon);
     arg = spec.substr(colon + 1);
+  }
+  // A fixed-size source with "@size" (fashion-mnist@14, mnist:<dir>@7): loaded, then area-averaged.
+  if (kind != "images") {
+    std::string plain = spec;
+    if (const int size = take_size_suffix(plain, spec); size > 0)
+      return area_resized(load_dataset(plain, split, options), size, spec);
   }
   DF_CHECK(split == "train" || split == "test", "split '", split, "' (expected train or test)");
   std::string prefix = split == "train" ? "train" : "t10k";
@@ -104,21 +137,11 @@ data::Dataset load_dataset(const std::string& spec, const std::string& split, co
     o.size = options.image_size > 0 ? options.image_size : 64;
     o.channels = options.channels;
     o.class_labels = options.labels;
-    // "@size" ends the spec; an '@' inside the folder's path (one followed by a '/') is part of it.
-    if (auto at = arg.rfind('@'); at != std::string::npos && arg.find('/', at) == std::string::npos) {
-      const std::string size = arg.substr(at + 1);
-      int v = 0;
-      const auto [end, ec] = std::from_chars(size.data(), size.data() + size.size(), v);
-      DF_CHECK(!size.empty() && ec == std::errc() && end == size.data() + size.size() && v >= 1 && v <= 4096,
-               "dataset '", spec, "': the size after '@' must be a whole number of pixels from 1 to 4096, not '",
-               size, "' (images:<dir>@64 resizes every image to 64x64)");
-      o.size = v;
-      arg = arg.substr(0, at);
-    }
+    if (const int size = take_size_suffix(arg, spec); size > 0) o.size = size;
     return with_split(data::load_image_folder(arg, o), "all");
   }
   DF_FAIL("unknown dataset '", spec, "' (expected fashion-mnist[:dir], mnist:<dir>, idx:<images>,<labels>, "
-          "cifar10:<path> or images:<dir>[@size])");
+          "cifar10:<path> or images:<dir>[@size]; any of them with @size)");
 }
 
 namespace {
@@ -179,6 +202,8 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema, bo
   } catch (const Error& e) {
     DF_FAIL(path, ": ", e.what());
   }
+  DF_CHECK(m.unet->config().low_res_size == m.config.super_res, path, ": the UNet's low_res_size (",
+           m.unet->config().low_res_size, ") is not the training config's super_res (", m.config.super_res, ")");
   DF_CHECK(m.unet->config().learn_sigma == learned_variance(m.config), path, ": the UNet ",
            m.unet->config().learn_sigma ? "has" : "has no", " learned variance but the training objective is '",
            enum_name(m.config.objective), "'");
@@ -376,7 +401,20 @@ void write_samples(Run& r, const std::string& name, const TrainCallbacks& cb) {
       for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>(i) % r.unet->config().num_classes;
       o.labels = Tensor::from_vector_i64(labels, {r.cfg.sample_count});
     }
-    diffusion::Denoiser f = make_denoiser(r.unet, r.cfg.timesteps, r.device);
+    diffusion::Denoiser f;
+    if (r.unet->config().super_res()) {
+      // Conditioned on the first training images, area-averaged down and augmented to the level
+      // `diffuse sample --cascade` uses by default (super_res.h).
+      const int64_t n = r.cfg.sample_count, N = r.data.size();
+      Tensor x0 = Tensor::empty(o.shape);
+      for (int64_t i = 0; i < n; ++i) x0.slice(i, i + 1).copy_(r.data.images.slice(i % N, i % N + 1));
+      const Tensor low = nn::area_downsample(x0, r.unet->config().low_res_factor());
+      f = make_sr_denoiser(r.unet, r.cfg.timesteps, r.device,
+                           augment_low_res(low, std::vector<double>(static_cast<size_t>(n), kDefaultAugLevel),
+                                           r.schedule, r.cfg.timesteps, aug_seed(o.seed), 0));
+    } else {
+      f = make_denoiser(r.unet, r.cfg.timesteps, r.device);
+    }
     // vdm: VDM's own ancestral sampler on the (EMA) learned schedule.
     x = r.continuous ? diffusion::sample(diffusion::SamplerKind::vdm, *r.continuous, f, o)
                      : diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);

@@ -99,7 +99,10 @@ double max_abs_diff(const std::vector<float>& a, const Tensor& b) {
 
 // A small class-conditional UNet with random weights, written as `diffuse train` writes a
 // checkpoint: EMA weights under "ema.", live ones under "model.", the configs in the metadata.
-std::string write_tiny_checkpoint(const fs::path& dir, const std::string& objective, uint64_t seed) {
+// super_res: a super-resolution model of the same size (conditioned on a 4x4 image), which the C
+// API refuses.
+std::string write_tiny_checkpoint(const fs::path& dir, const std::string& objective, uint64_t seed,
+                                  bool super_res = false) {
   train::TrainConfig cfg;
   cfg.objective = parse_enum<train::Objective>(objective, "objective");
   cfg.timesteps = 100;
@@ -114,6 +117,10 @@ std::string write_tiny_checkpoint(const fs::path& dir, const std::string& object
   uc.attention_resolutions = {4};
   uc.groups = 4;
   uc.num_classes = 3;
+  if (super_res) {
+    cfg.super_res = uc.low_res_size = 4;
+    uc.low_res_channels = 1;
+  }
   nn::UNet unet(uc, seed);
   std::vector<std::pair<std::string, Tensor>> tensors;
   uint64_t k = 0;
@@ -137,7 +144,7 @@ std::string write_tiny_checkpoint(const fs::path& dir, const std::string& object
                                           {"step", "7"},
                                           {"num_classes", "3"}};
   fs::create_directories(dir);
-  std::string path = (dir / ("tiny_" + objective + ".safetensors")).string();
+  std::string path = (dir / ("tiny_" + objective + (super_res ? "_sr" : "") + ".safetensors")).string();
   write_safetensors_atomic(path, tensors, meta);
   return path;
 }
@@ -519,6 +526,11 @@ TEST_CASE("C API: bad calls return a status and a message that says what was wro
                  {"not a diffuse checkpoint"});
     expect_error([&] { return diffuse_model_load(ckpt.c_str(), "tpu", 0, &m); }, DIFFUSE_ERR_INVALID_ARGUMENT,
                  {"unknown device 'tpu'"});
+    // A super-resolution model: its denoiser would need a low-resolution image the API cannot pass.
+    const std::string sr = write_tiny_checkpoint(dir, "eps", test::next_seed(), true);
+    expect_error([&] { return diffuse_model_load(sr.c_str(), "cpu", 0, &m); }, DIFFUSE_ERR_INVALID_ARGUMENT,
+                 {"is a super-resolution model (4x4 -> 8x8)", "the C API takes ordinary models",
+                  "diffuse sample --cascade"});
     // The spelling is checked before any GPU is asked for, by the parser the CLI uses.
     expect_error([&] { return diffuse_model_load(ckpt.c_str(), "cuda:x", 0, &m); }, DIFFUSE_ERR_INVALID_ARGUMENT,
                  {"unknown device 'cuda:x'", "cpu, cuda, cuda:N or auto"});

@@ -149,7 +149,6 @@ int main(int argc, char** argv) {
     const std::string ckpt = train::train(tc, false);
     diffusers_seeds(root, ckpt, tmp);
     SafeTensors st = read_safetensors(ckpt);
-    fs::remove_all(tmp);
     // Without the optimizer and trainer state, which a load for sampling never reads: half the
     // header to parse, so the fuzzer spends its executions on what the loader checks.
     for (auto it = st.tensors.begin(); it != st.tensors.end();)
@@ -176,6 +175,39 @@ int main(int argc, char** argv) {
     SafeTensors no_meta = st;  // plain safetensors, not a checkpoint
     no_meta.metadata.clear();
     put_st(root / "checkpoint" / "bad_no_metadata.safetensors", no_meta);
+
+    // ---- a super-resolution checkpoint (models/train/super_res.h): 4x4 images conditioned on
+    // their 2x2 area averages (conv_in reads 2 channels; aug.fc1, aug.fc2 embed the level).
+    train::TrainConfig sr = tc;
+    sr.class_cond = false;
+    sr.super_res = 2;
+    sr.super_res_aug = 0.3;
+    sr.dataset = write_idx(tmp / "data", 4);
+    sr.out_dir = (tmp / "sr").string();
+    train::TrainConfig sr28 = sr;  // the configs' seeds are read at 28x28 (corpus_test.cpp)
+    sr28.super_res = 14;
+    put(root / "train_config" / "ok_super_res.json", sr28.to_json().dump());
+    put(root / "unet_config" / "ok_super_res.json", sr.unet_config(4, 1, 0).to_json().dump());
+    SafeTensors srst = read_safetensors(train::train(sr, false));
+    fs::remove_all(tmp);
+    for (auto it = srst.tensors.begin(); it != srst.tensors.end();)
+      it = it->first.rfind("opt.", 0) == 0 || it->first.rfind("trainer.", 0) == 0 ? srst.tensors.erase(it) : std::next(it);
+    put_st(root / "checkpoint" / "ok_super_res.safetensors", srst);
+    SafeTensors disagree = srst;  // the training config's low resolution is not the UNet's
+    nlohmann::json dc = nlohmann::json::parse(disagree.metadata.at("config"));
+    dc["super_res"] = 1;
+    disagree.metadata["config"] = dc.dump();
+    put_st(root / "checkpoint" / "bad_super_res_mismatch.safetensors", disagree);
+    SafeTensors plain = srst;  // an ordinary UNet's config over a super-resolution model's weights
+    nlohmann::json pu = nlohmann::json::parse(plain.metadata.at("unet"));
+    pu.erase("low_res_channels");
+    pu.erase("low_res_size");
+    plain.metadata["unet"] = pu.dump();
+    nlohmann::json pc = nlohmann::json::parse(plain.metadata.at("config"));
+    pc.erase("super_res");
+    pc.erase("super_res_aug");
+    plain.metadata["config"] = pc.dump();
+    put_st(root / "checkpoint" / "bad_super_res_as_plain.safetensors", plain);
   } catch (const Error& e) {
     std::fprintf(stderr, "make_fuzz_seeds: %s\n", e.what());
     return 1;

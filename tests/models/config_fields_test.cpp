@@ -38,6 +38,7 @@ TEST_CASE("training config fields: every key round-trips; the keys written only 
                             {"ema_warmup", false},       {"batch", 3},
                             {"steps", 11},               {"epochs", 1.5},
                             {"class_cond", true},        {"label_dropout", 0.2},
+                            {"super_res", 14},           {"super_res_aug", 0.5},
                             {"dataset", "mnist:/data"},  {"flip", true},
                             {"seed", 18446744073709551615ull}, {"device", "cuda:1"},
                             {"bf16", false},             {"cuda_graph", false},
@@ -56,7 +57,8 @@ TEST_CASE("training config fields: every key round-trips; the keys written only 
   const nlohmann::json back = TrainConfig::from_json(ranged).to_json();
   for (const char* k : {"beta_start", "beta_end", "variance", "objective"}) CHECK(back.at(k) == ranged.at(k));
   const nlohmann::json plain = TrainConfig{}.to_json();
-  for (const char* k : {"beta_start", "beta_end", "betas", "variance", "t_sampling"}) CHECK_FALSE(plain.contains(k));
+  for (const char* k : {"beta_start", "beta_end", "betas", "variance", "t_sampling", "super_res", "super_res_aug"})
+    CHECK_FALSE(plain.contains(k));
 }
 
 TEST_CASE("training config fields: an unknown key, a wrong type and a value out of range are refused naming the key",
@@ -74,7 +76,8 @@ TEST_CASE("training config fields: an unknown key, a wrong type and a value out 
       {"preset", "huge"}, {"model", {1, 2}},     {"timesteps", 1},       {"beta_start", 0.0},
       {"beta_end", 1.0},  {"betas", {0.5, 1.5}}, {"lr", 0.0},            {"ema_decay", 1.0},
       {"batch", 0},       {"steps", 0},          {"epochs", -1.0},       {"label_dropout", 1.0},
-      {"device", "gpu"},  {"log_every", 0},      {"sample_count", 0},    {"sample_steps", 0}};
+      {"device", "gpu"},  {"log_every", 0},      {"sample_count", 0},    {"sample_steps", 0},
+      {"super_res", -1},  {"super_res_aug", 1.5}};
   std::set<std::string> covered;
   for (const auto& [key, value] : cases) {
     INFO(key << " = " << value.dump());

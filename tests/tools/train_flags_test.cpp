@@ -38,6 +38,7 @@ TEST_CASE("CLI: train refuses a flag's value outside its field's range, naming t
       {"--timesteps", "1", "must be at least 2"}, {"--log-every", "0", "must be at least 1"},
       {"--lr", "-1", "must be positive"},          {"--ema-decay", "1", "must be in [0, 1)"},
       {"--beta-start", "1.5", "must be in (0, 1)"}, {"--variance", "large", "beta_tilde, beta or learned"},
+      {"--super-res-aug", "1.5", "must be in [0, 1]"}, {"--super-res", "-2", "must be at least 0"},
   };
   int k = 0;
   for (const auto& c : cases) {
