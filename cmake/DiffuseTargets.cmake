@@ -274,6 +274,12 @@ if(DIFFUSE_BENCH)
       add_test(NAME bench.e2e.sim COMMAND e2e --once --preset tiny --batch 2 --sample-batch 2,1 --sample-steps 2)
       set_tests_properties(bench.e2e.sim PROPERTIES LABELS sim TIMEOUT 900 ENVIRONMENT "OMP_NUM_THREADS=2")
     endif()
+    # ... and every case of the kernel benchmark once at small shapes (kernels --once): each launch and
+    # cuBLAS / cuBLASLt call it makes, against the simulation's bounds, race and stream checks.
+    if(TARGET kernels AND DIFFUSE_CUDA_SIM)
+      add_test(NAME bench.kernels.sim COMMAND kernels --once)
+      set_tests_properties(bench.kernels.sim PROPERTIES LABELS sim TIMEOUT 900)
+    endif()
   endif()
 endif()
 
