@@ -428,10 +428,10 @@ struct HeunStages {
 //   x_next = rho x_m + (1 - rho - c) D0 + c D_m,  c = 2 (1 - (1 - e^{-h})/h).
 // Measured against the exact answer at equal calls (docs/diffusion.md, "Sampler accuracy"), the
 // rules it replaced lost to DDIM at 10 calls on the geometric grids (logsnr, karras), whose sigma
-// shrinks 5-10x a step there: EDM's trapezoid in sigma (Karras et al. 2022, Algorithm 1), which
+// shrinks 6x-11x a step there: EDM's trapezoid in sigma (Karras et al. 2022, Algorithm 1), which
 // weighs the slope at sn by the whole step, by up to 13x; the same exponential step with the
-// second stage at sn (a trapezoid on D) by up to 1.5x; and DPM-Solver++(2S)'s own weights,
-// (1 - e^{-h}) D_m, drew level there and were 2-3x less accurate than these at 20-50 calls.
+// second stage at sn (a trapezoid on D) by up to 1.5x. DPM-Solver++(2S)'s own weights (Algorithm
+// 1, (1 - e^{-h}) D_m) drew level there and were 1.3x-3x less accurate than these at 20-50 calls.
 //
 // Onto sigma = 0, h is infinite and the lambda-midpoint is sigma = 0 itself; but in sigma the step
 // is finite and dx/dsigma = (x - D)/sigma smooth, so it is the midpoint rule in sigma: sm = sigma/2,
