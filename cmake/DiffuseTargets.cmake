@@ -199,7 +199,7 @@ if(DIFFUSE_TESTS)
         set(label sim)
       endif()
       add_test(NAME ${dir}.${label} COMMAND ${exe} "[${tier}]")
-      set_tests_properties(${dir}.${label} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77 TIMEOUT 900
+      set_tests_properties(${dir}.${label} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77 TIMEOUT ${DIFFUSE_TEST_TIMEOUT}
                            ENVIRONMENT "OMP_NUM_THREADS=2")
     endforeach()
   endfunction()
@@ -252,13 +252,18 @@ if(DIFFUSE_BENCH)
     set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
   endforeach()
   # The benchmarks' no-GPU path, on every machine: CUDA_VISIBLE_DEVICES=-1 hides any GPU, and each
-  # program must print exactly one line saying so and exit 0.
+  # program must print exactly one line saying so and exit 0. On the simulated device these are
+  # also sim-tier tests: they run the device discovery's no-device path against the runtime.
+  set(no_gpu_labels cpu)
+  if(DIFFUSE_CUDA_SIM)
+    set(no_gpu_labels "cpu;sim")
+  endif()
   if(DIFFUSE_TESTS)
     foreach(name kernels e2e)
       if(TARGET ${name})
         add_test(NAME bench.${name}.no_gpu
                  COMMAND ${CMAKE_SOURCE_DIR}/bench/check_no_gpu.sh $<TARGET_FILE:${name}> ${name})
-        set_tests_properties(bench.${name}.no_gpu PROPERTIES LABELS cpu ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1"
+        set_tests_properties(bench.${name}.no_gpu PROPERTIES LABELS "${no_gpu_labels}" ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1"
                              TIMEOUT 120)
       endif()
     endforeach()

@@ -45,6 +45,13 @@ TEST_CASE("a cuBLAS check reports the CUDA error pending at its call", "[cpu][co
   }
 }
 
+TEST_CASE("the runtime and driver report their versions", "[cuda][core]") {
+  if (!cuda_available()) return;
+  // `diffuse info` prints them; 0 would mean the query failed. CUDA writes 1000 major + 10 minor.
+  CHECK(cuda_runtime_version() >= 12000);
+  CHECK(cuda_driver_version() >= cuda_runtime_version());
+}
+
 TEST_CASE("a failed runtime check clears the error it reports", "[cuda][core][reliability]") {
   if (!cuda_available()) return;
   auto bad = [] { DF_CUDA_CHECK(cudaSetDevice(9999)); };

@@ -257,6 +257,18 @@ void matmul_linear_cases(Device d) {
       check_close("matmul da", got.da, want.da, 0, 0);
       check_close("matmul db", got.db, want.db, 0, 0);
     }
+    for (int64_t Bt : {int64_t{0}, int64_t{2}}) {
+      // An empty inner dimension (K = 0): y is the empty sum, 0, on every device (cuBLASLt refuses
+      // K = 0, so the GPU path fills y itself, per batch); the output is poisoned first.
+      INFO("matmul K = 0, " << dtype_name(t) << " batch " << Bt);
+      const Shape as = Bt ? Shape{Bt, 4, 0} : Shape{4, 0}, bs = Bt ? Shape{Bt, 0, 6} : Shape{0, 6};
+      const Shape ys = Bt ? Shape{Bt, 4, 6} : Shape{4, 6};
+      poison_next_allocations(d, {{ys, t}});
+      const Tensor y = matmul_forward(on(Tensor::empty(as)), on(Tensor::empty(bs)));
+      REQUIRE(y.shape() == ys);
+      const std::vector<float> v = y.to(DType::f32).to(Device::cpu()).to_vector();
+      CHECK(v == std::vector<float>(v.size(), 0.f));
+    }
     for (bool with_bias : {false, true}) {
       const int64_t B = 3, T = 7, In = 29, Out = 11;  // x (B, T, In): M = 21 rows
       INFO("linear " << dtype_name(t) << (with_bias ? " with bias" : "") << ", seed " << test::run_seed());
