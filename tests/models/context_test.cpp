@@ -13,6 +13,7 @@
 
 #include "autograd/gradcheck.h"
 #include "models/data/dataset.h"
+#include "models/interop/diffusers.h"
 #include "models/nn/unet.h"
 #include "tests/test_util.h"
 
@@ -240,4 +241,6 @@ TEST_CASE("the cross-attention config keys: JSON round trip and refusals", "[cpu
   plain.erase("context_resolutions");
   plain["contex_dim"] = 8;
   CHECK_THROWS_WITH(UNetConfig::from_json(plain), Catch::Contains("unknown key 'contex_dim'"));
+  // diffusers' UNet2DModel has no cross-attention: the export refuses, naming the key.
+  CHECK_THROWS_WITH(interop::diffusers_config_from_unet(c), Catch::Contains("context_dim = 5"));
 }
