@@ -95,8 +95,18 @@ TEST_CASE("a cross-attention model needs class names and labels", "[cpu][tools]"
   CHECK_THROWS_WITH(train::train(c, false), Catch::Contains("names no classes"));
   c.class_cond = false;
   CHECK_THROWS_WITH(train::train(c, false), Catch::Contains("--class-cond"));
-  // Names given as model keys instead.
+  // The GPU training step takes no class-conditional model, so none with cross-attention: auto
+  // with a GPU trains on the cpu and says why; an explicit GPU is refused, naming the flag.
   c.class_cond = true;
+  c.device = "auto";
+  CHECK(train::device_step_unsupported(c) == "--class-cond");
+  const train::TrainingDevice d = train::choose_training_device(c, /*cuda_available=*/true);
+  CHECK(d.device == Device::cpu());
+  CHECK_THAT(d.note, Catch::Contains("--class-cond"));
+  c.device = "cuda";
+  CHECK_THROWS_WITH(train::choose_training_device(c, true), Catch::Contains("not supported by the GPU training step"));
+  c.device = "cpu";
+  // Names given as model keys instead.
   c.out_dir = (dir / "named");
   c.model["class_names"] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"};
   CHECK_NOTHROW(train::train(c, false));
