@@ -29,6 +29,7 @@ struct SampleArgs {
   double snr = 0.16;
   double guidance = 0;
   int label = -1;
+  std::optional<std::string> prompt;
   std::string classifier;
   double classifier_scale = 1;
   int batch = 64;
@@ -56,6 +57,7 @@ void register_sample(CLI::App& root) {
   CLI::Option* snr_opt = cmd->add_option("--snr", a->snr, "langevin and pc: the signal-to-noise ratio r of the Langevin step size (langevin: h = 2 alpha (r sigma_t)^2; pc: h = 2 alpha (r ||z|| / ||score||)^2; Song et al. 2021)")->capture_default_str();
   cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
   cmd->add_option("--class", a->label, "class label for a class-conditional model or for --classifier (-1: cycle through the classes)")->capture_default_str();
+  cmd->add_option_function<std::string>("--prompt", [a](const std::string& text) { a->prompt = text; }, "a cross-attention model (context_dim > 0): condition every image on these words, split at spaces and '/' like the class names they come from (\"ankle boot\"); a word the model does not know is refused with the list it knows; \"\" is the null context (unconditional). --guidance applies as with --class. No labels.csv is written");
   cmd->add_option("--classifier", a->classifier, "classifier guidance (Dhariwal & Nichol 2021): a noise-aware classifier from `diffuse train-classifier` steers every step towards --class with the gradient of log p(class | z_t), on any sampler and any model, conditional or not");
   cmd->add_option("--classifier-scale", a->classifier_scale, "the scale s of classifier guidance: eps <- eps - s sigma_t grad log p(y | z_t)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "images per forward pass")->capture_default_str();
@@ -104,7 +106,17 @@ void register_sample(CLI::App& root) {
       DF_CHECK(uc.num_classes == 0 || uc.num_classes == clf->net->num_classes(), "the classifier has ",
                clf->net->num_classes(), " classes, the model ", uc.num_classes);
     }
-    const int classes = clf ? clf->net->num_classes() : uc.num_classes;
+    // A prompt's token ids, the same for every image (UNet::forward takes (B, context_tokens) ids
+    // where labels go); its unconditional branch is the null context, every token the pad.
+    std::vector<int64_t> prompt_ids;
+    if (a->prompt) {
+      DF_CHECK(uc.has_context(), "--prompt needs a cross-attention model (trained with the model key context_dim); ",
+               a->checkpoint, uc.num_classes > 0 ? " is conditioned on class labels: give --class" : " is unconditional");
+      DF_CHECK(a->label < 0, "give --prompt or --class, not both");
+      DF_CHECK(!clf, "--classifier guides towards a --class; it does not read --prompt");
+      prompt_ids = uc.tokenize(*a->prompt);
+    }
+    const int classes = a->prompt ? 0 : clf ? clf->net->num_classes() : uc.num_classes;
     DF_CHECK(a->label < classes, "--class ", a->label, ": ",
              classes ? "there are " + std::to_string(classes) + " classes" : std::string("the model has no classes (give --classifier)"));
     // A discrete objective's DDPM betas, or a vdm model's continuous (learned or linear log-SNR)
@@ -143,7 +155,16 @@ void register_sample(CLI::App& root) {
       o.snr = a->snr;
       if (ancestral) o.variance = variance;
       o.spacing = spacing;
-      if (classes > 0) {
+      if (a->prompt) {
+        const int64_t L = uc.context_tokens;
+        std::vector<int64_t> ids;
+        for (int i = 0; i < n; ++i) ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
+        o.labels = Tensor::from_vector_i64(ids, {n, L});
+        if (a->guidance != 0) {
+          o.guidance.cfg_scale = a->guidance;
+          o.guidance.null_labels = Tensor::zeros({n, L}, DType::i64);
+        }
+      } else if (classes > 0) {
         std::vector<int64_t> l(static_cast<size_t>(n));
         for (int i = 0; i < n; ++i) l[i] = a->label >= 0 ? a->label : (start + i) % classes;
         o.labels = Tensor::from_vector_i64(l, {n});

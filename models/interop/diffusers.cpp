@@ -295,6 +295,9 @@ json diffusers_config_from_unet(const nn::UNetConfig& c) {
     DF_FAIL("cannot export UNet config ", key, " = ", v.dump(), " as a diffusers UNet2DModel: ", why);
   };
   if (c.rescale_residual) refuse_export("rescale_residual", true, "UNet2DModel's blocks do not rescale");
+  if (c.has_context())
+    refuse_export("context_dim", c.context_dim, "UNet2DModel has no cross-attention (its conditional sibling, "
+                  "UNet2DConditionModel, is not exported)");
   if (!c.conv_resample && !c.resblock_updown)
     refuse_export("conv_resample", false, "UNet2DModel's down and up blocks resample with convolutions");
   const size_t L = c.channel_mult.size();

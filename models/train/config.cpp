@@ -238,12 +238,20 @@ void TrainConfig::validate() const {
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
 }
 
-nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_classes) const {
+nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_classes,
+                                        const std::vector<std::string>& class_names) const {
   nlohmann::json j = nn::UNetConfig::preset(preset).to_json();
   j["image_size"] = image_size;
   j["in_channels"] = channels;
   j["out_channels"] = channels;
   j["num_classes"] = class_cond ? num_classes : 0;
+  if (model.contains("context_dim") && model.at("context_dim") != 0 && !model.contains("class_names")) {
+    DF_CHECK(class_cond, "training config: model key context_dim makes a cross-attention model, which conditions on "
+             "the words of the class names: train it with --class-cond");
+    DF_CHECK(!class_names.empty(), "training config: model key context_dim: the data set names no classes (a "
+             "cross-attention model conditions on their words; give the model key class_names)");
+    j["class_names"] = class_names;
+  }
   for (auto it = model.begin(); it != model.end(); ++it) j[it.key()] = it.value();
   // The objective decides the output channels: the hybrid loss trains a learned variance, 2C
   // channels (eps, then the variance); every other objective regresses C. A preset's learn_sigma

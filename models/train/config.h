@@ -130,7 +130,11 @@ struct TrainConfig {
   // Each field's own requirement (config_fields.h), then those across fields (a schedule with its
   // objective, the betas with the schedule, ...); throws naming the key.
   void validate() const;
-  nn::UNetConfig unet_config(int image_size, int channels, int num_classes) const;
+  // The model the run trains: the preset, the data's image size, channels and classes, then the
+  // `model` keys. A cross-attention model (model key context_dim) takes the data set's class names
+  // (and their words as its vocabulary) unless the model keys give class_names.
+  nn::UNetConfig unet_config(int image_size, int channels, int num_classes,
+                             const std::vector<std::string>& class_names = {}) const;
 };
 
 // Which device a training run uses, decided from the requested spec, whether a GPU answers, and

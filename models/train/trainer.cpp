@@ -283,7 +283,7 @@ void open(Run& r, const TrainCallbacks& cb) {
            "; the UNet needs square images");
   DF_CHECK(!cfg.class_cond || r.data.num_classes > 0, "--class-cond: dataset ", cfg.dataset, " has no labels");
   r.unet = std::make_shared<nn::UNet>(cfg.unet_config(static_cast<int>(ishape[1]), static_cast<int>(ishape[3]),
-                                                      r.data.num_classes),
+                                                      r.data.num_classes, r.data.class_names),
                                       cfg.seed);
   r.unet->to(r.device);
   r.unet->train();

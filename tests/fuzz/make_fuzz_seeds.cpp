@@ -149,12 +149,32 @@ int main(int argc, char** argv) {
     const std::string ckpt = train::train(tc, false);
     diffusers_seeds(root, ckpt, tmp);
     SafeTensors st = read_safetensors(ckpt);
-    fs::remove_all(tmp);
     // Without the optimizer and trainer state, which a load for sampling never reads: half the
     // header to parse, so the fuzzer spends its executions on what the loader checks.
-    for (auto it = st.tensors.begin(); it != st.tensors.end();)
-      it = it->first.rfind("opt.", 0) == 0 || it->first.rfind("trainer.", 0) == 0 ? st.tensors.erase(it) : std::next(it);
+    auto model_only = [](SafeTensors& s) {
+      for (auto it = s.tensors.begin(); it != s.tensors.end();)
+        it = it->first.rfind("opt.", 0) == 0 || it->first.rfind("trainer.", 0) == 0 ? s.tensors.erase(it) : std::next(it);
+    };
+    model_only(st);
     put_st(root / "checkpoint" / "ok_tiny.safetensors", st);
+
+    // The same model with cross-attention: a context of 2 tokens of 4 channels over the words of
+    // two class names, a SpatialTransformer in the middle block. Its config carries the class
+    // names and the vocabulary, which the loader reads back; a vocabulary of one more word than
+    // the weights have rows for must be refused.
+    tc.model["context_dim"] = 4;
+    tc.model["context_tokens"] = 2;
+    tc.model["class_names"] = {"Ankle boot", "T-shirt/top"};
+    tc.out_dir = (tmp / "context").string();
+    SafeTensors ctx = read_safetensors(train::train(tc, false));
+    fs::remove_all(tmp);
+    model_only(ctx);
+    put_st(root / "checkpoint" / "ok_context.safetensors", ctx);
+    SafeTensors more_words = ctx;
+    nlohmann::json cu = nlohmann::json::parse(more_words.metadata.at("unet"));
+    cu["vocabulary"].push_back("sandal");
+    more_words.metadata["unet"] = cu.dump();
+    put_st(root / "checkpoint" / "bad_context_vocabulary.safetensors", more_words);
 
     // The refusals a loader must give for a file that is a checkpoint, but not of this model.
     SafeTensors missing = st;  // a weight is missing
