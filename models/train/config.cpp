@@ -233,6 +233,10 @@ void TrainConfig::validate() const {
              objective == Objective::hybrid ? "learns its variance" : "samples with VDM's own steps",
              " (leave variance out)");
   }
+  // A mirrored image's latent is not the mirrored latent: flipping latents would train on data
+  // the autoencoder never produces.
+  DF_CHECK(c.autoencoder.empty() || !c.flip, "training config: flip with an autoencoder: the latents are computed "
+           "once from the unflipped images; train without --flip");
   DF_CHECK(objective != Objective::vdm || c.loss_weight == LossWeight::none, "training config: loss_weight '",
            enum_name(c.loss_weight),
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
@@ -272,6 +276,9 @@ std::string device_step_unsupported(const TrainConfig& c) {
   // cannot) and regresses one target with a weighted MSE: no VLB term (hybrid), no continuous
   // time and learned schedule (vdm).
   if (c.class_cond) return "--class-cond";
+  // The latents, the scale and the decoded grids are the cpu trainer's; the device step is not
+  // tested on them.
+  if (!c.autoencoder.empty()) return "--autoencoder";
   if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
   const Objective o = c.objective;
   if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + std::string(enum_name(o));
