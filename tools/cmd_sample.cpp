@@ -49,7 +49,7 @@ struct SampleArgs {
 void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
   auto a = std::make_shared<SampleArgs>();
-  cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
+  cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train` (a latent model's, trained with --autoencoder, is sampled on its latents and decoded by the autoencoder it holds)")->required();
   add_enum_option(cmd, "--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun, vdm, langevin (annealed Langevin dynamics over --steps noise levels) or pc (predictor-corrector: the ddpm step after --corrector-steps Langevin steps) (ddpm and pc use the model's variance: beta_tilde, beta as its config says, or a hybrid model's learned one; all take a vdm model's continuous, possibly learned, schedule)");
   cmd->add_option("--steps", a->steps, "sampling steps (langevin: noise levels; pc: predictor steps)")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();

@@ -376,7 +376,7 @@ void open(Run& r, const SafeTensors* resumed, const TrainCallbacks& cb) {
     unet_config = cfg.unet_config(static_cast<int>(ishape[1]), static_cast<int>(ishape[3]), r.data.num_classes);
   } catch (const Error& e) {
     if (!r.ae) throw;
-    DF_FAIL(e.message(), " (the UNet's input are the autoencoder's ", ishape[1], "x", ishape[2], "x", ishape[3],
+    DF_FAIL(e.message(), " (the UNet's inputs are the autoencoder's ", ishape[1], "x", ishape[2], "x", ishape[3],
             " latents: choose a preset whose levels fit them, e.g. --preset latent for 7x7, or give --model "
             "'{\"channel_mult\": [1]}')");
   }
