@@ -235,8 +235,13 @@ void TrainConfig::validate() const {
   }
   // A mirrored image's latent is not the mirrored latent: flipping latents would train on data
   // the autoencoder never produces.
-  DF_CHECK(c.autoencoder.empty() || !c.flip, "training config: flip with an autoencoder: the latents are computed "
-           "once from the unflipped images; train without --flip");
+  DF_CHECK(c.autoencoder.empty() || !c.flip, "training config: flip with an autoencoder: the latents are the "
+           "encodings of the unflipped images; train without --flip");
+  // hybrid's VLB and vdm's bound end in a decoder of 8-bit pixels in [-1, 1] (the discretised
+  // Gaussian, VDM's 256-level softmax): a latent is not one.
+  DF_CHECK(c.autoencoder.empty() || (objective != Objective::hybrid && objective != Objective::vdm),
+           "training config: objective ", enum_name(objective), " with an autoencoder: its likelihood term decodes "
+           "8-bit pixels, which latents are not; latent diffusion trains eps, x0 or v");
   DF_CHECK(objective != Objective::vdm || c.loss_weight == LossWeight::none, "training config: loss_weight '",
            enum_name(c.loss_weight),
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");

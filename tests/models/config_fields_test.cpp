@@ -62,6 +62,14 @@ TEST_CASE("training config fields: every key round-trips; the keys written only 
   nlohmann::json flipped = latent;
   flipped["flip"] = true;
   CHECK_THROWS_WITH(TrainConfig::from_json(flipped), Contains("flip with an autoencoder"));
+  for (const char* objective : {"hybrid", "vdm"}) {
+    nlohmann::json bound = latent;
+    bound["objective"] = objective;
+    CHECK_THROWS_WITH(TrainConfig::from_json(bound), Contains("with an autoencoder"));
+  }
+  nlohmann::json v = latent;
+  v["objective"] = "v";
+  CHECK_NOTHROW(TrainConfig::from_json(v));
   const nlohmann::json plain = TrainConfig{}.to_json();
   for (const char* k : {"beta_start", "beta_end", "betas", "variance", "t_sampling", "autoencoder"})
     CHECK_FALSE(plain.contains(k));
