@@ -1,7 +1,10 @@
 // make_fuzz_seeds: writes the seeds that only the library can produce, into the corpus folders
 // under tests/corpus: a real (tiny) checkpoint and its broken variants, the same model as a
-// diffusers folder with each scheduler configuration, and the configs of the presets. Run from the
-// repository root after changing the checkpoint format or the configs:
+// diffusers folder with each scheduler configuration, an autoencoder checkpoint and a latent
+// diffusion checkpoint with their broken variants, and the configs of the presets. Run from the
+// repository root after changing the checkpoint format or the configs (the checkpoints' configs
+// name a temporary folder, so every run rewrites them; commit only the files that changed for a
+// reason):
 //   build-fuzz/fuzz/make_fuzz_seeds tests/corpus
 // ok_* files must load and bad_* files must be refused (tests/models/corpus_test.cpp checks both).
 #include <unistd.h>
