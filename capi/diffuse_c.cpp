@@ -444,6 +444,10 @@ diffuse_status diffuse_model_load(const char* checkpoint_path, const char* devic
       // std::stoll on a damaged "step" and the like: still a bad file, not a bug.
       fail(DIFFUSE_ERR_IO, checkpoint_path, ": malformed checkpoint (", e.what(), ")");
     }
+    // The C API returns what the UNet draws; a latent model's draws would need its decoder.
+    if (m->loaded.autoencoder)
+      fail(DIFFUSE_ERR_UNSUPPORTED, checkpoint_path, ": a latent diffusion model (trained with --autoencoder); "
+           "the C API does not decode latents yet: sample it with `diffuse sample`");
     m->denoiser = train::make_denoiser(m->loaded.unet, m->loaded.config.timesteps, dev);
     *out = m.release();
   });

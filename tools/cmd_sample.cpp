@@ -9,6 +9,7 @@
 #include "core/file_io.h"
 #include "core/image_io.h"
 #include "models/diffusion/sampler.h"
+#include "models/train/autoencoder_trainer.h"
 #include "models/train/classifier.h"
 #include "models/train/device_sampling.h"
 #include "models/train/trainer.h"
@@ -49,7 +50,7 @@ struct SampleArgs {
 void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint");
   auto a = std::make_shared<SampleArgs>();
-  cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train`")->required();
+  cmd->add_option("checkpoint", a->checkpoint, "checkpoint.safetensors written by `diffuse train` (a latent model's, trained with --autoencoder, is sampled on its latents and decoded by the autoencoder it holds)")->required();
   add_enum_option(cmd, "--sampler", a->sampler, "ddpm, ddim, dpm++2m, euler, heun, vdm, langevin (annealed Langevin dynamics over --steps noise levels) or pc (predictor-corrector: the ddpm step after --corrector-steps Langevin steps) (ddpm and pc use the model's variance: beta_tilde, beta as its config says, or a hybrid model's learned one; all take a vdm model's continuous, possibly learned, schedule)");
   cmd->add_option("--steps", a->steps, "sampling steps (langevin: noise levels; pc: predictor steps)")->capture_default_str();
   cmd->add_option("--eta", a->eta, "DDIM eta (0: deterministic)")->capture_default_str();
@@ -93,6 +94,11 @@ void register_sample(CLI::App& root) {
                    a->checkpoint.c_str(), m.nonfinite.size(), m.nonfinite[0].c_str(), m.nonfinite.size() > 1 ? ", ..." : "");
     const nn::UNetConfig& uc = m.unet->config();
     DF_CHECK(a->guidance == 0 || uc.num_classes > 0, "--guidance needs a class-conditional model (trained with --class-cond)");
+    // A latent model (train --autoencoder) draws latents: every sampler runs on them unchanged,
+    // and its autoencoder decodes them to images at the end.
+    const bool latent = m.autoencoder != nullptr;
+    DF_CHECK(!latent || a->classifier.empty(), a->checkpoint, " is a latent diffusion model; --classifier guides with "
+             "a classifier of images, which cannot score its latents");
     std::shared_ptr<train::LoadedClassifier> clf;
     if (!a->classifier.empty()) {
       DF_CHECK(std::isfinite(a->classifier_scale), "--classifier-scale must be a finite number");
@@ -149,7 +155,7 @@ void register_sample(CLI::App& root) {
       o.seed = a->seed + static_cast<uint64_t>(start) * 0x9E3779B97F4A7C15ull;
       o.steps = a->steps;
       o.prediction = pred;
-      o.clip_x0 = !a->no_clip;
+      o.clip_x0 = !a->no_clip && !latent;  // latents have no [-1, 1] range to clip to
       o.eta = a->eta;
       o.corrector_steps = a->corrector_steps;
       o.snr = a->snr;
@@ -190,6 +196,7 @@ void register_sample(CLI::App& root) {
       all.slice(row, row + p.size(0)).copy_(p);
       row += p.size(0);
     }
+    if (latent) all = train::decode_latents(*m.autoencoder, all, m.latent_scale, a->batch);
     if (!a->grid.empty()) {
       write_png_grid(a->grid, all, a->upscale);
       std::printf("wrote %s (%d images, %s, %d steps, seed %llu%s)\n", a->grid.c_str(), a->count, std::string(enum_name(kind)).c_str(),

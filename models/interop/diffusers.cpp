@@ -794,6 +794,8 @@ DiffusersModel import_diffusers(const std::string& dir, const std::string& out) 
 
 void export_diffusers(const std::string& checkpoint, const std::string& dir) {
   const train::LoadedModel lm = train::load_checkpoint(checkpoint, Device::cpu(), /*ema=*/true);
+  DF_CHECK(lm.autoencoder == nullptr, checkpoint, " is a latent diffusion model; export-diffusers writes a "
+           "UNet2DModel alone, and its autoencoder has no diffusers counterpart here yet");
   const nn::UNetConfig& c = lm.unet->config();
   json cfg;
   json sched;

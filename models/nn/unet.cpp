@@ -238,7 +238,9 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
   return c;
 }
 
-std::vector<std::string> UNetConfig::preset_names() { return {"ddpm-cifar10", "fmnist", "tiny", "imagenet64"}; }
+std::vector<std::string> UNetConfig::preset_names() {
+  return {"ddpm-cifar10", "fmnist", "tiny", "imagenet64", "latent"};
+}
 
 UNetConfig UNetConfig::preset(const std::string& name) {
   UNetConfig c;
@@ -295,6 +297,20 @@ UNetConfig UNetConfig::preset(const std::string& name) {
     c.groups = 32;
     c.scale_shift_norm = true;
     c.learn_sigma = true;
+  } else if (name == "latent") {
+    // The CPU model of latent diffusion on 7x7x4 latents (train-autoencoder's default, f = 4 on
+    // 28x28): 7 is odd, so one level without downsampling, its width spent on two blocks per level
+    // and attention over the 49 positions. image_size and the channels follow the latents.
+    c.in_channels = c.out_channels = 4;
+    c.image_size = 7;
+    c.base_channels = 64;
+    c.channel_mult = {1};
+    c.num_res_blocks = 2;
+    c.attention_resolutions = {7};
+    c.head_channels = 32;
+    c.dropout = 0.f;
+    c.groups = 16;
+    c.scale_shift_norm = true;
   } else {
     std::string all;
     for (auto& n : preset_names()) all += (all.empty() ? "" : ", ") + n;

@@ -120,6 +120,7 @@ struct UNetConfig {
   //   fmnist        28x28x1 on a GPU
   //   tiny          28x28x1 for CPU training
   //   imagenet64    improved DDPM's ImageNet 64x64 model (learned sigma, scale-shift, updown)
+  //   latent        7x7x4 latents of the default autoencoder (latent diffusion on the cpu)
   static UNetConfig preset(const std::string& name);
   static std::vector<std::string> preset_names();
 };

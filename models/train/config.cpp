@@ -233,6 +233,15 @@ void TrainConfig::validate() const {
              objective == Objective::hybrid ? "learns its variance" : "samples with VDM's own steps",
              " (leave variance out)");
   }
+  // A mirrored image's latent is not the mirrored latent: flipping latents would train on data
+  // the autoencoder never produces.
+  DF_CHECK(c.autoencoder.empty() || !c.flip, "training config: flip with an autoencoder: the latents are the "
+           "encodings of the unflipped images; train without --flip");
+  // hybrid's VLB and vdm's bound end in a decoder of 8-bit pixels in [-1, 1] (the discretised
+  // Gaussian, VDM's 256-level softmax): a latent is not one.
+  DF_CHECK(c.autoencoder.empty() || (objective != Objective::hybrid && objective != Objective::vdm),
+           "training config: objective ", enum_name(objective), " with an autoencoder: its likelihood term decodes "
+           "8-bit pixels, which latents are not; latent diffusion trains eps, x0 or v");
   DF_CHECK(objective != Objective::vdm || c.loss_weight == LossWeight::none, "training config: loss_weight '",
            enum_name(c.loss_weight),
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
@@ -280,6 +289,9 @@ std::string device_step_unsupported(const TrainConfig& c) {
   // cannot) and regresses one target with a weighted MSE: no VLB term (hybrid), no continuous
   // time and learned schedule (vdm).
   if (c.class_cond) return "--class-cond";
+  // The latents, the scale and the decoded grids are the cpu trainer's; the device step is not
+  // tested on them.
+  if (!c.autoencoder.empty()) return "--autoencoder";
   if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
   const Objective o = c.objective;
   if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + std::string(enum_name(o));

@@ -110,6 +110,12 @@ struct TrainConfig {
   // data
   std::string dataset = "fashion-mnist";  // fashion-mnist | mnist:<dir> | cifar10:<dir> | images:<dir>
   bool flip = false;
+  // Latent diffusion (Rombach et al. 2022): an autoencoder checkpoint of `diffuse
+  // train-autoencoder`. Each batch is encoded to its posterior means, scaled to unit variance by a
+  // factor measured on the data (LDM's scale_factor), and the UNet is trained on those latents;
+  // the checkpoint stores the autoencoder and the factor, so sampling decodes without this file.
+  // Written only when set.
+  std::string autoencoder;
   // run
   uint64_t seed = 0;
   std::string device = "auto";
