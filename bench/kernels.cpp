@@ -3,7 +3,7 @@
 // side of the same ops and shapes is bench/torch_kernels.py; bench/kernels.sh runs both and prints
 // the ratios against the kernels' targets (listed there).
 //
-//   build/bench/kernels [--only SUBSTRING] [--warmup 10] [--iters 50] [--json out.json] [--help]
+//   build/bench/kernels [--only SUBSTRING] [--warmup 10] [--iters 50] [--json out.json] [--once] [--help]
 //
 // Shapes: the DDPM CIFAR-10 UNet at batch 128 (32x32x128 and 16x16x256 feature maps, images
 // 32x32x3, 35.7M parameters) and a 64x64 model at batch 32 (64x64x128 maps, images 64x64x3).
@@ -22,7 +22,14 @@
 //
 // Without a GPU it prints one line saying so and exits 0 (the device check is core/device.h's,
 // as in bench/e2e).
+//
+// --once: a correctness run, not a measurement (the simulated device's ctest entry
+// bench.kernels.sim): every case once, at small shapes of the same structure (odd sizes, batch 2;
+// the tiny preset's parameters for AdamW), with no L2 flush and without the two ceilings (a 1 GiB
+// copy and an 8192^3 GEMM), so that every launch and library call of this program runs against the
+// simulated device's bounds and stream checks in seconds. Its timings mean nothing.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
@@ -68,6 +75,7 @@ struct Options {
   std::string only;
   int warmup = 10, iters = 50;
   std::string json_path;
+  bool once = false;
 };
 
 // The flags, through CLI11 like the diffuse CLI: --help lists them; a bad value is one message.
@@ -83,11 +91,15 @@ Options parse(int argc, char** argv) {
   app.add_option("--iters", o.iters, "timed runs, each after an L2 flush; the median is reported")
       ->check(CLI::Range(1, 100000))->capture_default_str();
   app.add_option("--json", o.json_path, "also write the results as JSON to this path");
+  app.add_flag("--once", o.once,
+               "a correctness run: each case once at small shapes, no L2 flush and no ceilings measured "
+               "(for the simulated device; the timings mean nothing)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     std::exit(app.exit(e));
   }
+  if (o.once) o.warmup = 1, o.iters = 1;
   return o;
 }
 
@@ -109,8 +121,8 @@ class Bench {
     stream_ = static_cast<cudaStream_t>(current_stream());
     int l2 = 0;
     DF_CUDA_CHECK(cudaDeviceGetAttribute(&l2, cudaDevAttrL2CacheSize, dev.index));
-    flush_bytes_ = std::max<size_t>(2 * static_cast<size_t>(l2), size_t{64} << 20);
-    DF_CUDA_CHECK(cudaMalloc(&flush_, flush_bytes_));
+    flush_bytes_ = o.once ? 0 : std::max<size_t>(2 * static_cast<size_t>(l2), size_t{64} << 20);
+    if (flush_bytes_) DF_CUDA_CHECK(cudaMalloc(&flush_, flush_bytes_));
     DF_CUDA_CHECK(cudaEventCreate(&e0_));
     DF_CUDA_CHECK(cudaEventCreate(&e1_));
   }
@@ -126,7 +138,7 @@ class Bench {
     DF_CUDA_CHECK(cudaStreamSynchronize(stream_));
     std::vector<float> t(o_.iters);
     for (int i = 0; i < o_.iters; ++i) {
-      DF_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xff, flush_bytes_, stream_));
+      if (flush_bytes_) DF_CUDA_CHECK(cudaMemsetAsync(flush_, i & 0xff, flush_bytes_, stream_));
       DF_CUDA_CHECK(cudaEventRecord(e0_, stream_));
       f();
       DF_CUDA_CHECK(cudaEventRecord(e1_, stream_));
@@ -182,18 +194,22 @@ struct Feature {  // a (B, H, W, C) bf16 feature map of a UNet
 };
 
 // The cases. Tensors are captured by value in the closures (shared storage), so they live as long
-// as the case. `S` is the stream every launcher gets.
-std::vector<Case> make_cases(cublasHandle_t blas) {
+// as the case. `S` is the stream every launcher gets. once (--once): the same cases at small shapes
+// (odd sizes, batch 1 and 2), each chosen below beside its measured size.
+std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
   void* S = current_stream();
   std::vector<Case> cs;
   const double b16 = 2, f32 = 4;  // bytes per element
-  const Feature maps[] = {{"cifar10", 128, 32, 32, 128, 32}, {"cifar10", 128, 16, 16, 256, 32},
-                          {"64x64", 32, 64, 64, 128, 32}};
+  const auto pick = [once](auto measured, auto small) { return once ? small : measured; };
+  std::vector<Feature> maps = {{"cifar10", 128, 32, 32, 128, 32}, {"cifar10", 128, 16, 16, 256, 32},
+                               {"64x64", 32, 64, 64, 128, 32}};
+  if (once) maps = {{"small", 2, 6, 5, 32, 8}, {"small", 1, 3, 7, 64, 32}};
   struct Images {
     const char* model;
     int64_t B, n;  // n = H W C per image
   };
-  const Images images[] = {{"cifar10", 128, 32 * 32 * 3}, {"64x64", 32, 64 * 64 * 3}};
+  std::vector<Images> images = {{"cifar10", 128, 32 * 32 * 3}, {"64x64", 32, 64 * 64 * 3}};
+  if (once) images = {{"small", 2, 6 * 5 * 3}, {"small", 1, 7 * 7}};
 
   // ---- noising q(z_t | x), noise drawn in the kernel ----
   for (const Images& im : images) {
@@ -210,8 +226,8 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
   }
 
   // ---- sinusoidal time embedding: (B) -> (B, 4 * 128) ----
-  for (int64_t B : {int64_t{128}, int64_t{32}}) {
-    const int dim = 512;
+  for (int64_t B : pick(std::vector<int64_t>{128, 32}, std::vector<int64_t>{3, 1})) {
+    const int dim = pick(512, 40);
     Tensor t = rnd({B}, DType::f32, 4, 0.f, 999.f), out = dev_empty({B, dim}, DType::f32);
     cs.push_back({"timestep_embedding", shape_str({B, dim}), "diffuse",
                   /* read t, write out (f32) */ f32 * B + f32 * B * dim, 0, "4 B + 4 B dim", false, [=]() mutable {
@@ -253,7 +269,9 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
     int64_t B, T;
     int heads, D;
   };
-  const Attn attns[] = {{"cifar10 16x16", 128, 256, 4, 64}, {"64x64 32x32", 32, 1024, 4, 64}};
+  // Small: a tile-edge length (19, 33) at both head dims of the flash kernels.
+  const std::vector<Attn> attns = pick(std::vector<Attn>{{"cifar10 16x16", 128, 256, 4, 64}, {"64x64 32x32", 32, 1024, 4, 64}},
+                                       std::vector<Attn>{{"small", 2, 19, 2, 64}, {"small", 1, 33, 1, 32}});
   for (const Attn& at : attns) {
     const int64_t C = int64_t{at.heads} * at.D;
     Tensor q = rnd({at.B, at.T, C}, DType::bf16, 9), k = rnd({at.B, at.T, C}, DType::bf16, 10);
@@ -293,10 +311,12 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
                     }});
   }
   {  // The CIFAR UNet's own attention: one head of 256 channels, through the dispatch (cuBLASLt, P kept).
-    const int64_t B = 128, T = 256, C = 256;
+    const int64_t B = pick(128, 2), T = pick(256, 17), C = pick(256, 40);
     Tensor q = rnd({B, T, C}, DType::bf16, 13), k = rnd({B, T, C}, DType::bf16, 14);
     Tensor v = rnd({B, T, C}, DType::bf16, 15);
-    cs.push_back({"attention_forward", "cifar10 16x16 B128 T256 1x256", "cublas", 0, 4.0 * B * T * T * C, "4 B T^2 C",
+    const std::string shape = std::string(once ? "small" : "cifar10 16x16") + " B" + std::to_string(B) + " T" +
+                              std::to_string(T) + " 1x" + std::to_string(C);
+    cs.push_back({"attention_forward", shape, "cublas", 0, 4.0 * B * T * T * C, "4 B T^2 C",
                   true, [=]() { (void)cuda::attention_forward(q, k, v, 1); }});
   }
 
@@ -324,13 +344,14 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
 
   // ---- AdamW + EMA over the DDPM CIFAR-10 UNet's flat parameters, global-norm clipping ----
   {
-    const int64_t n = nn::UNet(nn::UNetConfig::preset("ddpm-cifar10"), 0).num_parameters();
+    const char* preset = pick("ddpm-cifar10", "tiny");
+    const int64_t n = nn::UNet(nn::UNetConfig::preset(preset), 0).num_parameters();
     Tensor w = rnd({n}, DType::f32, 18), g = rnd({n}, DType::f32, 19), m = rnd({n}, DType::f32, 20, -1e-3f, 1e-3f);
     Tensor v = rnd({n}, DType::f32, 21, 0.f, 1e-6f), ema = rnd({n}, DType::f32, 22);
     Tensor wb = dev_empty({n}, DType::bf16), sumsq = dev_empty({1}, DType::f32);
     Tensor red_ws = dev_empty({cuda::reduce_all_workspace(n)}, DType::f32);
     cuda::reduce_all(g.data<float>(), n, kernels::ReduceOp::sum_squares, red_ws.data<float>(), sumsq.data<float>(), S);
-    const std::string shape = "ddpm-cifar10 " + std::to_string(n) + " params";
+    const std::string shape = std::string(preset) + " " + std::to_string(n) + " params";
     cs.push_back({"adamw_ema", shape, "diffuse",
                   /* read w g m v ema, write w m v ema (f32), write the bf16 copy */ 9 * f32 * n + b16 * n, 0, "38 n",
                   false, [=]() mutable {
@@ -349,7 +370,7 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
 
   // ---- softmax (bf16 rows) and cross-entropy (f32 logits) ----
   {
-    const int64_t rows = 128 * 256, L = 256;  // the materialised attention's P at 16x16
+    const int64_t rows = pick(128 * 256, 37), L = pick(256, 19);  // the materialised attention's P at 16x16
     Tensor x = rnd({rows, L}, DType::bf16, 23, -4.f, 4.f), y = dev_empty({rows, L}, DType::bf16);
     Tensor dy = rnd({rows, L}, DType::bf16, 24), dx = dev_empty({rows, L}, DType::bf16);
     cuda::softmax_forward(x.raw(), y.raw(), DType::bf16, rows, L, S);
@@ -361,7 +382,7 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
                   [=]() mutable { cuda::softmax_backward(dy.raw(), y.raw(), dx.raw(), DType::bf16, rows, L, S); }});
   }
   {
-    const int64_t B = 8192, K = 1000;
+    const int64_t B = pick(8192, 13), K = pick(1000, 10);
     Tensor logits = rnd({B, K}, DType::f32, 25, -4.f, 4.f), dl = dev_empty({B, K}, DType::f32);
     std::vector<int64_t> hl(B);
     for (int64_t i = 0; i < B; ++i) hl[i] = (i * 7919) % K;
@@ -427,11 +448,12 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
 
   // ---- upsample / downsample between 16x16x256 and 32x32x256 (bf16) ----
   {
-    const int64_t B = 128, H = 16, W = 16, C = 256;
+    const int64_t B = pick(128, 2), H = pick(16, 3), W = pick(16, 5), C = pick(256, 24);
     const double small = double(B) * H * W * C, big = 4 * small;
     Tensor lo = rnd({B, H, W, C}, DType::bf16, 31), hi = rnd({B, 2 * H, 2 * W, C}, DType::bf16, 32);
     Tensor lo_out = dev_empty({B, H, W, C}, DType::bf16), hi_out = dev_empty({B, 2 * H, 2 * W, C}, DType::bf16);
-    const std::string shape = "cifar10 " + shape_str({B, H, W, C}) + " <-> " + shape_str({B, 2 * H, 2 * W, C});
+    const std::string shape = std::string(pick("cifar10 ", "small ")) + shape_str({B, H, W, C}) + " <-> " +
+                              shape_str({B, 2 * H, 2 * W, C});
     const double bytes = b16 * (small + big);  // read one side, write the other
     cs.push_back({"upsample_nearest2x_forward", shape, "diffuse", bytes, 0, "2 (n + 4 n)", false, [=]() mutable {
                     cuda::upsample_nearest2x_forward(lo.raw(), hi_out.raw(), DType::bf16, B, H, W, C, S);
@@ -449,11 +471,11 @@ std::vector<Case> make_cases(cublasHandle_t blas) {
 
   // ---- concat along channels (the UNet's skip connections): two (B H W, C) halves into 2C ----
   {
-    const int64_t rows = 128 * 32 * 32, C = 128;
+    const int64_t rows = pick(128 * 32 * 32, 2 * 5 * 3), C = pick(128, 24);
     Tensor a = rnd({rows, C}, DType::bf16, 33), b = rnd({rows, C}, DType::bf16, 34);
     Tensor out = dev_empty({rows, 2 * C}, DType::bf16);
     const int64_t row_bytes = C * 2;
-    const std::string shape = "cifar10 " + shape_str({128, 32, 32, C}) + " x2";
+    const std::string shape = std::string(pick("cifar10 ", "small ")) + std::to_string(rows) + "x" + std::to_string(C) + " x2";
     const double bytes = 2 * 2 * b16 * double(rows) * C;  // read both inputs, write the output
     cs.push_back({"concat (copy_rows)", shape, "diffuse", bytes, 0, "8 B H W C", false, [=]() mutable {
                     char* o = static_cast<char*>(out.raw());
@@ -476,17 +498,22 @@ int run_gpu(const Options& o, const std::string& command) {
   const CudaDeviceInfo dev = cuda_devices().at(0);
   set_current_device(Device::cuda(0));
   Bench bench(o, dev);
-  const double copy = bench.copy_gbps();
-  const double peak = cuda::measure_bf16_gemm_tflops();
+  // --once times nothing worth a share: the two ceilings are skipped (NaN shares).
+  const double copy = o.once ? std::nan("") : bench.copy_gbps();
+  const double peak = o.once ? std::nan("") : cuda::measure_bf16_gemm_tflops();
   char date[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(date, sizeof date, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
   std::printf("kernels on %s (sm_%d%d, %d SMs), %s\n", dev.name.c_str(), dev.cc_major, dev.cc_minor, dev.sm_count,
               date);
-  std::printf("copy bandwidth (1 GiB device to device, read + write): %.0f GB/s; bf16 GEMM (8192^3, cuBLASLt): %.1f "
-              "TFLOP/s\n",
-              copy, peak);
-  std::printf("median of %d runs after %d warm-up runs, L2 flushed before each run\n\n", o.iters, o.warmup);
+  if (o.once) {
+    std::printf("--once: each case once at small shapes, a correctness run (no ceilings; the times mean nothing)\n\n");
+  } else {
+    std::printf("copy bandwidth (1 GiB device to device, read + write): %.0f GB/s; bf16 GEMM (8192^3, cuBLASLt): %.1f "
+                "TFLOP/s\n",
+                copy, peak);
+    std::printf("median of %d runs after %d warm-up runs, L2 flushed before each run\n\n", o.iters, o.warmup);
+  }
 
   cublasHandle_t blas = nullptr;
   DF_CHECK(cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS, "kernels: cublasCreate failed");
@@ -494,7 +521,7 @@ int run_gpu(const Options& o, const std::string& command) {
            "kernels: cublasSetStream failed");
   json rows = json::array();
   {
-    std::vector<Case> cases = make_cases(blas);
+    std::vector<Case> cases = make_cases(blas, o.once);
     std::printf("%-38s %-42s %-12s %10s %9s %7s %9s %7s  %s\n", "kernel", "shape", "impl", "time_us", "GB/s", "%copy",
                 "TFLOP/s", "%bf16", "formula");
     for (Case& c : cases) {
@@ -502,21 +529,27 @@ int run_gpu(const Options& o, const std::string& command) {
       const double ms = bench.median_ms(c.run);
       const double gbps = c.bytes / (ms * 1e-3) / 1e9, tflops = c.flops / (ms * 1e-3) / 1e12;
       char gb[16] = "-", gbs[16] = "-", tf[16] = "-", tfs[16] = "-";
-      if (c.bytes > 0)
-        std::snprintf(gb, sizeof gb, "%.0f", gbps), std::snprintf(gbs, sizeof gbs, "%.0f%%", 100 * gbps / copy);
-      if (c.flops > 0)
-        std::snprintf(tf, sizeof tf, "%.1f", tflops), std::snprintf(tfs, sizeof tfs, "%.0f%%", 100 * tflops / peak);
+      if (c.bytes > 0) std::snprintf(gb, sizeof gb, "%.0f", gbps);
+      if (c.bytes > 0 && !o.once) std::snprintf(gbs, sizeof gbs, "%.0f%%", 100 * gbps / copy);
+      if (c.flops > 0) std::snprintf(tf, sizeof tf, "%.1f", tflops);
+      if (c.flops > 0 && !o.once) std::snprintf(tfs, sizeof tfs, "%.0f%%", 100 * tflops / peak);
       std::printf("%-38s %-42s %-12s %10.1f %9s %7s %9s %7s  %s\n", c.kernel.c_str(), c.shape.c_str(), c.impl.c_str(),
                   ms * 1e3, gb, gbs, tf, tfs, c.formula.c_str());
       std::fflush(stdout);
       json r = {{"kernel", c.kernel}, {"shape", c.shape},  {"impl", c.impl},
                 {"time_us", ms * 1e3}, {"formula", c.formula}, {"bound", c.matrix_bound ? "matrix" : "memory"}};
-      if (c.bytes > 0) r["bytes"] = c.bytes, r["gbps"] = gbps, r["copy_share"] = gbps / copy;
-      if (c.flops > 0) r["flops"] = c.flops, r["tflops"] = tflops, r["bf16_share"] = tflops / peak;
+      if (c.bytes > 0) r["bytes"] = c.bytes, r["gbps"] = gbps;
+      if (c.flops > 0) r["flops"] = c.flops, r["tflops"] = tflops;
+      if (c.bytes > 0 && !o.once) r["copy_share"] = gbps / copy;
+      if (c.flops > 0 && !o.once) r["bf16_share"] = tflops / peak;
       rows.push_back(r);
     }
   }
   cublasDestroy(blas);
+  if (o.once) {
+    DF_CUDA_CHECK(cudaDeviceSynchronize());
+    std::printf("kernels --once: every case ran (%zu rows)\n", rows.size());
+  }
   if (!o.json_path.empty()) {
     const json out = {{"device", dev.name},
                       {"compute_capability", std::to_string(dev.cc_major) + "." + std::to_string(dev.cc_minor)},

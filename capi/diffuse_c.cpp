@@ -453,6 +453,10 @@ diffuse_status diffuse_model_load(const char* checkpoint_path, const char* devic
         fail(DIFFUSE_ERR_INVALID_ARGUMENT, e.message());
       }
     }
+    // The C API returns what the UNet draws; a latent model's draws would need its decoder.
+    if (m->loaded.autoencoder)
+      fail(DIFFUSE_ERR_UNSUPPORTED, checkpoint_path, ": a latent diffusion model (trained with --autoencoder); "
+           "the C API does not decode latents yet: sample it with `diffuse sample`");
     m->denoiser = train::make_denoiser(m->loaded.unet, m->loaded.config.timesteps, dev);
     *out = m.release();
   });

@@ -199,7 +199,7 @@ if(DIFFUSE_TESTS)
         set(label sim)
       endif()
       add_test(NAME ${dir}.${label} COMMAND ${exe} "[${tier}]")
-      set_tests_properties(${dir}.${label} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77 TIMEOUT 900
+      set_tests_properties(${dir}.${label} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77 TIMEOUT ${DIFFUSE_TEST_TIMEOUT}
                            ENVIRONMENT "OMP_NUM_THREADS=2")
     endforeach()
   endfunction()
@@ -252,13 +252,18 @@ if(DIFFUSE_BENCH)
     set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
   endforeach()
   # The benchmarks' no-GPU path, on every machine: CUDA_VISIBLE_DEVICES=-1 hides any GPU, and each
-  # program must print exactly one line saying so and exit 0.
+  # program must print exactly one line saying so and exit 0. On the simulated device these are
+  # also sim-tier tests: they run the device discovery's no-device path against the runtime.
+  set(no_gpu_labels cpu)
+  if(DIFFUSE_CUDA_SIM)
+    set(no_gpu_labels "cpu;sim")
+  endif()
   if(DIFFUSE_TESTS)
     foreach(name kernels e2e)
       if(TARGET ${name})
         add_test(NAME bench.${name}.no_gpu
                  COMMAND ${CMAKE_SOURCE_DIR}/bench/check_no_gpu.sh $<TARGET_FILE:${name}> ${name})
-        set_tests_properties(bench.${name}.no_gpu PROPERTIES LABELS cpu ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1"
+        set_tests_properties(bench.${name}.no_gpu PROPERTIES LABELS "${no_gpu_labels}" ENVIRONMENT "CUDA_VISIBLE_DEVICES=-1"
                              TIMEOUT 120)
       endif()
     endforeach()
@@ -273,6 +278,12 @@ if(DIFFUSE_BENCH)
     if(TARGET e2e AND DIFFUSE_CUDA_SIM)
       add_test(NAME bench.e2e.sim COMMAND e2e --once --preset tiny --batch 2 --sample-batch 2,1 --sample-steps 2)
       set_tests_properties(bench.e2e.sim PROPERTIES LABELS sim TIMEOUT 900 ENVIRONMENT "OMP_NUM_THREADS=2")
+    endif()
+    # ... and every case of the kernel benchmark once at small shapes (kernels --once): each launch and
+    # cuBLAS / cuBLASLt call it makes, against the simulation's bounds, race and stream checks.
+    if(TARGET kernels AND DIFFUSE_CUDA_SIM)
+      add_test(NAME bench.kernels.sim COMMAND kernels --once)
+      set_tests_properties(bench.kernels.sim PROPERTIES LABELS sim TIMEOUT 900)
     endif()
   endif()
 endif()

@@ -141,7 +141,7 @@ void CudaGraph::begin(Device d) {
   const cudaError_t e = cudaStreamBeginCapture(impl_->stream, cudaStreamCaptureModeThreadLocal);
   if (e != cudaSuccess) {
     cuda_graph_pool_activate(nullptr);
-    DF_CUDA_CHECK(e);
+    detail::cuda_fail(__FILE__, __LINE__, "cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal)", e);
   }
   impl_->capturing = true;
 }

@@ -63,7 +63,7 @@ bool CudaEvent::done() const {
     (void)cudaGetLastError();  // not an error: the answer "not yet"
     return false;
   }
-  DF_CUDA_CHECK(e);
+  if (e != cudaSuccess) detail::cuda_fail(__FILE__, __LINE__, "cudaEventQuery(event)", e);
   return true;
 }
 

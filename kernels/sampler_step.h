@@ -53,7 +53,7 @@ struct SamplerStepParams {
   bool learned_variance = false;
   int64_t channels = 1;              // C, the innermost dimension (learned variance layout)
   const float* aux = nullptr;        // nullable: one more (B, N) term, times c_aux (an older x0
-                                     // for DPM-Solver++(2M), the half-step base for Heun)
+                                     // for DPM-Solver++(2M), the first stage's x0 for Heun)
   const float* eps_shift = nullptr;  // nullable: added to eps after clipping (classifier guidance)
   float* x0_out = nullptr;           // nullable: receives the final x0 prediction
   uint64_t seed = 0, offset = 0;     // Philox stream of the step's noise

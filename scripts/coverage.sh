@@ -32,9 +32,10 @@ if [[ ${2:-} != --report-only ]]; then
         "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -DNDEBUG" "-DCMAKE_C_FLAGS_RELEASE=-O1 -DNDEBUG" \
         "-DCMAKE_CXX_FLAGS=--coverage '-fprofile-filter-files=$filter'" \
         -DCMAKE_EXE_LINKER_FLAGS=--coverage -DCMAKE_SHARED_LINKER_FLAGS=--coverage \
-        -DDIFFUSE_TESTS=ON -DDIFFUSE_BENCH=ON "-DDIFFUSE_TEST_DIRS=$dirs" > "$build/coverage-configure.log" 2>&1 ||
+        -DDIFFUSE_TESTS=ON -DDIFFUSE_BENCH=ON "-DDIFFUSE_TEST_DIRS=$dirs" -DDIFFUSE_TEST_TIMEOUT=3600 \
+        > "$build/coverage-configure.log" 2>&1 ||
     { tail -n 20 "$build/coverage-configure.log"; echo "coverage.sh: configuring failed" >&2; exit 1; }
-  targets=(diffuse_cli test_sim e2e)
+  targets=(diffuse_cli test_sim e2e kernels)
   IFS=';' read -ra list <<< "$dirs"
   for d in "${list[@]}"; do targets+=("test_$d"); done
   cmake --build "$build" -j "$jobs" --target "${targets[@]}" > "$build/coverage-build.log" 2>&1 ||

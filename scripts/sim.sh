@@ -9,9 +9,11 @@
 #      mistake for one);
 #   3. bench/e2e --once (ctest's bench.e2e.sim): every case of the end-to-end benchmark once, on the
 #      tiny preset, as a correctness run (its timings mean nothing here).
+#   4. bench/kernels --once (bench.kernels.sim): every case of the kernel benchmark once, at small
+#      shapes, as a correctness run.
 # Needs the CUDA toolkit's headers (cuda_runtime_api.h, cublasLt.h, cudnn.h), not its compiler,
 # libraries or a GPU. gcc, Release, warnings as errors. Only the test files with [cuda] tests (of
-# the folders that have them; DIFFUSE_TEST_ONLY_TAG), the CLI and bench/e2e are built. CI
+# the folders that have them; DIFFUSE_TEST_ONLY_TAG), the CLI, bench/e2e and bench/kernels are built. CI
 # (.ci/run) runs it beside scripts/test.sh's build with ccache, which hands this build every
 # object the two compile alike (most of the library and the CLI).
 # Usage: scripts/sim.sh BUILD_DIR   (env: JOBS)
@@ -26,7 +28,7 @@ mkdir -p "$build"
 CC=gcc CXX=g++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DDIFFUSE_CUDA=SIM -DDIFFUSE_WERROR=ON \
       -DDIFFUSE_TESTS=ON -DDIFFUSE_BENCH=ON "-DDIFFUSE_TEST_DIRS=$dirs" -DDIFFUSE_TEST_ONLY_TAG=cuda > "$build/sim-configure.log" 2>&1 ||
   { tail -n 20 "$build/sim-configure.log"; echo "sim.sh: configuring DIFFUSE_CUDA=SIM failed" >&2; exit 1; }
-targets=(diffuse_cli test_sim e2e)
+targets=(diffuse_cli test_sim e2e kernels)
 IFS=';' read -ra list <<< "$dirs"
 for d in "${list[@]}"; do targets+=("test_$d"); done
 cmake --build "$build" -j "$jobs" --target "${targets[@]}" > "$build/sim-build.log" 2>&1 ||

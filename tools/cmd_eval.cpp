@@ -128,6 +128,13 @@ void register_eval(CLI::App& root) {
     if (a->fd.empty() || a->samples.empty())
       train::refuse_super_res(uc, a->checkpoint, "diffuse eval (but for --fd JUDGE --samples DIR, which scores a "
                               "cascade's images written by sample --image-dir)");
+    // A latent model's bound would be a likelihood of latents scaled by an encoder, not of the
+    // images, and not comparable with any pixel model's bits/dim; its feature distance needs the
+    // decoded samples, which --fd does not do yet.
+    DF_CHECK(m.autoencoder == nullptr, a->checkpoint, " is a latent diffusion model (trained with --autoencoder): "
+             "eval's bits/dim would be of its latents, not of images, and --fd does not decode them yet. Score "
+             "decoded samples instead: `diffuse sample --image-dir DIR`, then `diffuse eval --fd CLASSIFIER "
+             "--samples DIR`");
     if (!a->fd.empty()) {
       DF_CHECK(a->fd_count >= 2 && a->fd_steps >= 1, "--fd-count must be at least 2 and --fd-steps at least 1");
       train::LoadedClassifier judge = train::load_classifier(a->fd, dev);

@@ -12,6 +12,7 @@
 #include "core/file_io.h"
 #include "core/image_io.h"
 #include "models/diffusion/sampler.h"
+#include "models/train/autoencoder_trainer.h"
 #include "models/train/classifier.h"
 #include "models/train/device_sampling.h"
 #include "models/train/super_res.h"
@@ -36,6 +37,7 @@ struct SampleArgs {
   double snr = 0.16;
   double guidance = 0;
   int label = -1;
+  std::optional<std::string> prompt;
   std::string classifier;
   double classifier_scale = 1;
   int batch = 64;
@@ -91,7 +93,7 @@ Stage load_stage(const std::string& path, const SampleArgs& a, diffusion::Sample
 void register_sample(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand("sample", "Draw images from a trained checkpoint, or from a cascade of two");
   auto a = std::make_shared<SampleArgs>();
-  cmd->add_option("checkpoint", a->checkpoints, "checkpoint.safetensors written by `diffuse train`; with --cascade, two: the base model, then the super-resolution model")->required()->expected(1, 2);
+  cmd->add_option("checkpoint", a->checkpoints, "checkpoint.safetensors written by `diffuse train` (a latent model's, trained with --autoencoder, is sampled on its latents and decoded by the autoencoder it holds); with --cascade, two: the base model, then the super-resolution model")->required()->expected(1, 2);
   cmd->add_flag("--cascade", a->cascade, "sample a cascade (Ho et al. 2021): the first checkpoint (the base model) draws low-resolution images, each is noise-augmented to --aug-level and the second checkpoint (a super-resolution model, `diffuse train --super-res`) draws the full-size images conditioned on them; both stages use --sampler and --steps");
   CLI::Option* aug_opt = cmd->add_option("--aug-level", a->aug_level, "with --cascade: the augmentation level s in [0, 1] (on the super-resolution model's schedule) of the base's samples, z_s = alpha_s x + sigma_s eps', as the super-resolution model was trained to see them")->capture_default_str();
   CLI::Option* low_grid_opt = cmd->add_option("--low-res-grid", a->low_res_grid, "with --cascade: also write the base model's low-resolution samples as a PNG grid (at the final grid's pixel size)");
@@ -102,6 +104,7 @@ void register_sample(CLI::App& root) {
   CLI::Option* snr_opt = cmd->add_option("--snr", a->snr, "langevin and pc: the signal-to-noise ratio r of the Langevin step size (langevin: h = 2 alpha (r sigma_t)^2; pc: h = 2 alpha (r ||z|| / ||score||)^2; Song et al. 2021)")->capture_default_str();
   cmd->add_option("--guidance", a->guidance, "classifier-free guidance scale w (eps = (1+w) eps(x,y) - w eps(x))")->capture_default_str();
   cmd->add_option("--class", a->label, "class label for a class-conditional model or for --classifier (-1: cycle through the classes)")->capture_default_str();
+  cmd->add_option_function<std::string>("--prompt", [a](const std::string& text) { a->prompt = text; }, "a cross-attention model (context_dim > 0): condition every image on these words, split at spaces and '/' like the class names they come from (\"ankle boot\"); a word the model does not know is refused with the list it knows; \"\" is the null context (unconditional). --guidance applies as with --class. No labels.csv is written");
   cmd->add_option("--classifier", a->classifier, "classifier guidance (Dhariwal & Nichol 2021): a noise-aware classifier from `diffuse train-classifier` steers every step towards --class with the gradient of log p(class | z_t), on any sampler and any model, conditional or not");
   cmd->add_option("--classifier-scale", a->classifier_scale, "the scale s of classifier guidance: eps <- eps - s sigma_t grad log p(y | z_t)")->capture_default_str();
   cmd->add_option("--batch", a->batch, "images per forward pass")->capture_default_str();
@@ -153,6 +156,14 @@ void register_sample(CLI::App& root) {
       DF_CHECK(st.m.unet->config().num_classes == 0 || st.m.unet->config().num_classes == cond_classes, "cascade: ",
                stages[0].path, " has ", uc.num_classes, " classes and ", stages.back().path, " ", out_c.num_classes);
     DF_CHECK(a->guidance == 0 || cond_classes > 0, "--guidance needs a class-conditional model (trained with --class-cond)");
+    // A latent model (train --autoencoder) draws latents: every sampler runs on them unchanged,
+    // and its autoencoder decodes them to images at the end.
+    const bool latent = stages[0].m.autoencoder != nullptr;
+    for (const Stage& st : stages)
+      DF_CHECK(!a->cascade || st.m.autoencoder == nullptr, st.path, " is a latent diffusion model: a cascade's two "
+               "stages are pixel models (sample it alone)");
+    DF_CHECK(!latent || a->classifier.empty(), stages[0].path, " is a latent diffusion model; --classifier guides with "
+             "a classifier of images, which cannot score its latents");
     std::shared_ptr<train::LoadedClassifier> clf;
     if (!a->classifier.empty()) {
       DF_CHECK(std::isfinite(a->classifier_scale), "--classifier-scale must be a finite number");
@@ -166,7 +177,18 @@ void register_sample(CLI::App& root) {
       DF_CHECK(uc.num_classes == 0 || uc.num_classes == clf->net->num_classes(), "the classifier has ",
                clf->net->num_classes(), " classes, the model ", uc.num_classes);
     }
-    const int classes = clf ? clf->net->num_classes() : cond_classes;
+    // A prompt's token ids, the same for every image (UNet::forward takes (B, context_tokens) ids
+    // where labels go); its unconditional branch is the null context, every token the pad.
+    std::vector<int64_t> prompt_ids;
+    if (a->prompt) {
+      DF_CHECK(uc.has_context(), "--prompt needs a cross-attention model (trained with the model key context_dim); ",
+               stages[0].path, uc.num_classes > 0 ? " is conditioned on class labels: give --class" : " is unconditional");
+      DF_CHECK(a->label < 0, "give --prompt or --class, not both");
+      DF_CHECK(!a->cascade, "--prompt with --cascade: the cascade's models condition on class labels; give --class");
+      DF_CHECK(!clf, "--classifier guides towards a --class; it does not read --prompt");
+      prompt_ids = uc.tokenize(*a->prompt);
+    }
+    const int classes = a->prompt ? 0 : clf ? clf->net->num_classes() : cond_classes;
     DF_CHECK(a->label < classes, "--class ", a->label, ": ",
              classes ? "there are " + std::to_string(classes) + " classes" : std::string("the model has no classes (give --classifier)"));
     ag::NoGrad ng;
@@ -189,14 +211,23 @@ void register_sample(CLI::App& root) {
         o.seed = k == 0 ? batch_seed : batch_seed ^ 0x73757065722d7265ull;
         o.steps = a->steps;
         o.prediction = st.pred;
-        o.clip_x0 = !a->no_clip;
+        o.clip_x0 = !a->no_clip && !latent;  // latents have no [-1, 1] range to clip to
         o.eta = a->eta;
         o.corrector_steps = a->corrector_steps;
         o.snr = a->snr;
         if (st.ancestral) o.variance = st.variance;
         o.spacing = spacing;
         const int model_classes = c.num_classes;
-        if (classes > 0 && (model_classes > 0 || clf)) {
+        if (a->prompt) {
+          const int64_t L = c.context_tokens;
+          std::vector<int64_t> ids;
+          for (int i = 0; i < n; ++i) ids.insert(ids.end(), prompt_ids.begin(), prompt_ids.end());
+          o.labels = Tensor::from_vector_i64(ids, {n, L});
+          if (a->guidance != 0) {
+            o.guidance.cfg_scale = a->guidance;
+            o.guidance.null_labels = Tensor::zeros({n, L}, DType::i64);
+          }
+        } else if (classes > 0 && (model_classes > 0 || clf)) {
           std::vector<int64_t> l(static_cast<size_t>(n));
           for (int i = 0; i < n; ++i) l[i] = a->label >= 0 ? a->label : (start + i) % classes;
           o.labels = Tensor::from_vector_i64(l, {n});
@@ -243,7 +274,8 @@ void register_sample(CLI::App& root) {
       }
       return all;
     };
-    const Tensor all = gather(parts, out_c);
+    Tensor all = gather(parts, out_c);
+    if (latent) all = train::decode_latents(*stages[0].m.autoencoder, all, stages[0].m.latent_scale, a->batch);
     const char* where = !dev.is_cuda() ? "" : !all_on_device ? ", host-driven" : a->cuda_graph ? ", device loop, CUDA graph" : ", device loop";
     if (!a->grid.empty()) {
       write_png_grid(a->grid, all, a->upscale);

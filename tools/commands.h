@@ -14,5 +14,6 @@ void register_sample(CLI::App& root);
 void register_eval(CLI::App& root);
 void register_diffusers(CLI::App& root);  // import-diffusers, export-diffusers
 void register_classifier(CLI::App& root);  // train-classifier
+void register_autoencoder(CLI::App& root);  // train-autoencoder
 
 }  // namespace diffuse::tools

@@ -31,6 +31,7 @@ int main(int argc, char** argv) {
   diffuse::tools::register_eval(app);
   diffuse::tools::register_diffusers(app);
   diffuse::tools::register_classifier(app);
+  diffuse::tools::register_autoencoder(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

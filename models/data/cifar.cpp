@@ -22,6 +22,10 @@ bool is_dir(const std::string& p) {
 
 }  // namespace
 
+std::vector<std::string> cifar10_class_names() {
+  return {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+}
+
 Dataset parse_cifar10(const uint8_t* data, size_t n, const std::string& name) {
   if (n == 0) DF_FAIL("CIFAR-10 file '", name, "' is empty");
   if (n % kRecord != 0)
@@ -43,6 +47,7 @@ Dataset parse_cifar10(const uint8_t* data, size_t n, const std::string& name) {
       for (size_t c = 0; c < 3; ++c) out[p * 3 + c] = detail::pixel_to_float(rec[1 + c * kPlane + p]);
   }
   d.num_classes = 10;
+  d.class_names = cifar10_class_names();
   d.name = name;
   return d;
 }
@@ -92,6 +97,7 @@ Dataset load_cifar10(const std::string& path, const std::string& split) {
     at += p.size();
   }
   d.num_classes = 10;
+  d.class_names = cifar10_class_names();
   d.name = "cifar10-" + split;
   return d;
 }

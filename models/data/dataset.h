@@ -19,6 +19,10 @@ struct Dataset {
   Tensor images;        // (N, H, W, C) f32 in [-1, 1]; the 2-D toy sets: (N, 2)
   Tensor labels;        // (N) i64, or undefined when the set has no labels
   int num_classes = 0;  // 0 when unlabelled
+  // The name of each class (label i: class_names[i]) where the source has names: Fashion-MNIST's
+  // and CIFAR-10's ten, an image folder's class sub-folders; empty otherwise. A cross-attention
+  // model conditions on their words (models/nn/unet.h).
+  std::vector<std::string> class_names;
   std::string name;
   // Which images these are: "train" or "test" for a source with splits, "all" for one without
   // (an image folder), so an evaluation can say what it scored.
@@ -30,6 +34,10 @@ struct Dataset {
 
 // Debian's dataset-fashion-mnist installs the four .gz files here.
 inline constexpr const char* kFashionMnistDir = "/usr/share/datasets/fashion-mnist";
+// Fashion-MNIST's class names, label 0 to 9 (Xiao et al. 2017, table 1).
+std::vector<std::string> fashion_mnist_class_names();
+// CIFAR-10's class names, label 0 to 9 (batches.meta.txt).
+std::vector<std::string> cifar10_class_names();
 
 // split: "train" (60000 images) or "test" (10000; "t10k" also accepted). Files are
 // {train,t10k}-{images-idx3,labels-idx1}-ubyte, gzipped (.gz) or not.

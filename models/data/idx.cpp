@@ -134,6 +134,10 @@ Dataset load_idx(const std::string& images_path, const std::string& labels_path)
   return d;
 }
 
+std::vector<std::string> fashion_mnist_class_names() {
+  return {"T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"};
+}
+
 Dataset load_fashion_mnist(const std::string& split, const std::string& dir) {
   std::string prefix;
   if (split == "train") prefix = "train";
@@ -153,6 +157,7 @@ Dataset load_fashion_mnist(const std::string& split, const std::string& dir) {
   DF_CHECK(d.num_classes <= 10, "Fashion-MNIST labels in '", dir, "' go up to ", d.num_classes - 1,
            "; expected 0..9");
   d.num_classes = 10;
+  d.class_names = fashion_mnist_class_names();
   d.name = "fashion-mnist-" + split;
   return d;
 }

@@ -53,6 +53,7 @@ Dataset load_image_folder(const std::string& dir, const ImageFolderOptions& opt)
   std::vector<std::string> files;
   std::vector<int64_t> labels;
   int num_classes = 0;
+  std::vector<std::string> class_names;
   if (opt.class_labels) {
     std::vector<std::string> classes;
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
@@ -70,6 +71,7 @@ Dataset load_image_folder(const std::string& dir, const ImageFolderOptions& opt)
         labels.push_back(static_cast<int64_t>(c));
       }
     num_classes = static_cast<int>(classes.size());
+    class_names = classes;
   } else {
     files = list_images(dir, true);
   }
@@ -88,6 +90,7 @@ Dataset load_image_folder(const std::string& dir, const ImageFolderOptions& opt)
   if (opt.class_labels) {
     d.labels = Tensor::from_vector_i64(labels, {N});
     d.num_classes = num_classes;
+    d.class_names = std::move(class_names);
   }
   d.name = dir;
   return d;

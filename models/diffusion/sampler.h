@@ -104,9 +104,13 @@ Tensor sample_vdm(const Schedule& s, const Denoiser& f, const SamplerOptions& o)
 // lambda = -gamma / 2; first order on the first step and on every step that ends at the data end
 // of the schedule: sigma = 0, t = 0, or a discrete schedule's first trained step.
 Tensor sample_dpmpp_2m(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
-// Euler and Heun (Karras et al. 2022, Algorithm 1, no churn) on the EDM sigma ramp of `steps`
-// sigmas, in x = z / alpha: dx/dsigma = (x - D(x; sigma)) / sigma. They ignore the spacing. Heun
-// calls the denoiser twice per step and once on the last (Euler onto sigma = 0): 2 steps - 1.
+// Euler and Heun in x = z / alpha on the sigmas sigma = e^{gamma/2} of the spacing's grid (karras:
+// EDM's rho = 7 ramp; Karras et al. 2022, Algorithm 1 without churn, Table 1's VP scaling), where
+// dx/dsigma = (x - D(x; sigma)) / sigma. Euler: x' = (sigma'/sigma) x + (1 - sigma'/sigma) D,
+// DDIM's update. Heun is second order with two denoiser calls a step: the exponential-integrator
+// step of DPM-Solver++ with its second stage at the log-sigma midpoint, and onto sigma = 0 the
+// midpoint rule in sigma, or Euler from the lowest sigma the schedule knows (sampler.cpp derives
+// them): 2 steps calls, 2 steps - 1 where the last step is Euler's.
 Tensor sample_euler(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 Tensor sample_heun(const Schedule& s, const Denoiser& f, const SamplerOptions& o);
 

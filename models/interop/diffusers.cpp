@@ -296,6 +296,9 @@ json diffusers_config_from_unet(const nn::UNetConfig& c) {
     DF_FAIL("cannot export UNet config ", key, " = ", v.dump(), " as a diffusers UNet2DModel: ", why);
   };
   if (c.rescale_residual) refuse_export("rescale_residual", true, "UNet2DModel's blocks do not rescale");
+  if (c.has_context())
+    refuse_export("context_dim", c.context_dim, "UNet2DModel has no cross-attention (its conditional sibling, "
+                  "UNet2DConditionModel, is not exported)");
   if (!c.conv_resample && !c.resblock_updown)
     refuse_export("conv_resample", false, "UNet2DModel's down and up blocks resample with convolutions");
   const size_t L = c.channel_mult.size();
@@ -792,6 +795,8 @@ DiffusersModel import_diffusers(const std::string& dir, const std::string& out) 
 
 void export_diffusers(const std::string& checkpoint, const std::string& dir) {
   const train::LoadedModel lm = train::load_checkpoint(checkpoint, Device::cpu(), /*ema=*/true);
+  DF_CHECK(lm.autoencoder == nullptr, checkpoint, " is a latent diffusion model; export-diffusers writes a "
+           "UNet2DModel alone, and its autoencoder has no diffusers counterpart here yet");
   const nn::UNetConfig& c = lm.unet->config();
   train::refuse_super_res(c, checkpoint, "export-diffusers (UNet2DModel has no low-resolution input)");
   json cfg;

@@ -94,6 +94,91 @@ ag::Var AttentionBlock::forward(const ag::Var& x) const {
   return ag::add(x, ag::reshape(proj_->forward(a), s));
 }
 
+// ---- LayerNorm --------------------------------------------------------------------------------
+
+LayerNorm::LayerNorm(int64_t dim, float eps) : dim_(dim), eps_(eps) {
+  DF_CHECK(dim > 0, "LayerNorm(", dim, ")");
+  weight_ = &register_parameter("weight", Tensor::zeros({dim}), Init::ones());
+  bias_ = &register_parameter("bias", Tensor::zeros({dim}), Init::zeros());
+}
+
+ag::Var LayerNorm::forward(const ag::Var& x) const {
+  const Shape s = x.shape();
+  DF_CHECK(x.dim() >= 2 && s[x.dim() - 1] == dim_, "LayerNorm(", dim_, ") got input ", s.str());
+  const int64_t rows = x.numel() / dim_;
+  return ag::reshape(ag::group_norm(ag::reshape(x, {rows, dim_}), *weight_, *bias_, 1, eps_), s);
+}
+
+// ---- CrossAttention, FeedForward, TransformerBlock, SpatialTransformer ----------------------------
+
+CrossAttention::CrossAttention(int64_t channels, int64_t context_dim, int heads)
+    : channels_(channels), context_dim_(context_dim), heads_(heads) {
+  DF_CHECK(heads > 0 && channels % heads == 0, "CrossAttention: ", channels, " channels in ", heads, " heads");
+  DF_CHECK(context_dim > 0, "CrossAttention: context_dim ", context_dim);
+  to_q_ = register_module("to_q", std::make_shared<Linear>(channels, channels, /*bias=*/false));
+  to_k_ = register_module("to_k", std::make_shared<Linear>(context_dim, channels, false));
+  to_v_ = register_module("to_v", std::make_shared<Linear>(context_dim, channels, false));
+  to_out_ = register_module("to_out", std::make_shared<Linear>(channels, channels));
+}
+
+ag::Var CrossAttention::forward(const ag::Var& x, const ag::Var& context) const {
+  DF_CHECK(x.dim() == 3 && x.size(2) == channels_, "CrossAttention(", channels_, ") got input ", x.shape().str());
+  const ag::Var& c = context.defined() ? context : x;
+  DF_CHECK(c.dim() == 3 && c.size(0) == x.size(0) && c.size(2) == context_dim_, "CrossAttention: context ",
+           c.shape().str(), " for input ", x.shape().str(), " (expected (", x.size(0), ", T, ", context_dim_, "))");
+  return to_out_->forward(ag::attention(to_q_->forward(x), to_k_->forward(c), to_v_->forward(c), heads_));
+}
+
+ag::Var gelu_tanh(const ag::Var& x) {
+  constexpr double kSqrt2OverPi = 0.7978845608028654;
+  ag::Var inner = ag::add(x, ag::mul_scalar(ag::mul(x, ag::square(x)), 0.044715));
+  ag::Var t = ag::add_scalar(ag::tanh(ag::mul_scalar(inner, kSqrt2OverPi)), 1.0);
+  return ag::mul(ag::mul_scalar(x, 0.5), t);
+}
+
+FeedForward::FeedForward(int64_t channels, int mult) : inner_(channels * mult) {
+  DF_CHECK(channels > 0 && mult > 0, "FeedForward(", channels, ", ", mult, ")");
+  proj_ = register_module("proj", std::make_shared<Linear>(channels, 2 * inner_));
+  out_ = register_module("out", std::make_shared<Linear>(inner_, channels));
+}
+
+ag::Var FeedForward::forward(const ag::Var& x) const {
+  ag::Var h = proj_->forward(x);  // (..., 2 inner): the value, then the gate (LDM's GEGLU chunk order)
+  return out_->forward(ag::mul(ag::slice_last(h, 0, inner_), gelu_tanh(ag::slice_last(h, inner_, 2 * inner_))));
+}
+
+TransformerBlock::TransformerBlock(int64_t channels, int64_t context_dim, int heads) {
+  norm1_ = register_module("norm1", std::make_shared<LayerNorm>(channels));
+  attn1_ = register_module("attn1", std::make_shared<CrossAttention>(channels, channels, heads));
+  norm2_ = register_module("norm2", std::make_shared<LayerNorm>(channels));
+  attn2_ = register_module("attn2", std::make_shared<CrossAttention>(channels, context_dim, heads));
+  norm3_ = register_module("norm3", std::make_shared<LayerNorm>(channels));
+  ff_ = register_module("ff", std::make_shared<FeedForward>(channels));
+}
+
+ag::Var TransformerBlock::forward(const ag::Var& x, const ag::Var& context) const {
+  DF_CHECK(context.defined(), "TransformerBlock: no context");
+  ag::Var h = ag::add(x, attn1_->forward(norm1_->forward(x)));
+  h = ag::add(h, attn2_->forward(norm2_->forward(h), context));
+  return ag::add(h, ff_->forward(norm3_->forward(h)));
+}
+
+SpatialTransformer::SpatialTransformer(int64_t channels, int64_t context_dim, int groups, int heads, float norm_eps)
+    : channels_(channels) {
+  norm_ = register_module("norm", std::make_shared<GroupNorm>(groups, channels, norm_eps));
+  proj_in_ = register_module("proj_in", std::make_shared<Linear>(channels, channels));
+  block_ = register_module("block", std::make_shared<TransformerBlock>(channels, context_dim, heads));
+  proj_out_ = register_module("proj_out", std::make_shared<Linear>(channels, channels, true, /*zero_init=*/true));
+}
+
+ag::Var SpatialTransformer::forward(const ag::Var& x, const ag::Var& context) const {
+  const Shape s = x.shape();
+  DF_CHECK(x.dim() == 4 && s[3] == channels_, "SpatialTransformer(", channels_, ") got input ", s.str());
+  ag::Var h = ag::reshape(proj_in_->forward(norm_->forward(x)), {s[0], s[1] * s[2], channels_});
+  h = block_->forward(h, context);
+  return ag::add(x, ag::reshape(proj_out_->forward(h), s));
+}
+
 // ---- ResBlock ---------------------------------------------------------------------------------
 
 ResBlock::ResBlock(const ResBlockOptions& o) : o_(o) {

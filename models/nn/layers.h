@@ -8,6 +8,11 @@
 //   GroupNorm:       weight, bias                           (gamma, beta)
 //   Embedding:       weight                                 (K, D)
 //   AttentionBlock:  norm.{weight,bias} qkv.{weight,bias} proj.{weight,bias}
+//   LayerNorm:       weight, bias                           (gamma, beta)
+//   CrossAttention:  to_q.weight to_k.weight to_v.weight to_out.{weight,bias}
+//   FeedForward:     proj.{weight,bias} (GEGLU: value | gate) out.{weight,bias}
+//   TransformerBlock: norm1 attn1 norm2 attn2 norm3 ff
+//   SpatialTransformer: norm proj_in block proj_out
 //   ResBlock:        norm1 conv1 emb_proj norm2 conv2 [skip]
 //   Downsample:      [conv]     Upsample: [conv]
 #pragma once
@@ -92,6 +97,83 @@ class AttentionBlock : public Module {
   int heads_;
   std::shared_ptr<GroupNorm> norm_;
   std::shared_ptr<Linear> qkv_, proj_;
+};
+
+// LayerNorm (Ba et al. 2016) over the last dimension of (..., C): each row normalised by its own
+// mean and biased variance, then gamma and beta. GroupNorm with one group on the (rows, C) view
+// computes exactly that (kernels/group_norm.h: x (B, C), one group of C channels per row), so it
+// is no op of its own and runs wherever the GroupNorm does.
+class LayerNorm : public Module {
+ public:
+  explicit LayerNorm(int64_t dim, float eps = 1e-5f);
+  ag::Var forward(const ag::Var& x) const;
+
+ private:
+  int64_t dim_;
+  float eps_;
+  ag::Var *weight_ = nullptr, *bias_ = nullptr;  // owned by Module (stable slots)
+};
+
+// LDM's CrossAttention (Rombach et al. 2022, sec. 3.3): queries from x (B, Tq, C), keys and values
+// from a context (B, Tk, Dc), Tk independent of Tq; without a context it is self-attention on x.
+//   Q = x W_q,  K = ctx W_k,  V = ctx W_v  (no biases),  out = to_out(softmax(Q K^T / sqrt(d)) V)
+// per head of d = C / heads channels. to_out is a plain Linear with a bias.
+class CrossAttention : public Module {
+ public:
+  CrossAttention(int64_t channels, int64_t context_dim, int heads);
+  ag::Var forward(const ag::Var& x, const ag::Var& context = {}) const;  // (B, Tq, C) -> same
+
+ private:
+  int64_t channels_, context_dim_;
+  int heads_;
+  std::shared_ptr<Linear> to_q_, to_k_, to_v_, to_out_;
+};
+
+// LDM's gated feed-forward (GEGLU, Shazeer 2020): out(a * GELU(g)), (a | g) = proj(x), 4C inner
+// channels. GELU is the tanh form, 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) (Hendrycks &
+// Gimpel 2016), built from the elementwise ops.
+class FeedForward : public Module {
+ public:
+  explicit FeedForward(int64_t channels, int mult = 4);
+  ag::Var forward(const ag::Var& x) const;  // (..., C) -> same
+
+ private:
+  int64_t inner_;
+  std::shared_ptr<Linear> proj_, out_;
+};
+
+// GELU, tanh form (see FeedForward).
+ag::Var gelu_tanh(const ag::Var& x);
+
+// LDM's BasicTransformerBlock: three pre-LayerNorm residual branches on tokens (B, T, C):
+//   x = x + attn1(norm1(x))             self-attention
+//   x = x + attn2(norm2(x), context)    cross-attention to the context (B, Tk, Dc)
+//   x = x + ff(norm3(x))                GEGLU feed-forward
+class TransformerBlock : public Module {
+ public:
+  TransformerBlock(int64_t channels, int64_t context_dim, int heads);
+  ag::Var forward(const ag::Var& x, const ag::Var& context) const;
+
+ private:
+  std::shared_ptr<LayerNorm> norm1_, norm2_, norm3_;
+  std::shared_ptr<CrossAttention> attn1_, attn2_;
+  std::shared_ptr<FeedForward> ff_;
+};
+
+// LDM's SpatialTransformer (depth 1): an image block that attends to a context.
+//   h = proj_in(GroupNorm(x)) as (B, H*W, C) tokens;  h = block(h, context);  out = x + proj_out(h)
+// proj_in and proj_out are LDM's 1x1 convs, i.e. Linears over the channels of NHWC; proj_out is
+// zero-initialised, so the block starts as the identity.
+class SpatialTransformer : public Module {
+ public:
+  SpatialTransformer(int64_t channels, int64_t context_dim, int groups, int heads, float norm_eps = 1e-5f);
+  ag::Var forward(const ag::Var& x, const ag::Var& context) const;  // (B, H, W, C) -> same
+
+ private:
+  int64_t channels_;
+  std::shared_ptr<GroupNorm> norm_;
+  std::shared_ptr<Linear> proj_in_, proj_out_;
+  std::shared_ptr<TransformerBlock> block_;
 };
 
 struct ResBlockOptions {

@@ -1,6 +1,7 @@
 #include "models/nn/unet.h"
 
 #include <algorithm>
+#include <cctype>
 #include <limits>
 #include <set>
 
@@ -77,6 +78,91 @@ void UNetConfig::validate() const {
     }
   (void)parse_enum<InitScheme>(init, "init", "UNetConfig");
   (void)parse_enum<TimeEmbeddingKind>(time_embedding, "time_embedding", "UNetConfig");
+  validate_context();
+}
+
+void UNetConfig::validate_context() const {
+  constexpr int64_t kMaxTokens = 1024, kMaxWords = 1 << 20, kMaxContextDim = 1 << 16;
+  if (context_dim == 0) {
+    DF_CHECK(context_resolutions.empty() && class_names.empty() && vocabulary.empty(),
+             "UNetConfig: context_resolutions, class_names and vocabulary need context_dim > 0 (a cross-attention "
+             "model)");
+    return;
+  }
+  DF_CHECK(context_dim > 0 && context_dim <= kMaxContextDim, "UNetConfig: context_dim must be in [0, ", kMaxContextDim,
+           "], got ", context_dim);
+  DF_CHECK(context_tokens >= 1 && context_tokens <= kMaxTokens, "UNetConfig: context_tokens must be in [1, ",
+           kMaxTokens, "], got ", context_tokens);
+  DF_CHECK(num_classes > 0 && class_names.size() == static_cast<size_t>(num_classes), "UNetConfig: a cross-attention "
+           "model (context_dim ", context_dim, ") needs one class name per class: num_classes ", num_classes, ", ",
+           class_names.size(), " class_names");
+  DF_CHECK(!vocabulary.empty() && static_cast<int64_t>(vocabulary.size()) <= kMaxWords, "UNetConfig: vocabulary must "
+           "hold 1 to ", kMaxWords, " words, got ", vocabulary.size());
+  std::set<std::string> seen;
+  for (const std::string& w : vocabulary) {
+    const std::vector<std::string> split = prompt_words(w);
+    DF_CHECK(split.size() == 1 && split[0] == w, "UNetConfig: vocabulary word '", w, "' is not one lower-case word");
+    DF_CHECK(seen.insert(w).second, "UNetConfig: vocabulary word '", w, "' appears twice");
+  }
+  // Each class name must tokenise: its words known and at most context_tokens of them.
+  for (const std::string& name : class_names) {
+    const std::vector<std::string> words = prompt_words(name);
+    DF_CHECK(!words.empty(), "UNetConfig: class name '", name, "' has no words");
+    DF_CHECK(static_cast<int64_t>(words.size()) <= context_tokens, "UNetConfig: class name '", name, "' has ",
+             words.size(), " words, more than context_tokens ", context_tokens);
+    for (const std::string& w : words)
+      DF_CHECK(seen.count(w), "UNetConfig: class name '", name, "': the word '", w, "' is not in the vocabulary");
+  }
+  int s = image_size;
+  std::set<int> sizes;
+  for (size_t i = 0; i < channel_mult.size(); ++i, s /= 2) sizes.insert(s);
+  for (int r : context_resolutions)
+    DF_CHECK(sizes.count(r), "UNetConfig: context_resolutions holds ", r, ", not a feature-map size of this model");
+}
+
+std::vector<std::string> prompt_words(std::string_view text) {
+  std::vector<std::string> words;
+  std::string w;
+  for (char ch : text) {
+    const unsigned char u = static_cast<unsigned char>(ch);
+    if (std::isspace(u) || ch == '/') {
+      if (!w.empty()) words.push_back(std::move(w));
+      w.clear();
+    } else {
+      w += static_cast<char>(u < 128 ? std::tolower(u) : u);
+    }
+  }
+  if (!w.empty()) words.push_back(std::move(w));
+  return words;
+}
+
+std::vector<std::string> context_vocabulary(const std::vector<std::string>& class_names) {
+  std::vector<std::string> vocab;
+  std::set<std::string> seen;
+  for (const std::string& name : class_names)
+    for (std::string& w : prompt_words(name))
+      if (seen.insert(w).second) vocab.push_back(std::move(w));
+  return vocab;
+}
+
+std::vector<int64_t> UNetConfig::tokenize(std::string_view prompt) const {
+  DF_CHECK(has_context(), "this model has no cross-attention (context_dim 0): it takes no prompt");
+  const std::vector<std::string> words = prompt_words(prompt);
+  auto known = [&] {
+    std::string all;
+    for (const std::string& w : vocabulary) all += (all.empty() ? "" : ", ") + w;
+    return all;
+  };
+  DF_CHECK(static_cast<int64_t>(words.size()) <= context_tokens, "prompt '", prompt, "' has ", words.size(),
+           " words; the model reads at most ", context_tokens);
+  std::vector<int64_t> ids(static_cast<size_t>(context_tokens), 0);
+  for (size_t i = 0; i < words.size(); ++i) {
+    const auto it = std::find(vocabulary.begin(), vocabulary.end(), words[i]);
+    DF_CHECK(it != vocabulary.end(), "prompt '", prompt, "': the model does not know the word '", words[i],
+             "' (known: ", known(), ")");
+    ids[i] = (it - vocabulary.begin()) + 1;
+  }
+  return ids;
 }
 
 nlohmann::json UNetConfig::to_json() const {
@@ -106,6 +192,13 @@ nlohmann::json UNetConfig::to_json() const {
   if (downsample_padding != UNetConfig{}.downsample_padding) j["downsample_padding"] = downsample_padding;
   if (low_res_channels != 0) j["low_res_channels"] = low_res_channels;
   if (low_res_size != 0) j["low_res_size"] = low_res_size;
+  if (has_context()) {
+    j["context_dim"] = context_dim;
+    j["context_resolutions"] = context_resolutions;
+    j["context_tokens"] = context_tokens;
+    j["class_names"] = class_names;
+    j["vocabulary"] = vocabulary;
+  }
   return j;
 }
 
@@ -119,7 +212,9 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
                                       "scale_shift_norm", "resblock_updown",  "rescale_residual",
                                       "learn_sigma",     "conv_resample",     "init",
                                       "time_embedding",  "norm_eps",          "downsample_padding",
-                                      "low_res_channels", "low_res_size"};
+                                      "low_res_channels", "low_res_size",
+                                      "context_dim",     "context_resolutions", "context_tokens",
+                                      "class_names",     "vocabulary"};
   for (auto it = j.begin(); it != j.end(); ++it)
     DF_CHECK(keys.count(it.key()), "UNetConfig: unknown key '", it.key(), "'");
   // json_to, not get_to: nlohmann's conversions are unchecked casts (core/json_util.h).
@@ -150,11 +245,20 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
   get("conv_resample", c.conv_resample);
   get("init", c.init);
   get("time_embedding", c.time_embedding);
+  get("context_dim", c.context_dim);
+  get("context_resolutions", c.context_resolutions);
+  get("context_tokens", c.context_tokens);
+  get("class_names", c.class_names);
+  get("vocabulary", c.vocabulary);
+  // A config written by hand may leave the vocabulary out: the class names' words.
+  if (c.context_dim > 0 && !j.contains("vocabulary")) c.vocabulary = context_vocabulary(c.class_names);
   c.validate();
   return c;
 }
 
-std::vector<std::string> UNetConfig::preset_names() { return {"ddpm-cifar10", "fmnist", "tiny", "imagenet64"}; }
+std::vector<std::string> UNetConfig::preset_names() {
+  return {"ddpm-cifar10", "fmnist", "tiny", "imagenet64", "latent"};
+}
 
 UNetConfig UNetConfig::preset(const std::string& name) {
   UNetConfig c;
@@ -211,6 +315,20 @@ UNetConfig UNetConfig::preset(const std::string& name) {
     c.groups = 32;
     c.scale_shift_norm = true;
     c.learn_sigma = true;
+  } else if (name == "latent") {
+    // The CPU model of latent diffusion on 7x7x4 latents (train-autoencoder's default, f = 4 on
+    // 28x28): 7 is odd, so one level without downsampling, its width spent on two blocks per level
+    // and attention over the 49 positions. image_size and the channels follow the latents.
+    c.in_channels = c.out_channels = 4;
+    c.image_size = 7;
+    c.base_channels = 64;
+    c.channel_mult = {1};
+    c.num_res_blocks = 2;
+    c.attention_resolutions = {7};
+    c.head_channels = 32;
+    c.dropout = 0.f;
+    c.groups = 16;
+    c.scale_shift_norm = true;
   } else {
     std::string all;
     for (auto& n : preset_names()) all += (all.empty() ? "" : ", ") + n;
@@ -242,9 +360,20 @@ bool has_attention(const UNetConfig& c, int size) {
          c.attention_resolutions.end();
 }
 
+bool has_context_attention(const UNetConfig& c, int size) {
+  return c.has_context() && std::find(c.context_resolutions.begin(), c.context_resolutions.end(), size) !=
+                                c.context_resolutions.end();
+}
+
 std::shared_ptr<AttentionBlock> make_attention(const UNetConfig& c, int64_t ch) {
   return std::make_shared<AttentionBlock>(ch, c.groups, c.head_channels > 0 ? -1 : c.num_heads, c.head_channels,
                                           static_cast<float>(c.norm_eps));
+}
+
+// The same heads as the AttentionBlock would have at this width.
+std::shared_ptr<SpatialTransformer> make_transformer(const UNetConfig& c, int64_t ch) {
+  const int heads = c.head_channels > 0 ? static_cast<int>(ch / c.head_channels) : c.num_heads;
+  return std::make_shared<SpatialTransformer>(ch, c.context_dim, c.groups, heads, static_cast<float>(c.norm_eps));
 }
 
 // Sequential site numbers for dropout streams.
@@ -256,11 +385,34 @@ struct Sites {
 
 }  // namespace
 
-// One resolution of the encoder: res.<j>, attn.<j>, downsample.
+// The attention after the j-th ResBlock of a level: self-attention (attn.<j>), a
+// SpatialTransformer attending to the context (xattn.<j>), or none.
+struct LevelAttention {
+  std::shared_ptr<ModuleList<AttentionBlock>> attn;
+  std::shared_ptr<ModuleList<SpatialTransformer>> xattn;
+
+  void build(Module& lvl, const UNetConfig& c, int size) {
+    if (has_context_attention(c, size))
+      xattn = lvl.register_module("xattn", std::make_shared<ModuleList<SpatialTransformer>>());
+    else if (has_attention(c, size))
+      attn = lvl.register_module("attn", std::make_shared<ModuleList<AttentionBlock>>());
+  }
+  void push(const UNetConfig& c, int64_t ch) {
+    if (attn) attn->push_back(make_attention(c, ch));
+    if (xattn) xattn->push_back(make_transformer(c, ch));
+  }
+  ag::Var forward(size_t j, const ag::Var& h, const ag::Var& ctx) const {
+    if (attn) return (*attn)[j].forward(h);
+    if (xattn) return (*xattn)[j].forward(h, ctx);
+    return h;
+  }
+};
+
+// One resolution of the encoder: res.<j>, attn.<j> (or xattn.<j>), downsample.
 class UNetDownLevel : public Module {
  public:
   std::shared_ptr<ModuleList<ResBlock>> res;
-  std::shared_ptr<ModuleList<AttentionBlock>> attn;  // null: no attention at this size
+  LevelAttention attn;
   std::shared_ptr<Downsample> down;
   std::shared_ptr<ResBlock> down_res;  // resblock_updown
 };
@@ -268,7 +420,7 @@ class UNetDownLevel : public Module {
 class UNetUpLevel : public Module {
  public:
   std::shared_ptr<ModuleList<ResBlock>> res;
-  std::shared_ptr<ModuleList<AttentionBlock>> attn;
+  LevelAttention attn;
   std::shared_ptr<Upsample> up;
   std::shared_ptr<ResBlock> up_res;
 };
@@ -276,7 +428,28 @@ class UNetUpLevel : public Module {
 class UNetMid : public Module {
  public:
   std::shared_ptr<ResBlock> res1, res2;
-  std::shared_ptr<AttentionBlock> attn;
+  std::shared_ptr<AttentionBlock> attn;     // or, in a cross-attention model,
+  std::shared_ptr<SpatialTransformer> xattn;
+};
+
+// The context of a cross-attention model: token ids (B, L) -> tokens(ids) + positions, (B, L, D).
+// Token 0 is the pad; a context of pads only is the null context of classifier-free guidance.
+class ContextEncoder : public Module {
+ public:
+  ContextEncoder(int64_t words, int64_t length, int64_t dim) : length_(length), dim_(dim) {
+    tokens_ = register_module("tokens", std::make_shared<Embedding>(words + 1, dim));
+    positions_ = &register_parameter("positions", Tensor::zeros({length, dim}), Init::normal(1.f));
+  }
+  ag::Var forward(const Tensor& ids) const {
+    const int64_t B = ids.size(0);
+    ag::Var e = ag::reshape(tokens_->forward(ids.reshape({B * length_})), {B, length_, dim_});
+    return ag::add(e, *positions_);
+  }
+
+ private:
+  int64_t length_, dim_;
+  std::shared_ptr<Embedding> tokens_;
+  ag::Var* positions_ = nullptr;
 };
 
 namespace {
@@ -296,12 +469,12 @@ std::vector<int64_t> build_encoder(Module& m, const UNetConfig& c, std::shared_p
   for (size_t i = 0; i < L; ++i) {
     auto lvl = down->push_back(std::make_shared<UNetDownLevel>());
     lvl->res = lvl->register_module("res", std::make_shared<ModuleList<ResBlock>>());
-    if (has_attention(c, size)) lvl->attn = lvl->register_module("attn", std::make_shared<ModuleList<AttentionBlock>>());
+    lvl->attn.build(*lvl, c, size);
     const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
     for (int j = 0; j < c.num_res_blocks; ++j) {
       lvl->res->push_back(std::make_shared<ResBlock>(res_options(c, ch, out)));
       ch = out;
-      if (lvl->attn) lvl->attn->push_back(make_attention(c, ch));
+      lvl->attn.push(c, ch);
       skips.push_back(ch);
     }
     if (i + 1 < L) {
@@ -318,19 +491,22 @@ std::vector<int64_t> build_encoder(Module& m, const UNetConfig& c, std::shared_p
   }
   mid = m.register_module("mid", std::make_shared<UNetMid>());
   mid->res1 = mid->register_module("res1", std::make_shared<ResBlock>(res_options(c, ch, ch)));
-  mid->attn = mid->register_module("attn", make_attention(c, ch));
+  if (c.has_context())
+    mid->xattn = mid->register_module("xattn", make_transformer(c, ch));
+  else
+    mid->attn = mid->register_module("attn", make_attention(c, ch));
   mid->res2 = mid->register_module("res2", std::make_shared<ResBlock>(res_options(c, ch, ch)));
   return skips;
 }
 
-ag::Var run_encoder(const ag::Var& x, const ag::Var& emb_act, Sites& sites, const Conv2d& conv_in,
+ag::Var run_encoder(const ag::Var& x, const ag::Var& emb_act, const ag::Var& ctx, Sites& sites, const Conv2d& conv_in,
                     const ModuleList<UNetDownLevel>& down, const UNetMid& mid, std::vector<ag::Var>* skips) {
   ag::Var h = conv_in.forward(x);
   if (skips) skips->push_back(h);
   for (const auto& lvl : down) {
     for (size_t j = 0; j < lvl->res->size(); ++j) {
       h = (*lvl->res)[j].forward(h, emb_act, sites());
-      if (lvl->attn) h = (*lvl->attn)[j].forward(h);
+      h = lvl->attn.forward(j, h, ctx);
       if (skips) skips->push_back(h);
     }
     if (lvl->down_res || lvl->down) {
@@ -339,7 +515,7 @@ ag::Var run_encoder(const ag::Var& x, const ag::Var& emb_act, Sites& sites, cons
     }
   }
   h = mid.res1->forward(h, emb_act, sites());
-  h = mid.attn->forward(h);
+  h = mid.xattn ? mid.xattn->forward(h, ctx) : mid.attn->forward(h);
   return mid.res2->forward(h, emb_act, sites());
 }
 
@@ -393,6 +569,29 @@ Tensor area_downsample(const Tensor& x, int factor) {
 
 // ---- UNet ---------------------------------------------------------------------------------------
 
+Tensor UNet::context_ids(const Tensor& labels, int64_t B) const {
+  const UNetConfig& c = cfg_;
+  const int64_t L = c.context_tokens, V = static_cast<int64_t>(c.vocabulary.size());
+  std::vector<int64_t> ids(static_cast<size_t>(B * L), 0);  // undefined labels: the null context
+  if (labels.defined() && labels.dim() == 2) {
+    DF_CHECK(labels.dtype() == DType::i64 && labels.size(0) == B && labels.size(1) == L, "UNet: token ids must be i64 (",
+             B, ", ", L, "), got ", labels.str());
+    ids = labels.to(Device::cpu()).to_vector_i64();
+    for (int64_t id : ids) DF_CHECK(id >= 0 && id <= V, "UNet: token id ", id, " outside [0, ", V, "]");
+  } else if (labels.defined()) {
+    DF_CHECK(labels.dtype() == DType::i64 && labels.numel() == B, "UNet: labels must be i64 (", B, ") or token ids (",
+             B, ", ", L, "), got ", labels.str());
+    const std::vector<int64_t> l = labels.to(Device::cpu()).to_vector_i64();
+    for (int64_t b = 0; b < B; ++b) {
+      DF_CHECK(l[b] >= 0 && l[b] <= c.num_classes, "UNet: label ", l[b], " outside [0, ", c.num_classes, "]");
+      if (l[b] == c.num_classes) continue;  // the null label: the null context
+      const std::vector<int64_t> t = c.tokenize(c.class_names[static_cast<size_t>(l[b])]);
+      std::copy(t.begin(), t.end(), ids.begin() + b * L);
+    }
+  }
+  return Tensor::from_vector_i64(ids, {B, L});
+}
+
 UNet::UNet(const UNetConfig& cfg, uint64_t seed) : UNet(cfg, seed, true) {}
 
 UNet::UNet(const UNetConfig& cfg, Undrawn) : UNet(cfg, 0, false) {}
@@ -401,7 +600,10 @@ UNet::UNet(const UNetConfig& cfg, uint64_t seed, bool draw) : cfg_(cfg) {
   cfg_.validate();
   const UNetConfig& c = cfg_;
   build_time_embedding(*this, c, time_fc1_, time_fc2_);
-  if (c.num_classes > 0)
+  if (c.has_context())
+    context_ = register_module("context", std::make_shared<ContextEncoder>(static_cast<int64_t>(c.vocabulary.size()),
+                                                                           c.context_tokens, c.context_dim));
+  else if (c.num_classes > 0)
     label_emb_ = register_module("label_emb", std::make_shared<Embedding>(c.num_classes + 1, c.emb_channels()));
   // CDM conditions on the augmentation level as on t: its own sinusoidal features and MLP, added.
   if (c.super_res()) build_time_embedding(*this, c, aug_fc1_, aug_fc2_, "aug");
@@ -418,14 +620,14 @@ UNet::UNet(const UNetConfig& cfg, uint64_t seed, bool draw) : cfg_(cfg) {
     const size_t i = L - 1 - k;
     auto lvl = levels[i] = std::make_shared<UNetUpLevel>();
     lvl->res = lvl->register_module("res", std::make_shared<ModuleList<ResBlock>>());
-    if (has_attention(c, size)) lvl->attn = lvl->register_module("attn", std::make_shared<ModuleList<AttentionBlock>>());
+    lvl->attn.build(*lvl, c, size);
     const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
     for (int j = 0; j <= c.num_res_blocks; ++j) {
       const int64_t skip_ch = skips.back();
       skips.pop_back();
       lvl->res->push_back(std::make_shared<ResBlock>(res_options(c, ch + skip_ch, out)));
       ch = out;
-      if (lvl->attn) lvl->attn->push_back(make_attention(c, ch));
+      lvl->attn.push(c, ch);
     }
     if (i > 0) {
       if (c.resblock_updown) {
@@ -469,7 +671,10 @@ ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels, c
     DF_CHECK(!low.defined(), "UNet: a low-resolution image given to a model without super-resolution input "
              "(low_res_channels = 0)");
   }
-  if (label_emb_) {
+  ag::Var ctx;
+  if (context_) {
+    ctx = context_->forward(context_ids(labels, B).to(x.device()));
+  } else if (label_emb_) {
     Tensor ids = labels;
     if (!ids.defined()) ids = Tensor::from_vector_i64(std::vector<int64_t>(B, c.num_classes), {B});
     DF_CHECK(ids.dtype() == DType::i64 && ids.numel() == B, "UNet: labels must be i64 (", B, "), got ", ids.str());
@@ -484,14 +689,14 @@ ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels, c
   Sites sites{{dropout_seed_, calls_++}};
 
   std::vector<ag::Var> skips;
-  ag::Var h = run_encoder(input, emb_act, sites, *conv_in_, *down_, *mid_, &skips);
+  ag::Var h = run_encoder(input, emb_act, ctx, sites, *conv_in_, *down_, *mid_, &skips);
   for (size_t k = up_->size(); k-- > 0;) {
     const UNetUpLevel* lvl = &(*up_)[k];
     for (size_t j = 0; j < lvl->res->size(); ++j) {
       h = ag::concat_last({h, skips.back()});
       skips.pop_back();
       h = (*lvl->res)[j].forward(h, emb_act, sites());
-      if (lvl->attn) h = (*lvl->attn)[j].forward(h);
+      h = lvl->attn.forward(j, h, ctx);
     }
     if (lvl->up_res) h = lvl->up_res->forward(h, emb_act, sites());
     if (lvl->up) h = lvl->up->forward(h);
@@ -505,6 +710,10 @@ EncoderClassifier::EncoderClassifier(const UNetConfig& cfg, int num_classes, uin
     : cfg_(cfg), num_classes_(num_classes) {
   cfg_.num_classes = 0;  // the classifier predicts labels; it is never conditioned on one
   cfg_.low_res_channels = cfg_.low_res_size = 0;  // nor on a low-resolution image
+  cfg_.context_dim = 0;  // nor on a context: its encoder has plain attention blocks
+  cfg_.context_resolutions.clear();
+  cfg_.class_names.clear();
+  cfg_.vocabulary.clear();
   cfg_.validate();
   DF_CHECK(num_classes > 0, "EncoderClassifier needs num_classes > 0");
   build_time_embedding(*this, cfg_, time_fc1_, time_fc2_);
@@ -521,7 +730,7 @@ ag::Var EncoderClassifier::features(const ag::Var& x, const Tensor& t) {
   DF_CHECK(t.defined() && t.numel() == x.size(0), "EncoderClassifier: t must have one timestep per sample");
   ag::Var emb_act = ag::silu(time_embedding(t, cfg_, *time_fc1_, *time_fc2_, x.dtype()));
   Sites sites{{dropout_seed_, calls_++}};
-  ag::Var h = run_encoder(x, emb_act, sites, *conv_in_, *down_, *mid_, nullptr);
+  ag::Var h = run_encoder(x, emb_act, ag::Var(), sites, *conv_in_, *down_, *mid_, nullptr);
   h = out_norm_->forward(h, /*silu=*/true);
   return ag::mean(h, {1, 2});  // global average pool over H, W
 }

@@ -5,6 +5,7 @@
 // Shape of the network (L = channel_mult.size() levels, ch = base_channels):
 //   emb   = time.fc2(SiLU(time.fc1(timestep_embedding(t, ch))))    (+ label_emb(label))
 //           (+ aug.fc2(SiLU(aug.fc1(timestep_embedding(s, ch)))) for a super-resolution model)
+//   ctx   = context.tokens(ids) + context.positions   (a cross-attention model: context_dim > 0)
 //   h     = conv_in(x)                                                 -> skip
 //           (a super-resolution model: conv_in(concat(x, upsample(z_low))), see LowRes below)
 //   down.i: num_res_blocks x [ResBlock (+ AttentionBlock at attention resolutions)]  -> skip each
@@ -13,15 +14,21 @@
 //   up.i (i = L-1 .. 0): num_res_blocks+1 x [concat(h, skip.pop()); ResBlock (+ Attention)]
 //           then, except at level 0, upsample (nearest + conv, or ResBlock up)
 //   out   = out_conv(SiLU(out_norm(h)))     out_conv zero-initialised
-// Parameter names (docs/models.md): time.fc1, time.fc2, label_emb, aug.fc1, aug.fc2, conv_in,
-// down.<i>.res.<j>, down.<i>.attn.<j>, down.<i>.downsample, mid.res1, mid.attn, mid.res2,
-// up.<i>.res.<j>, up.<i>.attn.<j>, up.<i>.upsample, out_norm, out_conv; then the layer's own
+// A cross-attention model (context_dim > 0, LDM's use_spatial_transformer) has a SpatialTransformer
+// attending to ctx in place of the AttentionBlock at each size of context_resolutions (xattn.<j>
+// instead of attn.<j>) and in the middle (mid.xattn instead of mid.attn), and no label_emb: a
+// label conditions through its class name's words.
+// Parameter names (docs/models.md): time.fc1, time.fc2, label_emb, aug.fc1, aug.fc2, context.tokens,
+// context.positions, conv_in, down.<i>.res.<j>, down.<i>.attn.<j> (or xattn.<j>),
+// down.<i>.downsample, mid.res1, mid.attn (or mid.xattn), mid.res2, up.<i>.res.<j>,
+// up.<i>.attn.<j> (or xattn.<j>), up.<i>.upsample, out_norm, out_conv; then the layer's own
 // names (layers.h), e.g. down.1.res.0.conv1.weight.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <nlohmann/json.hpp>
@@ -35,6 +42,14 @@ namespace diffuse::nn {
 class UNetDownLevel;
 class UNetUpLevel;
 class UNetMid;
+class ContextEncoder;
+
+// The words of a prompt or a class name: ASCII lower-cased, split at white space and '/', empty
+// pieces dropped ("T-shirt/top" -> "t-shirt", "top").
+std::vector<std::string> prompt_words(std::string_view text);
+// The vocabulary of a cross-attention model: the words of the class names, each once, in the order
+// they first appear.
+std::vector<std::string> context_vocabulary(const std::vector<std::string>& class_names);
 
 // The sinusoidal features of t (UNetConfig::time_embedding): ADM's [cos, sin] or DDPM's [sin, cos].
 enum class TimeEmbeddingKind { adm, ddpm };
@@ -81,12 +96,31 @@ struct UNetConfig {
   // Sinusoidal features of t: "adm" ([cos, sin], frequencies exp(-ln(1e4) i / half)) or "ddpm"
   // ([sin, cos], exp(-ln(1e4) i / (half - 1))). kernels/time_embedding.h.
   std::string time_embedding = "adm";
+  // Cross-attention conditioning (Rombach et al. 2022, sec. 3.3). context_dim > 0: the model
+  // attends to a context of context_tokens learned word embeddings (context_dim wide) through a
+  // SpatialTransformer at each size in context_resolutions (instead of an AttentionBlock there,
+  // whether or not attention_resolutions lists it) and in the middle block. The words come from
+  // the class names: label i conditions on the words of class_names[i], the null label on an
+  // empty context (every token the pad, id 0). vocabulary: the known words, word k has token id
+  // k + 1; stored, with the class names, so a checkpoint tokenises on its own. All five keys are
+  // written only when context_dim > 0.
+  int context_dim = 0;
+  std::vector<int> context_resolutions;
+  int context_tokens = 8;
+  std::vector<std::string> class_names;
+  std::vector<std::string> vocabulary;
 
   int output_channels() const { return learn_sigma ? 2 * out_channels : out_channels; }
   bool super_res() const { return low_res_channels > 0; }
   int low_res_factor() const { return super_res() ? image_size / low_res_size : 1; }  // a power of two
   int emb_channels() const { return 4 * base_channels; }
+  bool has_context() const { return context_dim > 0; }
+  // A prompt's token ids, context_tokens of them (the words' ids, then pads): a word outside the
+  // vocabulary or more than context_tokens words is refused, naming the known words. "" gives the
+  // null context.
+  std::vector<int64_t> tokenize(std::string_view prompt) const;
   void validate() const;  // throws with the offending key
+  void validate_context() const;  // the cross-attention keys (part of validate)
 
   nlohmann::json to_json() const;
   // Unknown keys are an error (a typo would otherwise silently train a different model); missing
@@ -98,6 +132,7 @@ struct UNetConfig {
   //   fmnist        28x28x1 on a GPU
   //   tiny          28x28x1 for CPU training
   //   imagenet64    improved DDPM's ImageNet 64x64 model (learned sigma, scale-shift, updown)
+  //   latent        7x7x4 latents of the default autoencoder (latent diffusion on the cpu)
   static UNetConfig preset(const std::string& name);
   static std::vector<std::string> preset_names();
 };
@@ -131,7 +166,9 @@ class UNet : public Module {
 
   // x (B, H, W, in_channels) with H = W = image_size; t (B) f32 timesteps on DDPM's scale
   // (0..1000, what the time embedding expects); labels (B) i64 in [0, num_classes] or undefined
-  // (then the null label num_classes when the model is class-conditional).
+  // (then the null label num_classes when the model is class-conditional). A cross-attention
+  // model also takes token ids (B, context_tokens) i64 in [0, vocabulary size] as `labels`
+  // (tokenize()): a prompt; a label is the same as its class name's tokens.
   // low: a super-resolution model's conditioning (LowRes), required by one and refused by any
   // other. Returns (B, H, W, output_channels()).
   ag::Var forward(const ag::Var& x, const Tensor& t, const Tensor& labels = {}, const LowRes& low = {});
@@ -143,10 +180,13 @@ class UNet : public Module {
 
  private:
   UNet(const UNetConfig& cfg, uint64_t seed, bool draw);
+  // A cross-attention model's token ids (B, context_tokens) on the cpu from `labels` (forward()).
+  Tensor context_ids(const Tensor& labels, int64_t B) const;
   UNetConfig cfg_;
   std::shared_ptr<Linear> time_fc1_, time_fc2_;
   std::shared_ptr<Embedding> label_emb_;
   std::shared_ptr<Linear> aug_fc1_, aug_fc2_;  // super-resolution: the augmentation level's MLP
+  std::shared_ptr<ContextEncoder> context_;
   std::shared_ptr<Conv2d> conv_in_;
   std::shared_ptr<ModuleList<UNetDownLevel>> down_;
   std::shared_ptr<UNetMid> mid_;

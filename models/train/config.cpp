@@ -241,17 +241,34 @@ void TrainConfig::validate() const {
              "augmentation noises the low-resolution image on a DDPM schedule; use objective eps, x0, v or hybrid)");
   DF_CHECK(c.super_res > 0 || c.super_res_aug == TrainConfig{}.super_res_aug, "training config: key "
            "'super_res_aug' goes with super_res (the low-resolution size of a super-resolution model)");
+  // A mirrored image's latent is not the mirrored latent: flipping latents would train on data
+  // the autoencoder never produces.
+  DF_CHECK(c.autoencoder.empty() || !c.flip, "training config: flip with an autoencoder: the latents are the "
+           "encodings of the unflipped images; train without --flip");
+  // hybrid's VLB and vdm's bound end in a decoder of 8-bit pixels in [-1, 1] (the discretised
+  // Gaussian, VDM's 256-level softmax): a latent is not one.
+  DF_CHECK(c.autoencoder.empty() || (objective != Objective::hybrid && objective != Objective::vdm),
+           "training config: objective ", enum_name(objective), " with an autoencoder: its likelihood term decodes "
+           "8-bit pixels, which latents are not; latent diffusion trains eps, x0 or v");
   DF_CHECK(objective != Objective::vdm || c.loss_weight == LossWeight::none, "training config: loss_weight '",
            enum_name(c.loss_weight),
            "' with objective vdm: the VDM loss is the likelihood bound itself, which a weight would change");
 }
 
-nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_classes) const {
+nn::UNetConfig TrainConfig::unet_config(int image_size, int channels, int num_classes,
+                                        const std::vector<std::string>& class_names) const {
   nlohmann::json j = nn::UNetConfig::preset(preset).to_json();
   j["image_size"] = image_size;
   j["in_channels"] = channels;
   j["out_channels"] = channels;
   j["num_classes"] = class_cond ? num_classes : 0;
+  if (model.contains("context_dim") && model.at("context_dim") != 0 && !model.contains("class_names")) {
+    DF_CHECK(class_cond, "training config: model key context_dim makes a cross-attention model, which conditions on "
+             "the words of the class names: train it with --class-cond");
+    DF_CHECK(!class_names.empty(), "training config: model key context_dim: the data set names no classes (a "
+             "cross-attention model conditions on their words; give the model key class_names)");
+    j["class_names"] = class_names;
+  }
   for (auto it = model.begin(); it != model.end(); ++it) {
     DF_CHECK(it.key() != "low_res_channels" && it.key() != "low_res_size", "training config: model key '", it.key(),
              "' is set by super_res (--super-res LOW), not by the model's keys");
@@ -295,6 +312,9 @@ std::string device_step_unsupported(const TrainConfig& c) {
   if (c.class_cond) return "--class-cond";
   // Its step has no low-resolution input (the UNet's conditioning and its augmentation).
   if (c.super_res > 0) return "--super-res";
+  // The latents, the scale and the decoded grids are the cpu trainer's; the device step is not
+  // tested on them.
+  if (!c.autoencoder.empty()) return "--autoencoder";
   if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
   const Objective o = c.objective;
   if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + std::string(enum_name(o));

@@ -116,6 +116,12 @@ struct TrainConfig {
   // data
   std::string dataset = "fashion-mnist";  // fashion-mnist | mnist:<dir> | cifar10:<dir> | images:<dir>
   bool flip = false;
+  // Latent diffusion (Rombach et al. 2022): an autoencoder checkpoint of `diffuse
+  // train-autoencoder`. Each batch is encoded to its posterior means, scaled to unit variance by a
+  // factor measured on the data (LDM's scale_factor), and the UNet is trained on those latents;
+  // the checkpoint stores the autoencoder and the factor, so sampling decodes without this file.
+  // Written only when set.
+  std::string autoencoder;
   // run
   uint64_t seed = 0;
   std::string device = "auto";
@@ -136,7 +142,11 @@ struct TrainConfig {
   // Each field's own requirement (config_fields.h), then those across fields (a schedule with its
   // objective, the betas with the schedule, ...); throws naming the key.
   void validate() const;
-  nn::UNetConfig unet_config(int image_size, int channels, int num_classes) const;
+  // The model the run trains: the preset, the data's image size, channels and classes, then the
+  // `model` keys. A cross-attention model (model key context_dim) takes the data set's class names
+  // (and their words as its vocabulary) unless the model keys give class_names.
+  nn::UNetConfig unet_config(int image_size, int channels, int num_classes,
+                             const std::vector<std::string>& class_names = {}) const;
 };
 
 // Which device a training run uses, decided from the requested spec, whether a GPU answers, and

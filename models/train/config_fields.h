@@ -91,7 +91,7 @@ void for_each_field(V&& v) {
   namespace fc = field_checks;
   using C = TrainConfig;
   // model
-  v(Field<std::string>{.key = "preset", .member = &C::preset, .help = "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64", .check = fc::preset});
+  v(Field<std::string>{.key = "preset", .member = &C::preset, .help = "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64, latent (7x7x4 latents, with --autoencoder)", .check = fc::preset});
   v(Field<nlohmann::json>{.key = "model", .member = &C::model, .help = "JSON object of UNet keys overriding the preset, e.g. '{\"base_channels\": 48}'", .check = fc::model, .flag_kind = FlagKind::json});
   // diffusion
   v(Field<Objective>{.key = "objective", .member = &C::objective, .help = "what the network predicts: eps, x0, v, hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels), or vdm (eps in continuous time, trained on the VDM likelihood bound in bits/dim: prior + reconstruction + 0.5 gamma'(t) ||eps - eps_hat||^2; Kingma et al. 2021)"});
@@ -124,6 +124,7 @@ void for_each_field(V&& v) {
   // data
   v(Field<std::string>{.key = "dataset", .member = &C::dataset, .help = "fashion-mnist[:<dir>], mnist:<dir>, cifar10:<dir>, images:<dir>[@size] (resized to size x size, default 64), or idx:<images>,<labels>; the fixed-size sets also take @size, area-averaged to their size divided by a power of two (fashion-mnist@14)"});
   v(Field<bool>{.key = "flip", .member = &C::flip, .help = "random horizontal flips", .flag_kind = FlagKind::toggle});
+  v(Field<std::string>{.key = "autoencoder", .member = &C::autoencoder, .help = "latent diffusion: an autoencoder.safetensors of `diffuse train-autoencoder`; the UNet is trained on the data set's latents (posterior means scaled to unit variance by a factor measured on them), the checkpoint keeps the autoencoder and the factor, and `diffuse sample` decodes its samples. Pick a preset whose levels fit the latent size (--preset latent for 7x7 latents)", .written = Written::when_set});
   // run
   v(Field<uint64_t>{.key = "seed", .member = &C::seed, .help = "seed of every random draw (init, batches, noise)"});
   v(Field<std::string>{.key = "device", .member = &C::device, .help = "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, --class-cond, hybrid and vdm, then trains on the cpu, saying so)", .check = fc::device});

@@ -25,6 +25,7 @@
 #include "models/diffusion/objective.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
+#include "models/train/autoencoder_trainer.h"
 #include "models/train/cpu_stepper.h"
 #include "models/train/device_trainer.h"
 #include "models/train/run_folder.h"
@@ -223,6 +224,27 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema, bo
     }
     m.snr->to(device);
   }
+  // A latent model: its autoencoder and scale, and the UNet's input must be its latents.
+  const bool has_ae = st.metadata.count("autoencoder") > 0;
+  DF_CHECK(has_ae == !m.config.autoencoder.empty(), path, ": ",
+           has_ae ? "an autoencoder is stored but the training config names none"
+                  : "the training config names an autoencoder but none is stored (metadata 'autoencoder')");
+  if (has_ae) {
+    m.autoencoder = autoencoder_from(st, path);
+    const std::string scale = meta("latent_scale");
+    const auto [send, sec] = std::from_chars(scale.data(), scale.data() + scale.size(), m.latent_scale);
+    DF_CHECK(sec == std::errc() && send == scale.data() + scale.size() && std::isfinite(m.latent_scale) &&
+                 m.latent_scale > 0,
+             path, ": malformed latent_scale '", scale, "' in the checkpoint metadata");
+    const nn::AutoencoderConfig& ac = m.autoencoder->config();
+    const nn::UNetConfig& uc = m.unet->config();
+    DF_CHECK(uc.image_size == ac.latent_size() && uc.in_channels == ac.latent_channels &&
+                 uc.out_channels == ac.latent_channels,
+             path, ": the UNet takes ", uc.image_size, "x", uc.image_size, "x", uc.in_channels,
+             " inputs but the autoencoder's latents are ", ac.latent_size(), "x", ac.latent_size(), "x",
+             ac.latent_channels);
+    m.autoencoder->to(device);
+  }
   m.unet->to(device);
   m.unet->eval();
   m.nonfinite = std::move(nonfinite);
@@ -246,6 +268,11 @@ struct Run {
   diffusion::DiscreteSchedule schedule = diffusion::DiscreteSchedule::linear(2);  // the other objectives'
   std::unique_ptr<Stepper> stepper;  // CpuStepper, or DeviceTrainer on a GPU: the step, AdamW, the EMA
   std::unique_ptr<data::Batcher> batcher;
+  // Latent diffusion (--autoencoder): the first stage, and the factor that scales its posterior
+  // means to unit variance (open_autoencoder); data.images keeps the images.
+  std::shared_ptr<nn::Autoencoder> ae;
+  double latent_scale = 1;
+  Shape latent_shape;  // (N, h, w, c) of the data set's latents
   int64_t step = 0;
   int64_t nonfinite_total = 0;
 };
@@ -289,8 +316,69 @@ TrainConfig read_resumable(const std::string& ckpt, const TrainConfig& given, Sa
   return stored;
 }
 
+// Latent diffusion: the autoencoder (the resumed checkpoint's own, or the file --autoencoder names)
+// and the scale factor s = 1 / std of its posterior means over every element of the first
+// kScaleImages training images (LDM's scale_factor, which LDM measures on one batch), so that the
+// latents s mu(x) the UNet learns have unit variance, as the noise schedule assumes. A resumed run
+// reads the factor it stored. Each batch is encoded when it is drawn (latents_of): the posterior
+// mean, not a draw from it, since with a KL weight of 1e-6 the posterior is far narrower than the
+// data's spread, and a fixed encoding keeps the data a function of the checkpoint alone; a short
+// run encodes no more images than it trains on, and none before its first step.
+constexpr int64_t kScaleImages = 2048;
+
+void open_autoencoder(Run& r, const SafeTensors* resumed, const TrainCallbacks& cb) {
+  const TrainConfig& cfg = r.cfg;
+  cfg.validate();  // what a latent run cannot do (--flip) is refused there, for callers of train() too
+  if (resumed) {
+    r.ae = autoencoder_from(*resumed, r.ckpt);
+    auto it = resumed->metadata.find("latent_scale");
+    DF_CHECK(it != resumed->metadata.end(), r.ckpt, ": no latent_scale in the checkpoint; cannot resume");
+    const std::string& text = it->second;
+    const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), r.latent_scale);
+    DF_CHECK(ec == std::errc() && end == text.data() + text.size() && std::isfinite(r.latent_scale) &&
+                 r.latent_scale > 0,
+             r.ckpt, ": malformed latent_scale '", text, "'; cannot resume");
+  } else {
+    r.ae = load_autoencoder(cfg.autoencoder).net;
+  }
+  const nn::AutoencoderConfig& ac = r.ae->config();
+  const Shape& s = r.data.images.shape();
+  DF_CHECK(s.rank() == 4 && s[1] == ac.image_size && s[2] == ac.image_size && s[3] == ac.in_channels, "dataset ",
+           cfg.dataset, ": images are ", s.str(), " but the autoencoder takes ", ac.image_size, "x", ac.image_size,
+           "x", ac.in_channels);
+  r.latent_shape = Shape{s[0], ac.latent_size(), ac.latent_size(), ac.latent_channels};
+  if (!resumed) {
+    const Tensor z = encode_means(*r.ae, r.data.images.slice(0, std::min(kScaleImages, s[0])));
+    const float* p = z.data<float>();
+    const int64_t n = z.numel();
+    double mean = 0, sq = 0;
+    for (int64_t i = 0; i < n; ++i) mean += p[i];
+    mean /= static_cast<double>(n);
+    for (int64_t i = 0; i < n; ++i) sq += (p[i] - mean) * (p[i] - mean);
+    const double sd = std::sqrt(sq / static_cast<double>(std::max<int64_t>(n - 1, 1)));
+    DF_CHECK(std::isfinite(sd) && sd > 0, "the autoencoder's latents of ", cfg.dataset, " have standard deviation ",
+             sd, "; cannot scale them to unit variance");
+    r.latent_scale = 1 / sd;
+  }
+  if (cb.on_message) {
+    char line[200];
+    std::snprintf(line, sizeof line, "latent diffusion: %dx%dx%d latents, scale factor %.6g", ac.latent_size(),
+                  ac.latent_size(), ac.latent_channels, r.latent_scale);
+    cb.on_message(line);
+  }
+}
+
+// A batch of images as the scaled latents the UNet learns: s mu(x).
+data::Batch latents_of(const Run& r, data::Batch b) {
+  Tensor z = encode_means(*r.ae, b.images);
+  float* p = z.data<float>();
+  for (int64_t i = 0; i < z.numel(); ++i) p[i] = static_cast<float>(p[i] * r.latent_scale);
+  b.images = z;
+  return b;
+}
+
 // The run's device, data and model, and its step there.
-void open(Run& r, const TrainCallbacks& cb) {
+void open(Run& r, const SafeTensors* resumed, const TrainCallbacks& cb) {
   const TrainConfig& cfg = r.cfg;
   const TrainingDevice chosen = choose_training_device(cfg, cuda_available());  // the resumed run's settings
   r.device = chosen.device;
@@ -303,13 +391,22 @@ void open(Run& r, const TrainCallbacks& cb) {
     const double n = static_cast<double>(r.data.images.shape()[0]);
     r.cfg.steps = std::max<int64_t>(1, static_cast<int64_t>(std::ceil(cfg.epochs * n / cfg.batch)));
   }
-  const Shape& ishape = r.data.images.shape();
+  if (!cfg.autoencoder.empty()) open_autoencoder(r, resumed, cb);
+  const Shape ishape = r.ae ? r.latent_shape : r.data.images.shape();  // what the UNet learns
   DF_CHECK(ishape[1] == ishape[2], "dataset ", cfg.dataset, ": images are ", ishape[1], "x", ishape[2],
            "; the UNet needs square images");
   DF_CHECK(!cfg.class_cond || r.data.num_classes > 0, "--class-cond: dataset ", cfg.dataset, " has no labels");
-  r.unet = std::make_shared<nn::UNet>(cfg.unet_config(static_cast<int>(ishape[1]), static_cast<int>(ishape[3]),
-                                                      r.data.num_classes),
-                                      cfg.seed);
+  nn::UNetConfig unet_config;
+  try {
+    unet_config = cfg.unet_config(static_cast<int>(ishape[1]), static_cast<int>(ishape[3]), r.data.num_classes,
+                                  r.data.class_names);
+  } catch (const Error& e) {
+    if (!r.ae) throw;
+    DF_FAIL(e.message(), " (the UNet's inputs are the autoencoder's ", ishape[1], "x", ishape[2], "x", ishape[3],
+            " latents: choose a preset whose levels fit them, e.g. --preset latent for 7x7, or give --model "
+            "'{\"channel_mult\": [1]}')");
+  }
+  r.unet = std::make_shared<nn::UNet>(unet_config, cfg.seed);
   r.unet->to(r.device);
   r.unet->train();
   if (continuous_time(cfg)) {
@@ -378,6 +475,14 @@ void write_checkpoint(Run& r, const TrainCallbacks& cb) {
                                           {"unet", r.unet->config().to_json().dump()},
                                           {"step", std::to_string(r.step)},
                                           {"num_classes", std::to_string(r.data.num_classes)}};
+  if (r.ae) {
+    // The autoencoder travels with the model, so sampling needs no other file.
+    for (auto& [name, var] : r.ae->named_parameters()) tensors.emplace_back("autoencoder." + name, var.value());
+    meta["autoencoder"] = r.ae->config().to_json().dump();
+    char scale[40];
+    std::snprintf(scale, sizeof scale, "%.17g", r.latent_scale);  // reads back to the same double
+    meta["latent_scale"] = scale;
+  }
   write_safetensors_atomic(r.ckpt, tensors, meta);
   if (cb.on_message) cb.on_message("checkpoint " + r.ckpt + " (step " + std::to_string(r.step) + ")");
 }
@@ -390,12 +495,12 @@ void write_samples(Run& r, const std::string& name, const TrainCallbacks& cb) {
     ag::NoGrad ng;
     r.unet->eval();
     diffusion::SamplerOptions o;
-    const auto& shape = r.data.images.shape();
+    const Shape shape = r.ae ? r.latent_shape : r.data.images.shape();
     o.shape = Shape{r.cfg.sample_count, shape[1], shape[2], shape[3]};
     o.seed = r.cfg.seed + 1;
     o.steps = r.cfg.sample_steps;
     o.prediction = prediction_of(r.cfg);
-    o.clip_x0 = true;
+    o.clip_x0 = !r.ae;  // latents have no [-1, 1] range to clip to
     if (r.unet->config().num_classes > 0) {
       std::vector<int64_t> labels(static_cast<size_t>(r.cfg.sample_count));
       for (size_t i = 0; i < labels.size(); ++i) labels[i] = static_cast<int64_t>(i) % r.unet->config().num_classes;
@@ -418,6 +523,7 @@ void write_samples(Run& r, const std::string& name, const TrainCallbacks& cb) {
     // vdm: VDM's own ancestral sampler on the (EMA) learned schedule.
     x = r.continuous ? diffusion::sample(diffusion::SamplerKind::vdm, *r.continuous, f, o)
                      : diffusion::sample(diffusion::SamplerKind::ddim, r.schedule, f, o);
+    if (r.ae) x = decode_latents(*r.ae, x, r.latent_scale);
     r.unet->train();
   }
   r.stepper->swap_ema();
@@ -498,7 +604,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
   remove_stale_temporaries(cfg_in.out_dir, "checkpoint.safetensors");
   SafeTensors resumed;
   if (resuming) r.cfg = read_resumable(r.ckpt, cfg_in, resumed);
-  open(r, cb);
+  open(r, resuming ? &resumed : nullptr, cb);
   if (resuming) restore(r, resumed, cb);
   resumed = SafeTensors();
   RunLog log(r, resuming, cb);
@@ -506,7 +612,7 @@ std::string train(const TrainConfig& cfg_in, bool resume, const TrainCallbacks& 
 
   const TrainConfig& cfg = r.cfg;
   while (r.step < cfg.steps && !(cb.should_stop && cb.should_stop())) {
-    r.stepper->step(r.batcher->next(), r.step);
+    r.stepper->step(r.ae ? latents_of(r, r.batcher->next()) : r.batcher->next(), r.step);
     ++r.step;
     log.take(false);
     const bool checkpoint_now = cfg.checkpoint_every > 0 && r.step % cfg.checkpoint_every == 0 && r.step < cfg.steps;

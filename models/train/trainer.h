@@ -23,6 +23,7 @@
 #include "models/data/dataset.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
+#include "models/nn/autoencoder.h"
 #include "models/nn/snr_net.h"
 #include "models/nn/unet.h"
 #include "models/train/config.h"
@@ -67,6 +68,10 @@ struct LoadedModel {
   std::shared_ptr<nn::SNRNet> snr;  // objective vdm with schedule learned (its EMA weights unless ema = false)
   TrainConfig config;
   int64_t step = 0;
+  // A latent model (trained with --autoencoder): the autoencoder stored in the checkpoint, and the
+  // factor its latents were scaled by; the UNet draws latents z, the images are decode(z / scale).
+  std::shared_ptr<nn::Autoencoder> autoencoder;
+  double latent_scale = 1;
   // allow_nonfinite: the tensors that held NaN or Inf (loaded anyway); empty otherwise.
   std::vector<std::string> nonfinite;
 };

@@ -45,6 +45,24 @@ TEST_CASE("a cuBLAS check reports the CUDA error pending at its call", "[cpu][co
   }
 }
 
+TEST_CASE("the runtime and driver report their versions", "[cuda][core]") {
+  if (!cuda_available()) return;
+  // `diffuse info` prints them; 0 would mean the query failed. CUDA writes 1000 major + 10 minor.
+  CHECK(cuda_runtime_version() >= 12000);
+  CHECK(cuda_driver_version() >= cuda_runtime_version());
+}
+
+TEST_CASE("a launch check reports the error the launch left, and clears it", "[cuda][core][reliability]") {
+  if (!cuda_available()) return;
+  // A bad configuration is reported by cudaGetLastError after the launch; a pending error from the
+  // runtime stands in for it here.
+  REQUIRE(cudaSetDevice(9999) != cudaSuccess);
+  CHECK_THROWS_WITH(detail::cuda_check_launch("some_kernel", "k.cu", 7, nullptr),
+                    Contains("launch of some_kernel failed: cudaErrorInvalidDevice"));
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK_NOTHROW(detail::cuda_check_launch("some_kernel", "k.cu", 7, nullptr));
+}
+
 TEST_CASE("a failed runtime check clears the error it reports", "[cuda][core][reliability]") {
   if (!cuda_available()) return;
   auto bad = [] { DF_CUDA_CHECK(cudaSetDevice(9999)); };

@@ -3,6 +3,7 @@
 // between streams. Without CUDA ([cpu]): the refusals.
 #include <catch2/catch.hpp>
 
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -102,6 +103,68 @@ TEST_CASE("an event orders a tensor written on one stream before its read on ano
   e.record(a.stream());
   e.synchronize();
   CHECK(e.done());
+}
+
+TEST_CASE("a graph dropped mid-capture abandons the capture; reset drops a graph", "[cuda][core]") {
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  CudaStream s(gpu);
+  StreamGuard guard(s.stream());
+  const cudaStream_t cs = static_cast<cudaStream_t>(s.stream());
+  auto capturing = [&] {
+    cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
+    REQUIRE(cudaStreamIsCapturing(cs, &st) == cudaSuccess);
+    return st != cudaStreamCaptureStatusNone;
+  };
+  Tensor out = Tensor::zeros({64}, DType::f32, gpu);
+  synchronize(gpu);
+  {  // An exception between begin and end: the destructor ends the capture and frees its pool.
+    auto g = std::make_unique<CudaGraph>();
+    g->begin(gpu);
+    out.fill_(3.0);
+    CHECK(capturing());
+    g.reset();
+    CHECK_FALSE(capturing());
+  }
+  // The stream and the allocator work as before: a fill runs, an allocation comes from the cache.
+  out.fill_(5.0);
+  CHECK(out.to(Device::cpu()).to_vector()[63] == 5.0f);
+
+  CudaGraph g;
+  CHECK_THROWS_WITH(g.replay(), Catch::Matchers::Contains("before a capture"));
+  g.begin(gpu);
+  CHECK_THROWS_WITH(g.reset(), Catch::Matchers::Contains("while capturing"));
+  out.fill_(7.0);
+  g.end();
+  CHECK(g.ready());
+  out.zero_();
+  g.replay();
+  CHECK(out.to(Device::cpu()).to_vector()[0] == 7.0f);
+  g.reset();  // dropped: nothing to replay until the next capture
+  CHECK_FALSE(g.ready());
+  CHECK_THROWS_WITH(g.replay(), Catch::Matchers::Contains("before a capture"));
+}
+
+TEST_CASE("a capture that cannot begin is refused, and leaves no pool active", "[cuda][core]") {
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  CudaStream s(gpu);
+  StreamGuard guard(s.stream());
+  const cudaStream_t cs = static_cast<cudaStream_t>(s.stream());
+  // The stream is already being captured (by hand): a second capture of it cannot begin.
+  REQUIRE(cudaStreamBeginCapture(cs, cudaStreamCaptureModeThreadLocal) == cudaSuccess);
+  CudaGraph g;
+  CHECK_THROWS_WITH(g.begin(gpu), Catch::Matchers::Contains("cudaStreamBeginCapture"));
+  cudaGraph_t raw = nullptr;
+  REQUIRE(cudaStreamEndCapture(cs, &raw) == cudaSuccess);
+  if (raw) cudaGraphDestroy(raw);
+  (void)cudaGetLastError();
+  // No pool was left active: a new size class comes from the shared cache, outside any capture.
+  const MemoryStats m0 = cuda_memory_stats(gpu.index);
+  Tensor t = Tensor::full({7 * 1024 * 1024 + 11}, 1.0, DType::f32, gpu);
+  synchronize(gpu);
+  CHECK(cuda_memory_stats(gpu.index).system_allocs == m0.system_allocs + 1);
+  CHECK(t.slice(0, 1).to(Device::cpu()).to_vector()[0] == 1.0f);
 }
 
 #endif

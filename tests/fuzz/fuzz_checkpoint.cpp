@@ -3,7 +3,8 @@
 // metadata (format, the training and UNet configs as JSON text, the step), then the weights
 // matched by name and shape against the model the config describes. Seeds (tests/corpus/
 // checkpoint) are a real tiny checkpoint and variants with wrong names, wrong shapes, missing
-// tensors and a mismatched config.
+// tensors and a mismatched config, and a tiny cross-attention model's (its config's class names
+// and vocabulary decide the shape of context.tokens) with a vocabulary the weights do not fit.
 //
 // The input reaches load_checkpoint through its real, path-based entry point: a memfd opened as
 // /proc/self/fd/N, so no disk is touched. The input's length picks EMA or live weights.

@@ -1,7 +1,10 @@
 // make_fuzz_seeds: writes the seeds that only the library can produce, into the corpus folders
 // under tests/corpus: a real (tiny) checkpoint and its broken variants, the same model as a
-// diffusers folder with each scheduler configuration, and the configs of the presets. Run from the
-// repository root after changing the checkpoint format or the configs:
+// diffusers folder with each scheduler configuration, an autoencoder checkpoint and a latent
+// diffusion checkpoint with their broken variants, and the configs of the presets. Run from the
+// repository root after changing the checkpoint format or the configs (the checkpoints' configs
+// name a temporary folder, so every run rewrites them; commit only the files that changed for a
+// reason):
 //   build-fuzz/fuzz/make_fuzz_seeds tests/corpus
 // ok_* files must load and bad_* files must be refused (tests/models/corpus_test.cpp checks both).
 #include <unistd.h>
@@ -14,6 +17,7 @@
 #include "core/safetensors.h"
 #include "models/interop/diffusers.h"
 #include "models/nn/unet.h"
+#include "models/train/autoencoder_trainer.h"
 #include "models/train/trainer.h"
 #include "tests/fuzz/diffusers_input.h"
 
@@ -151,9 +155,30 @@ int main(int argc, char** argv) {
     SafeTensors st = read_safetensors(ckpt);
     // Without the optimizer and trainer state, which a load for sampling never reads: half the
     // header to parse, so the fuzzer spends its executions on what the loader checks.
-    for (auto it = st.tensors.begin(); it != st.tensors.end();)
-      it = it->first.rfind("opt.", 0) == 0 || it->first.rfind("trainer.", 0) == 0 ? st.tensors.erase(it) : std::next(it);
+    auto model_only = [](SafeTensors& s) {
+      for (auto it = s.tensors.begin(); it != s.tensors.end();)
+        it = it->first.rfind("opt.", 0) == 0 || it->first.rfind("trainer.", 0) == 0 ? s.tensors.erase(it) : std::next(it);
+    };
+    model_only(st);
     put_st(root / "checkpoint" / "ok_tiny.safetensors", st);
+
+    // The same model with cross-attention: a context of 2 tokens of 4 channels over the words of
+    // two class names, a SpatialTransformer in the middle block. Its config carries the class
+    // names and the vocabulary, which the loader reads back; a vocabulary of one more word than
+    // the weights have rows for must be refused.
+    tc.model["context_dim"] = 4;
+    tc.model["context_tokens"] = 2;
+    tc.model["class_names"] = {"Ankle boot", "T-shirt/top"};
+    tc.out_dir = (tmp / "context").string();
+    SafeTensors ctx = read_safetensors(train::train(tc, false));
+    fs::remove_all(tmp);
+    model_only(ctx);
+    put_st(root / "checkpoint" / "ok_context.safetensors", ctx);
+    SafeTensors more_words = ctx;
+    nlohmann::json cu = nlohmann::json::parse(more_words.metadata.at("unet"));
+    cu["vocabulary"].push_back("sandal");
+    more_words.metadata["unet"] = cu.dump();
+    put_st(root / "checkpoint" / "bad_context_vocabulary.safetensors", more_words);
 
     // The refusals a loader must give for a file that is a checkpoint, but not of this model.
     SafeTensors missing = st;  // a weight is missing
@@ -208,6 +233,67 @@ int main(int argc, char** argv) {
     pc.erase("super_res_aug");
     plain.metadata["config"] = pc.dump();
     put_st(root / "checkpoint" / "bad_super_res_as_plain.safetensors", plain);
+    // ---- latent diffusion: an autoencoder checkpoint (4x4x1 images -> 2x2x2 latents, 2 and 4
+    // channels in one group) and a latent model trained on it, each with its refusals.
+    train::AutoencoderTrainConfig ac;
+    ac.model = {{"base_channels", 2}, {"channel_mult", {1, 2}}, {"latent_channels", 2}, {"groups", 1}};
+    ac.dataset = write_idx(tmp / "data", 4);
+    ac.batch = 2;
+    ac.steps = 1;
+    ac.checkpoint_every = 0;
+    ac.eval_count = 0;
+    ac.out_dir = (tmp / "ae").string();
+    const std::string ae = train::train_autoencoder(ac, false);
+    train::TrainConfig lc = tc;
+    lc.autoencoder = ae;
+    lc.model = {{"base_channels", 4}, {"channel_mult", {1}}, {"groups", 2}, {"attention_resolutions", nlohmann::json::array()}};
+    lc.out_dir = (tmp / "latent").string();
+    const std::string latent = train::train(lc, false);
+    SafeTensors ast = read_safetensors(ae);
+    SafeTensors lst = read_safetensors(latent);
+    fs::remove_all(tmp);
+    for (SafeTensors* s : {&ast, &lst})
+      for (auto it = s->tensors.begin(); it != s->tensors.end();)
+        it = it->first.rfind("opt.", 0) == 0 || it->first.rfind("trainer.", 0) == 0 ? s->tensors.erase(it) : std::next(it);
+    const fs::path ad = root / "autoencoder";
+    put_st(ad / "ok_tiny.safetensors", ast);
+    SafeTensors a_missing = ast;
+    a_missing.tensors.erase("model.decoder.conv_out.weight");
+    put_st(ad / "bad_missing_tensor.safetensors", a_missing);
+    SafeTensors a_renamed = ast;
+    a_renamed.tensors["model.encoder.conv_in.weights"] = a_renamed.tensors.at("model.encoder.conv_in.weight");
+    a_renamed.tensors.erase("model.encoder.conv_in.weight");
+    put_st(ad / "bad_wrong_name.safetensors", a_renamed);
+    SafeTensors a_reshaped = ast;
+    Tensor& aw = a_reshaped.tensors.at("model.encoder.conv_out.weight");
+    aw = aw.reshape({aw.numel()});
+    put_st(ad / "bad_wrong_shape.safetensors", a_reshaped);
+    SafeTensors a_other = ast;
+    nlohmann::json acfg = nlohmann::json::parse(a_other.metadata.at("autoencoder"));
+    acfg["base_channels"] = 4096;  // far larger than the weights: refused before it is allocated
+    a_other.metadata["autoencoder"] = acfg.dump();
+    put_st(ad / "bad_other_config.safetensors", a_other);
+    SafeTensors a_diffusion = st;  // a diffusion checkpoint is not an autoencoder
+    put_st(ad / "bad_diffusion_checkpoint.safetensors", a_diffusion);
+    SafeTensors a_no_meta = ast;
+    a_no_meta.metadata.clear();
+    put_st(ad / "bad_no_metadata.safetensors", a_no_meta);
+
+    put_st(root / "checkpoint" / "ok_latent.safetensors", lst);
+    SafeTensors l_missing = lst;  // the stored autoencoder lacks a weight
+    l_missing.tensors.erase("autoencoder.decoder.conv_in.weight");
+    put_st(root / "checkpoint" / "bad_latent_missing_autoencoder_tensor.safetensors", l_missing);
+    SafeTensors l_scale = lst;
+    l_scale.metadata["latent_scale"] = "-0.5";
+    put_st(root / "checkpoint" / "bad_latent_scale.safetensors", l_scale);
+    SafeTensors l_shape = lst;  // a UNet for 4x4 inputs (the same weights) over 2x2 latents
+    nlohmann::json ucfg = nlohmann::json::parse(l_shape.metadata.at("unet"));
+    ucfg["image_size"] = 4;
+    l_shape.metadata["unet"] = ucfg.dump();
+    put_st(root / "checkpoint" / "bad_latent_other_size.safetensors", l_shape);
+    SafeTensors l_no_ae = lst;  // the config names an autoencoder, none is stored
+    l_no_ae.metadata.erase("autoencoder");
+    put_st(root / "checkpoint" / "bad_latent_no_autoencoder.safetensors", l_no_ae);
   } catch (const Error& e) {
     std::fprintf(stderr, "make_fuzz_seeds: %s\n", e.what());
     return 1;

@@ -26,6 +26,7 @@
 #include "kernels/attention.h"
 #include "kernels/conv2d.h"
 #include "kernels/gemm.h"
+#include "kernels/loss.h"
 #include "kernels/matmul.h"
 #if defined(DIFFUSE_HAVE_CUDA)
 #include "kernels/cuda/gemm.h"
@@ -257,6 +258,18 @@ void matmul_linear_cases(Device d) {
       check_close("matmul da", got.da, want.da, 0, 0);
       check_close("matmul db", got.db, want.db, 0, 0);
     }
+    for (int64_t Bt : {int64_t{0}, int64_t{2}}) {
+      // An empty inner dimension (K = 0): y is the empty sum, 0, on every device (cuBLASLt refuses
+      // K = 0, so the GPU path fills y itself, per batch); the output is poisoned first.
+      INFO("matmul K = 0, " << dtype_name(t) << " batch " << Bt);
+      const Shape as = Bt ? Shape{Bt, 4, 0} : Shape{4, 0}, bs = Bt ? Shape{Bt, 0, 6} : Shape{0, 6};
+      const Shape ys = Bt ? Shape{Bt, 4, 6} : Shape{4, 6};
+      poison_next_allocations(d, {{ys, t}});
+      const Tensor y = matmul_forward(on(Tensor::empty(as)), on(Tensor::empty(bs)));
+      REQUIRE(y.shape() == ys);
+      const std::vector<float> v = y.to(DType::f32).to(Device::cpu()).to_vector();
+      CHECK(v == std::vector<float>(v.size(), 0.f));
+    }
     for (bool with_bias : {false, true}) {
       const int64_t B = 3, T = 7, In = 29, Out = 11;  // x (B, T, In): M = 21 rows
       INFO("linear " << dtype_name(t) << (with_bias ? " with bias" : "") << ", seed " << test::run_seed());
@@ -441,4 +454,45 @@ TEST_CASE("attention: the cpu fast path matches the f64 reference, forward and b
 TEST_CASE("attention: the materialised and flash paths on the GPU match the f64 reference, forward and backward",
           "[cuda][kernels]") {
   if (have_gpu()) attention_cases(Device::cuda(0));
+}
+
+// Cross-entropy through the Tensor-level op on the GPU (f32 and bf16 logits; the loss is f32 either
+// way) against the cpu's, forward and backward, outputs poisoned first. The GPU sums each row in
+// another order: 1e-5 relative on O(1) values, with the mean over B rows of the loss.
+TEST_CASE("cross_entropy: the GPU equals the cpu, forward and backward", "[cuda][kernels]") {
+  if (!have_gpu()) return;
+  const Device d = Device::cuda(0);
+  for (const int64_t B : {int64_t{1}, int64_t{13}})
+    for (const int64_t K : {int64_t{10}, int64_t{1001}})
+      for (DType t : {DType::f32, DType::bf16}) {
+        INFO("B " << B << " K " << K << " " << dtype_name(t) << ", seed " << test::run_seed());
+        const Tensor logits = test::random_tensor({B, K}, -4.f, 4.f).to(t);
+        std::vector<int64_t> l(static_cast<size_t>(B));
+        std::mt19937_64 rng(test::next_seed());
+        for (int64_t& v : l) v = static_cast<int64_t>(rng() % static_cast<uint64_t>(K));
+        const Tensor labels = Tensor::from_vector_i64(l, {B});
+        // The cpu on the same values in f32 (the GPU reads bf16 logits as f32 too).
+        const Tensor x32 = logits.to(DType::f32);
+        const CrossEntropyResult want = cross_entropy_forward(x32, labels);
+        const Tensor dloss = Tensor::full({1}, 0.75, DType::f32);
+        const Tensor dwant = cross_entropy_backward(dloss, x32, labels, want.lse);
+        poison_next_allocations(d, {{Shape{1}, DType::f32}, {Shape{B}, DType::f32}});
+        const CrossEntropyResult got = cross_entropy_forward(logits.to(d), labels.to(d));
+        check_close("cross_entropy loss", got.loss, want.loss, 1e-5, 0);
+        check_close("cross_entropy lse", got.lse, want.lse, 1e-5, 0);
+        poison_next_allocations(d, {{Shape{B, K}, DType::f32}});
+        const Tensor dgot = cross_entropy_backward(dloss.to(d), logits.to(d), labels.to(d), got.lse);
+        REQUIRE(dgot.dtype() == t);
+        check_close("cross_entropy dlogits", dgot, dwant, t == DType::bf16 ? 1.0 / 128 : 1e-5, 1e-6);
+      }
+}
+
+// The matrix rate the benchmarks report shares of: one small n^3 GEMM timed with events.
+TEST_CASE("measure_bf16_gemm_tflops times a GEMM and gives a positive rate", "[cuda][kernels]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!have_gpu()) return;
+  const double r = cuda::measure_bf16_gemm_tflops(64);
+  CHECK(std::isfinite(r));
+  CHECK(r > 0);
+#endif
 }

@@ -194,8 +194,8 @@ TEST_CASE("sampler_step on the GPU matches sampler_step_cpu", "[cuda][kernels]")
     p.aux = a_d.defined() ? a_d.data<float>() : nullptr;
     p.eps_shift = s_d.defined() ? s_d.data<float>() : nullptr;
     p.x0_out = o.x0_out ? got.x0.data<float>() : nullptr;
-    cuda::sampler_step(p, z_d.data<float>(), m_d.data<float>(), u_d.defined() ? u_d.data<float>() : nullptr,
-                       got.z_next.data<float>(), N, batch, current_stream());
+    // The Tensor-level op (its checks, then the launcher on the current stream).
+    cuda::sampler_step(p, z_d.reshape({batch, N}), m_d.reshape({batch, m_d.numel() / batch}), u_d, got.z_next);
     check_result(Result{got.z_next.to(Device::cpu()), got.x0.to(Device::cpu())}, want, o.x0_out);
   }
 #endif

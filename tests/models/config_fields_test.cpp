@@ -49,15 +49,31 @@ TEST_CASE("training config fields: every key round-trips; the keys written only 
   std::set<std::string> keys;
   train::for_each_field([&](const auto& f) { keys.insert(std::string(f.key)); });
   // Every field but the ones this objective refuses (beta_start / beta_end go with linear, variance
-  // with eps, x0 and v: the next config takes them).
-  for (const std::string& k : keys)
-    if (k != "beta_start" && k != "beta_end" && k != "variance") CHECK(j.contains(k));
+  // with eps, x0 and v, autoencoder without flip: the next configs take them).
+  for (const std::string& k : keys) {
+    INFO(k);
+    if (k != "beta_start" && k != "beta_end" && k != "variance" && k != "autoencoder") CHECK(j.contains(k));
+  }
   CHECK(TrainConfig::from_json(j).to_json() == j);
   const nlohmann::json ranged = {{"beta_start", 2e-4}, {"beta_end", 0.03}, {"variance", "beta"}, {"objective", "v"}};
   const nlohmann::json back = TrainConfig::from_json(ranged).to_json();
   for (const char* k : {"beta_start", "beta_end", "variance", "objective"}) CHECK(back.at(k) == ranged.at(k));
+  const nlohmann::json latent = {{"autoencoder", "runs/ae/autoencoder.safetensors"}, {"preset", "latent"}};
+  CHECK(TrainConfig::from_json(latent).to_json().at("autoencoder") == latent.at("autoencoder"));
+  nlohmann::json flipped = latent;
+  flipped["flip"] = true;
+  CHECK_THROWS_WITH(TrainConfig::from_json(flipped), Contains("flip with an autoencoder"));
+  for (const char* objective : {"hybrid", "vdm"}) {
+    nlohmann::json bound = latent;
+    bound["objective"] = objective;
+    CHECK_THROWS_WITH(TrainConfig::from_json(bound), Contains("with an autoencoder"));
+  }
+  nlohmann::json v = latent;
+  v["objective"] = "v";
+  CHECK_NOTHROW(TrainConfig::from_json(v));
   const nlohmann::json plain = TrainConfig{}.to_json();
-  for (const char* k : {"beta_start", "beta_end", "betas", "variance", "t_sampling", "super_res", "super_res_aug"})
+  for (const char* k : {"beta_start", "beta_end", "betas", "variance", "t_sampling", "super_res", "super_res_aug",
+                        "autoencoder"})
     CHECK_FALSE(plain.contains(k));
 }
 

@@ -12,6 +12,7 @@
 #include "core/safetensors.h"
 #include "models/data/dataset.h"
 #include "models/nn/unet.h"
+#include "models/train/autoencoder_trainer.h"
 #include "models/train/trainer.h"
 
 using namespace diffuse;
@@ -89,6 +90,14 @@ TEST_CASE("corpus: checkpoint", "[cpu][data][corpus]") {
     train::load_checkpoint(p, Device::cpu(), true);
     train::load_checkpoint(p, Device::cpu(), false);
   });
+}
+
+// The seeds of tests/fuzz/fuzz_autoencoder: a tiny autoencoder checkpoint loads; a missing, a
+// renamed and a misshapen weight, a config far larger than its weights, a diffusion checkpoint and
+// plain safetensors are refused naming the file. (A latent diffusion checkpoint, with the
+// autoencoder inside, is in checkpoint/.)
+TEST_CASE("corpus: autoencoder", "[cpu][data][corpus]") {
+  check_folder("autoencoder", [](const std::string& p) { train::load_autoencoder(p, Device::cpu()); });
 }
 
 namespace {

@@ -16,6 +16,8 @@
 #include <random>
 #include <vector>
 
+#include "core/check.h"
+#include "core/cuda_check.h"
 #include "sim/sim.h"
 
 using namespace diffuse;
@@ -390,4 +392,42 @@ TEST_CASE("cuDNN: algorithms, workspaces and the statuses of what does not fit",
   cudnnDestroyFilterDescriptor(wb);
   cudnnDestroyConvolutionDescriptor(bf);
   REQUIRE(cudaDeviceSynchronize() == cudaSuccess);
+}
+
+// core/cuda_check.h's library check names the library's status and the CUDA error left pending,
+// in each of its three failure forms, and clears the pending error it reports.
+TEST_CASE("a failed library call is reported with its status and any pending CUDA error", "[cuda][sim]") {
+  cublasLtMatmulDesc_t op = nullptr;
+  REQUIRE(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F) == CUBLAS_STATUS_SUCCESS);
+  const int64_t wide = CUBLAS_OP_T;  // an attribute of the wrong size: CUBLAS_STATUS_INVALID_VALUE
+  auto bad_call = [&] { DF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &wide, sizeof wide)); };
+  auto good_call = [&] {
+    const int32_t t = CUBLAS_OP_N;
+    DF_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+  };
+  // The status alone.
+  CHECK_THROWS_WITH(bad_call(), Catch::Matchers::Contains("cublasLtMatmulDescSetAttribute") &&
+                                    Catch::Matchers::Contains("failed: ") &&
+                                    !Catch::Matchers::Contains("with the CUDA error"));
+  // The status and a pending runtime error (cudaSetDevice on a device that does not exist).
+  REQUIRE(cudaSetDevice(9999) != cudaSuccess);
+  CHECK_THROWS_WITH(bad_call(), Catch::Matchers::Contains("with the CUDA error cudaErrorInvalidDevice"));
+  CHECK(cudaGetLastError() == cudaSuccess);  // reported once, then cleared
+  // A call that succeeded but left a runtime error behind takes the blame for it.
+  REQUIRE(cudaSetDevice(9999) != cudaSuccess);
+  CHECK_THROWS_WITH(good_call(), Catch::Matchers::Contains("it left the CUDA error cudaErrorInvalidDevice"));
+  CHECK(cudaGetLastError() == cudaSuccess);
+  CHECK_NOTHROW(good_call());
+  cublasLtMatmulDescDestroy(op);
+}
+
+// A stream whose capture state cannot be read is not waited for (a wait there could be illegal).
+TEST_CASE("no wait after a launch on a stream whose capture state cannot be read", "[cuda][sim]") {
+  cudaStream_t s = nullptr;
+  REQUIRE(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking) == cudaSuccess);
+  CHECK(diffuse::detail::may_wait_for(s, s));
+  REQUIRE(cudaStreamDestroy(s) == cudaSuccess);
+  CHECK_FALSE(diffuse::detail::may_wait_for(s, nullptr));  // a destroyed stream: the query fails
+  CHECK(cudaGetLastError() == cudaSuccess);                 // and its error is cleared
+  CHECK(diffuse::detail::wait_after_launch(s, nullptr) == cudaSuccess);
 }
