@@ -132,8 +132,11 @@ DF_HD_INLINE void philox_normal4(const Philox4& r, float out[4]) {
     float rad = philox_detail::sqrt(philox_detail::mul(-2.0f, philox_detail::log_unit(u1)));
     float s, c;
     philox_detail::sincos_turns(u2, s, c);
-    out[2 * p] = philox_detail::mul(rad, c);
-    out[2 * p + 1] = philox_detail::mul(rad, s);
+    // + 0: u1 = 1 gives rad = 0, and 0 times a negative sine or cosine is -0; every consumer must
+    // see the same bits, and Tensor::randn's mean + std z turns -0 into +0, so the transform
+    // itself never returns -0 (x + 0 is x for every other x).
+    out[2 * p] = philox_detail::add(philox_detail::mul(rad, c), 0.0f);
+    out[2 * p + 1] = philox_detail::add(philox_detail::mul(rad, s), 0.0f);
   }
 }
 
