@@ -14,6 +14,7 @@
 #include "core/image_io.h"
 #include "core/json_util.h"
 #include "models/data/dataset.h"
+#include "models/train/model_run.h"
 #include "models/train/optim.h"
 #include "models/train/run_folder.h"
 #include "models/train/trainer.h"
@@ -46,17 +47,8 @@ void visit_fields(C& c, F&& f) {
   f("eval_count", c.eval_count);
 }
 
-// Random streams of one run: each use draws from (seed, step * kStreams + use).
-constexpr uint64_t kStreams = 4;
-enum Stream : uint64_t { kPosterior = 1 };
-uint64_t stream(int64_t step, Stream s) { return static_cast<uint64_t>(step) * kStreams + s; }
-
-std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (auto& [k, v] : all)
-    if (k.rfind(prefix, 0) == 0) out.emplace(k.substr(prefix.size()), v);
-  return out;
-}
+// The run's draws (model_run.h): the posterior's from (seed, run_stream(step, kPosterior)).
+constexpr uint64_t kPosterior = 1;
 
 // One step's loss (autoencoder_trainer.h), with its two terms per pixel for the log.
 struct Loss {
@@ -209,27 +201,8 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
   SafeTensors resumed;
   const bool resuming = resume && fs::exists(ckpt);
   if (resuming) {
-    resumed = read_safetensors(ckpt);
-    const std::vector<std::string> bad = nonfinite_tensors(resumed);
-    DF_CHECK(bad.empty(), ckpt, ": ", name_list(bad), " hold NaN or Inf values; cannot resume from it");
-    auto f = resumed.metadata.find("format");
-    DF_CHECK(f != resumed.metadata.end() && f->second == kFormat, ckpt,
-             " is not an autoencoder checkpoint; cannot resume");
-    AutoencoderTrainConfig stored;
-    try {
-      stored = AutoencoderTrainConfig::from_json(nlohmann::json::parse(resumed.metadata.at("config")));
-    } catch (const nlohmann::json::exception& e) {
-      DF_FAIL(ckpt, ": malformed autoencoder config in the checkpoint (", e.what(), "); cannot resume");
-    } catch (const std::out_of_range&) {
-      DF_FAIL(ckpt, ": no config in the checkpoint; cannot resume");
-    }
-    // The run continues as it was configured; only how long, how often and where may change.
-    stored.steps = cfg.steps;
-    stored.log_every = cfg.log_every;
-    stored.checkpoint_every = cfg.checkpoint_every;
-    stored.eval_count = cfg.eval_count;
-    stored.out_dir = cfg.out_dir;
-    cfg = stored;
+    resumed = read_for_resume(ckpt, kFormat, "autoencoder");
+    cfg = resumed_config(resumed, ckpt, cfg, "autoencoder");
   }
   data::Dataset data = load_dataset(cfg.dataset, "train");
   const Shape& ishape = data.images.shape();
@@ -241,13 +214,8 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
       cfg.autoencoder_config(static_cast<int>(ishape[1]), static_cast<int>(ishape[3])), cfg.seed);
   // The grids and the final score: the test split's first images (an image folder has none: its own).
   data::Dataset test = load_dataset(cfg.dataset, "test");
-  AdamWOptions ao;
-  ao.lr = static_cast<float>(cfg.lr);
-  ao.weight_decay = static_cast<float>(cfg.weight_decay);
-  ao.decay_vectors = false;
-  ao.warmup_steps = cfg.warmup;
   auto params = net->named_parameters();
-  AdamW opt(params, ao);
+  AdamW opt(params, run_adamw(cfg.lr, cfg.weight_decay, cfg.warmup));
   data::BatcherOptions bo;
   bo.batch_size = cfg.batch;
   bo.seed = cfg.seed;
@@ -255,43 +223,19 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
   data::Batcher batcher(data, bo);
   int64_t step = 0;
   if (resuming) {
-    try {
-      net->load_state(with_prefix(resumed.tensors, "model."));
-      opt.load_state(resumed.tensors);
-    } catch (const Error& e) {
-      DF_FAIL(ckpt, ": cannot resume: ", e.message());
-    }
-    auto it = resumed.tensors.find("trainer.state");
-    DF_CHECK(it != resumed.tensors.end() && it->second.dtype() == DType::i64 && it->second.numel() == 3, ckpt,
-             ": trainer.state missing or malformed");
-    const std::vector<int64_t> s = it->second.to_vector_i64();
-    step = s[0];
-    batcher.set_state(data::BatcherState{s[1], s[2]});
+    step = restore_run(resumed, ckpt, *net, opt, batcher);
     if (cb.on_message) cb.on_message("resumed from " + ckpt + " at step " + std::to_string(step));
   }
   resumed = SafeTensors();
-  const std::string log_path = (fs::path(cfg.out_dir) / "autoencoder_log.csv").string();
-  const bool new_log = !resuming || !fs::exists(log_path);
-  std::ofstream log(log_path, new_log ? std::ios::trunc : std::ios::app);
-  DF_CHECK(log.good(), "cannot write ", log_path);
-  if (new_log) log << "step,loss,mse,kl,grad_norm,lr,images_per_s\n";
+  std::ofstream log = open_run_log((fs::path(cfg.out_dir) / "autoencoder_log.csv").string(), resuming,
+                                   "step,loss,mse,kl,grad_norm,lr,images_per_s");
   folder.keep();
 
   auto write_checkpoint = [&] {
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (auto& [name, var] : net->named_parameters()) {
-      DF_CHECK(all_finite(var.value()), "parameter ", name, " is not finite at step ", step,
-               ": no checkpoint is written (the previous one is kept)");
-      tensors.emplace_back("model." + name, var.value());
-    }
-    for (auto& [name, t] : opt.state()) tensors.emplace_back(name, t);
-    const data::BatcherState bs = batcher.state();
-    tensors.emplace_back("trainer.state", Tensor::from_vector_i64({step, bs.epoch, bs.position}, {3}));
-    write_safetensors_atomic(ckpt, tensors,
-                             {{"format", kFormat},
-                              {"config", cfg.to_json().dump()},
-                              {"autoencoder", net->config().to_json().dump()},
-                              {"step", std::to_string(step)}});
+    write_run_checkpoint(ckpt, *net, opt, batcher, step,
+                         {{"format", kFormat},
+                          {"config", cfg.to_json().dump()},
+                          {"autoencoder", net->config().to_json().dump()}});
     const std::string png = (fs::path(cfg.out_dir) / ("reconstructions_" + std::to_string(step) + ".png")).string();
     write_reconstruction_grid(*net, test.images, png);
     if (cb.on_message) cb.on_message("checkpoint " + ckpt + " (step " + std::to_string(step) + "), " + png);
@@ -303,19 +247,9 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
   while (step < cfg.steps) {
     if (cb.should_stop && cb.should_stop()) break;
     data::Batch batch = batcher.next();
-    Loss l = autoencoder_loss(*net, batch.images, cfg.kl_weight, cfg.seed, stream(step, kPosterior));
+    Loss l = autoencoder_loss(*net, batch.images, cfg.kl_weight, cfg.seed, run_stream(step, kPosterior));
     const double lv = l.total.value().item();
-    double gnorm = NAN;
-    if (std::isfinite(lv)) {
-      ag::backward(l.total);
-      gnorm = clip_grad_norm(params, cfg.grad_clip > 0 ? cfg.grad_clip : 1e30);
-      if (std::isfinite(gnorm)) opt.step();
-    } else {
-      ag::clear_tape();
-    }
-    opt.zero_grad();
-    DF_CHECK(std::isfinite(lv) && std::isfinite(gnorm), "the autoencoder's loss or gradient was not finite at step ",
-             step + 1, "; lower --lr. The last checkpoint (", ckpt, ") holds finite weights");
+    const double gnorm = optimizer_step(l.total, params, opt, cfg.grad_clip, step, "autoencoder", ckpt);
     ++step;
     loss_acc += lv;
     mse_acc += l.mse;

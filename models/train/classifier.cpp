@@ -16,6 +16,7 @@
 #include "kernels/noise.h"
 #include "models/data/dataset.h"
 #include "models/diffusion/objective.h"
+#include "models/train/model_run.h"
 #include "models/train/optim.h"
 #include "models/train/run_folder.h"
 #include "models/train/trainer.h"
@@ -65,17 +66,9 @@ nn::UNetConfig unet_of(const ClassifierConfig& c, int image_size, int channels) 
   return t.unet_config(image_size, channels, 0);
 }
 
-// Random streams of one run: each use draws from (seed, step * kStreams + use).
-constexpr uint64_t kStreams = 4;
+// The run's draws (model_run.h): each use from (seed, run_stream(step, use)).
 enum Stream : uint64_t { kTimesteps = 1, kNoise = 2, kDropout = 3 };
-uint64_t stream(int64_t step, Stream s) { return static_cast<uint64_t>(step) * kStreams + s; }
-
-std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (auto& [k, v] : all)
-    if (k.rfind(prefix, 0) == 0) out.emplace(k.substr(prefix.size()), v);
-  return out;
-}
+uint64_t stream(int64_t step, Stream s) { return run_stream(step, s); }
 
 // The classifier's input for clean images x of one batch at step s: z_t and the time input.
 std::pair<Tensor, Tensor> noisy_input(const ClassifierConfig& c, const diffusion::DiscreteSchedule* sched,
@@ -169,24 +162,8 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
   SafeTensors resumed;
   const bool resuming = resume && fs::exists(ckpt);
   if (resuming) {
-    resumed = read_safetensors(ckpt);
-    const std::vector<std::string> bad = nonfinite_tensors(resumed);
-    DF_CHECK(bad.empty(), ckpt, ": ", name_list(bad), " hold NaN or Inf values; cannot resume from it");
-    auto f = resumed.metadata.find("format");
-    DF_CHECK(f != resumed.metadata.end() && f->second == kFormat, ckpt, " is not a classifier checkpoint; cannot resume");
-    ClassifierConfig stored;
-    try {
-      stored = ClassifierConfig::from_json(nlohmann::json::parse(resumed.metadata.at("config")));
-    } catch (const nlohmann::json::exception& e) {
-      DF_FAIL(ckpt, ": malformed classifier config in the checkpoint (", e.what(), "); cannot resume");
-    }
-    // The run continues as it was configured; only how long, how often and where may change.
-    stored.steps = cfg.steps;
-    stored.log_every = cfg.log_every;
-    stored.checkpoint_every = cfg.checkpoint_every;
-    stored.eval_count = cfg.eval_count;
-    stored.out_dir = cfg.out_dir;
-    cfg = stored;
+    resumed = read_for_resume(ckpt, kFormat, "classifier");
+    cfg = resumed_config(resumed, ckpt, cfg, "classifier");
   }
   DatasetOptions data_options;
   data_options.labels = true;
@@ -202,13 +179,8 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
   net->train();
   const std::optional<diffusion::DiscreteSchedule> sched =
       cfg.noise == ClassifierNoise::diffusion ? std::optional(noise_schedule(cfg)) : std::nullopt;
-  AdamWOptions ao;
-  ao.lr = static_cast<float>(cfg.lr);
-  ao.weight_decay = static_cast<float>(cfg.weight_decay);
-  ao.decay_vectors = false;
-  ao.warmup_steps = cfg.warmup;
   auto params = net->named_parameters();
-  AdamW opt(params, ao);
+  AdamW opt(params, run_adamw(cfg.lr, cfg.weight_decay, cfg.warmup));
   data::BatcherOptions bo;
   bo.batch_size = cfg.batch;
   bo.seed = cfg.seed;
@@ -216,43 +188,20 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
   data::Batcher batcher(data, bo);
   int64_t step = 0;
   if (resuming) {
-    try {
-      net->load_state(with_prefix(resumed.tensors, "model."));
-      opt.load_state(resumed.tensors);
-    } catch (const Error& e) {
-      DF_FAIL(ckpt, ": cannot resume: ", e.what());
-    }
-    auto it = resumed.tensors.find("trainer.state");
-    DF_CHECK(it != resumed.tensors.end() && it->second.numel() == 3, ckpt, ": trainer.state missing or malformed");
-    const std::vector<int64_t> s = it->second.to_vector_i64();
-    step = s[0];
-    batcher.set_state(data::BatcherState{s[1], s[2]});
+    step = restore_run(resumed, ckpt, *net, opt, batcher);
     if (cb.on_message) cb.on_message("resumed from " + ckpt + " at step " + std::to_string(step));
   }
   resumed = SafeTensors();
-  const std::string log_path = (fs::path(cfg.out_dir) / "classifier_log.csv").string();
-  const bool new_log = !resuming || !fs::exists(log_path);
-  std::ofstream log(log_path, new_log ? std::ios::trunc : std::ios::app);
-  DF_CHECK(log.good(), "cannot write ", log_path);
-  if (new_log) log << "step,loss,accuracy,grad_norm,lr,images_per_s\n";
+  std::ofstream log = open_run_log((fs::path(cfg.out_dir) / "classifier_log.csv").string(), resuming,
+                                   "step,loss,accuracy,grad_norm,lr,images_per_s");
   folder.keep();
 
   auto write_checkpoint = [&] {
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (auto& [name, var] : net->named_parameters()) {
-      DF_CHECK(all_finite(var.value()), "parameter ", name, " is not finite at step ", step,
-               ": no checkpoint is written (the previous one is kept)");
-      tensors.emplace_back("model." + name, var.value());
-    }
-    for (auto& [name, t] : opt.state()) tensors.emplace_back(name, t);
-    const data::BatcherState bs = batcher.state();
-    tensors.emplace_back("trainer.state", Tensor::from_vector_i64({step, bs.epoch, bs.position}, {3}));
-    write_safetensors_atomic(ckpt, tensors,
-                             {{"format", kFormat},
-                              {"config", cfg.to_json().dump()},
-                              {"unet", net->config().to_json().dump()},
-                              {"num_classes", std::to_string(net->num_classes())},
-                              {"step", std::to_string(step)}});
+    write_run_checkpoint(ckpt, *net, opt, batcher, step,
+                         {{"format", kFormat},
+                          {"config", cfg.to_json().dump()},
+                          {"unet", net->config().to_json().dump()},
+                          {"num_classes", std::to_string(net->num_classes())}});
     if (cb.on_message) cb.on_message("checkpoint " + ckpt + " (step " + std::to_string(step) + ")");
   };
 
@@ -267,17 +216,7 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
     ag::Var logits = net->forward(ag::Var(z), t);
     ag::Var loss = ag::cross_entropy(logits, batch.labels);
     const double lv = loss.value().item();
-    double gnorm = NAN;
-    if (std::isfinite(lv)) {
-      ag::backward(loss);
-      gnorm = clip_grad_norm(params, cfg.grad_clip > 0 ? cfg.grad_clip : 1e30);
-      if (std::isfinite(gnorm)) opt.step();
-    } else {
-      ag::clear_tape();
-    }
-    opt.zero_grad();
-    DF_CHECK(std::isfinite(lv) && std::isfinite(gnorm), "the classifier's loss or gradient was not finite at step ",
-             step + 1, "; lower --lr. The last checkpoint (", ckpt, ") holds finite weights");
+    const double gnorm = optimizer_step(loss, params, opt, cfg.grad_clip, step, "classifier", ckpt);
     ++step;
     loss_acc += lv;
     acc_acc += accuracy_of(logits.value(), batch.labels);

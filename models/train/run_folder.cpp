@@ -135,4 +135,11 @@ std::string name_list(const std::vector<std::string>& names, size_t at_most) {
   return out;
 }
 
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix) {
+  std::map<std::string, Tensor> out;
+  for (auto& [k, v] : all)
+    if (k.rfind(prefix, 0) == 0) out.emplace(k.substr(prefix.size()), v);
+  return out;
+}
+
 }  // namespace diffuse::train

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -70,5 +71,8 @@ bool all_finite(const Tensor& t);
 std::vector<std::string> nonfinite_tensors(const SafeTensors& st);
 // "a, b, c and 2 more"
 std::string name_list(const std::vector<std::string>& names, size_t at_most = 3);
+// The entries of a checkpoint's `all` whose names start with `prefix`, the prefix removed
+// ("model.w" -> "w"): one module's weights.
+std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix);
 
 }  // namespace diffuse::train

@@ -3,12 +3,14 @@
 #include "models/train/super_res.h"
 
 #include <cmath>
+#include <utility>
 
 #include "autograd/tape.h"
 #include "core/check.h"
 #include "core/philox.h"
 #include "kernels/noise.h"
 #include "models/train/train_step.h"
+#include "models/train/trainer.h"
 
 namespace diffuse::train {
 
@@ -45,43 +47,12 @@ nn::LowRes training_low_res(const Tensor& x, const nn::UNetConfig& unet, const d
   return augment_low_res(low, levels, schedule, timesteps, seed, stream_offset(step, Stream::aug_noise));
 }
 
-namespace {
-
-// `t` repeated k times along the batch.
-Tensor repeat_rows(const Tensor& t, int64_t k) {
-  if (k == 1) return t;
-  std::vector<int64_t> dims = t.shape().vec();
-  const int64_t n = dims[0];
-  dims[0] = n * k;
-  Tensor out = Tensor::empty(Shape(dims), t.dtype(), t.device());
-  for (int64_t i = 0; i < k; ++i) out.slice(i * n, (i + 1) * n).copy_(t);
-  return out;
-}
-
-}  // namespace
-
 diffusion::Denoiser make_sr_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device, nn::LowRes low,
                                      bool with_variance) {
   const nn::UNetConfig& c = unet->config();
   DF_CHECK(c.super_res(), "make_sr_denoiser: the UNet is not a super-resolution model");
   DF_CHECK(low.defined() && low.level.defined(), "make_sr_denoiser: no low-resolution conditioning");
-  const bool learned = c.learn_sigma;
-  DF_CHECK(!with_variance || learned, "make_sr_denoiser: the variance channels were asked for, but the UNet has no "
-           "learned variance (learn_sigma)");
-  const Tensor image = low.image.value().to(device), level = low.level.to(device);
-  return [unet, timesteps, device, learned, with_variance, image, level](const Tensor& z, const Tensor& t,
-                                                                         const Tensor& labels) {
-    const int64_t B = z.size(0), n = image.size(0);
-    DF_CHECK(n > 0 && B % n == 0, "super-resolution denoiser: a batch of ", B, " for ", n, " low-resolution images");
-    std::vector<float> steps = t.to_vector();
-    for (float& v : steps) v = v * static_cast<float>(timesteps) - 1.f;
-    Tensor tt = Tensor::from_vector(steps, {B}, device);
-    const nn::LowRes cond{ag::Var(repeat_rows(image, B / n)), repeat_rows(level, B / n)};
-    ag::Var out = unet->forward(ag::Var(z.to(device)), tt, labels.defined() ? labels.to(device) : labels, cond);
-    Tensor host = out.value().to(Device::cpu());
-    if (learned && !with_variance) return diffusion::split_learned_variance(host).first;
-    return host;
-  };
+  return make_denoiser(std::move(unet), timesteps, device, with_variance, low);
 }
 
 void check_cascade(const nn::UNetConfig& base, const nn::UNetConfig& sr, const std::string& base_path,

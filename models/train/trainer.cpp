@@ -44,15 +44,41 @@ std::shared_ptr<const diffusion::Schedule> model_schedule(const LoadedModel& m) 
   return std::make_shared<diffusion::LinearLogSNR>(kVdmGammaMin, kVdmGammaMax);
 }
 
-diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device, bool with_variance) {
+namespace {
+
+// `t` repeated k times along the batch.
+Tensor repeat_rows(const Tensor& t, int64_t k) {
+  if (k == 1) return t;
+  std::vector<int64_t> dims = t.shape().vec();
+  const int64_t n = dims[0];
+  dims[0] = n * k;
+  Tensor out = Tensor::empty(Shape(dims), t.dtype(), t.device());
+  for (int64_t i = 0; i < k; ++i) out.slice(i * n, (i + 1) * n).copy_(t);
+  return out;
+}
+
+}  // namespace
+
+diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device, bool with_variance,
+                                  const nn::LowRes& low) {
   const bool learned = unet->config().learn_sigma;
   DF_CHECK(!with_variance || learned, "make_denoiser: the variance channels were asked for, but the UNet has no "
            "learned variance (learn_sigma)");
-  return [unet, timesteps, device, learned, with_variance](const Tensor& z, const Tensor& t, const Tensor& labels) {
+  const Tensor image = low.defined() ? low.image.value().to(device) : Tensor();
+  const Tensor level = low.defined() ? low.level.to(device) : Tensor();
+  return [unet, timesteps, device, learned, with_variance, image, level](const Tensor& z, const Tensor& t,
+                                                                         const Tensor& labels) {
+    const int64_t B = z.size(0);
     std::vector<float> steps = t.to_vector();
     for (float& v : steps) v = v * static_cast<float>(timesteps) - 1.f;
     Tensor tt = Tensor::from_vector(steps, {static_cast<int64_t>(steps.size())}, device);
-    ag::Var out = unet->forward(ag::Var(z.to(device)), tt, labels.defined() ? labels.to(device) : labels);
+    nn::LowRes cond;
+    if (image.defined()) {
+      const int64_t n = image.size(0);
+      DF_CHECK(n > 0 && B % n == 0, "super-resolution denoiser: a batch of ", B, " for ", n, " low-resolution images");
+      cond = nn::LowRes{ag::Var(repeat_rows(image, B / n)), repeat_rows(level, B / n)};
+    }
+    ag::Var out = unet->forward(ag::Var(z.to(device)), tt, labels.defined() ? labels.to(device) : labels, cond);
     Tensor host = out.value().to(Device::cpu());
     if (learned && !with_variance) return diffusion::split_learned_variance(host).first;
     return host;
@@ -148,13 +174,6 @@ data::Dataset load_dataset(const std::string& spec, const std::string& split, co
 namespace {
 
 std::string checkpoint_path(const TrainConfig& c) { return (fs::path(c.out_dir) / "checkpoint.safetensors").string(); }
-
-std::map<std::string, Tensor> with_prefix(const std::map<std::string, Tensor>& all, const std::string& prefix) {
-  std::map<std::string, Tensor> out;
-  for (auto& [k, v] : all)
-    if (k.rfind(prefix, 0) == 0) out.emplace(k.substr(prefix.size()), v);
-  return out;
-}
 
 }  // namespace
 

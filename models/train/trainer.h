@@ -84,9 +84,11 @@ LoadedModel load_checkpoint(const std::string& path, Device device, bool ema = t
 // embedding scale), so t maps to t * T - 1. Inputs and outputs are cpu f32; the model runs on
 // `device`. A UNet with a learned variance (objective hybrid) gives its first C channels, the
 // prediction, which every sampler takes; with_variance keeps all 2C for the consumers of
-// VarianceKind::learned (DDPM ancestral sampling, the VLB).
+// VarianceKind::learned (DDPM ancestral sampling, the VLB). `low`: a super-resolution model's
+// conditioning (super_res.h make_sr_denoiser, which checks it), repeated k times for a batch of
+// k times its rows (classifier-free guidance doubles the batch).
 diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps, Device device,
-                                  bool with_variance = false);
+                                  bool with_variance = false, const nn::LowRes& low = {});
 // The schedule that samplers and bounds use with a loaded model: make_schedule's for a discrete
 // objective; for vdm the learned SNRNet (nn::SNRSchedule over m.snr) or VDM's linear log-SNR.
 std::shared_ptr<const diffusion::Schedule> model_schedule(const LoadedModel& m);
