@@ -1,7 +1,5 @@
 // `diffuse train-autoencoder`: the KL-regularised autoencoder whose latents `diffuse train
 // --autoencoder` trains a diffusion model on; models/train/autoencoder_trainer.h.
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 
 #include "core/check.h"
@@ -10,13 +8,6 @@
 #include "tools/progress.h"
 
 namespace diffuse::tools {
-
-namespace {
-
-std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop = true; }
-
-}  // namespace
 
 void register_autoencoder(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand(
@@ -55,16 +46,8 @@ void register_autoencoder(CLI::App& root) {
   cmd->add_flag("--resume", *resume, "continue the run in --out from its checkpoint (bit-exact)");
   cmd->callback([c, resume, model_json] {
     train::AutoencoderTrainConfig cfg = *c;
-    if (!model_json->empty()) {
-      try {
-        cfg.model = nlohmann::json::parse(*model_json);
-      } catch (const nlohmann::json::exception& e) {
-        DF_FAIL("--model: not valid JSON (", e.what(), ")");
-      }
-      DF_CHECK(cfg.model.is_object(), "--model must be a JSON object of autoencoder keys");
-    }
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
+    if (!model_json->empty()) cfg.model = parse_model_json(*model_json, "autoencoder keys");
+    stop_on_signals();
     Progress progress("train-autoencoder", cfg.steps);
     train::AutoencoderCallbacks cb;
     cb.on_step = [&](const train::AutoencoderStats& s) {
@@ -74,12 +57,9 @@ void register_autoencoder(CLI::App& root) {
       progress.update(s.step, extra);
     };
     cb.on_message = [](const std::string& m) { std::fprintf(stderr, "\n%s\n", m.c_str()); };
-    cb.should_stop = [] { return g_stop.load(); };
+    cb.should_stop = stop_requested;
     const std::string ckpt = train::train_autoencoder(cfg, *resume, cb);
-    if (g_stop) {
-      std::fprintf(stderr, "interrupted: the run is saved in %s; continue it with --resume\n", ckpt.c_str());
-      exit_code() = 130;
-    }
+    if (stop_requested()) report_stopped(ckpt);
   });
 }
 

@@ -1,7 +1,5 @@
 // `diffuse train-classifier`: the noise-aware classifier of classifier guidance, or a clean-image
 // classifier that judges samples (`diffuse eval --fd`); models/train/classifier.h.
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 
 #include "core/check.h"
@@ -12,13 +10,6 @@
 #include "tools/progress.h"
 
 namespace diffuse::tools {
-
-namespace {
-
-std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop = true; }
-
-}  // namespace
 
 void register_classifier(CLI::App& root) {
   CLI::App* cmd = root.add_subcommand(
@@ -68,16 +59,8 @@ void register_classifier(CLI::App& root) {
   cmd->callback([c, resume, model_json, noise] {
     train::ClassifierConfig cfg = *c;
     cfg.noise = parse_enum<train::ClassifierNoise>(*noise, "--noise");
-    if (!model_json->empty()) {
-      try {
-        cfg.model = nlohmann::json::parse(*model_json);
-      } catch (const nlohmann::json::exception& e) {
-        DF_FAIL("--model: not valid JSON (", e.what(), ")");
-      }
-      DF_CHECK(cfg.model.is_object(), "--model must be a JSON object of UNet keys");
-    }
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
+    if (!model_json->empty()) cfg.model = parse_model_json(*model_json, "UNet keys");
+    stop_on_signals();
     Progress progress("train-classifier", cfg.steps);
     train::ClassifierCallbacks cb;
     cb.on_step = [&](const train::ClassifierStats& s) {
@@ -87,12 +70,9 @@ void register_classifier(CLI::App& root) {
       progress.update(s.step, extra);
     };
     cb.on_message = [](const std::string& m) { std::fprintf(stderr, "\n%s\n", m.c_str()); };
-    cb.should_stop = [] { return g_stop.load(); };
+    cb.should_stop = stop_requested;
     const std::string ckpt = train::train_classifier(cfg, *resume, cb);
-    if (g_stop) {
-      std::fprintf(stderr, "interrupted: the run is saved in %s; continue it with --resume\n", ckpt.c_str());
-      exit_code() = 130;
-    }
+    if (stop_requested()) report_stopped(ckpt);
   });
 }
 

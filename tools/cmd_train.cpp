@@ -1,6 +1,4 @@
 // `diffuse train`: train a diffusion model; flags and/or a JSON config.
-#include <atomic>
-#include <csignal>
 #include <cstdio>
 #include <fstream>
 #include <optional>
@@ -17,9 +15,6 @@
 namespace diffuse::tools {
 
 namespace {
-
-std::atomic<bool> g_stop{false};
-void on_signal(int) { g_stop = true; }
 
 // A flag of a config field and the key it sets.
 struct ConfigFlag {
@@ -147,8 +142,7 @@ void register_train(CLI::App& root) {
     // VDM's point is the learned schedule: it is what --objective vdm trains unless told otherwise.
     if (c.objective == train::Objective::vdm && !schedule_given) c.schedule = train::ScheduleKind::learned;
     c = train::TrainConfig::from_json(c.to_json());  // validates
-    std::signal(SIGINT, on_signal);
-    std::signal(SIGTERM, on_signal);
+    stop_on_signals();
     auto progress = std::make_shared<Progress>("train", c.steps);
     double last_loss = 0, last_rate = 0;
     train::TrainCallbacks cb;
@@ -164,12 +158,11 @@ void register_train(CLI::App& root) {
       progress->update(s.step, extra);
     };
     cb.on_message = [&](const std::string& m) { std::fprintf(stderr, "\n%s\n", m.c_str()); };
-    cb.should_stop = [] { return g_stop.load(); };
+    cb.should_stop = stop_requested;
     std::string ckpt = train::train(c, *resume, cb);
-    if (g_stop) {
+    if (stop_requested()) {
       progress->finish();
-      std::fprintf(stderr, "interrupted: the run is saved in %s; continue it with --resume\n", ckpt.c_str());
-      exit_code() = 130;
+      report_stopped(ckpt);
     }
   });
 }

@@ -1,4 +1,6 @@
 // The `diffuse` command line: train, sample, eval, info.
+#include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <exception>
 
@@ -9,6 +11,32 @@ namespace diffuse::tools {
 int& exit_code() {
   static int code = 0;
   return code;
+}
+
+namespace {
+std::atomic<bool> g_stop{false};
+void on_signal(int) { g_stop = true; }
+}  // namespace
+
+void stop_on_signals() {
+  std::signal(SIGINT, on_signal);
+  std::signal(SIGTERM, on_signal);
+}
+bool stop_requested() { return g_stop.load(); }
+void report_stopped(const std::string& checkpoint) {
+  std::fprintf(stderr, "interrupted: the run is saved in %s; continue it with --resume\n", checkpoint.c_str());
+  exit_code() = 130;
+}
+
+nlohmann::json parse_model_json(const std::string& text, const std::string& keys) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    DF_FAIL("--model: not valid JSON (", e.what(), ")");
+  }
+  DF_CHECK(j.is_object(), "--model must be a JSON object of ", keys);
+  return j;
 }
 }  // namespace diffuse::tools
 
