@@ -15,6 +15,7 @@
 #include "models/data/dataset.h"
 #include "models/interop/diffusers.h"
 #include "models/nn/unet.h"
+#include "tests/models/micro_unet.h"
 #include "tests/test_util.h"
 
 using namespace diffuse;
@@ -49,16 +50,8 @@ ag::GradcheckResult check_module(Module& m, std::vector<Tensor> inputs, F&& f) {
 // 4x4 images, two levels (2 and 4 channels), a SpatialTransformer at 2x2 and in the middle, 2
 // heads, a context of 3 tokens of 5 channels over the words of three class names.
 UNetConfig micro_context_config() {
-  UNetConfig c;
-  c.in_channels = 1;
-  c.out_channels = 1;
-  c.image_size = 4;
-  c.base_channels = 2;
-  c.channel_mult = {1, 2};
-  c.num_res_blocks = 1;
+  UNetConfig c = test::micro_unet_config();
   c.attention_resolutions = {};
-  c.groups = 1;
-  c.num_heads = 2;
   c.num_classes = 3;
   c.context_dim = 5;
   c.context_resolutions = {2};

@@ -12,6 +12,7 @@
 #include "autograd/gradcheck.h"
 #include "models/nn/unet.h"
 #include "models/train/super_res.h"
+#include "tests/models/micro_unet.h"
 #include "tests/test_util.h"
 
 using namespace diffuse;
@@ -23,15 +24,7 @@ namespace {
 // channels: conv_in reads 1 + 2 channels, the level's MLP (aug.fc1, aug.fc2) adds to the time
 // embedding.
 UNetConfig micro_sr_config(bool adm) {
-  UNetConfig c;
-  c.in_channels = c.out_channels = 1;
-  c.image_size = 4;
-  c.base_channels = 2;
-  c.channel_mult = {1, 2};
-  c.num_res_blocks = 1;
-  c.attention_resolutions = {2};
-  c.groups = 1;
-  c.num_heads = 2;
+  UNetConfig c = test::micro_unet_config();
   c.low_res_channels = 2;
   c.low_res_size = 2;
   if (adm) {

@@ -11,6 +11,7 @@
 
 #include "autograd/gradcheck.h"
 #include "models/nn/unet.h"
+#include "tests/models/micro_unet.h"
 #include "tests/test_util.h"
 
 using namespace diffuse;
@@ -18,22 +19,11 @@ using namespace diffuse::nn;
 
 namespace {
 
-// A UNet small enough for finite differences (~3.5k parameters, each perturbed twice): 4x4
-// images, two levels (2 and 4 channels), one block per level, attention at 2x2 with 2 heads,
-// one group.
+// The micro UNet (micro_unet.h) in three variants: ADM's options, DDPM's, diffusers' google/ddpm-*.
 enum class Variant { ddpm, adm, diffusers_ddpm };
 
 UNetConfig micro_config(Variant v) {
-  UNetConfig c;
-  c.in_channels = 1;
-  c.out_channels = 1;
-  c.image_size = 4;
-  c.base_channels = 2;
-  c.channel_mult = {1, 2};
-  c.num_res_blocks = 1;
-  c.attention_resolutions = {2};
-  c.groups = 1;
-  c.num_heads = 2;
+  UNetConfig c = test::micro_unet_config();
   if (v == Variant::adm) {
     c.scale_shift_norm = true;
     c.resblock_updown = true;

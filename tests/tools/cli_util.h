@@ -73,8 +73,10 @@ inline std::string slurp_text(const std::string& path) {
   return ss.str();
 }
 
-// An IDX pair of n random 28x28 images with labels 0..9 in dir; returns the --dataset spec.
-inline std::string write_idx_dataset(const std::string& dir, int n, uint64_t seed) {
+// IDX files of n random size x size images and their labels 0..9, at the two paths: labels drawn
+// at random, or i % 10 (cycle_labels: every class present in any 10 images).
+inline void write_idx_files(const std::string& images_path, const std::string& labels_path, int n, int size,
+                            uint64_t seed, bool cycle_labels = false) {
   std::mt19937_64 rng(seed);
   auto be32 = [](std::string& s, uint32_t v) {
     for (int shift = 24; shift >= 0; shift -= 8) s.push_back(static_cast<char>((v >> shift) & 255));
@@ -82,15 +84,20 @@ inline std::string write_idx_dataset(const std::string& dir, int n, uint64_t see
   std::string img, lab;
   be32(img, 0x803);
   be32(img, static_cast<uint32_t>(n));
-  be32(img, 28);
-  be32(img, 28);
-  for (int i = 0; i < n * 28 * 28; ++i) img.push_back(static_cast<char>(rng() & 255));
+  be32(img, static_cast<uint32_t>(size));
+  be32(img, static_cast<uint32_t>(size));
+  for (int i = 0; i < n * size * size; ++i) img.push_back(static_cast<char>(rng() & 255));
   be32(lab, 0x801);
   be32(lab, static_cast<uint32_t>(n));
-  for (int i = 0; i < n; ++i) lab.push_back(static_cast<char>(rng() % 10));
+  for (int i = 0; i < n; ++i) lab.push_back(static_cast<char>(cycle_labels ? i % 10 : static_cast<int>(rng() % 10)));
+  std::ofstream(images_path, std::ios::binary) << img;
+  std::ofstream(labels_path, std::ios::binary) << lab;
+}
+
+// An IDX pair of n random 28x28 images with labels 0..9 in dir; returns the --dataset spec.
+inline std::string write_idx_dataset(const std::string& dir, int n, uint64_t seed) {
   const std::string ip = dir + "/images-idx3-ubyte", lp = dir + "/labels-idx1-ubyte";
-  std::ofstream(ip, std::ios::binary) << img;
-  std::ofstream(lp, std::ios::binary) << lab;
+  write_idx_files(ip, lp, n, 28, seed);
   return "idx:" + ip + "," + lp;
 }
 

@@ -26,21 +26,8 @@ namespace {
 // fashion-mnist:<dir>, the set has Fashion-MNIST's class names.
 std::string write_fashion_folder(const fs::path& dir, int n, uint64_t seed) {
   fs::create_directories(dir);
-  std::mt19937_64 rng(seed);
-  auto be32 = [](std::string& s, uint32_t v) {
-    for (int shift = 24; shift >= 0; shift -= 8) s.push_back(static_cast<char>((v >> shift) & 255));
-  };
-  std::string img, lab;
-  be32(img, 0x803);
-  be32(img, static_cast<uint32_t>(n));
-  be32(img, 8);
-  be32(img, 8);
-  for (int i = 0; i < n * 64; ++i) img.push_back(static_cast<char>(rng() & 255));
-  be32(lab, 0x801);
-  be32(lab, static_cast<uint32_t>(n));
-  for (int i = 0; i < n; ++i) lab.push_back(static_cast<char>(i % 10));
-  std::ofstream(dir / "train-images-idx3-ubyte", std::ios::binary) << img;
-  std::ofstream(dir / "train-labels-idx1-ubyte", std::ios::binary) << lab;
+  test::write_idx_files((dir / "train-images-idx3-ubyte").string(), (dir / "train-labels-idx1-ubyte").string(), n, 8,
+                        seed, /*cycle_labels=*/true);
   return "fashion-mnist:" + dir.string();
 }
 
