@@ -239,6 +239,12 @@ if(DIFFUSE_FUZZ OR DIFFUSE_TESTS)
   target_compile_options(make_fuzz_seeds PRIVATE ${DIFFUSE_CXX_FLAGS})
   target_link_libraries(make_fuzz_seeds PRIVATE diffuse)
   set_target_properties(make_fuzz_seeds PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
+  if(DIFFUSE_TESTS)
+    # The program still runs, and every seed it writes is committed (tests/fuzz/check_fuzz_seeds.sh).
+    add_test(NAME fuzz.seeds COMMAND ${CMAKE_SOURCE_DIR}/tests/fuzz/check_fuzz_seeds.sh
+             $<TARGET_FILE:make_fuzz_seeds> ${CMAKE_SOURCE_DIR}/tests/corpus)
+    set_tests_properties(fuzz.seeds PROPERTIES LABELS cpu TIMEOUT 300 ENVIRONMENT "OMP_NUM_THREADS=2")
+  endif()
 endif()
 
 # ---- benchmarks -------------------------------------------------------------------------------

@@ -166,11 +166,12 @@ int main(int argc, char** argv) {
     // two class names, a SpatialTransformer in the middle block. Its config carries the class
     // names and the vocabulary, which the loader reads back; a vocabulary of one more word than
     // the weights have rows for must be refused.
-    tc.model["context_dim"] = 4;
-    tc.model["context_tokens"] = 2;
-    tc.model["class_names"] = {"Ankle boot", "T-shirt/top"};
-    tc.out_dir = (tmp / "context").string();
-    SafeTensors ctx = read_safetensors(train::train(tc, false));
+    train::TrainConfig cc = tc;  // a copy: the seeds below start from the plain model again
+    cc.model["context_dim"] = 4;
+    cc.model["context_tokens"] = 2;
+    cc.model["class_names"] = {"Ankle boot", "T-shirt/top"};
+    cc.out_dir = (tmp / "context").string();
+    SafeTensors ctx = read_safetensors(train::train(cc, false));
     fs::remove_all(tmp);
     model_only(ctx);
     put_st(root / "checkpoint" / "ok_context.safetensors", ctx);
