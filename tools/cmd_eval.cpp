@@ -16,6 +16,7 @@
 #include "core/image_io.h"
 #include "models/diffusion/likelihood.h"
 #include "models/diffusion/sampler.h"
+#include "models/train/autoencoder_trainer.h"
 #include "models/train/classifier.h"
 #include "models/train/super_res.h"
 #include "models/train/trainer.h"
@@ -129,31 +130,32 @@ void register_eval(CLI::App& root) {
       train::refuse_super_res(uc, a->checkpoint, "diffuse eval (but for --fd JUDGE --samples DIR, which scores a "
                               "cascade's images written by sample --image-dir)");
     // A latent model's bound would be a likelihood of latents scaled by an encoder, not of the
-    // images, and not comparable with any pixel model's bits/dim; its feature distance needs the
-    // decoded samples, which --fd does not do yet.
-    DF_CHECK(m.autoencoder == nullptr, a->checkpoint, " is a latent diffusion model (trained with --autoencoder): "
-             "eval's bits/dim would be of its latents, not of images, and --fd does not decode them yet. Score "
-             "decoded samples instead: `diffuse sample --image-dir DIR`, then `diffuse eval --fd CLASSIFIER "
-             "--samples DIR`");
+    // images, and not comparable with any pixel model's bits/dim; its samples are judged decoded.
+    const bool latent = m.autoencoder != nullptr;
+    DF_CHECK(!latent || !a->fd.empty(), a->checkpoint, " is a latent diffusion model (trained with --autoencoder): "
+             "eval's bits/dim would be of its latents, not of images; score its decoded samples with --fd CLASSIFIER");
+    // The images the model stands for: its own, or its autoencoder's for a latent model.
+    const int image_size = latent ? m.autoencoder->config().image_size : uc.image_size;
+    const int image_channels = latent ? m.autoencoder->config().in_channels : uc.in_channels;
     if (!a->fd.empty()) {
       DF_CHECK(a->fd_count >= 2 && a->fd_steps >= 1, "--fd-count must be at least 2 and --fd-steps at least 1");
       train::LoadedClassifier judge = train::load_classifier(a->fd, dev);
       const nn::UNetConfig& jc = judge.net->config();
-      DF_CHECK(jc.image_size == uc.image_size && jc.in_channels == uc.in_channels, a->fd, " classifies ",
-               jc.image_size, "x", jc.image_size, "x", jc.in_channels, " images, the model draws ", uc.image_size, "x",
-               uc.image_size, "x", uc.in_channels);
+      DF_CHECK(jc.image_size == image_size && jc.in_channels == image_channels, a->fd, " classifies ",
+               jc.image_size, "x", jc.image_size, "x", jc.in_channels, " images, the model draws ", image_size, "x",
+               image_size, "x", image_channels);
       if (judge.config.noise != train::ClassifierNoise::none)
         std::fprintf(stderr, "diffuse: note: %s is a noise-aware classifier; a judge trained on clean images "
                      "(--noise none) is the better one\n", a->fd.c_str());
       Tensor samples;
       std::vector<int64_t> targets;
       if (!a->samples.empty()) {
-        std::tie(samples, targets) = read_sample_folder(a->samples, uc.image_size, uc.in_channels);
+        std::tie(samples, targets) = read_sample_folder(a->samples, image_size, image_channels);
       } else {
         const std::shared_ptr<const diffusion::Schedule> sched = train::model_schedule(m);
         diffusion::Denoiser f = train::make_denoiser(m.unet, m.config.timesteps, dev);
         ag::NoGrad ng;
-        samples = Tensor::empty({a->fd_count, uc.image_size, uc.image_size, uc.in_channels});
+        samples = Tensor::empty({a->fd_count, image_size, image_size, image_channels});
         Progress progress("sample", a->fd_count);
         for (int s = 0; s < a->fd_count; s += a->batch) {
           const int n = std::min(a->batch, a->fd_count - s);
@@ -162,7 +164,7 @@ void register_eval(CLI::App& root) {
           o.seed = a->seed + static_cast<uint64_t>(s) * 0x9E3779B97F4A7C15ull;
           o.steps = a->fd_steps;
           o.prediction = train::prediction_of(m.config);
-          o.clip_x0 = true;
+          o.clip_x0 = !latent;  // latents have no [-1, 1] range to clip to
           if (uc.num_classes > 0) {
             std::vector<int64_t> l(static_cast<size_t>(n));
             for (int i = 0; i < n; ++i) l[i] = (s + i) % uc.num_classes;
@@ -176,13 +178,15 @@ void register_eval(CLI::App& root) {
           o.callback = [&](int i, int total, const Tensor&, const Tensor&) {
             progress.update(s + static_cast<int64_t>(n) * (i + 1) / total);
           };
-          samples.slice(s, s + n).copy_(diffusion::sample(diffusion::SamplerKind::ddim, *sched, f, o));
+          Tensor x = diffusion::sample(diffusion::SamplerKind::ddim, *sched, f, o);
+          if (latent) x = train::decode_latents(*m.autoencoder, x, m.latent_scale, a->batch);
+          samples.slice(s, s + n).copy_(x);
         }
       }
       const std::string spec = a->dataset.empty() ? m.config.dataset : a->dataset;
       train::DatasetOptions data_options;
-      data_options.image_size = uc.image_size;
-      data_options.channels = uc.in_channels == 1 ? 1 : 3;
+      data_options.image_size = image_size;
+      data_options.channels = image_channels == 1 ? 1 : 3;
       data_options.labels = true;
       data::Dataset test = train::load_dataset(spec, "test", data_options);
       const int64_t n = std::min<int64_t>(samples.size(0), test.size());

@@ -185,7 +185,21 @@ TEST_CASE("CLI: train-autoencoder, train --autoencoder, and sample decodes to im
     CHECK(img.height == 28);
     CHECK(img.channels == 1);
   }
-  // eval refuses a latent model, naming why.
+  // eval refuses a latent model's bits/dim, naming why...
   CHECK(test::run({test::cli_path(), "eval", ckpt, "--count", "2", "--device", "cpu"}, log, &out) == 1);
   CHECK(out.find("latent diffusion model") != std::string::npos);
+  // ... and judges its samples decoded: a 28x28 judge (the autoencoder's images, not the 7x7
+  // latents) scores samples eval draws and decodes, and a folder that sample wrote.
+  const std::string judge = dir / "judge";
+  REQUIRE(test::run({test::cli_path(), "train-classifier", "--model", test::kTinyModel, "--dataset", data, "--batch",
+                     "8", "--steps", "2", "--eval-count", "0", "--noise", "none", "--out", judge},
+                    log, &out) == 0);
+  REQUIRE(test::run({test::cli_path(), "eval", ckpt, "--fd", judge + "/classifier.safetensors", "--fd-count", "4",
+                     "--fd-steps", "2", "--device", "cpu"},
+                    log, &out) == 0);
+  CHECK(out.find("feature distance") != std::string::npos);
+  REQUIRE(test::run({test::cli_path(), "eval", ckpt, "--fd", judge + "/classifier.safetensors", "--samples", imgs,
+                     "--device", "cpu"},
+                    log, &out) == 0);
+  CHECK(out.find("feature distance") != std::string::npos);
 }
