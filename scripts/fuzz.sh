@@ -6,7 +6,8 @@
 # Usage: scripts/fuzz.sh [seconds-per-target] [build-dir]
 #   env: TARGETS (e.g. "safetensors idx", default: every tests/fuzz/fuzz_*.cpp), LOGS (default
 #        fuzz-logs), JOBS (build), RUNS (a number of executions per target instead of a time
-#        limit), WORKERS (cores per target, default 1: more runs libFuzzer's fork mode)
+#        limit), WORKERS (cores per target, default 1: more runs libFuzzer's fork mode),
+#        PARALLEL (targets run at once, default: nproc / WORKERS)
 # The long run (docs/reliability.md has its figures):
 #   RUNS=10000000 TARGETS=idx bash scripts/fuzz.sh
 set -euo pipefail
@@ -28,8 +29,9 @@ targets=()
 for t in $TARGETS; do targets+=("fuzz_$t"); done
 cmake --build "$build" -j "${JOBS:-$(nproc)}" --target "${targets[@]}"
 mkdir -p "$logs"
-status=0
-for t in $TARGETS; do
+# One target: its run, then one summary line (or the findings); returns non-zero on a finding.
+fuzz_one() {
+  local t=$1 status=0
   scratch=$(mktemp -d)
   dict=()
   [[ -f tests/fuzz/$t.dict ]] && dict=(-dict="tests/fuzz/$t.dict")
@@ -65,5 +67,22 @@ for t in $TARGETS; do
     status=1
   fi
   rm -rf "$scratch"
+  return $status
+}
+# PARALLEL targets at a time (default: the cores over WORKERS), each writing its summary to a file
+# of its own, printed in order once all are done.
+parallel=${PARALLEL:-$(( $(nproc) / ${WORKERS:-1} > 0 ? $(nproc) / ${WORKERS:-1} : 1 ))}
+status=0
+pids=()
+for t in $TARGETS; do
+  while (( $(jobs -rp | wc -l) >= parallel )); do wait -n || true; done
+  fuzz_one "$t" > "$logs/$t.summary" 2>&1 &
+  pids+=("$!")
+done
+i=0
+for t in $TARGETS; do
+  wait "${pids[$i]}" || status=1
+  cat "$logs/$t.summary"
+  i=$((i + 1))
 done
 exit $status

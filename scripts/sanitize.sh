@@ -6,6 +6,11 @@
 #      the emu tier runs every kernels/cuda kernel through kernels/simt, so an out-of-bounds access
 #      of global memory inside a kernel (which the emulator alone does not see) fails here, as does
 #      an overrun of a shared-memory array (padded with poisoned gaps in this build);
+#      Test cases tagged [heavy] are left out here (DIFFUSE_TEST_EXCLUDE_TAG; the pass lists them):
+#      the f64 gradchecks of whole networks, which evaluate the same few hundred ops thousands of
+#      times, so that their first evaluation already shows the sanitizers everything they reach, and
+#      which run 15x slower under ASan + UBSan (47 s -> about 700 s for the UNet's alone). The -O2
+#      build of scripts/test.sh runs them whole;
 #   2. every libFuzzer target (tests/fuzz) for FUZZ_SECONDS on its seed corpus (scripts/fuzz.sh).
 # binutils' ar and ranlib (install-deps.sh installs them): clang alone would make CMake take LLVM's
 # where a machine happens to have them, which install-deps.sh does not install (scripts/check-deps.sh).
@@ -25,13 +30,16 @@ mkdir -p "$build"
 CC=clang CXX=clang++ cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_AR=/usr/bin/ar -DCMAKE_RANLIB=/usr/bin/ranlib \
       "-DCMAKE_CXX_FLAGS_RELEASE=-O1 -gline-tables-only" "-DCMAKE_C_FLAGS_RELEASE=-O1 -gline-tables-only" \
       -DDIFFUSE_FUZZ=ON -DDIFFUSE_CUDA=OFF -DDIFFUSE_BENCH=OFF -DDIFFUSE_TESTS=ON -DDIFFUSE_WERROR=ON \
-      "-DDIFFUSE_TEST_DIRS=$dirs" > "$build/sanitize-configure.log"
+      "-DDIFFUSE_TEST_DIRS=$dirs" -DDIFFUSE_TEST_EXCLUDE_TAG=heavy > "$build/sanitize-configure.log"
 cmake --build "$build" -j "$jobs" > "$build/sanitize-build.log" 2>&1 ||
   { tail -n 60 "$build/sanitize-build.log"; echo "sanitize.sh: the sanitizer build failed" >&2; exit 1; }
 echo "sanitize.sh: built in $((SECONDS - start)) s"
 # halt_on_error: the first report fails the test; detect_leaks: LeakSanitizer too.
 export ASAN_OPTIONS=halt_on_error=1:detect_leaks=1:abort_on_error=0
 export UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+for exe in "$build"/test_*; do
+  { "$exe" --list-test-names-only "[heavy]" || true; } | sed -n "s|^\(.\+\)|sanitize.sh: left out here, run whole by scripts/test.sh: $(basename "$exe"): \1|p"
+done
 t0=$SECONDS
 ctest --test-dir "$build" -L 'cpu|emu' --output-on-failure --output-junit ctest-junit.xml -j "$jobs"
 echo "sanitize.sh: cpu and emu tiers clean under ASan + UBSan in $((SECONDS - t0)) s"

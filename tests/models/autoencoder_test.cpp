@@ -116,7 +116,7 @@ TEST_CASE("the KL term is the closed form of KL(N(mu, sigma^2) || N(0, 1)) summe
 }
 
 TEST_CASE("the autoencoder's gradients match finite differences in f64 (input and parameters)",
-          "[cpu][models][autoencoder]") {
+          "[cpu][models][autoencoder][heavy]") {
 #ifdef _OPENMP
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);  // thousands of tiny evaluations: a thread team per op only costs

@@ -127,7 +127,7 @@ TEST_CASE("the transformer layers' gradients match finite differences in f64", "
   }
 }
 
-TEST_CASE("a UNet with a context: gradients match finite differences in f64", "[cpu][models]") {
+TEST_CASE("a UNet with a context: gradients match finite differences in f64", "[cpu][models][heavy]") {
   OneThread one;
   const UNetConfig c = micro_context_config();
   UNet net(c, test::next_seed());

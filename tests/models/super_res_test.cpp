@@ -40,7 +40,7 @@ Tensor steps(int64_t B, float lo = 0.f, float hi = 1000.f) { return test::random
 }  // namespace
 
 TEST_CASE("a super-resolution UNet's gradients match finite differences in f64 (x, the low-res image, parameters)",
-          "[cpu][models]") {
+          "[cpu][models][heavy]") {
 #ifdef _OPENMP
   const int threads = omp_get_max_threads();
   omp_set_num_threads(1);  // as unet_gradcheck_test.cpp: tiny tensors, thousands of evaluations

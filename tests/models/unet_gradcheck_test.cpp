@@ -42,7 +42,7 @@ UNetConfig micro_config(Variant v) {
 
 }  // namespace
 
-TEST_CASE("a small UNet's gradients match finite differences in f64 (input and parameters)", "[cpu][models]") {
+TEST_CASE("a small UNet's gradients match finite differences in f64 (input and parameters)", "[cpu][models][heavy]") {
   // Thousands of evaluations of a network whose tensors have a few dozen elements: a thread team
   // per op only costs (and under a loaded machine its spinning barriers cost 50x), so one thread.
 #ifdef _OPENMP
