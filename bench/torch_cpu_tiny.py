@@ -225,6 +225,20 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def markdown_table(events, top):
+    """The top ops by self CPU time as a markdown table, in the columns of diffuse's profile."""
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1
+    lines = ["| op | calls | self ms | mean ms | share |", "| --- | ---: | ---: | ---: | ---: |"]
+    for e in rows[:top]:
+        ms = e.self_cpu_time_total / 1000
+        lines.append(f"| {e.key} | {e.count} | {ms:.2f} | {ms / e.count:.3f} | {100 * e.self_cpu_time_total / total:.1f}% |")
+    rest = sum(e.self_cpu_time_total for e in rows[top:])
+    if rest:
+        lines.append(f"| ({len(rows) - top} more ops) | | {rest / 1000:.2f} | | {100 * rest / total:.1f}% |")
+    return f"{total / 1000:.1f} ms of self CPU time in all\n" + "\n".join(lines) + "\n"
+
+
 def profile_tables(a, net, train_step, next_batch, fmt, ts):
     """torch.profiler over one training step and one sampling model call, both already warm; the
     tables (ops by self CPU time) go to a.profile."""
@@ -248,6 +262,7 @@ def profile_tables(a, net, train_step, next_batch, fmt, ts):
             f.write(f"\n== {title}\n")
             f.write(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
             f.write("\n")
+            f.write(markdown_table(p.key_averages(), 15))
     print(f"torch_cpu_tiny: profile written to {a.profile}")
 
 
