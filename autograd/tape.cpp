@@ -1,6 +1,7 @@
 #include "autograd/tape.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/elementwise.h"
 
 namespace diffuse::ag {
@@ -98,6 +99,8 @@ Tensor accumulate(const Tensor& g, const Tensor& x) {
 }
 
 void backward(const Var& root, Tensor grad) {
+  // Its self time is the backward pass less the ops it runs: the tape walk and its bookkeeping.
+  DF_PROFILE("autograd_backward");
   DF_CHECK(root.defined(), "backward of an undefined variable");
   if (!grad.defined()) {
     DF_CHECK(root.numel() == 1, "backward needs a gradient for the non-scalar ", root.value().str());

@@ -2,17 +2,28 @@
 # bench/compare_cpu.sh: diffuse against PyTorch on the CPU, in one run. The `tiny` UNet (280,177
 # parameters) trained at batch 64 on 28x28x1 images and sampled with DDIM (50 steps, batch 256),
 # by bench/cpu_train_step and by bench/torch_cpu_tiny.py (the same model in PyTorch; it fails if
-# the parameter counts differ), with the same steps and threads. Prints each figure for both, the
-# ratio diffuse / PyTorch and the target it is held to (docs/benchmarks.md records a run).
+# the parameter counts differ), with the same steps and threads. Two PyTorches: Debian's
+# python3-torch (1.13) and the newest from PyPI (torch 2.15.0, installed by bench/torch_pypi.sh
+# into $BUILD_DIR/torch-pypi on first use), the latter in three modes: NCHW eager, channels-last
+# eager and torch.compile. Each program runs REPEATS times, interleaved (diffuse, each PyTorch,
+# diffuse, ...), each run a process of its own, so that a load that comes and goes on a shared
+# machine falls on every side alike. Prints, per figure, the median and the spread (min-max) of
+# each side, diffuse against Debian's PyTorch and against the best PyTorch 2.15 mode (the best
+# median for that figure), the ratios and the targets they are held to (docs/benchmarks.md
+# records a run), with the date, the machine and the load before each run.
 #
 #   bash bench/compare_cpu.sh                 # from a clean clone, as root (installs packages)
 #   STEPS=40 THREADS=1 bash bench/compare_cpu.sh
+#   PROFILE=1 SKIP_DEPS=1 bash bench/compare_cpu.sh   # also the per-op profiles, both sides
 #
 # Knobs: STEPS (timed training steps after 3 warm-up steps, 20), THREADS (OpenMP threads for
 # diffuse, torch.set_num_threads for PyTorch; nproc), SAMPLE_BATCH (256), SAMPLE_STEPS (50),
-# BUILD_DIR (build-compare), JOBS (build jobs; nproc), SKIP_DEPS=1 (do not run install-deps.sh).
-# The defaults took 155 s on 2 cores from a clean clone, about half of it the build
-# (docs/benchmarks.md).
+# REPEATS (3), TORCH_PYPI (1; 0 leaves PyTorch 2.15 out), MODES (the 2.15 modes, "eager
+# channels-last compile"), PROFILE (1: after the timed runs, one profiled run each of diffuse and
+# of PyTorch 2.15 eager, tables in $BUILD_DIR/compare/profile-*.txt), BUILD_DIR (build-compare),
+# JOBS (build jobs; nproc), SKIP_DEPS=1 (do not run install-deps.sh).
+# With REPEATS=1 TORCH_PYPI=0 this is the one-run Debian comparison of before, which took 155 s
+# on 2 cores from a clean clone, about half of it the build (docs/benchmarks.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,9 +31,14 @@ STEPS=${STEPS:-20}
 THREADS=${THREADS:-$(nproc)}
 SAMPLE_BATCH=${SAMPLE_BATCH:-256}
 SAMPLE_STEPS=${SAMPLE_STEPS:-50}
+REPEATS=${REPEATS:-3}
+TORCH_PYPI=${TORCH_PYPI:-1}
+MODES=${MODES:-eager channels-last compile}
+PROFILE=${PROFILE:-0}
 BUILD_DIR=${BUILD_DIR:-build-compare}
 JOBS=${JOBS:-$(nproc)}
 OUT="$BUILD_DIR/compare"
+PYPI_DIR="$BUILD_DIR/torch-pypi"
 
 if [[ "${SKIP_DEPS:-0}" != 1 ]]; then
   bash scripts/install-deps.sh --bench
@@ -37,41 +53,113 @@ echo "compare_cpu: building cpu_train_step in $BUILD_DIR"
 cmake --build "$BUILD_DIR" --target cpu_train_step -j "$JOBS" >"$BUILD_DIR/compare-build.log" 2>&1 ||
   { tail -30 "$BUILD_DIR/compare-build.log"; exit 1; }
 mkdir -p "$OUT"
-rm -f "$OUT/diffuse.json" "$OUT/torch.json"
+rm -f "$OUT"/*.json "$OUT/runs.txt" "$OUT"/profile-*.txt
+if [[ "$TORCH_PYPI" == 1 ]]; then
+  bash bench/torch_pypi.sh "$PYPI_DIR"  # installs once; a clear error and exit if it cannot
+fi
 
-echo "compare_cpu: $(nproc) cores, $THREADS threads, $STEPS timed steps; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "== diffuse"
-"$BUILD_DIR/bench/cpu_train_step" --preset tiny --batch 64 --steps "$STEPS" --sample-batch "$SAMPLE_BATCH" \
-  --sample-steps "$SAMPLE_STEPS" --threads "$THREADS" --lr 2e-4 --json "$OUT/diffuse.json"
-echo "== PyTorch"
-OMP_NUM_THREADS="$THREADS" /usr/bin/python3 bench/torch_cpu_tiny.py --batch 64 --steps "$STEPS" \
-  --sample-batch "$SAMPLE_BATCH" --sample-steps "$SAMPLE_STEPS" --threads "$THREADS" --lr 2e-4 \
-  --diffuse-json "$OUT/diffuse.json" --json "$OUT/torch.json"
-echo "compare_cpu: load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+# One PyTorch configuration: "debian" (eager NCHW) or "pypi-MODE"; extra arguments go to the script.
+torch_run() {
+  local conf=$1 json=$2
+  shift 2
+  local args=(--batch 64 --steps "$STEPS" --sample-batch "$SAMPLE_BATCH" --sample-steps "$SAMPLE_STEPS"
+    --threads "$THREADS" --lr 2e-4 --diffuse-json "$OUT/diffuse.1.json" --json "$json" "$@")
+  if [[ "$conf" == debian ]]; then
+    OMP_NUM_THREADS="$THREADS" /usr/bin/python3 bench/torch_cpu_tiny.py "${args[@]}"
+  else
+    OMP_NUM_THREADS="$THREADS" bash bench/torch_pypi.sh "$PYPI_DIR" -- python3 bench/torch_cpu_tiny.py \
+      --mode "${conf#pypi-}" "${args[@]}"
+  fi
+}
+confs=(debian)
+if [[ "$TORCH_PYPI" == 1 ]]; then
+  for m in $MODES; do confs+=("pypi-$m"); done
+fi
+
+echo "compare_cpu: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1))," \
+  "$THREADS threads, $STEPS timed steps, $REPEATS rounds of: diffuse ${confs[*]}"
+for ((r = 1; r <= REPEATS; ++r)); do
+  echo "== round $r: diffuse (load $(load))"
+  echo "$r diffuse $(load)" >>"$OUT/runs.txt"
+  "$BUILD_DIR/bench/cpu_train_step" --preset tiny --batch 64 --steps "$STEPS" --sample-batch "$SAMPLE_BATCH" \
+    --sample-steps "$SAMPLE_STEPS" --threads "$THREADS" --lr 2e-4 --json "$OUT/diffuse.$r.json"
+  for c in "${confs[@]}"; do
+    echo "== round $r: PyTorch $c (load $(load))"
+    echo "$r $c $(load)" >>"$OUT/runs.txt"
+    # PyTorch 2.15's profiler hooks and inductor print warnings of no consequence here.
+    torch_run "$c" "$OUT/torch.$c.$r.json" 2>&1 | { grep -v '^USDT:\|^[WI][0-9]\{4\} ' || true; }
+    [[ -f "$OUT/torch.$c.$r.json" ]] || { echo "compare_cpu: PyTorch $c failed" >&2; exit 1; }
+  done
+done
+echo "compare_cpu: load after: $(load)"
+if [[ "$PROFILE" == 1 ]]; then
+  echo "== profiles (one training step, one sampling model call)"
+  "$BUILD_DIR/bench/cpu_train_step" --preset tiny --batch 64 --steps 3 --sample-batch "$SAMPLE_BATCH" \
+    --sample-steps 1 --threads "$THREADS" --profile "$OUT/profile-diffuse.txt" >/dev/null
+  if [[ "$TORCH_PYPI" == 1 ]]; then
+    torch_run pypi-eager "$OUT/torch.profile.json" --steps 3 --sample-steps 1 --profile "$OUT/profile-torch.txt" \
+      >/dev/null 2>&1
+  fi
+  echo "compare_cpu: profiles in $OUT/profile-*.txt (load after: $(load))"
+fi
 echo
 
-/usr/bin/python3 - "$OUT/diffuse.json" "$OUT/torch.json" <<'EOF'
-import json, sys
-d, t = (json.load(open(p)) for p in sys.argv[1:3])
-# (label, key, target on diffuse / PyTorch, True when higher is better)
-rows = [("training images/s", "train_images_per_s", 1.0, True),
-        ("sampling images/s", "sample_images_per_s", 1.2, True),
-        ("peak RSS (MiB)", "peak_rss_mib", 1.0, False)]
-print(f"tiny UNet ({d['parameters']:,} parameters), {d['threads']} threads, batch {d['batch']}, "
-      f"{d['steps']} timed steps; DDIM {d['sample_steps']} steps at batch {d['sample_batch']}")
-print(f"training ms/step (median): diffuse {d['train_ms_per_step']:.1f}, PyTorch {t['train_ms_per_step']:.1f}")
+/usr/bin/python3 - "$OUT" "$REPEATS" "${confs[@]}" <<'EOF'
+import json, statistics, sys
+out, repeats, confs = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def runs(name):
+    return [json.load(open(f"{out}/{name}.{r}.json")) for r in range(1, repeats + 1)]
+d = runs("diffuse")
+t = {c: runs(f"torch.{c}") for c in confs}
+# (label, key, True when higher is better)
+figs = [("training images/s", "train_images_per_s", True),
+        ("sampling images/s", "sample_images_per_s", True),
+        ("peak RSS (MiB)", "peak_rss_mib", False)]
+med = lambda rs, k: statistics.median(x[k] for x in rs)
+def cell(rs, k):
+    v = [x[k] for x in rs]
+    return f"{statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f})"
+d0 = d[0]
+print(f"tiny UNet ({d0['parameters']:,} parameters), {d0['threads']} threads, batch {d0['batch']}, "
+      f"{d0['steps']} timed steps; DDIM {d0['sample_steps']} steps at batch {d0['sample_batch']}; "
+      f"{repeats} interleaved rounds, median (min-max)")
 print()
-print(f"| metric | diffuse | PyTorch {t['framework'].split()[-1]} | diffuse / PyTorch | target | met |")
-print("| --- | ---: | ---: | ---: | --- | --- |")
-missed = 0
-for label, key, target, higher in rows:
-    r = d[key] / t[key]
-    ok = r >= target if higher else r <= target
-    missed += not ok
-    print(f"| {label} | {d[key]:.1f} | {t[key]:.1f} | {r:.2f}x | {'>=' if higher else '<='} {target:.1f}x | "
-          f"{'yes' if ok else 'NO'} |")
+name = {c: t[c][0]["framework"].split()[-1] + ("" if c == "debian" else " " + c[len("pypi-"):]) for c in confs}
+print("| metric | diffuse | " + " | ".join(f"PyTorch {name[c]}" for c in confs) + " |")
+print("| --- | ---: | " + " | ".join("---:" for _ in confs) + " |")
+for label, key in [("training ms/step", "train_ms_per_step")] + [(l, k) for l, k, _ in figs]:
+    print(f"| {label} | {cell(d, key)} | " + " | ".join(cell(t[c], key) for c in confs) + " |")
 print()
-print(f"PyTorch's peak RSS includes {t['rss_after_import_mib']:.0f} MiB for the interpreter and libtorch "
-      f"(measured after import) and {t['dataset_mib']:.0f} MiB of Fashion-MNIST bytes; diffuse holds one random batch.")
-print(f"{missed} of {len(rows)} targets missed" if missed else "all targets met")
+# Targets: against Debian's 1.13 as before; against the newest PyTorch at its best mode per figure.
+targets = {"debian": {"train_images_per_s": 1.0, "sample_images_per_s": 1.2, "peak_rss_mib": 1.0},
+           "pypi": {"train_images_per_s": 1.2, "sample_images_per_s": 1.3, "peak_rss_mib": 1.0}}
+print("| metric | against | diffuse / PyTorch (medians) | per round (min-max) | target | met |")
+print("| --- | --- | ---: | ---: | --- | --- |")
+missed = total = 0
+pypi = [c for c in confs if c.startswith("pypi-")]
+for label, key, higher in figs:
+    sides = [("debian", "debian")] if "debian" in confs else []
+    if pypi:
+        sides.append(("pypi", (max if higher else min)(pypi, key=lambda c: med(t[c], key))))
+    for group, c in sides:
+        r = med(d, key) / med(t[c], key)
+        pr = [a[key] / b[key] for a, b in zip(d, t[c])]  # paired by round
+        target = targets[group][key]
+        ok = r >= target if higher else r <= target
+        missed += not ok
+        total += 1
+        against = f"PyTorch {name[c]}" + (" (best 2.15 mode)" if group == "pypi" else "")
+        print(f"| {label} | {against} | {r:.2f}x | {min(pr):.2f}-{max(pr):.2f}x | "
+              f"{'>=' if higher else '<='} {target:.1f}x | {'yes' if ok else 'NO'} |")
+print()
+for c in confs:
+    x = t[c][0]
+    print(f"PyTorch {name[c]}: its peak RSS includes {x['rss_after_import_mib']:.0f} MiB held right after import "
+          f"and {x['dataset_mib']:.0f} MiB of Fashion-MNIST bytes; diffuse holds one random batch.")
+print("load average (1, 5, 15 min) before each run:")
+for line in open(f"{out}/runs.txt"):
+    r, who, *l = line.split()
+    print(f"  round {r} {who}: {' '.join(l)}")
+print(f"{missed} of {total} targets missed" if missed else "all targets met")
 EOF

@@ -3,13 +3,17 @@
 //
 //   build/bench/cpu_train_step [--preset tiny] [--batch 64] [--steps 20] [--sample-batch 256]
 //                              [--sample-steps 50] [--threads N] [--lr 2e-4] [--json out.json]
+//                              [--profile FILE]
 //
 // Training step = forward, eps-MSE loss, backward, clip, AdamW + EMA, exactly what
 // `diffuse train` runs (random data of the dataset's shape; data loading is not timed).
 // Prints the median ms per step (after 3 warm-up steps), images/s, peak resident memory
 // (getrusage), and the allocator's system allocations during the timed steps (0 in the steady
-// state). Sampling: DDIM with the same UNet under no_grad. The JSON also carries the parameter
-// count and the peak RSS of the whole run, which bench/torch_cpu_tiny.py checks and compares.
+// state). Sampling: DDIM with the same UNet under no_grad, timed after one untimed model call at
+// the sampling batch (as bench/torch_cpu_tiny.py does: the first call at a new batch size grows
+// the allocator's cache). The JSON also carries the parameter count and the peak RSS of the whole
+// run, which bench/torch_cpu_tiny.py checks and compares. --profile FILE writes the per-op profile
+// (core/profile.h) of one more training step and one sampling model call, after the timed runs.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -25,6 +29,7 @@
 #include "autograd/tape.h"
 #include "core/allocator.h"
 #include "core/file_io.h"
+#include "core/profile.h"
 #include "kernels/noise.h"
 #include "models/diffusion/sampler.h"
 #include "models/diffusion/schedule.h"
@@ -55,7 +60,7 @@ double peak_rss_mib() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string preset = "tiny", json;
+  std::string preset = "tiny", json, profile;
   int batch = 64, steps = 20, sample_batch = 256, sample_steps = 50, threads = 0;
   float lr = 2e-4f;
   for (int i = 1; i < argc; ++i) {
@@ -72,9 +77,10 @@ int main(int argc, char** argv) {
     else if (a == "--threads") threads = std::stoi(next());
     else if (a == "--lr") lr = std::stof(next());
     else if (a == "--json") json = next();
+    else if (a == "--profile") profile = next();
     else {
       std::fprintf(stderr, "usage: cpu_train_step [--preset P] [--batch N] [--steps N] [--sample-batch N] "
-                           "[--sample-steps N] [--threads N] [--lr X] [--json FILE]\n");
+                           "[--sample-steps N] [--threads N] [--lr X] [--json FILE] [--profile FILE]\n");
       return a == "--help" ? 0 : 2;
     }
   }
@@ -107,9 +113,7 @@ int main(int argc, char** argv) {
            st = Tensor::from_vector(sigma, {batch});
     std::vector<double> ms;
     MemoryStats before{};
-    for (int s = 0; s < steps + 3; ++s) {
-      if (s == 3) before = cpu_memory_stats();
-      auto t0 = Clock::now();
+    auto train_step = [&](int s) {
       Tensor z = Tensor::empty(x.shape()), eps = Tensor::empty(x.shape());
       kernels::noise_forward(x, at, st, 7, static_cast<uint64_t>(s), z, eps);
       ag::Var out = unet.forward(ag::Var(z), tt);
@@ -118,6 +122,11 @@ int main(int argc, char** argv) {
       train::clip_grad_norm(params, 1.0);
       opt.step(&ema);
       opt.zero_grad();
+    };
+    for (int s = 0; s < steps + 3; ++s) {
+      if (s == 3) before = cpu_memory_stats();
+      auto t0 = Clock::now();
+      train_step(s);
       if (s >= 3) ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - t0).count());
     }
     MemoryStats after = cpu_memory_stats();
@@ -139,11 +148,45 @@ int main(int argc, char** argv) {
     diffusion::Denoiser f = [&unet](const Tensor& z, const Tensor& t, const Tensor& labels) {
       return unet.forward(ag::Var(z), t, labels).value();
     };
+    const Tensor t_mid = Tensor::full({sample_batch}, 500.f);
+    f(Tensor::rand(o.shape, 2, 0, -1.f, 1.f), t_mid, Tensor());  // warm-up, untimed
     auto t0 = Clock::now();
     diffusion::sample_ddim(sched, f, o);
     double sample_s = std::chrono::duration<double>(Clock::now() - t0).count();
     std::printf("sample DDIM %d steps, batch %d: %.2f s, %.1f images/s, peak RSS %.0f MiB\n", sample_steps,
                 sample_batch, sample_s, sample_batch / sample_s, peak_rss_mib());
+    if (!profile.empty()) {
+      std::FILE* pf = std::fopen(profile.c_str(), "w");
+      if (!pf) throw std::runtime_error("cannot write the profile to " + profile);
+      std::fprintf(pf, "diffuse cpu_train_step, preset %s, %d threads\n\n", preset.c_str(), threads);
+      const Tensor zs = Tensor::rand(o.shape, 3, 0, -1.f, 1.f);
+      {
+        ag::set_grad_enabled(true);  // inside the sampler's NoGrad scope
+        unet.train();
+        prof::reset();
+        prof::set_enabled(true);
+        auto p0 = Clock::now();
+        train_step(steps + 3);
+        const double total = std::chrono::duration<double, std::milli>(Clock::now() - p0).count();
+        prof::set_enabled(false);
+        char title[128];
+        std::snprintf(title, sizeof title, "training step, batch %d", batch);
+        prof::report(pf, title, 25, total);
+        unet.eval();
+        ag::set_grad_enabled(false);
+      }
+      prof::reset();
+      prof::set_enabled(true);
+      auto p0 = Clock::now();
+      f(zs, t_mid, Tensor());
+      const double total = std::chrono::duration<double, std::milli>(Clock::now() - p0).count();
+      prof::set_enabled(false);
+      char title[128];
+      std::snprintf(title, sizeof title, "\nsampling model call, batch %d", sample_batch);
+      prof::report(pf, title, 25, total);
+      std::fclose(pf);
+      std::printf("profile written to %s\n", profile.c_str());
+    }
     if (!json.empty()) {
       char buf[768];
       int n = std::snprintf(buf, sizeof buf,

@@ -3,7 +3,8 @@
 bench/cpu_train_step times diffuse, so the two can be compared in one run (bench/compare_cpu.sh).
 
     /usr/bin/python3 bench/torch_cpu_tiny.py [--steps 20] [--threads N] [--batch 64]
-        [--sample-batch 256] [--sample-steps 50] [--diffuse-json FILE] [--json FILE]
+        [--sample-batch 256] [--sample-steps 50] [--mode eager|channels-last|compile]
+        [--profile FILE] [--diffuse-json FILE] [--json FILE]
 
 The model mirrors models/nn/unet.cpp and models/nn/layers.cpp layer for layer (docs/models.md,
 "The UNet"): ADM time embedding ([cos, sin] of t, 16 wide) -> Linear(16, 64) -> SiLU ->
@@ -20,7 +21,14 @@ forward, epsilon MSE, backward, clip_grad_norm 1.0, AdamW (lr 2e-4, no weight de
 default), EMA 0.999 with diffuse's warm-up min(decay, (1+n)/(10+n)). Linear schedule, T = 1000.
 Data: Fashion-MNIST from Debian's dataset-fashion-mnist (random images if it is absent; the
 cost of a step does not depend on the pixel values). Sampling: DDIM (eta 0, x0 clipped) under
-torch.no_grad(). Layout: PyTorch's default NCHW (--channels-last tries NHWC, diffuse's layout).
+torch.no_grad(), timed after one untimed model call at the sampling batch (PyTorch's one-off
+costs: oneDNN primitive creation, and for --mode compile the no-grad graph's compilation).
+
+Modes: `eager` (PyTorch's default NCHW), `channels-last` (NHWC, diffuse's layout; the older flag
+--channels-last says the same) and `compile` (NCHW, the model wrapped in torch.compile, default
+inductor backend; compilation happens in the untimed warm-up steps and the warm-up sampling call).
+--profile FILE runs torch.profiler over one training step and one sampling model call (after the
+timed runs) and writes both tables of ops, by self CPU time, to FILE.
 """
 import argparse
 import gzip
@@ -217,6 +225,47 @@ def peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+def markdown_table(events, top):
+    """The top ops by self CPU time as a markdown table, in the columns of diffuse's profile."""
+    rows = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in rows) or 1
+    lines = ["| op | calls | self ms | mean ms | share |", "| --- | ---: | ---: | ---: | ---: |"]
+    for e in rows[:top]:
+        ms = e.self_cpu_time_total / 1000
+        lines.append(f"| {e.key} | {e.count} | {ms:.2f} | {ms / e.count:.3f} | {100 * e.self_cpu_time_total / total:.1f}% |")
+    rest = sum(e.self_cpu_time_total for e in rows[top:])
+    if rest:
+        lines.append(f"| ({len(rows) - top} more ops) | | {rest / 1000:.2f} | | {100 * rest / total:.1f}% |")
+    return f"{total / 1000:.1f} ms of self CPU time in all\n" + "\n".join(lines) + "\n"
+
+
+def profile_tables(a, net, train_step, next_batch, fmt, ts):
+    """torch.profiler over one training step and one sampling model call, both already warm; the
+    tables (ops by self CPU time) go to a.profile."""
+    from torch.profiler import ProfilerActivity, profile
+    tables = []
+    model_train = getattr(net, "_orig_mod", net)
+    model_train.train()
+    x = next_batch()
+    with profile(activities=[ProfilerActivity.CPU]) as p:
+        train_step(x)
+    tables.append((f"training step, batch {a.batch}", p))
+    model_train.eval()
+    z = torch.randn(a.sample_batch, 1, 28, 28).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        with profile(activities=[ProfilerActivity.CPU]) as p:
+            net(z, torch.full((a.sample_batch,), float(ts[len(ts) // 2])))
+    tables.append((f"sampling model call, batch {a.sample_batch}", p))
+    with open(a.profile, "w") as f:
+        f.write(f"torch {torch.__version__}, mode {a.mode}, {torch.get_num_threads()} threads\n")
+        for title, p in tables:
+            f.write(f"\n== {title}\n")
+            f.write(p.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+            f.write("\n")
+            f.write(markdown_table(p.key_averages(), 15))
+    print(f"torch_cpu_tiny: profile written to {a.profile}")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=20, help="timed training steps (after --warmup)")
@@ -226,10 +275,16 @@ def main():
     ap.add_argument("--sample-steps", type=int, default=50)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--channels-last", action="store_true", help="NHWC tensors (diffuse's layout)")
+    ap.add_argument("--mode", choices=("eager", "channels-last", "compile"), default="eager",
+                    help="eager NCHW (default), eager NHWC (diffuse's layout), or torch.compile (NCHW)")
+    ap.add_argument("--channels-last", action="store_true", help="the same as --mode channels-last")
+    ap.add_argument("--profile", help="write torch.profiler's op tables (one training step, one sampling call) here")
     ap.add_argument("--diffuse-json", help="cpu_train_step's JSON: its parameter count must equal ours")
     ap.add_argument("--json", help="write the results here too")
     a = ap.parse_args()
+    if a.channels_last:
+        a.mode = "channels-last"
+    a.channels_last = a.mode == "channels-last"
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -245,6 +300,7 @@ def main():
         sys.exit(f"torch_cpu_tiny: FAIL: {n_params} parameters here, diffuse's tiny has {want}: the models differ")
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    net = torch.compile(model) if a.mode == "compile" else model  # what the steps and the sampler call
 
     data = load_fashion_mnist(FMNIST)
     source = "fashion-mnist" if data is not None else "random (Fashion-MNIST not found)"
@@ -264,14 +320,13 @@ def main():
     model.train()
     ms = []
     gen = torch.Generator().manual_seed(1)
-    for s in range(a.warmup + a.steps):
-        idx = torch.randint(0, data.shape[0], (a.batch,), generator=gen)
-        x = (data[idx].float() / 127.5 - 1.0).contiguous(memory_format=fmt)
-        t0 = time.perf_counter()
+
+    def train_step(x):
+        nonlocal ema_updates
         t = torch.randint(0, T, (a.batch,))
         eps = torch.randn_like(x)
         z = sqrt_ab[t].view(-1, 1, 1, 1) * x + sqrt_1mab[t].view(-1, 1, 1, 1) * eps
-        loss = F.mse_loss(model(z, t), eps)
+        loss = F.mse_loss(net(z, t), eps)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -281,6 +336,15 @@ def main():
             torch._foreach_add_(ema, params, alpha=1 - d)
             ema_updates += 1
         opt.zero_grad(set_to_none=True)
+
+    def next_batch():
+        idx = torch.randint(0, data.shape[0], (a.batch,), generator=gen)
+        return (data[idx].float() / 127.5 - 1.0).contiguous(memory_format=fmt)
+
+    for s in range(a.warmup + a.steps):
+        x = next_batch()
+        t0 = time.perf_counter()
+        train_step(x)
         if s >= a.warmup:
             ms.append((time.perf_counter() - t0) * 1000)
     step_ms = statistics.median(ms)
@@ -293,13 +357,16 @@ def main():
     model.eval()
     n = a.sample_steps
     ts = sorted({T - 1 if n == 1 else round((T - 1) * k / (n - 1)) for k in range(n)}, reverse=True)
+    with torch.no_grad():  # warm-up: one model call at the sampling batch, untimed
+        net(torch.randn(a.sample_batch, 1, 28, 28).contiguous(memory_format=fmt),
+            torch.full((a.sample_batch,), float(ts[0])))
     t_start = time.perf_counter()
     with torch.no_grad():
         z = torch.randn(a.sample_batch, 1, 28, 28).contiguous(memory_format=fmt)
         for k, ti in enumerate(ts):
             ab = abar[ti].item()
             ab_next = abar[ts[k + 1]].item() if k + 1 < len(ts) else 1.0
-            eps = model(z, torch.full((a.sample_batch,), float(ti)))
+            eps = net(z, torch.full((a.sample_batch,), float(ti)))
             x0 = ((z - math.sqrt(1 - ab) * eps) / math.sqrt(ab)).clamp_(-1, 1)
             eps = (z - math.sqrt(ab) * x0) / math.sqrt(1 - ab)
             z = math.sqrt(ab_next) * x0 + math.sqrt(1 - ab_next) * eps
@@ -307,7 +374,10 @@ def main():
     print(f"sample DDIM {len(ts)} steps, batch {a.sample_batch}: {sample_s:.2f} s, "
           f"{a.sample_batch / sample_s:.1f} images/s, peak RSS {peak_rss_mib():.0f} MiB")
 
-    out = dict(framework=f"torch {torch.__version__}", parameters=n_params, threads=torch.get_num_threads(),
+    if a.profile:
+        profile_tables(a, net, train_step, next_batch, fmt, ts)
+
+    out = dict(framework=f"torch {torch.__version__}", mode=a.mode, parameters=n_params, threads=torch.get_num_threads(),
                batch=a.batch, steps=len(ms), channels_last=a.channels_last, data=source,
                train_ms_per_step=round(step_ms, 3), train_images_per_s=round(a.batch * 1000 / step_ms, 2),
                train_peak_rss_mib=round(train_rss, 1), sample_batch=a.sample_batch, sample_steps=len(ts),

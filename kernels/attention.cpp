@@ -4,12 +4,14 @@
 #include "kernels/attention.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/attention.h"
 
 namespace diffuse::kernels {
 
 AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int heads) {
+  DF_PROFILE("attention_forward");
   if (q.device().is_cpu()) {
     DF_CHECK(q.dim() == 3 && k.dim() == 3, "attention: q, k must be (B, T, C), got ", q.str(), ", ", k.str());
     AttentionResult r;
@@ -24,6 +26,7 @@ AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor
 
 AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                                   const AttentionResult& fwd, int heads) {
+  DF_PROFILE("attention_backward");
   if (q.device().is_cpu()) {
     AttentionGrads g{Tensor::empty(q.shape(), q.dtype()), Tensor::empty(k.shape(), k.dtype()),
                      Tensor::empty(v.shape(), v.dtype())};

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/concat.h"
 #include "kernels/cuda/concat.h"
@@ -33,6 +34,7 @@ void copy_rows(char* dst, int64_t ds, const char* src, int64_t ss, int64_t rows,
 }  // namespace
 
 Tensor concat_last_forward(const std::vector<Tensor>& xs) {
+  DF_PROFILE("concat_last_forward");
   DF_CHECK(!xs.empty(), "concat_last of nothing");
   if (xs[0].defined()) DF_ON_CUDA(xs[0].device(), cuda::concat_last_forward(xs));
 
@@ -60,6 +62,7 @@ Tensor concat_last_forward(const std::vector<Tensor>& xs) {
 }
 
 std::vector<Tensor> concat_last_backward(const Tensor& g, const std::vector<int64_t>& widths) {
+  DF_PROFILE("concat_last_backward");
   int64_t total = 0;
   for (int64_t w : widths) total += w;
   DF_CHECK(g.dim() >= 1 && g.size(-1) == total, "concat_last backward: gradient ", g.str(), " for widths summing to ",
@@ -74,6 +77,7 @@ std::vector<Tensor> concat_last_backward(const Tensor& g, const std::vector<int6
 }
 
 Tensor slice_last_forward(const Tensor& x, int64_t begin, int64_t end) {
+  DF_PROFILE("slice_last_forward");
   if (x.defined()) DF_ON_CUDA(x.device(), cuda::slice_last_forward(x, begin, end));
   check_cpu(x, "slice_last");
   const int64_t C = x.size(-1);
@@ -89,6 +93,7 @@ Tensor slice_last_forward(const Tensor& x, int64_t begin, int64_t end) {
 }
 
 Tensor slice_last_backward(const Tensor& g, int64_t total, int64_t begin) {
+  DF_PROFILE("slice_last_backward");
   if (g.defined()) DF_ON_CUDA(g.device(), cuda::slice_last_backward(g, total, begin));
   check_cpu(g, "slice_last backward");
   const int64_t c = g.size(-1);

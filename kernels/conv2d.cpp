@@ -3,12 +3,14 @@
 #include "kernels/conv2d.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/conv2d.h"
 
 namespace diffuse::kernels {
 
 Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, const Conv2dParams& p) {
+  DF_PROFILE("conv2d_forward");
   if (x.device().is_cpu()) {
     Tensor y = Tensor::empty(conv2d_output_shape(x.shape(), w.shape(), p), x.dtype());
     cpu::conv2d_forward(x, w, bias, p, y);
@@ -20,6 +22,7 @@ Tensor conv2d_forward(const Tensor& x, const Tensor& w, const Tensor& bias, cons
 
 Conv2dGrads conv2d_backward(const Tensor& gy, const Tensor& x, const Tensor& w, const Conv2dParams& p, bool need_x,
                             bool need_w, bool need_b) {
+  DF_PROFILE("conv2d_backward");
   if (x.device().is_cpu()) {
     Conv2dGrads r;
     if (need_x) r.dx = Tensor::empty(x.shape(), x.dtype());

@@ -4,12 +4,14 @@
 #include "kernels/embedding.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/embedding.h"
 
 namespace diffuse::kernels {
 
 Tensor embedding_forward(const Tensor& ids, const Tensor& table) {
+  DF_PROFILE("embedding_forward");
   DF_CHECK(ids.defined() && table.defined(), "embedding: undefined tensor");
   DF_ON_CUDA(table.device(), cuda::embedding_forward(ids, table));
   if (!table.device().is_cpu()) unsupported_device("embedding", table.device());
@@ -20,6 +22,7 @@ Tensor embedding_forward(const Tensor& ids, const Tensor& table) {
 }
 
 Tensor embedding_backward(const Tensor& dy, const Tensor& ids, const Shape& table_shape) {
+  DF_PROFILE("embedding_backward");
   DF_ON_CUDA(dy.device(), cuda::embedding_backward(dy, ids, table_shape));
   if (!dy.device().is_cpu()) unsupported_device("embedding", dy.device());
   Tensor dt = Tensor::empty(table_shape, dy.dtype());

@@ -4,6 +4,7 @@
 #include "kernels/group_norm.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/group_norm.h"
 
@@ -17,6 +18,7 @@ Tensor like_if(const Tensor& t, bool want) {
 
 GroupNormResult group_norm_forward(const Tensor& x, const Tensor& gamma, const Tensor& beta, const Tensor& scale,
                                    const Tensor& shift, const GroupNormOptions& opt) {
+  DF_PROFILE("group_norm_forward");
   if (x.device().is_cpu()) {
     GroupNormResult r;
     r.y = Tensor::empty(x.shape(), x.dtype());
@@ -32,6 +34,7 @@ GroupNormResult group_norm_forward(const Tensor& x, const Tensor& gamma, const T
 GroupNormGrads group_norm_backward(const Tensor& dy, const Tensor& x, const Tensor& mean, const Tensor& rstd,
                                    const Tensor& gamma, const Tensor& beta, const Tensor& scale,
                                    const Tensor& shift, const GroupNormOptions& opt) {
+  DF_PROFILE("group_norm_backward");
   if (x.device().is_cpu()) {
     GroupNormGrads g;
     g.dx = Tensor::empty(x.shape(), x.dtype());

@@ -4,12 +4,14 @@
 #include "kernels/loss.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/softmax.h"
 
 namespace diffuse::kernels {
 
 CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& labels) {
+  DF_PROFILE("cross_entropy_forward");
   DF_CHECK(logits.defined() && labels.defined(), "cross_entropy: undefined tensor");
   DF_ON_CUDA(logits.device(), cuda::cross_entropy_forward(logits, labels));
   if (!logits.device().is_cpu()) unsupported_device("cross_entropy", logits.device());
@@ -22,6 +24,7 @@ CrossEntropyResult cross_entropy_forward(const Tensor& logits, const Tensor& lab
 }
 
 Tensor cross_entropy_backward(const Tensor& dloss, const Tensor& logits, const Tensor& labels, const Tensor& lse) {
+  DF_PROFILE("cross_entropy_backward");
   DF_ON_CUDA(logits.device(), cuda::cross_entropy_backward(dloss, logits, labels, lse));
   if (!logits.device().is_cpu()) unsupported_device("cross_entropy", logits.device());
   Tensor d = Tensor::empty(logits.shape(), logits.dtype());

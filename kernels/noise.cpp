@@ -4,6 +4,7 @@
 #include "kernels/noise.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/noise.h"
 
@@ -11,6 +12,7 @@ namespace diffuse::kernels {
 
 void noise_forward(const Tensor& x, const Tensor& alpha, const Tensor& sigma, uint64_t seed, uint64_t offset,
                    Tensor& z, Tensor& eps) {
+  DF_PROFILE("noise_forward");
   DF_CHECK(x.defined() && alpha.defined() && sigma.defined() && z.defined() && eps.defined(),
            "noise_forward: undefined tensor");
   if (x.device().is_cpu()) return cpu::noise_forward(x, alpha, sigma, seed, offset, z, eps);

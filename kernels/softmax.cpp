@@ -4,12 +4,14 @@
 #include "kernels/softmax.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/softmax.h"
 
 namespace diffuse::kernels {
 
 Tensor softmax_last_forward(const Tensor& x) {
+  DF_PROFILE("softmax_last_forward");
   if (x.device().is_cpu()) {
     Tensor y = Tensor::empty(x.shape(), x.dtype());
     cpu::softmax_last_forward(x, y);
@@ -20,6 +22,7 @@ Tensor softmax_last_forward(const Tensor& x) {
 }
 
 Tensor softmax_last_backward(const Tensor& dy, const Tensor& y) {
+  DF_PROFILE("softmax_last_backward");
   if (y.device().is_cpu()) {
     Tensor dx = Tensor::empty(y.shape(), y.dtype());
     cpu::softmax_last_backward(dy, y, dx);

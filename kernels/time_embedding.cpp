@@ -4,12 +4,14 @@
 #include "kernels/time_embedding.h"
 
 #include "core/check.h"
+#include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/time_embedding.h"
 
 namespace diffuse::kernels {
 
 Tensor timestep_embedding(const Tensor& t, int dim, const TimeEmbeddingOptions& opt) {
+  DF_PROFILE("timestep_embedding");
   DF_CHECK(t.defined(), "timestep_embedding: undefined t");
   DF_CHECK(t.dim() == 1, "timestep_embedding: t must be (B), got ", t.str());
   DF_ON_CUDA(t.device(), cuda::timestep_embedding(t, dim, opt));

@@ -7,11 +7,13 @@
 
 #include "core/check.h"
 #include "core/philox.h"
+#include "core/profile.h"
 
 namespace diffuse::kernels {
 
 void sampler_step_cpu(const SamplerStepParams& p, const float* z, const float* model_out,
                       const float* model_out_uncond, float* z_next, int64_t n_per_sample, int batch) {
+  DF_PROFILE("sampler_step");
   DF_CHECK(p.coeffs != nullptr, "sampler_step: coefficients missing");
   DF_CHECK(z && model_out && z_next, "sampler_step: null tensor");
   DF_CHECK(!p.learned_variance || (p.channels > 0 && n_per_sample % p.channels == 0),

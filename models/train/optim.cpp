@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/profile.h"
 #include "models/train/ema.h"
 #include "models/train/state_entries.h"
 
@@ -171,6 +172,7 @@ void AdamW::zero_grad() {
 }
 
 void AdamW::step(EMA* ema) {
+  DF_PROFILE("adamw_ema_step");
   if (ema)
     DF_CHECK(ema->layout_ == layout_, "AdamW::step: the EMA tracks a different parameter list than the optimizer");
   AdamWStep s = adamw_step_at(opt_, step_ + 1);
@@ -244,6 +246,7 @@ void AdamW::load_state(const std::map<std::string, Tensor>& s) {
 // ---- clipping -----------------------------------------------------------------------------------
 
 double clip_grad_norm(const std::vector<ag::Var>& params, double max_norm) {
+  DF_PROFILE("clip_grad_norm");
   double sq = 0;
   for (const auto& p : params) {
     if (!p.has_grad()) continue;
