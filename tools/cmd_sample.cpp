@@ -110,7 +110,7 @@ void register_sample(CLI::App& root) {
   cmd->add_option("--batch", a->batch, "images per forward pass")->capture_default_str();
   cmd->add_option("--seed", a->seed, "seed of the starting noise (same seed, same images)")->capture_default_str();
   cmd->add_option("-n,--count", a->count, "number of images")->capture_default_str();
-  cmd->add_option("--grid", a->grid, "PNG file for a grid of all images ('' for none)")->capture_default_str();
+  cmd->add_option("--grid", a->grid, "PNG file for a grid of all images ('' for none); a class-conditional model with its classes cycled (--class -1) over a whole number of rounds gets one row per class")->capture_default_str();
   cmd->add_option("--image-dir", a->image_dir, "also write one PNG per image into this folder");
   cmd->add_option("--upscale", a->upscale, "integer pixel upscaling of the grid")->capture_default_str();
   cmd->add_flag("--no-ema", a->no_ema, "use the live weights instead of the EMA weights");
@@ -278,7 +278,19 @@ void register_sample(CLI::App& root) {
     if (latent) all = train::decode_latents(*stages[0].m.autoencoder, all, stages[0].m.latent_scale, a->batch);
     const char* where = !dev.is_cuda() ? "" : !all_on_device ? ", host-driven" : a->cuda_graph ? ", device loop, CUDA graph" : ", device loop";
     if (!a->grid.empty()) {
-      write_png_grid(a->grid, all, a->upscale);
+      // Classes cycled over a whole number of rounds: one row per class (image i has class
+      // i mod classes), so the grid reads as the classes' rows. Otherwise the images in order.
+      const bool class_rows = classes > 0 && a->label < 0 && a->count % classes == 0 && a->count > classes;
+      if (class_rows) {
+        const int per_class = a->count / classes;
+        Tensor rows = Tensor::empty(all.shape());
+        for (int c = 0; c < classes; ++c)
+          for (int j = 0; j < per_class; ++j)
+            rows.slice(c * per_class + j, c * per_class + j + 1).copy_(all.slice(c + j * classes, c + j * classes + 1));
+        write_png(a->grid, make_grid(rows, a->upscale, 2, per_class));
+      } else {
+        write_png_grid(a->grid, all, a->upscale);
+      }
       if (a->cascade)
         std::printf("wrote %s (%d images, %dx%d from %dx%d, cascade, %s, %d steps a stage, aug level %g, seed %llu%s)\n",
                     a->grid.c_str(), a->count, out_c.image_size, out_c.image_size, uc.image_size, uc.image_size,

@@ -4,6 +4,7 @@
 // is made on the spot; the CLI runs as a child process (tests/tools/cli_util.h).
 #include <catch2/catch.hpp>
 
+#include <cstdio>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -84,6 +85,36 @@ TEST_CASE("images:<dir>: sub-folders are classes for --class-cond; eval reads at
                    dir / "eval2.log", &log);
   CHECK(code == 0);
   CHECK_THAT(log, Contains("trained on"));
+
+  // A grid of classes cycled over whole rounds has a row per class: 8 images of 2 classes are 2
+  // rows of 4 (in order they would be 3 columns, ceil(sqrt(8))), and cell (c, j) is image
+  // c + 2 j, the j-th image of class c.
+  {
+    std::vector<std::string> sample = {test::cli_path(), "sample", ckpt, "--count", "8", "--steps", "2",
+                                       "--upscale", "1", "--grid", dir / "rows.png", "--image-dir", dir / "rows",
+                                       "--device", "cpu"};
+    code = test::run(sample, dir / "sample.log", &log);
+    INFO(log);
+    REQUIRE(code == 0);
+    const Image8 grid = read_image_u8(dir / "rows.png", 3);
+    const int cell = 12 + 2;  // the image and the 2-pixel border between cells
+    REQUIRE(grid.width == 4 * cell + 2);
+    REQUIRE(grid.height == 2 * cell + 2);
+    for (int c = 0; c < 2; ++c)
+      for (int j = 0; j < 4; ++j) {
+        char name[32];
+        std::snprintf(name, sizeof name, "%05d.png", c + 2 * j);
+        const Image8 img = read_image_u8((fs::path(dir / "rows") / name).string(), 3);
+        bool same = true;
+        for (int y = 0; y < 12; ++y)
+          for (int x = 0; x < 12; ++x)
+            for (int ch = 0; ch < 3; ++ch)
+              same = same && img.pixels[(y * 12 + x) * 3 + ch] ==
+                                 grid.pixels[((2 + c * cell + y) * grid.width + 2 + j * cell + x) * 3 + ch];
+        CAPTURE(c, j);
+        CHECK(same);
+      }
+  }
 
   // Without --class-cond the same folder trains unlabelled, every image of every sub-folder.
   code = test::run(args_for("images:" + folder + "@8", dir / "plain"), dir / "plain.log", &log);
