@@ -599,11 +599,13 @@ Tensor UNet::label_ids(const Tensor& labels, int64_t B) const {
     DF_CHECK(!labels.defined(), "UNet: labels given to an unconditional model (num_classes = 0)");
     return {};
   }
-  if (!labels.defined()) return Tensor::from_vector_i64(std::vector<int64_t>(static_cast<size_t>(B), c.num_classes), {B});
+  if (!labels.defined())
+    return Tensor::from_vector_i64(std::vector<int64_t>(static_cast<size_t>(B), c.num_classes), {B});
   DF_CHECK(labels.dtype() == DType::i64 && labels.numel() == B, "UNet: labels must be i64 (", B, "), got ",
            labels.str());
   const std::vector<int64_t> l = labels.to(Device::cpu()).to_vector_i64();
-  for (int64_t id : l) DF_CHECK(id >= 0 && id <= c.num_classes, "UNet: label ", id, " outside [0, ", c.num_classes, "]");
+  for (int64_t id : l)
+    DF_CHECK(id >= 0 && id <= c.num_classes, "UNet: label ", id, " outside [0, ", c.num_classes, "]");
   return Tensor::from_vector_i64(l, {B});
 }
 
@@ -691,8 +693,9 @@ ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels, c
     // Checked by the caller: a read here would wait for the GPU, which a captured step cannot.
     DF_CHECK(context_ || label_emb_, "UNet: labels given to an unconditional model (num_classes = 0)");
     const Shape want = context_ ? Shape{B, c.context_tokens} : Shape{B};
-    DF_CHECK(labels.dtype() == DType::i64 && labels.shape() == want && labels.device() == x.device(), "UNet: labels on ",
-             "a GPU must be label_ids()'s i64 ", want.str(), " on the input's device, got ", labels.str());
+    DF_CHECK(labels.dtype() == DType::i64 && labels.shape() == want && labels.device() == x.device(),
+             "UNet: labels on a GPU must be label_ids()'s i64 ", want.str(), " on the input's device, got ",
+             labels.str());
     ids = labels;
   } else {
     ids = label_ids(labels, B);

@@ -198,8 +198,9 @@ void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::Low
   const nn::UNetConfig& c = unet_->config();
   // The labels as the network reads them, checked here on the host (the graph reads them on the device).
   const Tensor ids = unet_->label_ids(labels, B);
-  DF_CHECK(low.defined() == c.super_res(), "DeviceTrainStep: ", c.super_res() ? "a super-resolution model needs its "
-           "low-resolution conditioning" : "low-resolution conditioning given to a model without super-resolution input");
+  DF_CHECK(low.defined() == c.super_res(), "DeviceTrainStep: ",
+           c.super_res() ? "a super-resolution model needs its low-resolution conditioning"
+                         : "low-resolution conditioning given to a model without super-resolution input");
   if (low.defined()) {
     const Shape want{B, c.low_res_size, c.low_res_size, c.low_res_channels};
     DF_CHECK(low.image.dtype() == DType::f32 && low.image.shape() == want && low.level.defined() &&
@@ -221,7 +222,8 @@ void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::Low
   x_.copy_(x);
   if (low.defined()) low_image_.copy_(low.image.value());
   // Into the buffer the graph's lookups read, in stream order before the graph (as the staging below).
-  if (ids.defined()) cuda::tensor_upload(ids_.raw(), ids.data<int64_t>(), ids.numel() * sizeof(int64_t), stream_->stream());
+  if (ids.defined())
+    cuda::tensor_upload(ids_.raw(), ids.data<int64_t>(), ids.numel() * sizeof(int64_t), stream_->stream());
 
   // Step s's draws and scalars, by train_step.h's definitions, as the cpu step takes them.
   const int64_t s = steps_;

@@ -15,8 +15,9 @@
 // kernel whose arguments carry the bytes: no pinned memory, no wait): the timesteps, alpha_t,
 // sigma_t and the loss weights of the batch, a super-resolution model's augmentation levels (its
 // network input), a conditional model's label ids (a second upload, into a static i64 buffer that
-// the graph's lookups read: the UNet reads labels on a GPU on the device only); the AdamW scalars of step t (learning rate with
-// warm-up, bias corrections, EMA decay with warm-up), read by the update kernel when it runs; and
+// the graph's lookups read: the UNet reads labels on a GPU on the device only); the AdamW scalars
+// of step t (learning rate with warm-up, bias corrections, EMA decay with warm-up), read by the
+// update kernel when it runs; and
 // a 64-bit word that the dropout kernels XOR into their seed (PhiloxSeedXorScope). The values are
 // train_step.h's, ema.h's and optim.h's, the definitions the cpu step uses. Every kernel argument
 // of the captured part is the same at every step, so with `graph` the step is captured at the end

@@ -200,7 +200,10 @@ TEST_CASE("train --device cuda agrees with the cpu on conditional and latent mod
           "[cuda][tools]") {
   if (!cuda_available()) return;
   test::TempDir dir;
-  const std::string data = test::write_idx_dataset(dir.path, 32, 9);  // 28x28, labels 0..9
+  // 28x28, labels cycling through 0..9: ten classes, whatever the seed (the class names are ten).
+  const std::string ip = dir / "images-idx3-ubyte", lp = dir / "labels-idx1-ubyte";
+  test::write_idx_files(ip, lp, 32, 28, 9, /*cycle_labels=*/true);
+  const std::string data = "idx:" + ip + "," + lp;
   std::string log;
   // A first stage for the latent model (the cpu's; both runs encode their batches with it on the cpu).
   REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,

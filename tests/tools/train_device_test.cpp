@@ -240,7 +240,10 @@ TEST_CASE("train --device cuda on class-conditional, cross-attention, super-reso
           "[cuda][tools]") {
   if (!cuda_available()) return;
   test::TempDir dir;
-  const std::string data = test::write_idx_dataset(dir.path, 32, 11);
+  // Labels cycling through 0..9: ten classes, whatever the seed (the class names are ten).
+  const std::string ip = dir / "images-idx3-ubyte", lp = dir / "labels-idx1-ubyte";
+  test::write_idx_files(ip, lp, 32, 28, 11, /*cycle_labels=*/true);
+  const std::string data = "idx:" + ip + "," + lp;
   std::string log;
   REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,
                      "--batch", "8", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
@@ -255,13 +258,13 @@ TEST_CASE("train --device cuda on class-conditional, cross-attention, super-reso
   cond.label_dropout = 0.5;
   xattn.class_cond = true;
   xattn.model["context_dim"] = 8;
-  xattn.model["context_resolutions"] = {14};
+  xattn.model["context_resolutions"] = nlohmann::json::array({14});
   xattn.model["context_tokens"] = 2;
   xattn.model["class_names"] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"};
   sr.super_res = 14;
   sr.super_res_aug = 0.3;
   latent.autoencoder = dir / "ae/autoencoder.safetensors";
-  latent.model["channel_mult"] = {1};  // 7x7 latents
+  latent.model["channel_mult"] = nlohmann::json::array({1});  // 7x7 latents
   for (const Case& c : {Case{"class", cond}, Case{"xattn", xattn}, Case{"sr", sr}, Case{"latent", latent}}) {
     INFO(c.name);
     // In one process, so every run sees the same cuDNN algorithm choices.
