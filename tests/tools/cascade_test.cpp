@@ -96,7 +96,10 @@ TEST_CASE("super-resolution: config checks, and the GPU step takes it", "[cpu][t
   train::TrainConfig cuda = sr_config("x", "y");
   cuda.device = "cuda";
   CHECK(train::choose_training_device(cuda, true).device == Device::cuda(0));
-  CHECK(train::choose_training_device(sr_config("x", "y"), true).device == Device::cuda(0));
+  train::TrainConfig automatic = sr_config("x", "y");
+  automatic.device = "auto";
+  CHECK(train::choose_training_device(automatic, true).device == Device::cuda(0));
+  CHECK(train::choose_training_device(automatic, true).note.empty());
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"super_res", 14}, {"objective", "vdm"}}), Contains("super_res"));
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"super_res_aug", 0.5}}), Contains("goes with super_res"));
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"super_res", 14}, {"super_res_aug", 1.5}}),
