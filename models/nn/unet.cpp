@@ -592,6 +592,23 @@ Tensor UNet::context_ids(const Tensor& labels, int64_t B) const {
   return Tensor::from_vector_i64(ids, {B, L});
 }
 
+Tensor UNet::label_ids(const Tensor& labels, int64_t B) const {
+  const UNetConfig& c = cfg_;
+  if (context_) return context_ids(labels, B);
+  if (!label_emb_) {
+    DF_CHECK(!labels.defined(), "UNet: labels given to an unconditional model (num_classes = 0)");
+    return {};
+  }
+  if (!labels.defined())
+    return Tensor::from_vector_i64(std::vector<int64_t>(static_cast<size_t>(B), c.num_classes), {B});
+  DF_CHECK(labels.dtype() == DType::i64 && labels.numel() == B, "UNet: labels must be i64 (", B, "), got ",
+           labels.str());
+  const std::vector<int64_t> l = labels.to(Device::cpu()).to_vector_i64();
+  for (int64_t id : l)
+    DF_CHECK(id >= 0 && id <= c.num_classes, "UNet: label ", id, " outside [0, ", c.num_classes, "]");
+  return Tensor::from_vector_i64(l, {B});
+}
+
 UNet::UNet(const UNetConfig& cfg, uint64_t seed) : UNet(cfg, seed, true) {}
 
 UNet::UNet(const UNetConfig& cfg, Undrawn) : UNet(cfg, 0, false) {}
@@ -671,19 +688,24 @@ ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels, c
     DF_CHECK(!low.defined(), "UNet: a low-resolution image given to a model without super-resolution input "
              "(low_res_channels = 0)");
   }
-  ag::Var ctx;
-  if (context_) {
-    ctx = context_->forward(context_ids(labels, B).to(x.device()));
-  } else if (label_emb_) {
-    Tensor ids = labels;
-    if (!ids.defined()) ids = Tensor::from_vector_i64(std::vector<int64_t>(B, c.num_classes), {B});
-    DF_CHECK(ids.dtype() == DType::i64 && ids.numel() == B, "UNet: labels must be i64 (", B, "), got ", ids.str());
-    for (int64_t id : ids.to_vector_i64())
-      DF_CHECK(id >= 0 && id <= c.num_classes, "UNet: label ", id, " outside [0, ", c.num_classes, "]");
-    emb = ag::add(emb, label_emb_->forward(ids));
+  Tensor ids;  // label_ids()'s, on x's device
+  if (labels.defined() && labels.device().is_cuda()) {
+    // Checked by the caller: a read here would wait for the GPU, which a captured step cannot.
+    DF_CHECK(context_ || label_emb_, "UNet: labels given to an unconditional model (num_classes = 0)");
+    const Shape want = context_ ? Shape{B, c.context_tokens} : Shape{B};
+    DF_CHECK(labels.dtype() == DType::i64 && labels.shape() == want && labels.device() == x.device(),
+             "UNet: labels on a GPU must be label_ids()'s i64 ", want.str(), " on the input's device, got ",
+             labels.str());
+    ids = labels;
   } else {
-    DF_CHECK(!labels.defined(), "UNet: labels given to an unconditional model (num_classes = 0)");
+    ids = label_ids(labels, B);
+    if (ids.defined()) ids = ids.to(x.device());
   }
+  ag::Var ctx;
+  if (context_)
+    ctx = context_->forward(ids);
+  else if (label_emb_)
+    emb = ag::add(emb, label_emb_->forward(ids));
   // Every block's embedding projection starts with SiLU (ADM's emb_layers): do it once.
   ag::Var emb_act = ag::silu(emb);
   Sites sites{{dropout_seed_, calls_++}};

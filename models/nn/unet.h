@@ -171,7 +171,15 @@ class UNet : public Module {
   // (tokenize()): a prompt; a label is the same as its class name's tokens.
   // low: a super-resolution model's conditioning (LowRes), required by one and refused by any
   // other. Returns (B, H, W, output_channels()).
+  // Labels on the cpu are checked here, on the host. Labels on a GPU are taken as label_ids() made
+  // them, checked by the caller, and read on the device only: a training step captured as a CUDA
+  // graph reads no labels on the host (an id out of range there gives NaN rows, not an error).
   ag::Var forward(const ag::Var& x, const Tensor& t, const Tensor& labels = {}, const LowRes& low = {});
+  // The labels as the network reads them, checked on the host, on the cpu: a class-conditional
+  // model's ids (B) i64 in [0, num_classes] (undefined labels: the null label), a cross-attention
+  // model's token ids (B, context_tokens); undefined for an unconditional model (which refuses
+  // labels). forward() on a GPU takes them as they are.
+  Tensor label_ids(const Tensor& labels, int64_t B) const;
 
   const UNetConfig& config() const { return cfg_; }
   // Dropout masks are drawn from (dropout_seed, a per-call counter): the same seed and call

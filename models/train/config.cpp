@@ -306,16 +306,10 @@ void check_device_spec(std::string_view spec, std::string_view where) {
 }
 
 std::string device_step_unsupported(const TrainConfig& c) {
-  // The device step takes no labels (the UNet checks them on the host, which a captured step
-  // cannot) and regresses one target with a weighted MSE: no VLB term (hybrid), no continuous
-  // time and learned schedule (vdm).
-  if (c.class_cond) return "--class-cond";
-  // Its step has no low-resolution input (the UNet's conditioning and its augmentation).
-  if (c.super_res > 0) return "--super-res";
-  // The latents, the scale and the decoded grids are the cpu trainer's; the device step is not
-  // tested on them.
-  if (!c.autoencoder.empty()) return "--autoencoder";
-  if (c.model.contains("num_classes") && c.model.at("num_classes") != 0) return "model key num_classes";
+  // The device step regresses one target with a weighted MSE: no VLB term (hybrid), no continuous
+  // time and learned schedule (vdm). It takes labels (class-conditional and cross-attention models),
+  // a super-resolution model's conditioning and a latent model's latents, each decided on the host
+  // as the cpu step decides it (device_trainer.h).
   const Objective o = c.objective;
   if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + std::string(enum_name(o));
   // The device step draws its steps uniformly in its own kernels and keeps no loss history.

@@ -127,9 +127,9 @@ void for_each_field(V&& v) {
   v(Field<std::string>{.key = "autoencoder", .member = &C::autoencoder, .help = "latent diffusion: an autoencoder.safetensors of `diffuse train-autoencoder`; the UNet is trained on the data set's latents (posterior means scaled to unit variance by a factor measured on them), the checkpoint keeps the autoencoder and the factor, and `diffuse sample` decodes its samples. Pick a preset whose levels fit the latent size (--preset latent for 7x7 latents)", .written = Written::when_set});
   // run
   v(Field<uint64_t>{.key = "seed", .member = &C::seed, .help = "seed of every random draw (init, batches, noise)"});
-  v(Field<std::string>{.key = "device", .member = &C::device, .help = "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, --class-cond, hybrid and vdm, then trains on the cpu, saying so)", .check = fc::device});
+  v(Field<std::string>{.key = "device", .member = &C::device, .help = "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, objectives hybrid and vdm, then trains on the cpu, saying so)", .check = fc::device});
   v(Field<bool>{.key = "bf16", .member = &C::bf16, .help = "bf16 activations on CUDA"});
-  v(Field<bool>{.key = "cuda_graph", .member = &C::cuda_graph, .help = "on a GPU (where the whole step runs on the device: objectives eps, x0 and v, no --class-cond): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)", .flag_kind = FlagKind::on_off});
+  v(Field<bool>{.key = "cuda_graph", .member = &C::cuda_graph, .help = "on a GPU (where the whole step runs on the device: objectives eps, x0 and v): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)", .flag_kind = FlagKind::on_off});
   v(Field<std::string>{.key = "out_dir", .member = &C::out_dir, .help = "output folder (checkpoint.safetensors, log.csv, samples_*.png)", .flag = "--out"});
   v(Field<int64_t>{.key = "log_every", .member = &C::log_every, .help = "steps between CSV log rows", .check = fc::at_least<int64_t{1}>});
   v(Field<int64_t>{.key = "sample_every", .member = &C::sample_every, .help = "steps between PNG grids of EMA samples (0: only at the end)"});

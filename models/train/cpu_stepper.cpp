@@ -8,7 +8,6 @@
 #include "autograd/elementwise.h"
 #include "autograd/linalg.h"
 #include "core/check.h"
-#include "core/philox.h"
 #include "kernels/noise.h"
 #include "models/diffusion/hybrid_loss.h"
 #include "models/diffusion/vdm_loss.h"
@@ -51,15 +50,8 @@ void CpuStepper::step(const data::Batch& batch, int64_t s) {
   const int B = cfg_.batch;
   const Tensor x = batch.images.to(device_);
   Tensor y;
-  if (unet_->config().num_classes > 0) {
-    // Classifier-free guidance: a share of the labels becomes the null class.
-    std::vector<int64_t> l = batch.labels.to_vector_i64();
-    for (int b = 0; b < B; ++b)
-      if (philox_uniform(cfg_.seed, stream_offset(s, Stream::label_drop), static_cast<uint64_t>(b)) <
-          cfg_.label_dropout)
-        l[b] = unet_->config().num_classes;
-    y = Tensor::from_vector_i64(l, {B}, device_);
-  }
+  if (unet_->config().num_classes > 0)  // classifier-free guidance: a share of the labels becomes the null class
+    y = training_labels(batch.labels, B, unet_->config().num_classes, cfg_.label_dropout, cfg_.seed, s).to(device_);
   unet_->set_dropout_seed(dropout_seed(cfg_.seed, s));
   LossRecord record;
   ag::Var loss = continuous_ ? vdm_loss(x, y, s) : discrete_loss(x, y, s, t_sampler_ ? &record : nullptr);

@@ -2,6 +2,7 @@
 // B batch; n the flat parameter buffer's length (ParamLayout, padding included).
 #include "models/train/device_train_step.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -33,9 +34,10 @@ namespace diffuse::train {
 namespace {
 
 // The staging buffer, in floats: the dropout seed word (8 bytes) at 0, AdamWParams at 4 (16-byte
-// aligned), then t, alpha, sigma and the loss weights, B each, from kArrays.
+// aligned), then t, alpha, sigma, the loss weights and a super-resolution model's augmentation
+// levels, B each, from kArrays.
 // Only the CUDA step reads them.
-[[maybe_unused]] constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16;
+[[maybe_unused]] constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16, kPerSample = 5;
 #if defined(DIFFUSE_HAVE_CUDA)
 static_assert(sizeof(kernels::AdamWParams) <= (kArrays - kParamsAt) * sizeof(float), "AdamWParams fits its slot");
 #endif
@@ -63,8 +65,6 @@ diffusion::Prediction step_prediction(Objective objective) {
 DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTrainOptions& o)
     : unet_(std::move(unet)), o_(o) {
   DF_CHECK(unet_, "DeviceTrainStep: no model");
-  DF_CHECK(unet_->config().num_classes == 0, "DeviceTrainStep: class-conditional models are not supported yet (the ",
-           "UNet checks labels on the host)");
   (void)step_prediction(o_.objective);
   DF_CHECK(o_.timesteps >= 2, "DeviceTrainStep: timesteps ", o_.timesteps);
   const AdamWOptions& a = o_.adamw;
@@ -191,20 +191,39 @@ DeviceTrainStep::Results DeviceTrainStep::results(int slot) const {
   return r;
 }
 
-void DeviceTrainStep::stage(const Tensor& x) {
+void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::LowRes& low) {
   DF_CHECK(x.defined() && x.dim() == 4 && x.dtype() == DType::f32, "DeviceTrainStep: x must be f32 (B, H, W, C), got ",
            x.defined() ? x.str() : std::string("undefined"));
   const int64_t B = x.size(0);
-  if (!x_.defined() || !(x_.shape() == x.shape())) {
+  const nn::UNetConfig& c = unet_->config();
+  // The labels as the network reads them, checked here on the host (the graph reads them on the device).
+  const Tensor ids = unet_->label_ids(labels, B);
+  DF_CHECK(low.defined() == c.super_res(), "DeviceTrainStep: ",
+           c.super_res() ? "a super-resolution model needs its low-resolution conditioning"
+                         : "low-resolution conditioning given to a model without super-resolution input");
+  if (low.defined()) {
+    const Shape want{B, c.low_res_size, c.low_res_size, c.low_res_channels};
+    DF_CHECK(low.image.dtype() == DType::f32 && low.image.shape() == want && low.level.defined() &&
+                 low.level.dtype() == DType::f32 && low.level.numel() == B,
+             "DeviceTrainStep: expected a low-resolution image f32 ", want.str(), " and ", B, " f32 levels, got ",
+             low.image.value().str(), ", ", low.level.defined() ? low.level.str() : std::string("no levels"));
+  }
+  if (!x_.defined() || !(x_.shape() == x.shape()) || (ids.defined() && !(ids_.shape() == ids.shape()))) {
     // A new shape: new static buffers, and a new capture (the old graph reads the old ones).
     graph_ = std::make_unique<CudaGraph>();
     x_ = Tensor::empty(x.shape(), DType::f32, device_);
     z_ = Tensor::empty(x.shape(), DType::f32, device_);
     eps_ = Tensor::empty(x.shape(), DType::f32, device_);
-    staging_ = Tensor::zeros({kArrays + 4 * B}, DType::f32, device_);
-    host_staging_.assign(static_cast<size_t>(kArrays + 4 * B), 0.f);
+    staging_ = Tensor::zeros({kArrays + kPerSample * B}, DType::f32, device_);
+    host_staging_.assign(static_cast<size_t>(kArrays + kPerSample * B), 0.f);
+    ids_ = ids.defined() ? Tensor::zeros(ids.shape(), DType::i64, device_) : Tensor();
+    low_image_ = low.defined() ? Tensor::zeros(low.image.shape(), DType::f32, device_) : Tensor();
   }
   x_.copy_(x);
+  if (low.defined()) low_image_.copy_(low.image.value());
+  // Into the buffer the graph's lookups read, in stream order before the graph (as the staging below).
+  if (ids.defined())
+    cuda::tensor_upload(ids_.raw(), ids.data<int64_t>(), ids.numel() * sizeof(int64_t), stream_->stream());
 
   // Step s's draws and scalars, by train_step.h's definitions, as the cpu step takes them.
   const int64_t s = steps_;
@@ -232,6 +251,10 @@ void DeviceTrainStep::stage(const Tensor& x) {
     h[kArrays + B + b] = static_cast<float>(lv.alpha[b]);
     h[kArrays + 2 * B + b] = static_cast<float>(lv.sigma[b]);
     h[kArrays + 3 * B + b] = static_cast<float>(lv.weight[b]);
+  }
+  if (low.defined()) {
+    const std::vector<float> levels = low.level.to(Device::cpu()).to_vector();
+    std::copy(levels.begin(), levels.end(), h + kArrays + 4 * B);
   }
   cuda::tensor_upload(staging_.raw(), h, host_staging_.size() * sizeof(float), stream_->stream());
   // z_t and eps from the fused noising kernel, here and not in the graph: its (seed, offset) are
@@ -268,7 +291,9 @@ void DeviceTrainStep::body() {
   // The word turns seed into dropout_seed(seed, s) when the kernels run; the per-call offsets
   // restart here, as they do at each step on the cpu.
   unet_->set_dropout_seed(o_.seed);
-  ag::Var out = unet_->forward(ag::Var(z_), t);
+  nn::LowRes low;
+  if (low_image_.defined()) low = nn::LowRes{ag::Var(low_image_), staging_.slice(kArrays + 4 * B, kArrays + 5 * B)};
+  ag::Var out = unet_->forward(ag::Var(z_), t, ids_, low);
   ag::Var loss = ag::weighted_mse(out, ag::Var(target), weights);
   ag::backward(loss);
   cuda::reduce_all(g_.data<float>(), n, kernels::ReduceOp::sum_squares, reduce_ws_.data<float>(),
@@ -309,14 +334,14 @@ void DeviceTrainStep::swap_ema() {
   diffuse::synchronize(device_);
 }
 
-void DeviceTrainStep::step(const Tensor& x) {
+void DeviceTrainStep::step(const Tensor& x, const Tensor& labels, const nn::LowRes& low) {
   unet_->train();
   void* const caller = current_stream();
   StreamGuard guard(stream_->stream());
   set_current_device(device_);
   caller_ready_->record(caller);
   caller_ready_->block(stream_->stream());
-  stage(x);
+  stage(x, labels, low);
   const auto run = [this] {
     try {
       body();
@@ -336,9 +361,13 @@ void DeviceTrainStep::step(const Tensor& x) {
 
 #else  // a build without CUDA: the constructor's CudaStream has already refused
 
-void DeviceTrainStep::stage(const Tensor&) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+void DeviceTrainStep::stage(const Tensor&, const Tensor&, const nn::LowRes&) {
+  DF_FAIL("DeviceTrainStep in a build without CUDA");
+}
 void DeviceTrainStep::body() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
-void DeviceTrainStep::step(const Tensor&) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
+void DeviceTrainStep::step(const Tensor&, const Tensor&, const nn::LowRes&) {
+  DF_FAIL("DeviceTrainStep in a build without CUDA");
+}
 void DeviceTrainStep::restore(const Tensor&, const Tensor&, const Tensor&, int64_t) {
   DF_FAIL("DeviceTrainStep in a build without CUDA");
 }

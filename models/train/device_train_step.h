@@ -13,14 +13,18 @@
 //
 // What changes between steps reaches the device in one upload of a few KB before each step (a
 // kernel whose arguments carry the bytes: no pinned memory, no wait): the timesteps, alpha_t,
-// sigma_t and the loss weights of the batch; the AdamW scalars of step t (learning rate with
-// warm-up, bias corrections, EMA decay with warm-up), read by the update kernel when it runs; and
+// sigma_t and the loss weights of the batch, a super-resolution model's augmentation levels (its
+// network input), a conditional model's label ids (a second upload, into a static i64 buffer that
+// the graph's lookups read: the UNet reads labels on a GPU on the device only); the AdamW scalars
+// of step t (learning rate with warm-up, bias corrections, EMA decay with warm-up), read by the
+// update kernel when it runs; and
 // a 64-bit word that the dropout kernels XOR into their seed (PhiloxSeedXorScope). The values are
 // train_step.h's, ema.h's and optim.h's, the definitions the cpu step uses. Every kernel argument
 // of the captured part is the same at every step, so with `graph` the step is captured at the end
 // of the first one (which runs uncaptured, since cuDNN's algorithm search and cuBLASLt's heuristics
 // wait for the GPU, which a capture cannot) and every later step is one upload, one copy of the
-// batch, the noising launch and one graph launch. Without `graph` the same code launches each
+// batch (and of a super-resolution model's low-resolution image), the noising launch and one
+// graph launch. Without `graph` the same code launches each
 // kernel; both paths give the same bits. A batch of another shape drops the graph and captures again.
 //
 // Steady state, from the second step: no host-device synchronisation and no cudaMalloc (with the
@@ -39,7 +43,11 @@
 // timesteps on the host from (seed, s, timesteps); its noise in the fused noising kernel from
 // (seed, s, noise), launched before the graph with that offset as its argument; its dropout masks
 // with the seed dropout_seed(seed, s), the UNet's dropout seed XOR the staged word. So both devices
-// draw the same numbers for a step (Philox gives the same bits everywhere). The step counter
+// draw the same numbers for a step (Philox gives the same bits everywhere). The conditioning a
+// step takes (the labels after classifier-free dropout, a super-resolution model's augmented
+// low-resolution image) is drawn by the caller on the host, from the same streams and with the
+// same functions as the cpu step (DeviceTrainer: train_step.h's training_labels, super_res.h's
+// training_low_res). The step counter
 // advances on the host, so a step that the device skipped (not finite) still counts for the
 // warm-up and the bias corrections.
 #pragma once
@@ -86,8 +94,8 @@ struct DeviceTrainOptions {
 class DeviceTrainStep {
  public:
   static constexpr int kResultSlots = 8;  // host slots of queue_results
-  // unet: on a GPU, f32 parameters, unconditional (num_classes 0: label checks would read the
-  // labels on the host). Its parameters move into one flat buffer (each Var's value becomes a view
+  // unet: on a GPU, f32 parameters; class-conditional, cross-attention and super-resolution
+  // models too (step()'s labels and low). Its parameters move into one flat buffer (each Var's value becomes a view
   // of it) with their gradients in a second one; do not move the model afterwards (Module::to).
   DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTrainOptions& o);
   ~DeviceTrainStep();
@@ -96,7 +104,12 @@ class DeviceTrainStep {
 
   // One step on x (B, H, W, C) f32 in [-1, 1], on this GPU (written on the caller's current
   // stream, or on stream()) or on the cpu. Returns without waiting for the device.
-  void step(const Tensor& x);
+  // labels: a conditional model's, on the cpu, as UNet::forward takes them (class labels (B) i64
+  // with the dropped ones already the null class, or undefined for all null), checked and turned
+  // into the network's ids on the host (UNet::label_ids). low: a super-resolution model's
+  // conditioning on the cpu (its augmented low-resolution image and levels, training_low_res),
+  // required by one and refused by any other model.
+  void step(const Tensor& x, const Tensor& labels = {}, const nn::LowRes& low = {});
   // Queues a copy of the last step's loss and squared gradient norm into host slot `slot` (of
   // kResultSlots) and records the slot's event; no wait. The slot must have been read (or never
   // used): the copy overwrites it.
@@ -134,7 +147,7 @@ class DeviceTrainStep {
   const Tensor& adam_v() const { return v_; }
 
  private:
-  void stage(const Tensor& x);  // the step's inputs, outside any graph
+  void stage(const Tensor& x, const Tensor& labels, const nn::LowRes& low);  // the step's inputs, outside any graph
   void body();                  // the step's device work: what a graph captures
 
   std::shared_ptr<nn::UNet> unet_;
@@ -153,8 +166,10 @@ class DeviceTrainStep {
   Tensor decay_mask_;           // u8, or undefined (weight decay everywhere)
   Tensor x_;                    // the batch (static: the graph reads it)
   Tensor z_, eps_;              // its noised version and the noise (static, drawn before the graph)
-  Tensor staging_;              // f32: seed word, AdamW scalars, t, alpha, sigma, loss weights
+  Tensor staging_;              // f32: seed word, AdamW scalars, t, alpha, sigma, loss weights, aug levels
   std::vector<float> host_staging_;
+  Tensor ids_;        // i64 label ids (B) or token ids (B, L) (static), or undefined: unconditional
+  Tensor low_image_;  // a super-resolution model's low-resolution image (static), or undefined
   Tensor results_;  // f32 (sumsq, loss): one copy reads both
   Tensor sumsq_, reduce_ws_, loss_;  // views of results_, and the reduction's workspace
 };

@@ -8,6 +8,7 @@
 #include "core/device.h"
 #include "models/train/device_train_step.h"
 #include "models/train/state_entries.h"
+#include "models/train/super_res.h"
 #include "models/train/train_step.h"
 #include "models/train/trainer.h"
 
@@ -82,12 +83,28 @@ void check_device_training(const TrainConfig& cfg) {
            "); train it with --device cpu");
 }
 
-DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& cfg)
-    : readback_(DeviceTrainStep::kResultSlots) {
+namespace {
+
+// The model's config, once the run is known to suit the device step.
+nn::UNetConfig checked_config(const std::shared_ptr<nn::UNet>& unet, const TrainConfig& cfg) {
   check_device_training(cfg);
+  DF_CHECK(unet, "DeviceTrainer: no model");
+  return unet->config();
+}
+
+}  // namespace
+
+DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& cfg)
+    : unet_(checked_config(unet, cfg)),
+      schedule_(make_schedule(cfg)),
+      timesteps_(cfg.timesteps),
+      label_dropout_(cfg.label_dropout),
+      super_res_aug_(cfg.super_res_aug),
+      seed_(cfg.seed),
+      readback_(DeviceTrainStep::kResultSlots) {
   DeviceTrainOptions o;
   o.timesteps = cfg.timesteps;
-  o.alphas_cumprod = make_schedule(cfg).alphas_cumprod();
+  o.alphas_cumprod = schedule_.alphas_cumprod();
   o.objective = cfg.objective;
   o.loss_weight = cfg.loss_weight;
   adamw_ = adamw_options(cfg);
@@ -142,14 +159,24 @@ std::vector<std::pair<std::string, Tensor>> DeviceTrainer::state() {
   return out;
 }
 
-void DeviceTrainer::step(const Tensor& images) {
-  step_->step(images);
+void DeviceTrainer::step(const data::Batch& batch, int64_t s) {
+  DF_CHECK(s == step_->steps(), "DeviceTrainer: step ", s, " after ", step_->steps(), " steps");
+  const Tensor& x = batch.images;
+  DF_CHECK(x.defined() && x.dim() == 4, "DeviceTrainer: images must be (B, H, W, C)");
+  // CpuStepper::step's conditioning, by the same definitions (train_step.h, super_res.h), on the cpu.
+  Tensor labels;
+  if (unet_.num_classes > 0) labels = training_labels(batch.labels, x.size(0), unet_.num_classes, label_dropout_, seed_, s);
+  nn::LowRes low;
+  if (unet_.super_res())
+    low = training_low_res(x.to(Device::cpu()), unet_, schedule_, timesteps_, super_res_aug_, seed_, s);
+  step_->step(x, labels, low);
   readback_.push(step_->steps(), *slots_);
 }
 
-void DeviceTrainer::step(const data::Batch& batch, int64_t s) {
-  DF_CHECK(s == step_->steps(), "DeviceTrainer: step ", s, " after ", step_->steps(), " steps");
-  step(batch.images);
+void DeviceTrainer::step(const Tensor& images) {
+  data::Batch b;
+  b.images = images;
+  step(b, step_->steps());
 }
 
 namespace {

@@ -10,8 +10,14 @@
 // "opt.v.<name>", "opt.step", so a run may resume on the other device. On the device the step
 // counter counts every step, skipped ones included (their randomness and their warm-up position
 // are those of the step index), so opt.step and ema.num_updates are the steps done; on the cpu
-// they count the updates made. What the device step does not do (class conditioning, the hybrid
-// objective) is refused before the run starts, by check_device_training.
+// they count the updates made. What the device step does not do (the hybrid and vdm objectives,
+// importance-sampled timesteps) is refused before the run starts, by check_device_training.
+//
+// A step's conditioning is decided here on the host, as CpuStepper decides it, with the same
+// functions and Philox streams: the labels with classifier-free dropout (training_labels) and a
+// super-resolution model's augmented low-resolution image (training_low_res, on the cpu batch);
+// DeviceTrainStep uploads them. A latent model's batches arrive as the scaled latents, encoded on
+// the cpu by train()'s loop for either device.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +30,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "models/diffusion/schedule.h"
 #include "models/nn/unet.h"
 #include "models/train/optim.h"
 #include "models/train/stepper.h"
@@ -89,10 +96,11 @@ class DeviceTrainer final : public Stepper {
   // ema.* and opt.* as the cpu's EMA::state() and AdamW::state() name them, on the cpu.
   std::vector<std::pair<std::string, Tensor>> state() override;
 
-  // Queues one step on the batch (B, H, W, C) f32 on the cpu; does not wait for it. The step
-  // index is the device step's own count (s must equal it).
-  void step(const Tensor& images);
+  // Queues one step on the batch (images (B, H, W, C) f32 and, for a class-conditional model,
+  // labels, on the cpu); does not wait for it. The step index is the device step's own count (s
+  // must equal it).
   void step(const data::Batch& batch, int64_t s) override;
+  void step(const Tensor& images);  // step(a batch of images without labels, the steps done)
   // Results come back late (LaggedReadback); applied false: the device left every buffer as it was.
   std::optional<Result> poll() override;
   std::optional<Result> wait() override;
@@ -103,6 +111,11 @@ class DeviceTrainer final : public Stepper {
  private:
   class Slots;  // LaggedReadback::Source over DeviceTrainStep's result slots
 
+  nn::UNetConfig unet_;  // the model's config: what conditioning a step draws
+  diffusion::DiscreteSchedule schedule_;  // the run's (make_schedule): the augmentation's levels
+  int timesteps_;
+  double label_dropout_, super_res_aug_;
+  uint64_t seed_;
   std::unique_ptr<DeviceTrainStep> step_;
   std::unique_ptr<Slots> slots_;
   LaggedReadback readback_;

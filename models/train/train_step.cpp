@@ -1,9 +1,11 @@
 #include "models/train/train_step.h"
 
 #include <cmath>
+#include <string>
 #include <utility>
 
 #include "core/check.h"
+#include "core/philox.h"
 
 namespace diffuse::train {
 
@@ -28,6 +30,17 @@ NoiseLevels noise_levels(std::vector<int> t, const std::vector<double>& abar, di
 
 std::vector<int> uniform_steps(int T, int B, uint64_t seed, int64_t step) {
   return diffusion::uniform_timesteps(T, B, seed, stream_offset(step, Stream::timesteps));
+}
+
+Tensor training_labels(const Tensor& labels, int64_t B, int num_classes, double dropout, uint64_t seed,
+                       int64_t step) {
+  DF_CHECK(labels.defined() && labels.dtype() == DType::i64 && labels.numel() == B, "a class-conditional model "
+           "needs the batch's labels: i64 (", B, "), got ", labels.defined() ? labels.str() : std::string("none"));
+  std::vector<int64_t> l = labels.to(Device::cpu()).to_vector_i64();
+  for (int64_t b = 0; b < B; ++b)
+    if (philox_uniform(seed, stream_offset(step, Stream::label_drop), static_cast<uint64_t>(b)) < dropout)
+      l[static_cast<size_t>(b)] = num_classes;
+  return Tensor::from_vector_i64(l, {B});
 }
 
 AdamWOptions adamw_options(const TrainConfig& c) {

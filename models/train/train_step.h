@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.h"
 #include "models/diffusion/objective.h"
 #include "models/train/config.h"
 #include "models/train/optim.h"
@@ -47,6 +48,12 @@ NoiseLevels noise_levels(std::vector<int> t, const std::vector<double>& alphas_c
                          diffusion::Prediction prediction, LossWeight weight);
 // Step s's B timesteps drawn uniformly from [0, T), from stream (seed, s, timesteps).
 std::vector<int> uniform_steps(int T, int B, uint64_t seed, int64_t step);
+
+// Step s's labels of a class-conditional model with num_classes classes (B of them, i64, on the
+// cpu): each replaced by the null class num_classes with probability `dropout` (classifier-free
+// guidance), from stream (seed, s, label_drop).
+Tensor training_labels(const Tensor& labels, int64_t B, int num_classes, double dropout, uint64_t seed,
+                       int64_t step);
 
 // The run's AdamW (weight decay on every parameter; the device step keeps its parameters flat).
 AdamWOptions adamw_options(const TrainConfig& c);

@@ -78,7 +78,8 @@ diffusion::Denoiser make_denoiser(std::shared_ptr<nn::UNet> unet, int timesteps,
       DF_CHECK(n > 0 && B % n == 0, "super-resolution denoiser: a batch of ", B, " for ", n, " low-resolution images");
       cond = nn::LowRes{ag::Var(repeat_rows(image, B / n)), repeat_rows(level, B / n)};
     }
-    ag::Var out = unet->forward(ag::Var(z.to(device)), tt, labels.defined() ? labels.to(device) : labels, cond);
+    // Labels on the cpu: forward() checks them there and moves their ids to the device.
+    ag::Var out = unet->forward(ag::Var(z.to(device)), tt, labels.defined() ? labels.to(Device::cpu()) : labels, cond);
     Tensor host = out.value().to(Device::cpu());
     if (learned && !with_variance) return diffusion::split_learned_variance(host).first;
     return host;

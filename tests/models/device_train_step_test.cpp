@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <memory>
+#include <utility>
 #include <vector>
 
 #include "core/allocator.h"
@@ -41,13 +42,13 @@ nn::UNetConfig small_config() {
 
 }  // namespace
 
-TEST_CASE("the device training step refuses a model on the cpu or with labels", "[cpu][models]") {
+TEST_CASE("the device training step refuses a model on the cpu or another objective", "[cpu][models]") {
   auto net = std::make_shared<nn::UNet>(small_config(), 1);
   train::DeviceTrainOptions o;
   CHECK_THROWS_WITH(train::DeviceTrainStep(net, o), Catch::Contains("one GPU"));
   nn::UNetConfig c = small_config();
-  c.num_classes = 3;
-  CHECK_THROWS_WITH(train::DeviceTrainStep(std::make_shared<nn::UNet>(c, 1), o), Catch::Contains("class-conditional"));
+  c.num_classes = 3;  // a class-conditional model is refused for its device only
+  CHECK_THROWS_WITH(train::DeviceTrainStep(std::make_shared<nn::UNet>(c, 1), o), Catch::Contains("one GPU"));
   o.objective = train::Objective::hybrid;  // the device step regresses eps, x0 or v alone
   CHECK_THROWS_WITH(train::DeviceTrainStep(net, o), Catch::Contains("objective"));
 }
@@ -96,6 +97,111 @@ TEST_CASE("the captured training step replays the uncaptured one bit for bit", "
     // Updates happened (the two are not merely both unchanged): the EMA lags the weights.
     CHECK(mismatches(graph.weights(), graph.ema()) > 0);
   }
+#endif
+}
+
+TEST_CASE("the captured step reads each step's labels and low-resolution image, bit for bit as the uncaptured one",
+          "[cuda][models]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  const int64_t B = 5;
+  // A class-conditional model (label_emb), a cross-attention one (labels become class-name tokens)
+  // and a super-resolution one (an upsampled 4x4 image and its augmentation level).
+  nn::UNetConfig cond = small_config();
+  cond.num_classes = 3;
+  nn::UNetConfig xattn = small_config();
+  xattn.attention_resolutions = {};
+  xattn.num_classes = 3;
+  xattn.context_dim = 8;
+  xattn.context_resolutions = {4};
+  xattn.context_tokens = 2;
+  xattn.class_names = {"red shoe", "blue", "red coat"};
+  xattn.vocabulary = nn::context_vocabulary(xattn.class_names);
+  nn::UNetConfig sr = small_config();
+  sr.low_res_channels = 1;
+  sr.low_res_size = 4;
+  const uint64_t init = test::next_seed();
+  for (const auto& [what, c] : {std::pair<const char*, nn::UNetConfig>{"class-conditional", cond},
+                                {"cross-attention", xattn}, {"super-resolution", sr}}) {
+    INFO(what);
+    auto a = std::make_shared<nn::UNet>(c, init);
+    auto b = std::make_shared<nn::UNet>(c, init);
+    a->to(gpu);
+    b->to(gpu);
+    train::DeviceTrainOptions o;
+    o.seed = test::next_seed();
+    o.objective = train::Objective::v;
+    o.adamw.lr = 1e-3f;
+    o.adamw.warmup_steps = 0;
+    o.graph = true;
+    train::DeviceTrainStep graph(a, o);
+    o.graph = false;
+    train::DeviceTrainStep eager(b, o);
+    // Other labels (the null label 3 among them) and another low-resolution image at every step:
+    // a graph that froze the first step's would part from the uncaptured step at the second.
+    const Tensor x = test::random_tensor({B, 8, 8, 1}).to(gpu);
+    // Step s's conditioning; step `other_from` on with other labels, all 1, or other images.
+    std::vector<Tensor> images;
+    for (int s = 0; s < 5; ++s) images.push_back(test::random_tensor({B, 4, 4, 1}));
+    auto conditioning = [&](int s, bool other) {
+      std::pair<Tensor, nn::LowRes> in;
+      if (c.num_classes > 0) {
+        std::vector<int64_t> l(static_cast<size_t>(B));
+        for (int64_t i = 0; i < B; ++i) l[static_cast<size_t>(i)] = other ? 1 : (i + s) % 4;
+        in.first = Tensor::from_vector_i64(l, {B});
+      } else {
+        std::vector<float> levels(static_cast<size_t>(B));
+        for (int64_t i = 0; i < B; ++i) levels[static_cast<size_t>(i)] = static_cast<float>(100 * (s + i));
+        in.second = nn::LowRes{ag::Var(images[other ? 4 : s]), Tensor::from_vector(levels, {B})};
+      }
+      return in;
+    };
+    uint64_t syncs = 0;
+    std::vector<double> norms;
+    for (int s = 0; s < 4; ++s) {
+      INFO("step " << s);
+      const auto [labels, low] = conditioning(s, false);
+      graph.step(x, labels, low);
+      eager.step(x, labels, low);
+      if (s >= 1) CHECK(host_syncs() == syncs);  // from the second step: no wait for the device
+      CHECK(graph.captured());
+      CHECK(graph.loss() == eager.loss());
+      CHECK(graph.grad_norm() == eager.grad_norm());
+      norms.push_back(graph.grad_norm());
+      syncs = host_syncs();
+    }
+    CHECK(mismatches(graph.weights(), eager.weights()) == 0);
+    CHECK(mismatches(graph.ema(), eager.ema()) == 0);
+    CHECK(mismatches(graph.adam_m(), eager.adam_m()) == 0);
+    // The conditioning reaches the step: the same first step, then a second with other labels or
+    // another image gives another gradient. (Not at the first step for labels: the residual
+    // branches and the output convolution start at zero, so the first forward is the same for any
+    // label, and only the output convolution has a gradient; at the second the residual branches'
+    // gradients are their features, which the labels shape.)
+    auto fresh = std::make_shared<nn::UNet>(c, init);
+    fresh->to(gpu);
+    train::DeviceTrainStep other(fresh, o);
+    for (int s = 0; s < 2; ++s) {
+      const auto [labels, low] = conditioning(s, s == 1);
+      other.step(x, labels, low);
+    }
+    CHECK(other.grad_norm() != norms[1]);
+  }
+  // What the step cannot take is refused on the host, before anything runs.
+  auto plain = std::make_shared<nn::UNet>(small_config(), init);
+  plain->to(gpu);
+  train::DeviceTrainStep step(plain, train::DeviceTrainOptions{});
+  const Tensor x = test::random_tensor({B, 8, 8, 1});
+  CHECK_THROWS_WITH(step.step(x, Tensor::from_vector_i64(std::vector<int64_t>(B, 0), {B})),
+                    Catch::Contains("unconditional"));
+  CHECK_THROWS_WITH(step.step(x, Tensor(), nn::LowRes{ag::Var(test::random_tensor({B, 4, 4, 1})), Tensor::zeros({B})}),
+                    Catch::Contains("without super-resolution"));
+  auto conditional = std::make_shared<nn::UNet>(cond, init);
+  conditional->to(gpu);
+  train::DeviceTrainStep cstep(conditional, train::DeviceTrainOptions{});
+  CHECK_THROWS_WITH(cstep.step(x, Tensor::from_vector_i64(std::vector<int64_t>(B, 4), {B})),
+                    Catch::Contains("label 4 outside [0, 3]"));
 #endif
 }
 

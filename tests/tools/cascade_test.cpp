@@ -80,7 +80,7 @@ TEST_CASE("super-resolution training: the conditioning in the checkpoint, and a 
   CHECK_THROWS_WITH(train::load_checkpoint(dir / "bad.safetensors", Device::cpu()), Contains("super_res"));
 }
 
-TEST_CASE("super-resolution: config checks, and the GPU step refuses it by name", "[cpu][tools]") {
+TEST_CASE("super-resolution: config checks, and the GPU step takes it", "[cpu][tools]") {
   train::TrainConfig c;
   c.super_res = 14;
   const nn::UNetConfig u = c.unet_config(28, 1, 0);
@@ -92,11 +92,14 @@ TEST_CASE("super-resolution: config checks, and the GPU step refuses it by name"
   CHECK(c.unet_config(28, 1, 0).low_res_factor() == 4);
   c.model = {{"low_res_size", 7}};
   CHECK_THROWS_WITH(c.unet_config(28, 1, 0), Contains("set by super_res"));
-  CHECK(train::device_step_unsupported(sr_config("x", "y")) == "--super-res");
+  CHECK(train::device_step_unsupported(sr_config("x", "y")).empty());
   train::TrainConfig cuda = sr_config("x", "y");
   cuda.device = "cuda";
-  CHECK_THROWS_WITH(train::choose_training_device(cuda, true), Contains("--super-res is not supported by the GPU"));
-  CHECK(train::choose_training_device(sr_config("x", "y"), true).device.is_cpu());
+  CHECK(train::choose_training_device(cuda, true).device == Device::cuda(0));
+  train::TrainConfig automatic = sr_config("x", "y");
+  automatic.device = "auto";
+  CHECK(train::choose_training_device(automatic, true).device == Device::cuda(0));
+  CHECK(train::choose_training_device(automatic, true).note.empty());
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"super_res", 14}, {"objective", "vdm"}}), Contains("super_res"));
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"super_res_aug", 0.5}}), Contains("goes with super_res"));
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"super_res", 14}, {"super_res_aug", 1.5}}),

@@ -58,12 +58,85 @@ constexpr const char* kModel = R"({"base_channels":8,"channel_mult":[1,2],"group
                                R"("dropout":0.1})";
 
 std::vector<std::string> train_args(const std::string& data, const std::string& out, const std::string& device,
-                                    const std::string& graph) {
-  return {test::cli_path(), "train", "--preset", "tiny", "--model", kModel, "--dataset", data, "--batch", "8",
-          "--steps", std::to_string(kSteps), "--checkpoint-every", "0", "--sample-every", "0", "--sample-count", "4",
-          "--sample-steps", "2", "--log-every", "1", "--seed", "7", "--bf16", "false", "--objective", "v",
-          "--schedule", "linear", "--timesteps", "1000", "--warmup", "0", "--lr", std::to_string(kLr), "--device",
-          device, "--cuda-graph", graph, "--out", out};
+                                    const std::string& graph, const std::vector<std::string>& extra = {},
+                                    const std::string& model = kModel, int steps = kSteps) {
+  std::vector<std::string> a = {test::cli_path(), "train", "--preset", "tiny", "--model", model, "--dataset", data,
+                                "--batch", "8", "--steps", std::to_string(steps), "--checkpoint-every", "0",
+                                "--sample-every", "0", "--sample-count", "4", "--sample-steps", "2", "--log-every", "1",
+                                "--seed", "7", "--bf16", "false", "--objective", "v", "--schedule", "linear",
+                                "--timesteps", "1000", "--warmup", "0", "--lr", std::to_string(kLr), "--device", device,
+                                "--cuda-graph", graph, "--out", out};
+  a.insert(a.end(), extra.begin(), extra.end());
+  return a;
+}
+
+// A device run (out) against the cpu's (ref_dir), both of kSteps steps: the tolerances are argued
+// where the first test below calls it.
+void check_agreement(const std::string& ref_dir, const std::string& out) {
+  const std::vector<LogRow> want = read_log(ref_dir + "/log.csv");
+  const SafeTensors ref = read_safetensors(ref_dir + "/checkpoint.safetensors");
+  REQUIRE(want.size() == kSteps);
+  // Loss and gradient norm of every step: rounding (~1e-6 relative); 1e-4 relative leaves a
+  // margin of 30 and more and is a thousand times below what a wrong formula, batch, timestep,
+  // noise draw, dropout mask, dropped label or augmentation gives (losses of different draws
+  // differ by percents).
+  const std::vector<LogRow> got = read_log(out + "/log.csv");
+  REQUIRE(got.size() == want.size());
+  for (size_t s = 0; s < got.size(); ++s) {
+    INFO("step " << s + 1 << ": loss " << got[s].loss << " vs " << want[s].loss << ", grad norm " << got[s].grad_norm
+                 << " vs " << want[s].grad_norm);
+    CHECK(std::fabs(got[s].loss - want[s].loss) <= 1e-4 * std::fabs(want[s].loss));
+    CHECK(std::fabs(got[s].grad_norm - want[s].grad_norm) <= 1e-4 * std::fabs(want[s].grad_norm));
+  }
+  // The weights (live, EMA, Adam's moments) after the steps. An AdamW step moves a weight by
+  // lr m/(sqrt(v) + eps), a ratio of the gradient's moments, so rounding in a gradient changes it
+  // by a relative amount of the same order, except where a gradient cancels to the size of its
+  // own rounding (near eps = 1e-8), where the step may differ by a fraction of lr. A wrong
+  // gradient or update moves weights by O(lr) a step. So every live or EMA weight within
+  // 2% of lr per step (observed on the simulated device: 0.1% per step at worst), and the
+  // moments to 1e-3 of their largest value in the tensor.
+  const SafeTensors got_ck = read_safetensors(out + "/checkpoint.safetensors");
+  int64_t compared = 0;
+  for (const auto& [name, t] : ref.tensors) {
+    const bool weights = name.rfind("model.", 0) == 0 || name.rfind("ema.", 0) == 0;
+    const bool moments = name.rfind("opt.m.", 0) == 0 || name.rfind("opt.v.", 0) == 0;
+    if (!weights && !moments) continue;
+    INFO(name);
+    REQUIRE(got_ck.tensors.count(name));
+    const Tensor& g = got_ck.tensors.at(name);
+    if (t.dtype() != DType::f32) continue;  // ema.num_updates and the like: compared below
+    const std::vector<float> a = t.to_vector(), b = g.to_vector();
+    REQUIRE(a.size() == b.size());
+    double scale = 0;
+    for (float v : a) scale = std::max(scale, static_cast<double>(std::fabs(v)));
+    const double tol = weights ? 0.02 * kLr * kSteps : 1e-3 * scale;
+    double worst = 0;
+    for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
+    INFO("largest difference " << worst << ", tolerance " << tol);
+    CHECK(worst <= tol);
+    ++compared;
+  }
+  CHECK(compared > 0);
+  CHECK(got_ck.tensors.at("opt.step").to_vector_i64() == ref.tensors.at("opt.step").to_vector_i64());
+  // What travels with the model: a latent model's autoencoder and scale, bit for bit (both runs
+  // encode on the cpu).
+  for (const auto& [name, t] : ref.tensors)
+    if (name.rfind("autoencoder.", 0) == 0) CHECK(got_ck.tensors.at(name).to_vector() == t.to_vector());
+  CHECK(got_ck.metadata.count("latent_scale") == ref.metadata.count("latent_scale"));
+  if (ref.metadata.count("latent_scale")) CHECK(got_ck.metadata.at("latent_scale") == ref.metadata.at("latent_scale"));
+}
+
+// Every f32 tensor of two checkpoints, bit for bit.
+void check_identical(const std::string& a_path, const std::string& b_path) {
+  const SafeTensors a = read_safetensors(a_path);
+  const SafeTensors b = read_safetensors(b_path);
+  REQUIRE(a.tensors.size() == b.tensors.size());
+  for (const auto& [name, t] : a.tensors) {
+    INFO(name);
+    REQUIRE(b.tensors.count(name));
+    if (t.dtype() == DType::f32) CHECK(t.to_vector() == b.tensors.at(name).to_vector());
+    if (t.dtype() == DType::i64) CHECK(t.to_vector_i64() == b.tensors.at(name).to_vector_i64());
+  }
 }
 
 }  // namespace
@@ -74,10 +147,6 @@ TEST_CASE("train --device cuda agrees with train on the cpu, graph on and off", 
   const std::string data = test::write_idx_dataset(dir.path, 32, 6);
   std::string log;
   REQUIRE(test::run(train_args(data, dir / "cpu", "cpu", "on"), dir / "cpu.txt", &log) == 0);
-  const std::vector<LogRow> want = read_log(dir / "cpu/log.csv");
-  const SafeTensors ref = read_safetensors(dir / "cpu/checkpoint.safetensors");
-  REQUIRE(want.size() == kSteps);
-
   for (const char* graph : {"on", "off"}) {
     INFO("--cuda-graph " << graph);
     const std::string out = dir / (std::string("cuda_") + graph);
@@ -85,47 +154,7 @@ TEST_CASE("train --device cuda agrees with train on the cpu, graph on and off", 
     INFO(log);
     CHECK(log.find(std::string("the whole step on cuda:0") + (graph[1] == 'n' ? ", captured as a CUDA graph" : "")) !=
           std::string::npos);
-    // Loss and gradient norm of every step: rounding (~1e-6 relative); 1e-4 relative leaves a
-    // margin of 30 and more and is a thousand times below what a wrong formula, batch, timestep,
-    // noise draw or dropout mask gives (losses of different draws differ by percents).
-    const std::vector<LogRow> got = read_log(out + "/log.csv");
-    REQUIRE(got.size() == want.size());
-    for (size_t s = 0; s < got.size(); ++s) {
-      INFO("step " << s + 1 << ": loss " << got[s].loss << " vs " << want[s].loss << ", grad norm " << got[s].grad_norm
-                   << " vs " << want[s].grad_norm);
-      CHECK(std::fabs(got[s].loss - want[s].loss) <= 1e-4 * std::fabs(want[s].loss));
-      CHECK(std::fabs(got[s].grad_norm - want[s].grad_norm) <= 1e-4 * std::fabs(want[s].grad_norm));
-    }
-    // The weights (live, EMA, Adam's moments) after the steps. An AdamW step moves a weight by
-    // lr m/(sqrt(v) + eps), a ratio of the gradient's moments, so rounding in a gradient changes it
-    // by a relative amount of the same order, except where a gradient cancels to the size of its
-    // own rounding (near eps = 1e-8), where the step may differ by a fraction of lr. A wrong
-    // gradient or update moves weights by O(lr) a step. So every live or EMA weight within
-    // 2% of lr per step (observed on the simulated device: 0.1% per step at worst), and the
-    // moments to 1e-3 of their largest value in the tensor.
-    const SafeTensors got_ck = read_safetensors(out + "/checkpoint.safetensors");
-    int64_t compared = 0;
-    for (const auto& [name, t] : ref.tensors) {
-      const bool weights = name.rfind("model.", 0) == 0 || name.rfind("ema.", 0) == 0;
-      const bool moments = name.rfind("opt.m.", 0) == 0 || name.rfind("opt.v.", 0) == 0;
-      if (!weights && !moments) continue;
-      INFO(name);
-      REQUIRE(got_ck.tensors.count(name));
-      const Tensor& g = got_ck.tensors.at(name);
-      if (t.dtype() != DType::f32) continue;  // ema.num_updates and the like: compared below
-      const std::vector<float> a = t.to_vector(), b = g.to_vector();
-      REQUIRE(a.size() == b.size());
-      double scale = 0;
-      for (float v : a) scale = std::max(scale, static_cast<double>(std::fabs(v)));
-      const double tol = weights ? 0.02 * kLr * kSteps : 1e-3 * scale;
-      double worst = 0;
-      for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(a[i]) - b[i]));
-      INFO("largest difference " << worst << ", tolerance " << tol);
-      CHECK(worst <= tol);
-      ++compared;
-    }
-    CHECK(compared > 0);
-    CHECK(got_ck.tensors.at("opt.step").to_vector_i64() == ref.tensors.at("opt.step").to_vector_i64());
+    check_agreement(dir / "cpu", out);
   }
   // Graph on and off are the same kernels with the same arguments: the same bits.
   const SafeTensors on = read_safetensors(dir / "cuda_on/checkpoint.safetensors");
@@ -133,6 +162,100 @@ TEST_CASE("train --device cuda agrees with train on the cpu, graph on and off", 
   for (const auto& [name, t] : on.tensors) {
     INFO(name);
     if (t.dtype() == DType::f32) CHECK(t.to_vector() == off.tensors.at(name).to_vector());
+  }
+}
+
+namespace {
+
+// Two PNGs of the same samples drawn on two devices, within the tolerance argued in the test below.
+void check_same_images(const std::string& got_png, const std::string& want_png) {
+  const Image8 got = read_image_u8(got_png), want = read_image_u8(want_png);
+  REQUIRE(got.width == want.width);
+  REQUIRE(got.height == want.height);
+  REQUIRE(got.pixels.size() == want.pixels.size());
+  int64_t differ = 0, worst = 0;
+  for (size_t i = 0; i < got.pixels.size(); ++i) {
+    const int64_t d = std::abs(static_cast<int>(got.pixels[i]) - static_cast<int>(want.pixels[i]));
+    differ += d > 0;
+    worst = std::max(worst, d);
+  }
+  INFO(differ << " of " << got.pixels.size() << " pixels differ, by at most " << worst);
+  CHECK(worst <= 1);
+  CHECK(differ <= static_cast<int64_t>(got.pixels.size()) / 100);
+}
+
+// kModel with cross-attention at 14x14 to a context of 2 tokens, its words from ten class names.
+const std::string kContextModel =
+    std::string(kModel).substr(0, std::string(kModel).size() - 1) +
+    R"(,"context_dim":8,"context_resolutions":[14],"context_tokens":2,"class_names":["t shirt","trouser",)"
+    R"("pullover","dress","coat","sandal","shirt","sneaker","bag","ankle boot"]})";
+// At the 7x7x4 latents of the autoencoder below: one level.
+constexpr const char* kLatentModel = R"({"base_channels":8,"channel_mult":[1],"groups":4,"attention_resolutions":[],)"
+                                     R"("dropout":0.1})";
+
+}  // namespace
+
+TEST_CASE("train --device cuda agrees with the cpu on conditional and latent models, graph on and off; so does "
+          "sample --device cuda",
+          "[cuda][tools]") {
+  if (!cuda_available()) return;
+  test::TempDir dir;
+  // 28x28, labels cycling through 0..9: ten classes, whatever the seed (the class names are ten).
+  const std::string ip = dir / "images-idx3-ubyte", lp = dir / "labels-idx1-ubyte";
+  test::write_idx_files(ip, lp, 32, 28, 9, /*cycle_labels=*/true);
+  const std::string data = "idx:" + ip + "," + lp;
+  std::string log;
+  // A first stage for the latent model (the cpu's; both runs encode their batches with it on the cpu).
+  REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,
+                     "--batch", "8", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
+                    dir / "ae.txt", &log) == 0);
+  // A 14x14 base for the super-resolution model's cascade.
+  REQUIRE(test::run(train_args(data + "@14", dir / "base", "cpu", "off", {}, kModel, 1), dir / "base.txt", &log) == 0);
+  struct Case {
+    const char* name;
+    std::vector<std::string> extra;
+    std::string model;
+    std::vector<std::string> sample;  // the `diffuse sample` arguments before the common ones
+  };
+  // The label dropout high enough that each step drops some labels to the null class (and keeps
+  // some), so a wrong draw of the drop shows in the loss.
+  const Case cases[] = {
+      {"class", {"--class-cond", "--label-dropout", "0.5"}, kModel, {"--class", "3", "--guidance", "2"}},
+      {"xattn", {"--class-cond", "--label-dropout", "0.3"}, kContextModel, {"--prompt", "ankle boot", "--guidance", "2"}},
+      {"sr", {"--super-res", "14", "--super-res-aug", "0.3"}, kModel, {"--cascade", dir / "base/checkpoint.safetensors"}},
+      {"latent", {"--autoencoder", dir / "ae/autoencoder.safetensors"}, kLatentModel, {}},
+  };
+  for (const Case& c : cases) {
+    INFO(c.name);
+    const std::string cpu = dir / (std::string(c.name) + "_cpu");
+    REQUIRE(test::run(train_args(data, cpu, "cpu", "on", c.extra, c.model), cpu + ".txt", &log) == 0);
+    for (const char* graph : {"on", "off"}) {
+      INFO("--cuda-graph " << graph);
+      const std::string out = dir / (std::string(c.name) + "_cuda_" + graph);
+      REQUIRE(test::run(train_args(data, out, "cuda", graph, c.extra, c.model), out + ".txt", &log) == 0);
+      INFO(log);
+      CHECK(log.find(std::string("the whole step on cuda:0") + (graph[1] == 'n' ? ", captured as a CUDA graph" : "")) !=
+            std::string::npos);
+      check_agreement(cpu, out);
+    }
+    check_identical(dir / (std::string(c.name) + "_cuda_on/checkpoint.safetensors"),
+                    dir / (std::string(c.name) + "_cuda_off/checkpoint.safetensors"));
+    // The cpu's checkpoint sampled on either device (host-driven with the model on the GPU: labels,
+    // guidance and a cascade's conditioning; a latent model's decoder on the GPU too), with the
+    // tolerance of the test below: f32 both sides, a few steps from the same noise.
+    auto sample = [&](const std::string& device) {
+      const std::string png = dir / (std::string(c.name) + "_sample_" + device + ".png");
+      std::vector<std::string> a = {test::cli_path(), "sample"};
+      a.insert(a.end(), c.sample.begin(), c.sample.end());
+      a.insert(a.end(), {cpu + "/checkpoint.safetensors", "--device", device, "--sampler", "ddim", "-n", "4", "--batch",
+                         "2", "--steps", "3", "--seed", "21", "--grid", png});
+      std::string out;
+      const int code = test::run(a, png + ".txt", &out);
+      INFO(out);
+      REQUIRE(code == 0);
+      return png;
+    };
+    check_same_images(sample("cuda"), sample("cpu"));
   }
 }
 
