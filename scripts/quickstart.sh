@@ -39,7 +39,7 @@ echo "training the class-conditional $preset preset for $steps steps (output in 
 # step adds corrects the prediction's errors where DDIM carries them to the end (docs/training.md).
 # Ten images of each class, a row each, guided with scale GUIDANCE.
 ./build/diffuse sample "$out/checkpoint.safetensors" --sampler ddpm --count 100 --steps 50 \
-  --guidance "${GUIDANCE:-2}" --grid "$out/quickstart.png" --upscale 3
+  --guidance "${GUIDANCE:-1}" --grid "$out/quickstart.png" --upscale 3
 echo
 echo "done: 100 samples, a row per class, in $out/quickstart.png"
 echo "      the checkpoint is $out/checkpoint.safetensors, the loss log $out/log.csv"
