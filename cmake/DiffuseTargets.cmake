@@ -143,6 +143,18 @@ if(DIFFUSE_TESTS)
   # Same flags and definitions as the test executables, or GCC refuses the header.
   target_link_libraries(diffuse_catch_pch PRIVATE $<IF:$<TARGET_EXISTS:diffuse_emu>,diffuse_emu,diffuse>)
 
+  # A ctest entry: the test executable with a Catch2 test spec (--filenames-as-tags: each file is a
+  # tag too, [#name]).
+  # Two OpenMP threads, so the threaded paths run; passive waiting, because ctest runs as many
+  # entries at once as there are cores and a thread spinning at a barrier then takes the core that
+  # another entry's thread needs (measured: test_models [cpu] 215-225 s with spinning against 143 s
+  # passive, at load 9 on 2 cores).
+  function(diffuse_add_test_entry name label exe spec)
+    add_test(NAME ${name} COMMAND ${exe} --filenames-as-tags "${spec}")
+    set_tests_properties(${name} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77 TIMEOUT ${DIFFUSE_TEST_TIMEOUT}
+                         ENVIRONMENT "OMP_NUM_THREADS=2;OMP_WAIT_POLICY=passive")
+  endfunction()
+
   # One test executable per folder of tests/; one ctest entry per (executable, tier). A tier is a
   # Catch2 tag: [cpu] [emu] [cuda] [slow]. A cuda entry exits 77 (skipped) without a GPU.
   function(diffuse_add_test_dir dir)
@@ -182,15 +194,24 @@ if(DIFFUSE_TESTS)
       target_sources(${exe} PRIVATE ${sim_kernels})
     endif()
     foreach(tier cpu emu cuda slow)
-      # Only tiers that some test in this folder is tagged with get an entry.
-      set(found FALSE)
+      # Only tiers that some test in this folder is tagged with get an entry. A file named in
+      # DIFFUSE_TEST_OWN_ENTRY gets an entry of its own, ${dir}.${label}.<file> (Catch2's file
+      # tags), and the folder's entry leaves it out: ctest then runs a long file beside the others
+      # instead of after them (ctest runs as many entries at once as there are cores).
+      set(own)
+      set(rest FALSE)
       foreach(src ${srcs})
         file(STRINGS ${src} hits REGEX "\\[${tier}\\]")
         if(hits)
-          set(found TRUE)
+          get_filename_component(stem ${src} NAME_WE)
+          if(stem IN_LIST DIFFUSE_TEST_OWN_ENTRY)
+            list(APPEND own ${stem})
+          else()
+            set(rest TRUE)
+          endif()
         endif()
       endforeach()
-      if(NOT found)
+      if(NOT own AND NOT rest)
         continue()
       endif()
       # In a SIM build the [cuda] tests run against the simulated device: the `sim` tier.
@@ -198,17 +219,20 @@ if(DIFFUSE_TESTS)
       if(DIFFUSE_CUDA_SIM AND tier STREQUAL "cuda")
         set(label sim)
       endif()
-      set(spec "[${tier}]")
+      set(exclude "")
       if(DIFFUSE_TEST_EXCLUDE_TAG)
-        string(APPEND spec "~[${DIFFUSE_TEST_EXCLUDE_TAG}]")
+        set(exclude "~[${DIFFUSE_TEST_EXCLUDE_TAG}]")
       endif()
-      add_test(NAME ${dir}.${label} COMMAND ${exe} "${spec}")
-      # Two OpenMP threads, so the threaded paths run; passive waiting, because ctest runs as many
-      # entries at once as there are cores and a thread spinning at a barrier then takes the core
-      # that another entry's thread needs (measured: test_models [cpu] 215-225 s with spinning
-      # against 143 s passive, at load 9 on 2 cores).
-      set_tests_properties(${dir}.${label} PROPERTIES LABELS ${label} SKIP_RETURN_CODE 77 TIMEOUT ${DIFFUSE_TEST_TIMEOUT}
-                           ENVIRONMENT "OMP_NUM_THREADS=2;OMP_WAIT_POLICY=passive")
+      if(rest)
+        set(spec "[${tier}]${exclude}")
+        foreach(stem ${own})
+          string(APPEND spec "~[#${stem}]")
+        endforeach()
+        diffuse_add_test_entry(${dir}.${label} ${label} ${exe} "${spec}")
+      endif()
+      foreach(stem ${own})
+        diffuse_add_test_entry(${dir}.${label}.${stem} ${label} ${exe} "[${tier}][#${stem}]${exclude}")
+      endforeach()
     endforeach()
   endfunction()
   set(_df_test_dirs ${DIFFUSE_TEST_DIRS})
