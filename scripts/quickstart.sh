@@ -26,9 +26,10 @@ out=${OUT:-runs/quickstart}
 if ./build/diffuse info | grep -q '^cuda:'; then
   preset=fmnist; steps=${STEPS:-20000}; batch=128; tune=()
 else
-  # ~0.23 s a step on 2 cores (docs/training.md): 1500 steps and the build fit in 10 minutes with a
-  # minute to spare. A small model and a short run take a larger learning rate and a shorter EMA.
-  preset=tiny; steps=${STEPS:-1500}; batch=64; tune=(--lr 1e-3 --ema-decay 0.995)
+  # From a clean clone on 2 cores (docs/training.md): ~230 s to build, ~0.35 s a step, ~25 s for
+  # the guided grid; 900 steps end in about 575 s. A small model and a short run take a larger
+  # learning rate and a shorter EMA.
+  preset=tiny; steps=${STEPS:-900}; batch=64; tune=(--lr 1e-3 --ema-decay 0.995)
 fi
 # Class conditioning (10% of the labels dropped, for classifier-free guidance): measured in
 # docs/training.md, the guided samples of the same training are far closer to the test images.
