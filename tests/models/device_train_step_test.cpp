@@ -179,14 +179,22 @@ TEST_CASE("the captured step reads each step's labels and low-resolution image, 
     // branches and the output convolution start at zero, so the first forward is the same for any
     // label, and only the output convolution has a gradient; at the second the residual branches'
     // gradients are their features, which the labels shape.)
-    auto fresh = std::make_shared<nn::UNet>(c, init);
-    fresh->to(gpu);
-    train::DeviceTrainStep other(fresh, o);
+    // The weights after that second step are compared, not the gradient norm: the context reaches
+    // the gradient through an attention output projection one Adam step from zero, so the norm's
+    // change can sit below its f32 rounding, while the parameters it touches move by a whole
+    // Adam step apart.
+    auto fresh_same = std::make_shared<nn::UNet>(c, init), fresh_other = std::make_shared<nn::UNet>(c, init);
+    fresh_same->to(gpu);
+    fresh_other->to(gpu);
+    train::DeviceTrainStep same(fresh_same, o), other(fresh_other, o);
     for (int s = 0; s < 2; ++s) {
-      const auto [labels, low] = conditioning(s, s == 1);
-      other.step(x, labels, low);
+      const auto [labels, low] = conditioning(s, false);
+      same.step(x, labels, low);
+      const auto [other_labels, other_low] = conditioning(s, s == 1);
+      other.step(x, other_labels, other_low);
     }
-    CHECK(other.grad_norm() != norms[1]);
+    CHECK(same.grad_norm() == norms[1]);
+    CHECK(mismatches(other.weights(), same.weights()) > 0);
   }
   // What the step cannot take is refused on the host, before anything runs.
   auto plain = std::make_shared<nn::UNet>(small_config(), init);

@@ -94,10 +94,11 @@ inline void write_idx_files(const std::string& images_path, const std::string& l
   std::ofstream(labels_path, std::ios::binary) << lab;
 }
 
-// An IDX pair of n random 28x28 images with labels 0..9 in dir; returns the --dataset spec.
-inline std::string write_idx_dataset(const std::string& dir, int n, uint64_t seed) {
+// An IDX pair of n random size x size images (Fashion-MNIST's 28 unless told) with labels 0..9 in
+// dir; returns the --dataset spec.
+inline std::string write_idx_dataset(const std::string& dir, int n, uint64_t seed, int size = 28) {
   const std::string ip = dir + "/images-idx3-ubyte", lp = dir + "/labels-idx1-ubyte";
-  write_idx_files(ip, lp, n, 28, seed);
+  write_idx_files(ip, lp, n, size, seed);
   return "idx:" + ip + "," + lp;
 }
 

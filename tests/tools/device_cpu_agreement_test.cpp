@@ -52,6 +52,9 @@ std::vector<LogRow> read_log(const std::string& path) {
 }
 
 constexpr int kSteps = 3;
+// 16x16 images, batch 4: the simulated device runs every kernel thread by thread on one core, and
+// these runs are most of the sim tier's time (this file: 66 s against 197 s at 28x28, batch 8).
+constexpr int kSize = 16;
 constexpr double kLr = 1e-3;
 // The tiny test model with dropout, whose masks both devices draw alike.
 constexpr const char* kModel = R"({"base_channels":8,"channel_mult":[1,2],"groups":4,"attention_resolutions":[],)"
@@ -61,7 +64,7 @@ std::vector<std::string> train_args(const std::string& data, const std::string& 
                                     const std::string& graph, const std::vector<std::string>& extra = {},
                                     const std::string& model = kModel, int steps = kSteps) {
   std::vector<std::string> a = {test::cli_path(), "train", "--preset", "tiny", "--model", model, "--dataset", data,
-                                "--batch", "8", "--steps", std::to_string(steps), "--checkpoint-every", "0",
+                                "--batch", "4", "--steps", std::to_string(steps), "--checkpoint-every", "0",
                                 "--sample-every", "0", "--sample-count", "4", "--sample-steps", "2", "--log-every", "1",
                                 "--seed", "7", "--bf16", "false", "--objective", "v", "--schedule", "linear",
                                 "--timesteps", "1000", "--warmup", "0", "--lr", std::to_string(kLr), "--device", device,
@@ -144,7 +147,7 @@ void check_identical(const std::string& a_path, const std::string& b_path) {
 TEST_CASE("train --device cuda agrees with train on the cpu, graph on and off", "[cuda][tools]") {
   if (!cuda_available()) return;
   test::TempDir dir;
-  const std::string data = test::write_idx_dataset(dir.path, 32, 6);
+  const std::string data = test::write_idx_dataset(dir.path, 32, 6, kSize);
   std::string log;
   REQUIRE(test::run(train_args(data, dir / "cpu", "cpu", "on"), dir / "cpu.txt", &log) == 0);
   for (const char* graph : {"on", "off"}) {
@@ -186,12 +189,12 @@ void check_same_images(const std::string& got_png, const std::string& want_png) 
   check_same_images(read_image_u8(got_png), read_image_u8(want_png));
 }
 
-// kModel with cross-attention at 14x14 to a context of 2 tokens, its words from ten class names.
+// kModel with cross-attention at 8x8 to a context of 2 tokens, its words from ten class names.
 const std::string kContextModel =
     std::string(kModel).substr(0, std::string(kModel).size() - 1) +
-    R"(,"context_dim":8,"context_resolutions":[14],"context_tokens":2,"class_names":["t shirt","trouser",)"
+    R"(,"context_dim":8,"context_resolutions":[8],"context_tokens":2,"class_names":["t shirt","trouser",)"
     R"("pullover","dress","coat","sandal","shirt","sneaker","bag","ankle boot"]})";
-// At the 7x7x4 latents of the autoencoder below: one level.
+// At the 4x4x4 latents of the autoencoder below: one level.
 constexpr const char* kLatentModel = R"({"base_channels":8,"channel_mult":[1],"groups":4,"attention_resolutions":[],)"
                                      R"("dropout":0.1})";
 
@@ -202,17 +205,17 @@ TEST_CASE("train --device cuda agrees with the cpu on conditional and latent mod
           "[cuda][tools]") {
   if (!cuda_available()) return;
   test::TempDir dir;
-  // 28x28, labels cycling through 0..9: ten classes, whatever the seed (the class names are ten).
+  // 16x16, labels cycling through 0..9: ten classes, whatever the seed (the class names are ten).
   const std::string ip = dir / "images-idx3-ubyte", lp = dir / "labels-idx1-ubyte";
-  test::write_idx_files(ip, lp, 32, 28, 9, /*cycle_labels=*/true);
+  test::write_idx_files(ip, lp, 32, kSize, 9, /*cycle_labels=*/true);
   const std::string data = "idx:" + ip + "," + lp;
   std::string log;
   // A first stage for the latent model (the cpu's; both runs encode their batches with it on the cpu).
   REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,
-                     "--batch", "8", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
+                     "--batch", "4", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
                     dir / "ae.txt", &log) == 0);
-  // A 14x14 base for the super-resolution model's cascade.
-  REQUIRE(test::run(train_args(data + "@14", dir / "base", "cpu", "off", {}, kModel, 1), dir / "base.txt", &log) == 0);
+  // An 8x8 base for the super-resolution model's cascade.
+  REQUIRE(test::run(train_args(data + "@8", dir / "base", "cpu", "off", {}, kModel, 1), dir / "base.txt", &log) == 0);
   struct Case {
     const char* name;
     std::vector<std::string> extra;
@@ -224,7 +227,7 @@ TEST_CASE("train --device cuda agrees with the cpu on conditional and latent mod
   const Case cases[] = {
       {"class", {"--class-cond", "--label-dropout", "0.5"}, kModel, {"--class", "3", "--guidance", "2"}},
       {"xattn", {"--class-cond", "--label-dropout", "0.3"}, kContextModel, {"--prompt", "ankle boot", "--guidance", "2"}},
-      {"sr", {"--super-res", "14", "--super-res-aug", "0.3"}, kModel, {"--cascade", dir / "base/checkpoint.safetensors"}},
+      {"sr", {"--super-res", "8", "--super-res-aug", "0.3"}, kModel, {"--cascade", dir / "base/checkpoint.safetensors"}},
       {"latent", {"--autoencoder", dir / "ae/autoencoder.safetensors"}, kLatentModel, {}},
   };
   for (const Case& c : cases) {
@@ -264,7 +267,7 @@ TEST_CASE("train --device cuda agrees with the cpu on conditional and latent mod
 TEST_CASE("sample --device cuda gives the cpu's images, graph on and off", "[cuda][tools]") {
   if (!cuda_available()) return;
   test::TempDir dir;
-  const std::string data = test::write_idx_dataset(dir.path, 16, 8);
+  const std::string data = test::write_idx_dataset(dir.path, 16, 8, kSize);
   REQUIRE(test::run(test::train_args(data, dir / "run", 2, 0), dir / "train.txt") == 0);
   const std::string ckpt = dir / "run/checkpoint.safetensors";
   // Samplers whose every step runs on the device: DDIM (eta 0) and DDPM, whose step noise is the

@@ -30,6 +30,10 @@ namespace {
   return bad;
 }
 
+// 16x16 images, batch 4: the simulated device runs every kernel thread by thread on one core, and
+// these runs are most of the sim tier's time (this file: 135 s against 397 s at 28x28, batch 8).
+constexpr int kSize = 16;
+
 // A device name this machine does not have: no GPU at all, or one past the last.
 std::string missing_gpu() { return cuda_available() ? "cuda:" + std::to_string(cuda_device_count()) : "cuda"; }
 
@@ -38,7 +42,7 @@ std::string missing_gpu() { return cuda_available() ? "cuda:" + std::to_string(c
   c.dataset = dataset;
   c.out_dir = out;
   c.model = nlohmann::json::parse(test::kTinyModel);
-  c.batch = 8;
+  c.batch = 4;
   c.steps = 6;
   c.warmup = 2;
   c.log_every = 1;
@@ -160,7 +164,7 @@ TEST_CASE("train --device cuda: a loadable checkpoint; graph on == graph off; re
           "[cuda][tools]") {
   if (!cuda_available()) return;
   test::TempDir dir;
-  const std::string data = test::write_idx_dataset(dir.path, 32, 6);
+  const std::string data = test::write_idx_dataset(dir.path, 32, 6, kSize);
   // In one process, so both runs see the same cuDNN algorithm choices.
   train::TrainConfig on = tiny_gpu_config(data, dir / "on");
   train::TrainConfig off = on;
@@ -242,11 +246,11 @@ TEST_CASE("train --device cuda on class-conditional, cross-attention, super-reso
   test::TempDir dir;
   // Labels cycling through 0..9: ten classes, whatever the seed (the class names are ten).
   const std::string ip = dir / "images-idx3-ubyte", lp = dir / "labels-idx1-ubyte";
-  test::write_idx_files(ip, lp, 32, 28, 11, /*cycle_labels=*/true);
+  test::write_idx_files(ip, lp, 32, kSize, 11, /*cycle_labels=*/true);
   const std::string data = "idx:" + ip + "," + lp;
   std::string log;
   REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,
-                     "--batch", "8", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
+                     "--batch", "4", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
                     dir / "ae.txt", &log) == 0);
   struct Case {
     const char* name;
@@ -258,13 +262,13 @@ TEST_CASE("train --device cuda on class-conditional, cross-attention, super-reso
   cond.label_dropout = 0.5;
   xattn.class_cond = true;
   xattn.model["context_dim"] = 8;
-  xattn.model["context_resolutions"] = nlohmann::json::array({14});
+  xattn.model["context_resolutions"] = nlohmann::json::array({8});
   xattn.model["context_tokens"] = 2;
   xattn.model["class_names"] = {"zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"};
-  sr.super_res = 14;
+  sr.super_res = 8;
   sr.super_res_aug = 0.3;
   latent.autoencoder = dir / "ae/autoencoder.safetensors";
-  latent.model["channel_mult"] = nlohmann::json::array({1});  // 7x7 latents
+  latent.model["channel_mult"] = nlohmann::json::array({1});  // 4x4 latents
   for (const Case& c : {Case{"class", cond}, Case{"xattn", xattn}, Case{"sr", sr}, Case{"latent", latent}}) {
     INFO(c.name);
     // In one process, so every run sees the same cuDNN algorithm choices.
@@ -300,7 +304,7 @@ TEST_CASE("train --device cuda on class-conditional, cross-attention, super-reso
 TEST_CASE("sample --device cuda: the device loop, graph on == off, and the host-driven samplers", "[cuda][tools]") {
   if (!cuda_available()) return;
   test::TempDir dir;
-  const std::string data = test::write_idx_dataset(dir.path, 16, 7);
+  const std::string data = test::write_idx_dataset(dir.path, 16, 7, kSize);
   REQUIRE(test::run(test::train_args(data, dir / "run", 2, 0), dir / "train.txt") == 0);
   const std::string ckpt = dir / "run/checkpoint.safetensors";
   // Which path ran is in the summary line. Graph on against off, bit for bit, is checked in one
