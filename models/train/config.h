@@ -49,6 +49,10 @@ enum class LossWeight { none, min_snr };
 inline constexpr EnumName<LossWeight> kLossWeightNames[] = {{LossWeight::none, "none"},
                                                             {LossWeight::min_snr, "min-snr"}};
 constexpr std::span<const EnumName<LossWeight>> enum_table(LossWeight) { return kLossWeightNames; }
+enum class LrSchedule { constant, cosine };
+inline constexpr EnumName<LrSchedule> kLrScheduleNames[] = {{LrSchedule::constant, "constant"},
+                                                            {LrSchedule::cosine, "cosine"}};
+constexpr std::span<const EnumName<LrSchedule>> enum_table(LrSchedule) { return kLrScheduleNames; }
 
 // How a discrete objective draws its training steps t: uniform, or importance (improved DDPM's
 // loss-aware sampler, Nichol & Dhariwal 2021 sec. 3.3: p_t proportional to sqrt(E[L_t^2]) over
@@ -98,6 +102,9 @@ struct TrainConfig {
   // optimisation
   double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 0.0;
   int64_t warmup = 100;
+  // After the warm-up: constant, or cosine (a half cosine from lr down to 0 at the run's last
+  // step; a resumed run with more steps stretches it from there). Written only when not constant.
+  LrSchedule lr_schedule = LrSchedule::constant;
   double grad_clip = 1.0;          // 0: off
   double ema_decay = 0.999;
   bool ema_warmup = true;

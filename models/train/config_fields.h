@@ -110,6 +110,7 @@ void for_each_field(V&& v) {
   v(Field<double>{.key = "adam_eps", .member = &C::adam_eps, .help = "AdamW epsilon"});
   v(Field<double>{.key = "weight_decay", .member = &C::weight_decay, .help = "AdamW decoupled weight decay"});
   v(Field<int64_t>{.key = "warmup", .member = &C::warmup, .help = "learning-rate warm-up steps"});
+  v(Field<LrSchedule>{.key = "lr_schedule", .member = &C::lr_schedule, .help = "the learning rate after the warm-up: constant, or cosine (a half cosine from --lr down to 0 at the last of --steps)", .written = Written::when_set});
   v(Field<double>{.key = "grad_clip", .member = &C::grad_clip, .help = "clip gradients to this global norm (0: off)"});
   v(Field<double>{.key = "ema_decay", .member = &C::ema_decay, .help = "EMA decay of the weights used for sampling", .check = fc::unit_interval});
   v(Field<bool>{.key = "ema_warmup", .member = &C::ema_warmup, .help = "EMA decay warm-up min(decay, (1+n)/(10+n))"});

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <numbers>
 
 #include "core/profile.h"
 #include "models/train/ema.h"
@@ -150,7 +151,11 @@ AdamW::AdamW(NamedParams params, AdamWOptions opt)
 float warmup_lr(const AdamWOptions& o, int64_t t) {
   if (o.warmup_steps > 0 && t < o.warmup_steps)
     return o.lr * static_cast<float>(t) / static_cast<float>(o.warmup_steps);
-  return o.lr;
+  if (o.decay_steps <= 0) return o.lr;
+  const int64_t from = std::max<int64_t>(o.warmup_steps, 0);
+  if (o.decay_steps <= from) return o.lr;
+  const double p = std::clamp(static_cast<double>(t - from) / static_cast<double>(o.decay_steps - from), 0.0, 1.0);
+  return static_cast<float>(static_cast<double>(o.lr) * 0.5 * (1.0 + std::cos(std::numbers::pi * p)));
 }
 
 AdamWStep adamw_step_at(const AdamWOptions& o, int64_t t) {

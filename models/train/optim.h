@@ -77,6 +77,9 @@ struct AdamWOptions {
   // false: no weight decay on parameters with one dimension (biases, norm gains and shifts).
   bool decay_vectors = true;
   int64_t warmup_steps = 0;  // lr rises linearly over the first warmup_steps steps: lr * t / warmup
+  // > 0: after the warm-up the lr follows a half cosine from lr at step warmup_steps down to 0 at
+  // step decay_steps (and stays 0 after it); 0: constant.
+  int64_t decay_steps = 0;
   bool flat = false;         // move the parameters into one flat buffer (see FlatParams)
 };
 
@@ -91,7 +94,7 @@ class AdamW {
   void step(EMA* ema = nullptr);
   void zero_grad();
 
-  float lr_at(int64_t t) const;  // the learning rate of step t (1-based): warm-up, then lr
+  float lr_at(int64_t t) const;  // the learning rate of step t (1-based): warmup_lr
   int64_t steps() const { return step_; }
   void set_lr(float lr) { opt_.lr = lr; }
   const AdamWOptions& options() const { return opt_; }
@@ -124,7 +127,9 @@ void adamw_update(float* w, const float* g, float* m, float* v, float* ema, int6
 
 // The schedule of AdamW's scalars, the one definition that AdamW::step on the cpu and the device
 // training step (which stages them for its update kernel) both use.
-// The learning rate of step t (1-based): lr * t / warmup_steps during the warm-up, then lr.
+// The learning rate of step t (1-based): lr * t / warmup_steps during the warm-up, then lr, or
+// with decay_steps the half cosine lr * (1 + cos(pi * p)) / 2, p = (t - warmup) / (decay - warmup)
+// clamped to [0, 1].
 float warmup_lr(const AdamWOptions& o, int64_t t);
 // Step t's scalars: warmup_lr, the betas, eps, weight_decay and the bias corrections 1 - beta1^t
 // and sqrt(1 - beta2^t) (in double, rounded once); ema_decay is left 0 for the caller.

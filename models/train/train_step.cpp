@@ -52,6 +52,7 @@ AdamWOptions adamw_options(const TrainConfig& c) {
   o.weight_decay = static_cast<float>(c.weight_decay);
   o.decay_vectors = true;
   o.warmup_steps = c.warmup;
+  o.decay_steps = c.lr_schedule == LrSchedule::cosine ? c.steps : 0;
   return o;
 }
 

@@ -2,9 +2,11 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <numbers>
 
 #include "models/train/ema.h"
 #include "models/train/optim.h"
+#include "models/train/train_step.h"
 #include "tests/test_util.h"
 
 using namespace diffuse;
@@ -81,6 +83,28 @@ TEST_CASE("AdamW matches a hand-computed reference (warm-up, weight decay, no de
       CHECK(p[0].second.value().same_storage(opt.flat()->buffer()));
     }
   }
+}
+
+TEST_CASE("the cosine learning-rate schedule: warm-up, then a half cosine to 0 at decay_steps", "[cpu][models]") {
+  AdamWOptions o;
+  o.lr = 2e-3f;
+  o.warmup_steps = 10;
+  o.decay_steps = 110;
+  // Warm-up as without decay; then lr (1 + cos(pi p)) / 2 with p = (t - 10) / 100.
+  CHECK(warmup_lr(o, 5) == Approx(1e-3));
+  CHECK(warmup_lr(o, 10) == Approx(2e-3));
+  CHECK(warmup_lr(o, 35) == Approx(2e-3 * (1 + std::cos(std::numbers::pi / 4)) / 2));
+  CHECK(warmup_lr(o, 60) == Approx(1e-3));
+  CHECK(warmup_lr(o, 110) == Approx(0).margin(1e-12));
+  CHECK(warmup_lr(o, 500) == Approx(0).margin(1e-12));  // past the end: stays 0
+  for (int64_t t = 11; t <= 110; ++t) CHECK(warmup_lr(o, t) <= warmup_lr(o, t - 1));
+  // The training config's cosine decays over the run's steps; constant is the default.
+  TrainConfig c;
+  c.steps = 900;
+  CHECK(adamw_options(c).decay_steps == 0);
+  c.lr_schedule = LrSchedule::cosine;
+  CHECK(adamw_options(c).decay_steps == 900);
+  CHECK(adamw_step_at(adamw_options(c), 900).lr == Approx(0).margin(1e-12));
 }
 
 TEST_CASE("flat and per-parameter AdamW agree bit for bit", "[cpu][models]") {
