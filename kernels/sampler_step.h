@@ -30,7 +30,11 @@
 // variance, (B, N / C, 2C). Coefficients: one SamplerStepCoeffs per sample. z_next may alias z.
 #pragma once
 
+#include <math.h>
+
 #include <cstdint>
+
+#include "core/hd.h"
 
 namespace diffuse::kernels {
 
@@ -62,6 +66,49 @@ struct SamplerStepParams {
   // replay without being captured again.
   const uint64_t* seed_xor = nullptr;
 };
+
+// Element i of sample b (1. to 4. above): its z_next before the noise term, its x0 and its noise
+// std (0: no noise). o is the element's index into model_out (i without a learned variance; see
+// Shapes). The one definition of the per-element math, which the reference and the CUDA kernel
+// both call; each adds noise_std times its Philox draw of element i.
+struct SamplerStepElement {
+  float next, x0, noise_std;
+};
+DF_HD_INLINE SamplerStepElement sampler_step_element(const SamplerStepParams& p, const SamplerStepCoeffs& k,
+                                                    const float* model_out, const float* model_out_uncond,
+                                                    float zi, int64_t i, int64_t o) {
+  float m = model_out[o];
+  if (model_out_uncond) m = (1.f + p.guidance_scale) * m - p.guidance_scale * model_out_uncond[o];
+  float x0, eps;
+  switch (p.prediction) {
+    case StepPrediction::eps: eps = m; x0 = (zi - k.sigma * eps) / k.alpha; break;
+    case StepPrediction::x0: x0 = m; eps = (zi - k.alpha * x0) / k.sigma; break;
+    default:  // v = alpha eps - sigma x0, alpha^2 + sigma^2 = 1
+      x0 = k.alpha * zi - k.sigma * m;
+      eps = k.sigma * zi + k.alpha * m;
+      break;
+  }
+  if (p.clip_x0) {
+    // Comparisons, so a NaN prediction stays NaN (and shows) instead of clipping to a bound.
+    x0 = x0 < p.clip_min ? p.clip_min : (x0 > p.clip_max ? p.clip_max : x0);
+    if (k.sigma > 0) eps = (zi - k.alpha * x0) / k.sigma;
+  }
+  if (p.eps_shift) {
+    eps += p.eps_shift[i];
+    x0 = (zi - k.sigma * eps) / k.alpha;
+  }
+  float next = k.c_z * zi + k.c_x0 * x0;
+  // Zero terms are skipped: at sigma = 0, 0 * inf would poison the result.
+  if (k.c_eps != 0.f) next += k.c_eps * eps;
+  if (k.c_aux != 0.f && p.aux) next += k.c_aux * p.aux[i];
+  float sd = k.c_noise;
+  if (sd != 0.f && p.learned_variance) {
+    // The variance channel sits C after its prediction channel (NHWC, channels doubled).
+    const float v = 0.5f * (model_out[o + p.channels] + 1.f);
+    sd *= expf(0.5f * (v * k.log_var_max + (1.f - v) * k.log_var_min));
+  }
+  return {next, x0, sd};
+}
 
 // The reference: plain loops, OpenMP over elements. z_next may be z (in place).
 void sampler_step_cpu(const SamplerStepParams& p, const float* z, const float* model_out,

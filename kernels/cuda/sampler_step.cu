@@ -1,6 +1,6 @@
 // kernels/cuda/sampler_step.cu: one fused pass of a sampler step (the update, its options and
-// sources are in kernels/sampler_step.h; the reference is kernels/cpu/sampler_step.cpp, whose
-// expressions this kernel repeats in the same order).
+// sources are in kernels/sampler_step.h, whose sampler_step_element is the per-element math of both
+// this kernel and the reference, kernels/cpu/sampler_step.cpp).
 //
 // Memory-bound: per element it reads z, one or two model outputs (the learned-variance channel
 // too) and optional aux / eps_shift, and writes z_next and optionally x0. Each thread takes one
@@ -19,7 +19,6 @@ namespace {
 
 using kernels::SamplerStepCoeffs;
 using kernels::SamplerStepParams;
-using kernels::StepPrediction;
 
 constexpr int kBlock = 256;
 
@@ -31,7 +30,6 @@ __global__ void __launch_bounds__(kBlock) sampler_step_kernel(SamplerStepParams 
                                                               float* z_next, int64_t n_per_sample, int64_t n) {
   const int64_t C = p.channels;
   const int64_t out_per_sample = p.learned_variance ? 2 * n_per_sample : n_per_sample;
-  const float w = p.guidance_scale;
   const uint64_t seed = p.seed_xor ? p.seed ^ *p.seed_xor : p.seed;
   const int64_t blocks = (n + 3) / 4;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -49,46 +47,16 @@ __global__ void __launch_bounds__(kBlock) sampler_step_kernel(SamplerStepParams 
       const SamplerStepCoeffs k = p.coeffs[b];
       const int64_t e = i - b * n_per_sample;
       const int64_t o = p.learned_variance ? b * out_per_sample + (e / C) * 2 * C + e % C : i;
-      float m = model_out[o];
-      if (model_out_uncond) m = (1.f + w) * m - w * model_out_uncond[o];
-      const float zi = z[i];
-      float x0, eps;
-      switch (p.prediction) {
-        case StepPrediction::eps: eps = m; x0 = (zi - k.sigma * eps) / k.alpha; break;
-        case StepPrediction::x0: x0 = m; eps = (zi - k.alpha * x0) / k.sigma; break;
-        default:  // v = alpha eps - sigma x0, alpha^2 + sigma^2 = 1
-          x0 = k.alpha * zi - k.sigma * m;
-          eps = k.sigma * zi + k.alpha * m;
-          break;
-      }
-      if (p.clip_x0) {
-        x0 = fminf(fmaxf(x0, p.clip_min), p.clip_max);
-        if (k.sigma > 0) eps = (zi - k.alpha * x0) / k.sigma;
-      }
-      if (p.eps_shift) {
-        eps += p.eps_shift[i];
-        x0 = (zi - k.sigma * eps) / k.alpha;
-      }
-      float next = k.c_z * zi + k.c_x0 * x0;
-      // Zero terms are skipped, as in the reference: at sigma = 0, 0 * inf would poison the result.
-      if (k.c_eps != 0.f) next += k.c_eps * eps;
-      if (k.c_aux != 0.f && p.aux) next += k.c_aux * p.aux[i];
-      if (k.c_noise != 0.f) {
-        float sd = k.c_noise;
-        if (p.learned_variance) {
-          // The variance channel sits C after its prediction channel (NHWC, channels doubled).
-          const float r = model_out[o + C];
-          const float v = 0.5f * (r + 1.f);
-          sd *= expf(0.5f * (v * k.log_var_max + (1.f - v) * k.log_var_min));
-        }
+      kernels::SamplerStepElement s = kernels::sampler_step_element(p, k, model_out, model_out_uncond, z[i], i, o);
+      if (s.noise_std != 0.f) {
         if (!have_noise) {
           philox_normal4(philox_block(seed, p.offset, static_cast<uint64_t>(blk)), noise);
           have_noise = true;
         }
-        next += sd * noise[j];
+        s.next += s.noise_std * noise[j];
       }
-      if (p.x0_out) p.x0_out[i] = x0;
-      z_next[i] = next;
+      if (p.x0_out) p.x0_out[i] = s.x0;
+      z_next[i] = s.next;
     }
   }
 }
