@@ -27,7 +27,7 @@ if ./build/diffuse info | grep -q '^cuda:'; then
   preset=fmnist; steps=${STEPS:-20000}; batch=128; tune=()
 else
   # From a clean clone on 2 cores (docs/training.md): ~230 s to build, ~0.35 s a step, ~25 s for
-  # the guided grid; 900 steps end in about 575 s. A small model and a short run take a larger
+  # the guided grid; 900 steps ended in 565 s, build included. A small model and a short run take a larger
   # learning rate and a shorter EMA.
   preset=tiny; steps=${STEPS:-900}; batch=64; tune=(--lr 1e-3 --ema-decay 0.995)
 fi
