@@ -5,9 +5,9 @@
 //
 //   build/bench/kernels [--only SUBSTRING] [--warmup 10] [--iters 50] [--json out.json] [--once] [--help]
 //
-// The ops that the op table holds (tests/kernels/op_table.h: the time embedding, GroupNorm, the
-// flash attention, softmax, cross-entropy, resampling, concat) take their shapes, cost formulas and
-// launches from it; the rows of the others are written here.
+// The ops that the op table holds (tests/kernels/op_table.h: noising, the time embedding, GroupNorm,
+// the flash attention, softmax, cross-entropy, resampling, concat) take their shapes, cost formulas
+// and launches from it; the rows of the others are written here.
 //
 // Shapes: the DDPM CIFAR-10 UNet at batch 128 (32x32x128 and 16x16x256 feature maps, images
 // 32x32x3, 35.7M parameters) and a 64x64 model at batch 32 (64x64x128 maps, images 64x64x3).
@@ -59,7 +59,6 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
-#include "kernels/cuda/noise.h"
 #include "kernels/cuda/reduce.h"
 #include "kernels/cuda/sampler_step.h"
 #include "models/nn/unet.h"
@@ -226,22 +225,6 @@ std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
   std::vector<Images> images = {{"cifar10", 128, 32 * 32 * 3}, {"64x64", 32, 64 * 64 * 3}};
   if (once) images = {{"small", 2, 6 * 5 * 3}, {"small", 1, 7 * 7}};
 
-  // ---- noising q(z_t | x), noise drawn in the kernel ----
-  for (const Images& im : images) {
-    Tensor x = rnd({im.B, im.n}, DType::f32, 1), a = rnd({im.B}, DType::f32, 2, 0.1f, 1.f);
-    Tensor s = rnd({im.B}, DType::f32, 3, 0.1f, 1.f), z = dev_empty({im.B, im.n}, DType::f32);
-    Tensor eps = dev_empty({im.B, im.n}, DType::f32);
-    const double n = double(im.B) * im.n;
-    cs.push_back({"noise_forward", std::string(im.model) + " " + shape_str({im.B, im.n}), "diffuse",
-                  /* read x, write z and eps (f32), alpha and sigma per sample */ 3 * f32 * n + 2 * f32 * im.B, 0,
-                  "12 B n + 8 B", false, [=]() mutable {
-                    cuda::noise_forward(x.data<float>(), a.data<float>(), s.data<float>(), z.data<float>(),
-                                        eps.data<float>(), im.B, im.n, 7, 0, S);
-                  }});
-  }
-
-
-
   {  // The CIFAR UNet's own attention: one head of 256 channels, through the dispatch (cuBLASLt, P kept).
     const int64_t B = pick(128, 2), T = pick(256, 17), C = pick(256, 40);
     Tensor q = rnd({B, T, C}, DType::bf16, 13), k = rnd({B, T, C}, DType::bf16, 14);
@@ -300,7 +283,6 @@ std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
                   }});
   }
 
-
   // ---- elementwise on the 32x32x128 map (bf16) and one f32 axpby with its cuBLAS twin ----
   {
     const Feature f = maps[0];
@@ -345,9 +327,8 @@ std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
                   }});
   }
 
-
-  // ---- the ops of the op table: the time embedding, GroupNorm + SiLU, the flash attention (SIMT and
-  // tensor-core), softmax, cross-entropy, resampling, concat (and the copy engine) ----
+  // ---- the ops of the op table: noising, the time embedding, GroupNorm + SiLU, the flash attention
+  // (SIMT and tensor-core), softmax, cross-entropy, resampling, concat (and the copy engine) ----
   add_table_rows(cs, once);
   return cs;
 }

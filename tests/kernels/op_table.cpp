@@ -24,12 +24,14 @@
 #include "kernels/cuda/concat.h"
 #include "kernels/cuda/embedding.h"
 #include "kernels/cuda/group_norm.h"
+#include "kernels/cuda/noise.h"
 #include "kernels/cuda/resample.h"
 #include "kernels/cuda/softmax.h"
 #include "kernels/cuda/time_embedding.h"
 #include "kernels/embedding.h"
 #include "kernels/group_norm.h"
 #include "kernels/loss.h"
+#include "kernels/noise.h"
 #include "kernels/resample.h"
 #include "kernels/softmax.h"
 #include "kernels/time_embedding.h"
@@ -275,6 +277,126 @@ void add_resample(std::vector<OpCase>& table) {
     table.push_back(gradcheck_case(
         name_of("ag::avg_pool2x ", x.str()), [x] { return Tensors{random_tensor(x)}; },
         [](const std::vector<ag::Var>& v) { return ag::avg_pool2x(v[0]); }));
+}
+
+// ---- noising q(z_t | x), the noise drawn in the kernel -------------------------------------------
+// No tolerance: eps must be Tensor::randn(shape, seed, offset) bit for bit (the Philox transform is
+// correctly rounded op by op), and z = alpha x + sigma eps is formed with two rounded products and a
+// rounded sum on every device, which is what the reference loop computes (the table is compiled with
+// -ffp-contract=off). Inputs: x (B, N); alpha, sigma (B) in [0.05, 1], a variance-preserving
+// schedule's range; a fresh seed and offset, as i64 {seed, offset}. Outputs: eps and z; the kernels
+// write them one float off alignment (skew 1) or aligned, and the element past each comes back too
+// and must keep its poison; then z drawn without eps (the launch with eps null). The cpu path
+// (kernels/cpu/noise.cpp, which the rest of the engine runs) against the same loop. The seed word
+// of a captured graph's replay is checked in noise_emu_test.cpp.
+struct NoiseCase {
+  int64_t B, N, skew;
+  bool small;  // the emulator and the cpu path run it (else only a GPU)
+};
+
+void add_noise(std::vector<OpCase>& table) {
+  std::vector<NoiseCase> cases;
+  // N % 4 != 0 makes Philox blocks straddle samples; N = 1 puts 4 samples in one block.
+  for (const auto& bn : {std::pair<int64_t, int64_t>{1, 5}, {3, 7}, {5, 1}, {2, 1024}, {4, 333}, {3, 35}})
+    for (int64_t skew : {0, 1}) cases.push_back({bn.first, bn.second, skew, true});
+  // On a GPU: a 64x64 and a 32x32 image, N odd, and a batch of 64.
+  for (const auto& bn : {std::pair<int64_t, int64_t>{1, 3 * 64 * 64}, {7, 3 * 32 * 32 + 1}, {64, 12289}})
+    cases.push_back({bn.first, bn.second, 0, false});
+  for (const NoiseCase& k : cases) {
+    const int64_t n = k.B * k.N;
+    OpCase c;
+    c.name = name_of("noise_forward B ", k.B, " N ", k.N, " skew ", k.skew);
+    c.inputs = [k](DType) {
+      const uint64_t seed = next_seed(), offset = next_seed() % 100000;
+      return Tensors{random_tensor({k.B, k.N}), random_tensor({k.B}, 0.05f, 1.f), random_tensor({k.B}, 0.05f, 1.f),
+                     Tensor::from_vector_i64({static_cast<int64_t>(seed), static_cast<int64_t>(offset)}, {2})};
+    };
+    c.reference = [k, n](const Tensors& in, DType, Backend b) {
+      const int64_t* so = in[3].data<int64_t>();
+      const Tensor eps = Tensor::randn({k.B, k.N}, static_cast<uint64_t>(so[0]), static_cast<uint64_t>(so[1]));
+      Tensor z = Tensor::empty({k.B, k.N});
+      const float *x = in[0].data<float>(), *a = in[1].data<float>(), *s = in[2].data<float>(), *e = eps.data<float>();
+      float* zp = z.data<float>();
+      for (int64_t r = 0; r < k.B; ++r)
+        for (int64_t i = r * k.N; i < (r + 1) * k.N; ++i) zp[i] = a[r] * x[i] + s[r] * e[i];
+      if (b == Backend::cpu) return Tensors{eps, z};
+      auto with_tail = [n](const Tensor& t) {
+        Tensor o = poisoned({n + 1}, DType::f32);
+        o.slice(0, n).copy_(t.flatten());
+        return o;
+      };
+      return Tensors{with_tail(eps), with_tail(z), z};
+    };
+    if (k.small && k.skew == 0)
+      c.cpu = [k](const Tensors& in, DType) {
+        const int64_t* so = in[3].data<int64_t>();
+        Tensor z = poisoned({k.B, k.N}, DType::f32), eps = poisoned({k.B, k.N}, DType::f32);
+        kernels::cpu::noise_forward(in[0], in[1], in[2], static_cast<uint64_t>(so[0]), static_cast<uint64_t>(so[1]),
+                                    z, eps);
+        return Tensors{eps, z};
+      };
+    c.cpu_dtypes = {DType::f32};
+    using Launch = void (*)(const float*, const float*, const float*, float*, float*, int64_t, int64_t, uint64_t,
+                            uint64_t, void*, const uint64_t*);
+    auto run = [k, n](Launch launch, Device d) {
+      return [=](const Tensors& in, DType) {
+        const int64_t* so = in[3].data<int64_t>();
+        const uint64_t seed = static_cast<uint64_t>(so[0]), offset = static_cast<uint64_t>(so[1]);
+        void* stream = d.is_cpu() ? nullptr : current_stream();
+        Tensor xb = poisoned({n + k.skew}, DType::f32, d);
+        xb.slice(k.skew, n + k.skew).copy_(in[0].flatten());
+        Tensor alpha = in[1].to(d), sigma = in[2].to(d);
+        Tensor zb = poisoned({n + k.skew + 1}, DType::f32, d), eb = poisoned({n + k.skew + 1}, DType::f32, d);
+        launch(xb.data<float>() + k.skew, alpha.data<float>(), sigma.data<float>(), zb.data<float>() + k.skew,
+               eb.data<float>() + k.skew, k.B, k.N, seed, offset, stream, nullptr);
+        Tensor z2 = poisoned({k.B, k.N}, DType::f32, d);
+        launch(xb.data<float>() + k.skew, alpha.data<float>(), sigma.data<float>(), z2.data<float>(), nullptr, k.B,
+               k.N, seed, offset, stream, nullptr);
+        const Device cpu = Device::cpu();
+        return Tensors{eb.slice(k.skew, n + k.skew + 1).to(cpu), zb.slice(k.skew, n + k.skew + 1).to(cpu), z2.to(cpu)};
+      };
+    };
+#if defined(DIFFUSE_HAVE_SIMT)
+    if (k.small) c.emu = run(emu::noise_forward, Device::cpu());
+#endif
+#if defined(DIFFUSE_HAVE_CUDA)
+    c.cuda = run(cuda::noise_forward, Device::cuda(0));
+#endif
+    c.device_dtypes = {DType::f32};
+    c.tolerance = [](Backend, DType, size_t, const Tensors&, const Tensors&) {
+      return Tolerance{true, 0, 0, "eps: the Philox stream bit for bit; z: two rounded products, a rounded sum"};
+    };
+    table.push_back(c);
+  }
+
+  // bench/kernels: the models' images (f32, 32x32x3 at batch 128 and 64x64x3 at batch 32), and
+  // --once's small ones. Bytes: read x, write z and eps; alpha and sigma per sample.
+  struct BenchImages {
+    BenchRun run;
+    const char* model;
+    int64_t B, n;  // n = H W C per image
+  };
+  for (const BenchImages& im : {BenchImages{BenchRun::measured, "cifar10", 128, 32 * 32 * 3},
+                                BenchImages{BenchRun::measured, "64x64", 32, 64 * 64 * 3},
+                                BenchImages{BenchRun::once, "small", 2, 6 * 5 * 3},
+                                BenchImages{BenchRun::once, "small", 1, 7 * 7}}) {
+    OpCase c = bench_case(name_of("noise_forward ", im.model), im.run, name_of(im.model, " ", dims({im.B, im.n})));
+    BenchKernel k = bench_kernel("noise_forward", "diffuse",
+                                 {3 * kF32 * static_cast<double>(im.B * im.n) + 2 * kF32 * im.B, 0}, "12 B n + 8 B");
+#if defined(DIFFUSE_HAVE_CUDA)
+    k.prepare = [im]() -> std::function<void()> {
+      Tensor x = device_random({im.B, im.n}, DType::f32), a = device_random({im.B}, DType::f32, 0.1f, 1.f);
+      Tensor s = device_random({im.B}, DType::f32, 0.1f, 1.f), z = device_empty({im.B, im.n}, DType::f32);
+      Tensor eps = device_empty({im.B, im.n}, DType::f32);
+      return [=]() mutable {
+        cuda::noise_forward(x.data<float>(), a.data<float>(), s.data<float>(), z.data<float>(), eps.data<float>(),
+                            im.B, im.n, 7, 0, current_stream());
+      };
+    };
+#endif
+    c.bench_kernels = {k};
+    table.push_back(c);
+  }
 }
 
 // ---- embedding: lookup and its gradient ---------------------------------------------------------
@@ -1322,6 +1444,7 @@ void add_attention(std::vector<OpCase>& table) {
 
 std::vector<OpCase> op_table() {
   std::vector<OpCase> table;
+  add_noise(table);
   add_resample(table);
   add_embedding(table);
   add_softmax(table);
