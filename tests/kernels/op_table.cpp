@@ -863,32 +863,34 @@ void add_copy_rows(std::vector<OpCase>& table) {
   struct BenchConcat {
     BenchRun run;
     const char* model;
-    int64_t rows, C;
+    int64_t B, H, W, C;
+    int64_t rows() const { return B * H * W; }
   };
-  for (const BenchConcat& b : {BenchConcat{BenchRun::measured, "cifar10", 128 * 32 * 32, 128},
-                               BenchConcat{BenchRun::once, "small", 2 * 5 * 3, 24}}) {
-    OpCase c = bench_case(name_of("concat ", b.model), b.run, name_of(b.model, " ", b.rows, "x", b.C, " x2"));
-    const Cost cost{2 * 2 * kB16 * static_cast<double>(b.rows * b.C), 0};
+  // The shape column names the maps (B H W C), as bench/torch_kernels.py does.
+  for (const BenchConcat& b : {BenchConcat{BenchRun::measured, "cifar10", 128, 32, 32, 128},
+                               BenchConcat{BenchRun::once, "small", 2, 5, 3, 24}}) {
+    OpCase c = bench_case(name_of("concat ", b.model), b.run, name_of(b.model, " ", dims({b.B, b.H, b.W, b.C}), " x2"));
+    const Cost cost{2 * 2 * kB16 * static_cast<double>(b.rows() * b.C), 0};
     BenchKernel k = bench_kernel("concat (copy_rows)", "diffuse", cost, "8 B H W C");
     BenchKernel copy = bench_kernel("concat (copy_rows)", "copy-engine", cost, "8 B H W C");
 #if defined(DIFFUSE_HAVE_CUDA)
     const int64_t rb = b.C * 2;  // bytes of a row of one half
     k.prepare = [b, rb]() -> std::function<void()> {
-      Tensor x = device_random({b.rows, b.C}, DType::bf16), y = device_random({b.rows, b.C}, DType::bf16);
-      Tensor out = device_empty({b.rows, 2 * b.C}, DType::bf16);
+      Tensor x = device_random({b.rows(), b.C}, DType::bf16), y = device_random({b.rows(), b.C}, DType::bf16);
+      Tensor out = device_empty({b.rows(), 2 * b.C}, DType::bf16);
       return [=]() mutable {
         char* o = static_cast<char*>(out.raw());
-        cuda::copy_rows(o, 2 * rb, x.raw(), rb, b.rows, rb, current_stream());
-        cuda::copy_rows(o + rb, 2 * rb, y.raw(), rb, b.rows, rb, current_stream());
+        cuda::copy_rows(o, 2 * rb, x.raw(), rb, b.rows(), rb, current_stream());
+        cuda::copy_rows(o + rb, 2 * rb, y.raw(), rb, b.rows(), rb, current_stream());
       };
     };
     copy.prepare = [b, rb]() -> std::function<void()> {
-      Tensor x = device_random({b.rows, b.C}, DType::bf16), y = device_random({b.rows, b.C}, DType::bf16);
-      Tensor out = device_empty({b.rows, 2 * b.C}, DType::bf16);
+      Tensor x = device_random({b.rows(), b.C}, DType::bf16), y = device_random({b.rows(), b.C}, DType::bf16);
+      Tensor out = device_empty({b.rows(), 2 * b.C}, DType::bf16);
       return [=]() mutable {
         char* o = static_cast<char*>(out.raw());
         cudaStream_t st = static_cast<cudaStream_t>(current_stream());
-        const auto w = static_cast<size_t>(rb), h = static_cast<size_t>(b.rows);
+        const auto w = static_cast<size_t>(rb), h = static_cast<size_t>(b.rows());
         DF_CUDA_CHECK(cudaMemcpy2DAsync(o, 2 * w, x.raw(), w, w, h, cudaMemcpyDeviceToDevice, st));
         DF_CUDA_CHECK(cudaMemcpy2DAsync(o + rb, 2 * w, y.raw(), w, w, h, cudaMemcpyDeviceToDevice, st));
       };
