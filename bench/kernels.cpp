@@ -5,6 +5,10 @@
 //
 //   build/bench/kernels [--only SUBSTRING] [--warmup 10] [--iters 50] [--json out.json] [--once] [--help]
 //
+// The ops that the op table holds (tests/kernels/op_table.h: noising, the time embedding, GroupNorm,
+// the flash attention, softmax, cross-entropy, resampling, concat) take their shapes, cost formulas
+// and launches from it; the rows of the others are written here.
+//
 // Shapes: the DDPM CIFAR-10 UNet at batch 128 (32x32x128 and 16x16x256 feature maps, images
 // 32x32x3, 35.7M parameters) and a 64x64 model at batch 32 (64x64x128 maps, images 64x64x3).
 // Attention runs at the target shapes, 256 and 1024 tokens of 4 heads of 64 channels; also
@@ -15,10 +19,10 @@
 // events on the stream, with L2 flushed before it (a memset of a buffer of twice the L2 size), so
 // every run reads its inputs from device memory as a training step does. Achieved GB/s is the
 // fewest bytes the kernel must move (each input read once, each output written once; the formula
-// is written beside each case below) over the time; TFLOP/s the matrix FLOPs over the time. The
-// shares are of the two ceilings this program measures when it starts: the copy bandwidth of one
-// 1 GiB device-to-device cudaMemcpyAsync (bytes read plus bytes written) and the bf16 rate of one
-// 8192^3 cuBLASLt GEMM (kernels/cuda/gemm_cuda.cpp, measure_bf16_gemm_tflops).
+// is written beside each case, here or in the op table) over the time; TFLOP/s the matrix FLOPs
+// over the time. The shares are of the two ceilings this program measures when it starts: the copy
+// bandwidth of one 1 GiB device-to-device cudaMemcpyAsync (bytes read plus bytes written) and the
+// bf16 rate of one 8192^3 cuBLASLt GEMM (kernels/cuda/gemm_cuda.cpp, measure_bf16_gemm_tflops).
 //
 // Without a GPU it prints one line saying so and exits 0 (the device check is core/device.h's,
 // as in bench/e2e).
@@ -53,17 +57,12 @@
 #include "core/tensor.h"
 #include "kernels/cuda/adamw.h"
 #include "kernels/cuda/attention.h"
-#include "kernels/cuda/concat.h"
 #include "kernels/cuda/elementwise.h"
 #include "kernels/cuda/gemm.h"
-#include "kernels/cuda/group_norm.h"
-#include "kernels/cuda/noise.h"
 #include "kernels/cuda/reduce.h"
-#include "kernels/cuda/resample.h"
 #include "kernels/cuda/sampler_step.h"
-#include "kernels/cuda/softmax.h"
-#include "kernels/cuda/time_embedding.h"
 #include "models/nn/unet.h"
+#include "tests/kernels/op_table.h"
 #endif
 
 using namespace diffuse;
@@ -187,6 +186,21 @@ std::string shape_str(std::initializer_list<int64_t> d) {
   return s;
 }
 
+// The rows of the ops that the op table holds (tests/kernels/op_table.h: their shapes, cost formulas
+// and launches are written there, beside their tests): the kernels of the table's cases for this run
+// (measured, or --once), in the table's order.
+void add_table_rows(std::vector<Case>& cs, bool once) {
+  const test::BenchRun run = once ? test::BenchRun::once : test::BenchRun::measured;
+  for (const test::OpCase& c : test::op_table()) {
+    if (c.bench != run) continue;
+    for (const test::BenchKernel& k : c.bench_kernels) {
+      std::function<void()> launch = k.prepare();
+      if (!launch) continue;  // the kernel does not take this shape (the tensor-core attention's dims)
+      cs.push_back({k.kernel, c.bench_shape, k.impl, k.cost.bytes, k.cost.flops, k.formula, k.matrix_bound, launch});
+    }
+  }
+}
+
 struct Feature {  // a (B, H, W, C) bf16 feature map of a UNet
   const char* model;
   int64_t B, H, W, C;
@@ -211,105 +225,6 @@ std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
   std::vector<Images> images = {{"cifar10", 128, 32 * 32 * 3}, {"64x64", 32, 64 * 64 * 3}};
   if (once) images = {{"small", 2, 6 * 5 * 3}, {"small", 1, 7 * 7}};
 
-  // ---- noising q(z_t | x), noise drawn in the kernel ----
-  for (const Images& im : images) {
-    Tensor x = rnd({im.B, im.n}, DType::f32, 1), a = rnd({im.B}, DType::f32, 2, 0.1f, 1.f);
-    Tensor s = rnd({im.B}, DType::f32, 3, 0.1f, 1.f), z = dev_empty({im.B, im.n}, DType::f32);
-    Tensor eps = dev_empty({im.B, im.n}, DType::f32);
-    const double n = double(im.B) * im.n;
-    cs.push_back({"noise_forward", std::string(im.model) + " " + shape_str({im.B, im.n}), "diffuse",
-                  /* read x, write z and eps (f32), alpha and sigma per sample */ 3 * f32 * n + 2 * f32 * im.B, 0,
-                  "12 B n + 8 B", false, [=]() mutable {
-                    cuda::noise_forward(x.data<float>(), a.data<float>(), s.data<float>(), z.data<float>(),
-                                        eps.data<float>(), im.B, im.n, 7, 0, S);
-                  }});
-  }
-
-  // ---- sinusoidal time embedding: (B) -> (B, 4 * 128) ----
-  for (int64_t B : pick(std::vector<int64_t>{128, 32}, std::vector<int64_t>{3, 1})) {
-    const int dim = pick(512, 40);
-    Tensor t = rnd({B}, DType::f32, 4, 0.f, 999.f), out = dev_empty({B, dim}, DType::f32);
-    cs.push_back({"timestep_embedding", shape_str({B, dim}), "diffuse",
-                  /* read t, write out (f32) */ f32 * B + f32 * B * dim, 0, "4 B + 4 B dim", false, [=]() mutable {
-                    cuda::timestep_embedding(t.data<float>(), out.data<float>(), B, dim,
-                                             kernels::TimeEmbeddingOptions{}, S);
-                  }});
-  }
-
-  // ---- GroupNorm + SiLU, bf16 NHWC, f32 gamma/beta and statistics ----
-  for (const Feature& f : maps) {
-    const int64_t N = f.H * f.W;
-    const double n = double(f.B) * N * f.C;
-    Tensor x = rnd({f.B, N, f.C}, DType::bf16, 5), y = dev_empty({f.B, N, f.C}, DType::bf16);
-    Tensor dy = rnd({f.B, N, f.C}, DType::bf16, 6), dx = dev_empty({f.B, N, f.C}, DType::bf16);
-    Tensor gamma = rnd({f.C}, DType::f32, 7, 0.5f, 1.5f), beta = rnd({f.C}, DType::f32, 8);
-    Tensor mean = dev_empty({f.B, f.G}, DType::f32), rstd = dev_empty({f.B, f.G}, DType::f32);
-    Tensor dgamma = dev_empty({f.C}, DType::f32), dbeta = dev_empty({f.C}, DType::f32);
-    Tensor ws = dev_empty({static_cast<int64_t>(cuda::group_norm_workspace_bytes(f.B, N, f.C, f.G)) + 16}, DType::u8);
-    const std::string shape = std::string(f.model) + " " + shape_str({f.B, f.H, f.W, f.C}) + " G" + std::to_string(f.G);
-    cs.push_back({"group_norm_silu_forward", shape, "diffuse",
-                  /* read x, write y (bf16); statistics and parameters are O(B G + C) */ 2 * b16 * n, 0, "4 B H W C",
-                  false, [=]() mutable {
-                    cuda::group_norm_forward(x.raw(), y.raw(), DType::bf16, gamma.data<float>(), beta.data<float>(),
-                                             nullptr, nullptr, mean.data<float>(), rstd.data<float>(), f.B, N, f.C, f.G,
-                                             1e-5f, true, ws.raw(), S);
-                  }});
-    cs.push_back({"group_norm_silu_backward", shape, "diffuse",
-                  /* read dy and x, write dx (bf16) */ 3 * b16 * n, 0, "6 B H W C", false, [=]() mutable {
-                    cuda::group_norm_backward(dy.raw(), x.raw(), dx.raw(), DType::bf16, mean.data<float>(),
-                                              rstd.data<float>(), gamma.data<float>(), beta.data<float>(), nullptr,
-                                              nullptr, dgamma.data<float>(), dbeta.data<float>(), nullptr, nullptr,
-                                              f.B, N, f.C, f.G, true, ws.raw(), S);
-                  }});
-  }
-
-  // ---- attention, bf16: SIMT and tensor-core flash kernels ----
-  struct Attn {
-    const char* what;
-    int64_t B, T;
-    int heads, D;
-  };
-  // Small: a tile-edge length (19, 33) at both head dims of the flash kernels.
-  const std::vector<Attn> attns = pick(std::vector<Attn>{{"cifar10 16x16", 128, 256, 4, 64}, {"64x64 32x32", 32, 1024, 4, 64}},
-                                       std::vector<Attn>{{"small", 2, 19, 2, 64}, {"small", 1, 33, 1, 32}});
-  for (const Attn& at : attns) {
-    const int64_t C = int64_t{at.heads} * at.D;
-    Tensor q = rnd({at.B, at.T, C}, DType::bf16, 9), k = rnd({at.B, at.T, C}, DType::bf16, 10);
-    Tensor v = rnd({at.B, at.T, C}, DType::bf16, 11), dout = rnd({at.B, at.T, C}, DType::bf16, 12);
-    Tensor out = dev_empty({at.B, at.T, C}, DType::bf16), lse = dev_empty({at.B, at.heads, at.T}, DType::f32);
-    Tensor dq = dev_empty({at.B, at.T, C}, DType::bf16), dk = dev_empty({at.B, at.T, C}, DType::bf16);
-    Tensor dv = dev_empty({at.B, at.T, C}, DType::bf16);
-    Tensor ws = dev_empty({at.B * at.heads * at.T}, DType::f32);
-    const double t2c = double(at.B) * at.T * at.T * C;
-    const std::string shape = std::string(at.what) + " B" + std::to_string(at.B) + " T" + std::to_string(at.T) + " " +
-                              std::to_string(at.heads) + "x" + std::to_string(at.D);
-    // Forward: Q K^T and P V, 2 B T^2 C each. Backward: five products (S recomputed, dP, dV, dQ, dK).
-    const double fwd_flops = 4 * t2c, bwd_flops = 10 * t2c;
-    const bool tc = cuda::attention_tc_supported(DType::bf16, at.D, {q.raw(), k.raw(), v.raw(), out.raw()});
-    // The backward reads the forward's out and lse: the SIMT forward writes them once here.
-    cuda::attention_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), DType::bf16, at.B, at.T, at.T,
-                            at.heads, at.D, S);
-    cs.push_back({"attention_forward", shape, "diffuse-simt", 0, fwd_flops, "4 B T^2 C", true, [=]() mutable {
-                    cuda::attention_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), DType::bf16, at.B,
-                                            at.T, at.T, at.heads, at.D, S);
-                  }});
-    if (tc)
-      cs.push_back({"attention_forward", shape, "diffuse-tc", 0, fwd_flops, "4 B T^2 C", true, [=]() mutable {
-                      cuda::attention_tc_forward(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), at.B, at.T,
-                                                 at.T, at.heads, at.D, S);
-                    }});
-    cs.push_back({"attention_backward", shape, "diffuse-simt", 0, bwd_flops, "10 B T^2 C", true, [=]() mutable {
-                    cuda::attention_backward(dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(),
-                                             dq.raw(), dk.raw(), dv.raw(), DType::bf16, at.B, at.T, at.T, at.heads,
-                                             at.D, ws.raw(), S);
-                  }});
-    if (tc)
-      cs.push_back({"attention_backward", shape, "diffuse-tc", 0, bwd_flops, "10 B T^2 C", true, [=]() mutable {
-                      cuda::attention_tc_backward(dout.raw(), q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(),
-                                                  dq.raw(), dk.raw(), dv.raw(), at.B, at.T, at.T, at.heads, at.D,
-                                                  ws.raw(), S);
-                    }});
-  }
   {  // The CIFAR UNet's own attention: one head of 256 channels, through the dispatch (cuBLASLt, P kept).
     const int64_t B = pick(128, 2), T = pick(256, 17), C = pick(256, 40);
     Tensor q = rnd({B, T, C}, DType::bf16, 13), k = rnd({B, T, C}, DType::bf16, 14);
@@ -368,40 +283,6 @@ std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
                   }});
   }
 
-  // ---- softmax (bf16 rows) and cross-entropy (f32 logits) ----
-  {
-    const int64_t rows = pick(128 * 256, 37), L = pick(256, 19);  // the materialised attention's P at 16x16
-    Tensor x = rnd({rows, L}, DType::bf16, 23, -4.f, 4.f), y = dev_empty({rows, L}, DType::bf16);
-    Tensor dy = rnd({rows, L}, DType::bf16, 24), dx = dev_empty({rows, L}, DType::bf16);
-    cuda::softmax_forward(x.raw(), y.raw(), DType::bf16, rows, L, S);
-    const std::string shape = shape_str({rows, L});
-    cs.push_back({"softmax_forward", shape, "diffuse", /* read x, write y (bf16) */ 2 * b16 * rows * L, 0, "4 R L",
-                  false, [=]() mutable { cuda::softmax_forward(x.raw(), y.raw(), DType::bf16, rows, L, S); }});
-    cs.push_back({"softmax_backward", shape, "diffuse", /* read dy and y, write dx */ 3 * b16 * rows * L, 0, "6 R L",
-                  false,
-                  [=]() mutable { cuda::softmax_backward(dy.raw(), y.raw(), dx.raw(), DType::bf16, rows, L, S); }});
-  }
-  {
-    const int64_t B = pick(8192, 13), K = pick(1000, 10);
-    Tensor logits = rnd({B, K}, DType::f32, 25, -4.f, 4.f), dl = dev_empty({B, K}, DType::f32);
-    std::vector<int64_t> hl(B);
-    for (int64_t i = 0; i < B; ++i) hl[i] = (i * 7919) % K;
-    Tensor labels = Tensor::from_vector_i64(hl, {B}).to(Device::cuda(0));
-    Tensor lse = dev_empty({B}, DType::f32), row = dev_empty({B}, DType::f32), loss = dev_empty({1}, DType::f32);
-    Tensor dloss = Tensor::full({1}, 1.0, DType::f32, Device::cuda(0));
-    const std::string shape = shape_str({B, K});
-    cs.push_back({"cross_entropy_forward", shape, "diffuse", /* read logits (f32) */ f32 * B * K, 0, "4 B K", false,
-                  [=]() mutable {
-                    cuda::cross_entropy_forward(logits.data<float>(), labels.data<int64_t>(), lse.data<float>(),
-                                                row.data<float>(), loss.data<float>(), B, K, S);
-                  }});
-    cs.push_back({"cross_entropy_backward", shape, "diffuse", /* read logits, write dlogits (f32) */ 2 * f32 * B * K, 0,
-                  "8 B K", false, [=]() mutable {
-                    cuda::cross_entropy_backward(dloss.data<float>(), logits.data<float>(), labels.data<int64_t>(),
-                                                 lse.data<float>(), dl.data<float>(), B, K, S);
-                  }});
-  }
-
   // ---- elementwise on the 32x32x128 map (bf16) and one f32 axpby with its cuBLAS twin ----
   {
     const Feature f = maps[0];
@@ -446,51 +327,9 @@ std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
                   }});
   }
 
-  // ---- upsample / downsample between 16x16x256 and 32x32x256 (bf16) ----
-  {
-    const int64_t B = pick(128, 2), H = pick(16, 3), W = pick(16, 5), C = pick(256, 24);
-    const double small = double(B) * H * W * C, big = 4 * small;
-    Tensor lo = rnd({B, H, W, C}, DType::bf16, 31), hi = rnd({B, 2 * H, 2 * W, C}, DType::bf16, 32);
-    Tensor lo_out = dev_empty({B, H, W, C}, DType::bf16), hi_out = dev_empty({B, 2 * H, 2 * W, C}, DType::bf16);
-    const std::string shape = std::string(pick("cifar10 ", "small ")) + shape_str({B, H, W, C}) + " <-> " +
-                              shape_str({B, 2 * H, 2 * W, C});
-    const double bytes = b16 * (small + big);  // read one side, write the other
-    cs.push_back({"upsample_nearest2x_forward", shape, "diffuse", bytes, 0, "2 (n + 4 n)", false, [=]() mutable {
-                    cuda::upsample_nearest2x_forward(lo.raw(), hi_out.raw(), DType::bf16, B, H, W, C, S);
-                  }});
-    cs.push_back({"upsample_nearest2x_backward", shape, "diffuse", bytes, 0, "2 (4 n + n)", false, [=]() mutable {
-                    cuda::upsample_nearest2x_backward(hi.raw(), lo_out.raw(), DType::bf16, B, H, W, C, S);
-                  }});
-    cs.push_back({"avg_pool2x_forward", shape, "diffuse", bytes, 0, "2 (4 n + n)", false, [=]() mutable {
-                    cuda::avg_pool2x_forward(hi.raw(), lo_out.raw(), DType::bf16, B, H, W, C, S);
-                  }});
-    cs.push_back({"avg_pool2x_backward", shape, "diffuse", bytes, 0, "2 (n + 4 n)", false, [=]() mutable {
-                    cuda::avg_pool2x_backward(lo.raw(), hi_out.raw(), DType::bf16, B, H, W, C, S);
-                  }});
-  }
-
-  // ---- concat along channels (the UNet's skip connections): two (B H W, C) halves into 2C ----
-  {
-    const int64_t rows = pick(128 * 32 * 32, 2 * 5 * 3), C = pick(128, 24);
-    Tensor a = rnd({rows, C}, DType::bf16, 33), b = rnd({rows, C}, DType::bf16, 34);
-    Tensor out = dev_empty({rows, 2 * C}, DType::bf16);
-    const int64_t row_bytes = C * 2;
-    const std::string shape = std::string(pick("cifar10 ", "small ")) + std::to_string(rows) + "x" + std::to_string(C) + " x2";
-    const double bytes = 2 * 2 * b16 * double(rows) * C;  // read both inputs, write the output
-    cs.push_back({"concat (copy_rows)", shape, "diffuse", bytes, 0, "8 B H W C", false, [=]() mutable {
-                    char* o = static_cast<char*>(out.raw());
-                    cuda::copy_rows(o, 2 * row_bytes, a.raw(), row_bytes, rows, row_bytes, S);
-                    cuda::copy_rows(o + row_bytes, 2 * row_bytes, b.raw(), row_bytes, rows, row_bytes, S);
-                  }});
-    cs.push_back({"concat (copy_rows)", shape, "copy-engine", bytes, 0, "8 B H W C", false, [=]() mutable {
-                    char* o = static_cast<char*>(out.raw());
-                    cudaStream_t st = static_cast<cudaStream_t>(S);
-                    DF_CUDA_CHECK(cudaMemcpy2DAsync(o, 2 * row_bytes, a.raw(), row_bytes, row_bytes, rows,
-                                                    cudaMemcpyDeviceToDevice, st));
-                    DF_CUDA_CHECK(cudaMemcpy2DAsync(o + row_bytes, 2 * row_bytes, b.raw(), row_bytes, row_bytes, rows,
-                                                    cudaMemcpyDeviceToDevice, st));
-                  }});
-  }
+  // ---- the ops of the op table: noising, the time embedding, GroupNorm + SiLU, the flash attention
+  // (SIMT and tensor-core), softmax, cross-entropy, resampling, concat (and the copy engine) ----
+  add_table_rows(cs, once);
   return cs;
 }
 

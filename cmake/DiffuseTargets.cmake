@@ -128,6 +128,21 @@ target_link_libraries(diffuse_cli PRIVATE diffuse)
 # Debug builds print errors with their source location and failed check (tools/main.cpp).
 target_compile_definitions(diffuse_cli PRIVATE $<$<CONFIG:Debug>:DIFFUSE_VERBOSE_ERRORS=1>)
 
+# ---- the op table (tests/kernels/op_table.h): each op's test, gradcheck and benchmark cases ------
+# A library of its own, so that the tests of tests/kernels and tests/autograd and bench/kernels read
+# one table, and the library `diffuse` never depends on tests.
+if(DIFFUSE_TESTS OR DIFFUSE_BENCH)
+  add_library(diffuse_op_table STATIC ${CMAKE_SOURCE_DIR}/tests/kernels/op_table.cpp)
+  target_compile_options(diffuse_op_table PRIVATE ${DIFFUSE_CXX_FLAGS})
+  target_link_libraries(diffuse_op_table PUBLIC diffuse)
+  if(TARGET diffuse_emu)
+    # The emulator's launchers (diffuse::emu) for the table's [emu] runners. Linked privately:
+    # DIFFUSE_SIMT, the emulated kernels' own mode, stays out of the programs that link the table.
+    target_link_libraries(diffuse_op_table PRIVATE diffuse_emu)
+    target_compile_definitions(diffuse_op_table PRIVATE DIFFUSE_HAVE_SIMT=1)
+  endif()
+endif()
+
 # ---- tests ------------------------------------------------------------------------------------
 if(DIFFUSE_TESTS)
   enable_testing()
@@ -181,6 +196,9 @@ if(DIFFUSE_TESTS)
     if(TARGET diffuse_emu)
       target_link_libraries(${exe} PRIVATE diffuse_emu)
       target_compile_definitions(${exe} PRIVATE DIFFUSE_HAVE_SIMT=1)
+    endif()
+    if(dir STREQUAL "kernels" OR dir STREQUAL "autograd")
+      target_link_libraries(${exe} PRIVATE diffuse_op_table)  # the op table's harnesses
     endif()
     if(dir STREQUAL "tools")
       # The CLI tests run the real `diffuse` binary as a child process.
@@ -289,6 +307,9 @@ if(DIFFUSE_BENCH)
     target_link_libraries(${name} PRIVATE diffuse)
     set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/bench)
   endforeach()
+  if(TARGET kernels)
+    target_link_libraries(kernels PRIVATE diffuse_op_table)  # the cases of the ops in the table
+  endif()
   # The benchmarks' no-GPU path, on every machine: CUDA_VISIBLE_DEVICES=-1 hides any GPU, and each
   # program must print exactly one line saying so and exit 0. On the simulated device these are
   # also sim-tier tests: they run the device discovery's no-device path against the runtime.

@@ -1,13 +1,23 @@
 // tests/kernels/op_table.h: the op table. Each op is described once, as one OpCase per shape:
 // its fresh random inputs, its reference (the kernels::ref loops, the oracle), how each backend
 // runs it (the cpu fast path; the CUDA kernel under the emulator; the same kernel on a GPU or on
-// the simulated device), the tolerance per backend and dtype with its reason, and its cost (bytes
-// moved, FLOPs). tests/kernels/op_table_test.cpp runs every backend of every case against the
-// reference: outputs poisoned first, inputs fresh per run (the seed is printed on failure), the
-// emulator under every thread order of kernels/simt.
+// the simulated device), the tolerance per backend and dtype with its reason; the kernels
+// bench/kernels times at the shape, each with its cost (bytes moved, FLOPs); and the op on
+// autograd variables, for the f64 gradcheck.
+//
+// Three programs read it (tests/kernels/op_table.cpp, the small library diffuse_op_table, which the
+// library itself never links):
+//  - tests/kernels/op_table_test.cpp runs every backend of every case against the reference:
+//    outputs poisoned first, inputs fresh per run (the seed is printed on failure), the emulator
+//    under every thread order of kernels/simt;
+//  - tests/autograd/op_table_gradcheck_test.cpp checks `autograd` of every case that has it against
+//    central finite differences in f64;
+//  - bench/kernels times the `bench_kernels` of the cases of its run (measured or --once).
+// A case may serve any of the three: a test shape, a gradcheck shape (small: the check evaluates the
+// op twice per input element) and a benchmark shape usually differ.
 //
 // Adding an op: write `void add_<op>(std::vector<OpCase>&)` beside the others in
-// tests/kernels/op_table_test.cpp and call it from op_table(). A backend the op lacks is an empty
+// tests/kernels/op_table.cpp and call it from op_table(). A backend the op lacks is an empty
 // runner.
 #pragma once
 
@@ -15,12 +25,13 @@
 #include <string>
 #include <vector>
 
+#include "autograd/gradcheck.h"
+#include "autograd/tape.h"
 #include "core/tensor.h"
 
 namespace diffuse::test {
 
 enum class Backend { cpu, emu, cuda };
-const char* backend_name(Backend b);
 
 // Each output element must satisfy |got - want| <= atol + rtol |want| (bitwise: the same bits, NaN
 // matching NaN).
@@ -30,10 +41,27 @@ struct Tolerance {
   std::string why;  // the argument, printed with a failure
 };
 
-// What one run moves and computes, for the benchmarks' GB/s and TFLOP/s.
+// What one run of a kernel moves and computes, for the benchmarks' GB/s and TFLOP/s: the fewest
+// bytes it must move (each input read once, each output written once) and its matrix FLOPs.
 struct Cost {
   double bytes = 0, flops = 0;
 };
+
+// One kernel that bench/kernels times at a case's shape on the GPU: one row of its output.
+struct BenchKernel {
+  std::string kernel;             // the row's name; bench/torch_kernels.py names its row alike
+  std::string impl = "diffuse";   // diffuse, diffuse-simt, diffuse-tc, or a baseline (copy-engine)
+  Cost cost;
+  std::string formula;            // the cost as the row prints it ("4 B H W C")
+  bool matrix_bound = false;      // its share is of the bf16 matrix rate, else of the copy bandwidth
+  // Allocates the device buffers (random inputs, never zeros) and returns the launch to time, which
+  // only launches on the current stream; an empty launch: the kernel does not take this shape.
+  std::function<std::function<void()>()> prepare;
+};
+
+// Which run of bench/kernels times a case: the measured one (the models' shapes) or --once (small
+// shapes of the same structure, a correctness run on the simulated device).
+enum class BenchRun { none, measured, once };
 
 using Tensors = std::vector<Tensor>;
 
@@ -53,7 +81,18 @@ struct OpCase {
   std::vector<DType> device_dtypes{DType::f32, DType::bf16};
   // The tolerance of output `output`; it may scale with the data (the inputs, the expected outputs).
   std::function<Tolerance(Backend, DType, size_t output, const Tensors& in, const Tensors& want)> tolerance;
-  std::function<Cost(DType)> cost;
+
+  // bench/kernels: the run that times this case, the shape column of its rows and its kernels. The
+  // kernels exist only in a build with the CUDA backend (a GPU, or the simulated device).
+  BenchRun bench = BenchRun::none;
+  std::string bench_shape;
+  std::vector<BenchKernel> bench_kernels;
+
+  // tests/autograd: the op on autograd variables, gradchecked in f64 on inputs(f64) with
+  // `gradcheck_options`; the inputs listed in `grad_fixed` (ids, labels) are passed through unchecked.
+  std::function<ag::Var(const std::vector<ag::Var>&)> autograd;
+  std::vector<int> grad_fixed;
+  ag::GradcheckOptions gradcheck_options;
 };
 
 // Every op at every shape the table checks.
@@ -61,5 +100,7 @@ std::vector<OpCase> op_table();
 
 // A tensor of this shape and dtype whose every byte is a NaN pattern: an unwritten element fails.
 Tensor poisoned(const Shape& s, DType t, Device d = Device::cpu());
+
+const char* backend_name(Backend b);
 
 }  // namespace diffuse::test
