@@ -31,7 +31,9 @@ __global__ void __launch_bounds__(kBlock) learned_variance_vlb_kernel(
     float* __restrict__ value, float* __restrict__ dvalue, int64_t n, int T) {
   DF_SHARED(double, partial, kBlock);
   const int64_t b = blockIdx.x;
-  const int i = min(max(static_cast<int>(steps[b]), 0), T - 1);
+  // The step, clamped into the table: the host checks the steps it stages (noise_levels).
+  const int k = static_cast<int>(steps[b]);
+  const int i = k < 0 ? 0 : k >= T ? T - 1 : k;
   const double* c = table + static_cast<int64_t>(i) * kLearnedVarianceVlbConstants;
   const double a = c[0], s = c[1], c1 = c[2], c2 = c[3], log_beta = c[4], plvc = c[5];
   const double dlv_dr = 0.5 * (log_beta - plvc);
