@@ -217,6 +217,8 @@ void TrainConfig::validate() const {
                  ? ": the VDM loss draws continuous t (low-discrepancy), not one of T discrete steps to importance-sample"
                  : ", whose loss has no VLB term; importance sampling of t goes with objective hybrid (or use "
                    "t_sampling uniform)");
+  DF_CHECK(c.t_sampling == TSampling::importance || c.t_sampling_history == TrainConfig{}.t_sampling_history,
+           "training config: key 't_sampling_history' goes with t_sampling importance (the loss history of its draws)");
   if (objective == Objective::vdm)
     DF_CHECK(schedule == ScheduleKind::linear || schedule == ScheduleKind::learned, "training config: schedule '",
              enum_name(schedule), "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
