@@ -1,6 +1,7 @@
 // models/train/device_train_step.h: the training step that stays on a GPU ([cuda]): the captured graph
-// against the uncaptured step, bit for bit; the steady state (no sync, no cudaMalloc); and that it
-// trains. On the cpu ([cpu]) only its refusals.
+// against the uncaptured step, bit for bit; the steady state (no sync, no cudaMalloc); that it
+// trains; and the kernel of objective hybrid's VLB term against its cpu reference. On the cpu
+// ([cpu]) only its refusals.
 #include <catch2/catch.hpp>
 
 #include <algorithm>
