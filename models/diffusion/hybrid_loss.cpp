@@ -2,11 +2,17 @@
 #include "models/diffusion/hybrid_loss.h"
 
 #include <cmath>
+#include <cstring>
 #include <numbers>
 
 #include "autograd/elementwise.h"
 #include "autograd/linalg.h"
 #include "core/check.h"
+#include "kernels/elementwise.h"
+
+#if defined(DIFFUSE_HAVE_CUDA)
+#include "kernels/cuda/learned_variance_vlb.h"
+#endif
 
 namespace diffuse::diffusion {
 
@@ -79,6 +85,73 @@ ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& 
                     });
 }
 
+Tensor vlb_constants(const DiscreteSchedule& s, Device device) {
+  // The columns of kernels/cuda/learned_variance_vlb.h, the values learned_variance_vlb's cpu form
+  // takes from s (p_mean_variance's alpha and sigma, q_posterior's coefficients, learned_log_variance's
+  // bounds), as the bits of doubles in an i64 tensor.
+  constexpr int K = 6;
+  const int T = s.T();
+  std::vector<double> c(static_cast<size_t>(T) * K);
+  for (int i = 0; i < T; ++i) {
+    const double ab = s.alphas_cumprod()[i];
+    double* r = c.data() + static_cast<size_t>(i) * K;
+    r[0] = std::sqrt(ab);
+    r[1] = std::sqrt(1.0 - ab);
+    r[2] = s.posterior_mean_coef1()[i];
+    r[3] = s.posterior_mean_coef2()[i];
+    r[4] = std::log(s.betas()[i]);
+    r[5] = s.posterior_log_variance_clipped()[i];
+  }
+  Tensor t = Tensor::empty({static_cast<int64_t>(c.size())}, DType::i64);
+  std::memcpy(t.raw(), c.data(), c.size() * sizeof(double));
+  return t.to(device);
+}
+
+ag::Var learned_variance_vlb(const Tensor& constants, const Tensor& steps, const Tensor& x0, const Tensor& xt,
+                             const Tensor& pred, const ag::Var& raw) {
+  DF_CHECK(raw.defined() && raw.value().device().is_cuda(), "learned_variance_vlb: the device form takes tensors "
+           "on a GPU (the cpu form takes the schedule and a vector of steps)");
+#if defined(DIFFUSE_HAVE_CUDA)
+  auto [value, dvalue] = cuda::learned_variance_vlb_forward(constants, steps, x0, xt, pred, raw.value());
+  const int64_t B = value.numel();
+  const DType dtype = raw.value().dtype();
+  Shape per_sample(std::vector<int64_t>(static_cast<size_t>(dvalue.dim()), 1));
+  per_sample[0] = B;
+  // Forward returned d value_b / d raw; the backward scales it by the incoming gradient of value_b.
+  return ag::record("learned_variance_vlb", value, {raw}, [dvalue, per_sample, dtype](const Tensor& g) {
+    return std::vector<Tensor>{kernels::mul(dvalue, g.to(DType::f32).reshape(per_sample)).to(dtype)};
+  });
+#else
+  (void)constants, (void)steps, (void)x0, (void)xt, (void)pred;
+  DF_FAIL("learned_variance_vlb: a build without CUDA");
+#endif
+}
+
+HybridLoss hybrid_terms(const ag::Var& eps_hat, const ag::Var& vlb, const Tensor& eps, const Tensor& weights,
+                        const Tensor& importance, double lambda, int T) {
+  const int64_t B = eps.size(0);
+  DF_CHECK(vlb.defined() && vlb.value().numel() == B && weights.numel() == B &&
+               (!importance.defined() || importance.numel() == B),
+           "hybrid_terms: per-sample terms for a batch of ", B);
+  HybridLoss h;
+  if (!importance.defined()) {
+    h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), weights);
+    h.vlb = ag::mean_all(vlb);
+  } else {
+    h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), kernels::mul(importance, weights));
+    h.vlb = ag::mean_all(ag::mul(vlb, ag::Var(importance.to(vlb.value().dtype()))));
+  }
+  h.loss = ag::add(h.mse, ag::mul_scalar(h.vlb, lambda * T));
+  // Each sample's own loss w_b ||eps - eps_hat||^2 / N + lambda T L_{t_b}, in f32, without autograd.
+  const Tensor d = kernels::sub(eps_hat.value().to(DType::f32), eps.to(DType::f32));
+  std::vector<int> axes;
+  for (int a = 1; a < d.dim(); ++a) axes.push_back(a);
+  const Tensor mse_b = kernels::mean(kernels::mul(d, d), axes).reshape({B});
+  h.per_sample_losses = kernels::add(kernels::mul(weights.to(DType::f32), mse_b),
+                                     kernels::mul_scalar(vlb.value().to(DType::f32).reshape({B}), lambda * T));
+  return h;
+}
+
 HybridLoss hybrid_loss(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0, const Tensor& xt,
                        const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda,
                        const std::vector<double>& importance) {
@@ -90,28 +163,15 @@ HybridLoss hybrid_loss(const DiscreteSchedule& s, const std::vector<int>& steps,
            " importance weights for a batch of ", B);
   ag::Var eps_hat = ag::slice_last(out, 0, C);
   ag::Var raw = ag::slice_last(out, C, 2 * C);
-  HybridLoss h;
   // eps_hat.value() is a plain tensor: the stop-gradient on the mean.
   ag::Var vlb = learned_variance_vlb(s, steps, x0, xt, eps_hat.value(), raw, Prediction::eps);
-  const std::vector<float> w = weights.to(Device::cpu()).to_vector();
-  const std::vector<float> mse_b = mse_per_sample(eps_hat.value().to(Device::cpu()), eps.to(Device::cpu())).to_vector();
-  const std::vector<float> vlb_b = vlb.value().to(Device::cpu()).to(DType::f32).to_vector();
-  for (int64_t b = 0; b < B; ++b)
-    h.per_sample.push_back(static_cast<double>(w[b]) * mse_b[b] + lambda * s.T() * static_cast<double>(vlb_b[b]));
-  if (importance.empty()) {
-    h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), weights);
-    h.vlb = ag::mean_all(vlb);
-  } else {
-    std::vector<float> uw(B), u(B);
-    for (int64_t b = 0; b < B; ++b) {
-      u[b] = static_cast<float>(importance[b]);
-      uw[b] = u[b] * w[b];
-    }
-    h.mse = ag::weighted_mse(eps_hat, ag::Var(eps), Tensor::from_vector(uw, {B}, weights.device()));
-    const Tensor ut = Tensor::from_vector(u, {B}, vlb.value().device()).to(vlb.value().dtype());
-    h.vlb = ag::mean_all(ag::mul(vlb, ag::Var(ut)));
+  Tensor u;
+  if (!importance.empty()) {
+    std::vector<float> uf(importance.begin(), importance.end());
+    u = Tensor::from_vector(uf, {B}, weights.device());
   }
-  h.loss = ag::add(h.mse, ag::mul_scalar(h.vlb, lambda * s.T()));
+  HybridLoss h = hybrid_terms(eps_hat, vlb, eps, weights, u, lambda, s.T());
+  for (float v : h.per_sample_losses.to(Device::cpu()).to_vector()) h.per_sample.push_back(v);
   return h;
 }
 

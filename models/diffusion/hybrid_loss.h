@@ -17,8 +17,12 @@
 // (`vb *= num_timesteps / 1000`), and exactly L_simple + L_t at T = 1000.
 //
 // Shapes: B batch, N elements per sample, the last dimension C channels (NHWC images).
-// Runs on the host: B N closed-form terms beside a UNet forward; inputs on another device are
-// copied, and the output and gradient go back to the variance channels' device and dtype.
+// learned_variance_vlb runs on the host: B N closed-form terms beside a UNet forward; inputs on
+// another device are copied, and the output and gradient go back to the variance channels' device
+// and dtype. Its device form (the constants and steps as tensors) runs the same math in one kernel
+// on the GPU (kernels/cuda/learned_variance_vlb.cu), with no host copy and no wait, so the device
+// training step captures it in its graph; hybrid_terms, the rest of the loss, is one definition
+// for both.
 #pragma once
 
 #include <vector>
@@ -37,6 +41,19 @@ namespace diffuse::diffusion {
 ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0,
                              const Tensor& xt, const Tensor& pred, const ag::Var& raw, Prediction p = Prediction::eps);
 
+// The device form. constants: vlb_constants(s, device); steps f32 (B) on raw's device, each
+// sample's 0-based step (the UNet's time input); x0, xt, pred (a constant: the stop-gradient on
+// the mean) and raw (B, ..., C) on a GPU, f32 or bf16. The value is f32 (B); the gradient has raw's
+// dtype. The cpu form above is its reference.
+ag::Var learned_variance_vlb(const Tensor& constants, const Tensor& steps, const Tensor& x0, const Tensor& xt,
+                             const Tensor& pred, const ag::Var& raw);
+// The schedule's per-step constants that the device form reads (kernels/cuda/learned_variance_vlb.h),
+// on `device`. Made once, outside any captured graph.
+Tensor vlb_constants(const DiscreteSchedule& s, Device device);
+
+// Improved DDPM's lambda, the VLB term's weight in L_hybrid (both training steps use it).
+inline constexpr double kHybridLambda = 1e-3;
+
 struct HybridLoss {
   ag::Var loss;  // {1}: mse + lambda T vlb
   ag::Var mse;   // {1}: mean_b u_b w_b ||eps - eps_hat||^2 / N on the first C channels
@@ -44,13 +61,22 @@ struct HybridLoss {
   // (B) each sample's own loss w_b ||eps - eps_hat||^2 / N + lambda T L_{t_b}, without u_b: what
   // importance sampling of t records per step (LossSecondMomentResampler::update).
   std::vector<double> per_sample;
+  // The same per-sample losses as an f32 tensor (B) on the loss's device (hybrid_terms; per_sample
+  // is read from it by hybrid_loss).
+  Tensor per_sample_losses;
 };
 // out (B, ..., 2C) the network's output, eps the noise behind xt = alpha x0 + sigma eps, weights
 // (B) per-sample weights of the mse part (1, or Min-SNR; not applied to the VLB). importance: (B)
 // weights u_b of each sample's whole loss, 1 / (T p_t) when t was drawn from p_t (improved DDPM
 // sec. 3.3), so the loss stays an unbiased estimate of the uniform-t loss; empty: all 1.
 HybridLoss hybrid_loss(const DiscreteSchedule& s, const std::vector<int>& steps, const Tensor& x0, const Tensor& xt,
-                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda = 1e-3,
+                       const Tensor& eps, const ag::Var& out, const Tensor& weights, double lambda = kHybridLambda,
                        const std::vector<double>& importance = {});
+// The loss from its parts, on any device, what hybrid_loss and the device training step both
+// call: eps_hat the eps channels of the output, vlb the per-sample VLB term (B) from either form
+// of learned_variance_vlb, eps the noise, weights (B) f32, importance (B) f32 u_b or undefined
+// (all 1), T the schedule's steps. per_sample stays empty (a host copy would wait for the device).
+HybridLoss hybrid_terms(const ag::Var& eps_hat, const ag::Var& vlb, const Tensor& eps, const Tensor& weights,
+                        const Tensor& importance, double lambda, int T);
 
 }  // namespace diffuse::diffusion

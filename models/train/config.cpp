@@ -217,6 +217,8 @@ void TrainConfig::validate() const {
                  ? ": the VDM loss draws continuous t (low-discrepancy), not one of T discrete steps to importance-sample"
                  : ", whose loss has no VLB term; importance sampling of t goes with objective hybrid (or use "
                    "t_sampling uniform)");
+  DF_CHECK(c.t_sampling == TSampling::importance || c.t_sampling_history == TrainConfig{}.t_sampling_history,
+           "training config: key 't_sampling_history' goes with t_sampling importance (the loss history of its draws)");
   if (objective == Objective::vdm)
     DF_CHECK(schedule == ScheduleKind::linear || schedule == ScheduleKind::learned, "training config: schedule '",
              enum_name(schedule), "' with objective vdm (expected linear, VDM's fixed linear log-SNR, or learned)");
@@ -306,14 +308,12 @@ void check_device_spec(std::string_view spec, std::string_view where) {
 }
 
 std::string device_step_unsupported(const TrainConfig& c) {
-  // The device step regresses one target with a weighted MSE: no VLB term (hybrid), no continuous
-  // time and learned schedule (vdm). It takes labels (class-conditional and cross-attention models),
-  // a super-resolution model's conditioning and a latent model's latents, each decided on the host
-  // as the cpu step decides it (device_trainer.h).
-  const Objective o = c.objective;
-  if (o != Objective::eps && o != Objective::x0 && o != Objective::v) return "--objective " + std::string(enum_name(o));
-  // The device step draws its steps uniformly in its own kernels and keeps no loss history.
-  if (c.t_sampling != TSampling::uniform) return "--t-sampling " + std::string(enum_name(c.t_sampling));
+  // The device step regresses one target with a weighted MSE, or trains the hybrid loss (its VLB
+  // term in one kernel), with timesteps drawn on the host, uniformly or from the importance
+  // sampler's history. Not continuous time and a learned schedule (vdm). It takes labels
+  // (class-conditional and cross-attention models), a super-resolution model's conditioning and a
+  // latent model's latents, each decided on the host as the cpu step decides it (device_trainer.h).
+  if (c.objective == Objective::vdm) return "--objective " + std::string(enum_name(c.objective));
   return "";
 }
 

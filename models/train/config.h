@@ -99,6 +99,10 @@ struct TrainConfig {
   // uniform | importance (objective hybrid only: its loss has a VLB term over discrete t). The
   // sampler's loss history is saved in the checkpoint. Written only when not uniform.
   TSampling t_sampling = TSampling::uniform;
+  // t_sampling importance: the losses kept per step, and so the uniform warm-up (until every step
+  // has this many). Improved DDPM's 10; fewer only to reach the importance draws sooner (tests).
+  // Written only when not 10.
+  int t_sampling_history = 10;
   // optimisation
   double lr = 2e-4, beta1 = 0.9, beta2 = 0.999, adam_eps = 1e-8, weight_decay = 0.0;
   int64_t warmup = 100;

@@ -102,7 +102,8 @@ void for_each_field(V&& v) {
   v(Field<std::vector<double>>{.key = "betas", .member = &C::betas, .help = "schedule custom: the T betas, each in (0, 1)", .check = fc::betas, .written = Written::when_set, .flag_kind = FlagKind::none, .read = fc::read_betas});
   v(Field<diffusion::VarianceKind>{.key = "variance", .member = &C::variance, .help = "the variance of DDPM ancestral steps (sampler ddpm and pc, and the likelihood bound) for objectives eps, x0 and v: beta_tilde (the posterior's, diffusers' fixed_small) or beta (fixed_large); hybrid learns its own", .written = Written::when_set});
   v(Field<LossWeight>{.key = "loss_weight", .member = &C::loss_weight, .help = "per-sample loss weight: none or min-snr (gamma 5)"});
-  v(Field<TSampling>{.key = "t_sampling", .member = &C::t_sampling, .help = "how training steps t are drawn: uniform, or importance (--objective hybrid only; improved DDPM's sampler: p_t proportional to sqrt(E[L_t^2]) over each step's last 10 losses, uniform until every step has 10, the loss weighted by 1/(T p_t); the history is saved in the checkpoint)", .written = Written::when_set});
+  v(Field<TSampling>{.key = "t_sampling", .member = &C::t_sampling, .help = "how training steps t are drawn: uniform, or importance (--objective hybrid only; improved DDPM's sampler: p_t proportional to sqrt(E[L_t^2]) over each step's last t_sampling_history losses, uniform until every step has that many, the loss weighted by 1/(T p_t); the history is saved in the checkpoint)", .written = Written::when_set});
+  v(Field<int>{.key = "t_sampling_history", .member = &C::t_sampling_history, .help = "--t-sampling importance: the losses kept per step t, so the uniform warm-up lasts until every step has this many (improved DDPM's 10)", .check = fc::at_least<1>, .written = Written::when_set});
   // optimisation
   v(Field<double>{.key = "lr", .member = &C::lr, .help = "AdamW learning rate", .check = fc::positive});
   v(Field<double>{.key = "beta1", .member = &C::beta1, .help = "AdamW beta1"});
@@ -128,7 +129,7 @@ void for_each_field(V&& v) {
   v(Field<std::string>{.key = "autoencoder", .member = &C::autoencoder, .help = "latent diffusion: an autoencoder.safetensors of `diffuse train-autoencoder`; the UNet is trained on the data set's latents (posterior means scaled to unit variance by a factor measured on them), the checkpoint keeps the autoencoder and the factor, and `diffuse sample` decodes its samples. Pick a preset whose levels fit the latent size (--preset latent for 7x7 latents)", .written = Written::when_set});
   // run
   v(Field<uint64_t>{.key = "seed", .member = &C::seed, .help = "seed of every random draw (init, batches, noise)"});
-  v(Field<std::string>{.key = "device", .member = &C::device, .help = "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, objectives hybrid and vdm, then trains on the cpu, saying so)", .check = fc::device});
+  v(Field<std::string>{.key = "device", .member = &C::device, .help = "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, objective vdm, then trains on the cpu, saying so)", .check = fc::device});
   v(Field<bool>{.key = "bf16", .member = &C::bf16, .help = "bf16 activations on CUDA"});
   v(Field<bool>{.key = "cuda_graph", .member = &C::cuda_graph, .help = "on a GPU (where the whole step runs on the device: objectives eps, x0 and v): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)", .flag_kind = FlagKind::on_off});
   v(Field<std::string>{.key = "out_dir", .member = &C::out_dir, .help = "output folder (checkpoint.safetensors, log.csv, samples_*.png)", .flag = "--out"});

@@ -16,14 +16,6 @@
 
 namespace diffuse::train {
 
-namespace {
-
-// The resampler's state in a checkpoint: each step's last losses (f64, T x history) and their counts.
-constexpr const char* kTSamplerLosses = "trainer.t_sampler.losses";
-constexpr const char* kTSamplerCounts = "trainer.t_sampler.counts";
-
-}  // namespace
-
 CpuStepper::CpuStepper(const TrainConfig& cfg, std::shared_ptr<nn::UNet> unet, std::shared_ptr<nn::SNRNet> snr,
                        std::shared_ptr<const diffusion::Schedule> continuous)
     : cfg_(cfg), unet_(std::move(unet)), snr_(std::move(snr)), continuous_(std::move(continuous)) {
@@ -35,8 +27,7 @@ CpuStepper::CpuStepper(const TrainConfig& cfg, std::shared_ptr<nn::UNet> unet, s
   device_ = params_[0].second.device();
   if (!continuous_) {
     schedule_ = make_schedule(cfg_);
-    if (cfg_.t_sampling == TSampling::importance)  // improved DDPM's settings: 10 losses per step, 1e-3 uniform
-      t_sampler_ = std::make_unique<diffusion::LossSecondMomentResampler>(cfg_.timesteps, 10, 1e-3);
+    t_sampler_ = make_t_sampler(cfg_);
   }
   // The learned schedule's parameters join the UNet's: one optimizer, one gradient clip, one EMA
   // (VDM trains both with the same loss and optimizer), checkpointed as snr.*, ema.snr.*, opt.*.snr.*.
@@ -85,21 +76,14 @@ std::optional<Stepper::Result> CpuStepper::poll() {
 // kernel, the UNet on the step index; the MSE to the prediction target (optionally Min-SNR
 // weighted), or the hybrid loss.
 // With t_sampling importance the steps come from the loss history (uniform, weight 1, until every
-// step has its 10 losses), each sample's loss is weighted by 1 / (T p_t), and `record` receives the
+// step has its t_sampling_history losses), each sample's loss is weighted by 1 / (T p_t), and `record` receives the
 // steps and the per-sample losses for the history, which step() adds once the step is taken.
 ag::Var CpuStepper::discrete_loss(const Tensor& x, const Tensor& y, int64_t s, LossRecord* record) {
   const int B = cfg_.batch;
   const diffusion::Prediction pred = prediction_of(cfg_);
-  std::vector<int> ts;
-  std::vector<double> importance;  // empty: uniform steps
-  if (t_sampler_) {
-    diffusion::LossSecondMomentResampler::Draw d =
-        t_sampler_->sample(B, cfg_.seed, stream_offset(s, Stream::timesteps));
-    ts = std::move(d.t);
-    importance = std::move(d.weights);
-  } else {
-    ts = uniform_steps(cfg_.timesteps, B, cfg_.seed, s);
-  }
+  StepDraw draw = draw_steps(cfg_.timesteps, B, cfg_.seed, s, t_sampler_.get());
+  std::vector<int> ts = std::move(draw.t);
+  const std::vector<double> importance = std::move(draw.importance);  // empty: uniform steps
   const NoiseLevels lv = noise_levels(std::move(ts), schedule_.alphas_cumprod(), pred, cfg_.loss_weight);
   std::vector<float> tf(B), alpha(B), sigma(B), wf(B);
   for (int b = 0; b < B; ++b) {
@@ -121,7 +105,7 @@ ag::Var CpuStepper::discrete_loss(const Tensor& x, const Tensor& y, int64_t s, L
   const Tensor w = Tensor::from_vector(wf, {B}, device_);
   // hybrid: L_simple on the eps channels + lambda L_vlb on the variance channels (hybrid_loss.h).
   if (!learned_variance(cfg_)) return ag::weighted_mse(out, ag::Var(target), w);
-  diffusion::HybridLoss h = diffusion::hybrid_loss(schedule_, lv.t, x, z, eps, out, w, 1e-3, importance);
+  diffusion::HybridLoss h = diffusion::hybrid_loss(schedule_, lv.t, x, z, eps, out, w, diffusion::kHybridLambda, importance);
   if (record) *record = LossRecord{lv.t, std::move(h.per_sample)};
   return h.loss;
 }
@@ -169,31 +153,15 @@ std::vector<std::pair<std::string, Tensor>> CpuStepper::state() {
   std::vector<std::pair<std::string, Tensor>> out;
   for (auto& [name, t] : ema_->state()) out.emplace_back(name, t);
   for (auto& [name, t] : opt_->state()) out.emplace_back(name, t);
-  if (t_sampler_) {
-    const diffusion::LossSecondMomentResampler::State st = t_sampler_->state();
-    Tensor losses = Tensor::empty({t_sampler_->T(), t_sampler_->history()}, DType::f64);
-    std::copy(st.losses.begin(), st.losses.end(), losses.data<double>());
-    out.emplace_back(kTSamplerLosses, losses);
-    out.emplace_back(kTSamplerCounts, Tensor::from_vector_i64(st.counts, {t_sampler_->T()}));
-  }
+  if (t_sampler_)
+    for (auto& e : t_sampler_state(*t_sampler_)) out.push_back(std::move(e));
   return out;
 }
 
 void CpuStepper::load_state(const std::map<std::string, Tensor>& ckpt) {
   ema_->load_state(ckpt);
   opt_->load_state(ckpt);
-  if (!t_sampler_) return;
-  auto l = ckpt.find(kTSamplerLosses);
-  auto c = ckpt.find(kTSamplerCounts);
-  const Shape want{t_sampler_->T(), t_sampler_->history()};
-  DF_CHECK(l != ckpt.end() && c != ckpt.end() && l->second.dtype() == DType::f64 && l->second.shape() == want &&
-               c->second.shape() == Shape{t_sampler_->T()},
-           "the importance sampler's loss history (", kTSamplerLosses, ", ", kTSamplerCounts,
-           ") is missing or malformed; cannot resume a run with t_sampling importance");
-  diffusion::LossSecondMomentResampler::State st;
-  st.losses.assign(l->second.data<double>(), l->second.data<double>() + l->second.numel());
-  st.counts = c->second.to_vector_i64();
-  t_sampler_->set_state(st);
+  if (t_sampler_) load_t_sampler_state(*t_sampler_, ckpt);
 }
 
 }  // namespace diffuse::train

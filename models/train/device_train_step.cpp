@@ -8,12 +8,14 @@
 
 #include "autograd/autocast.h"
 #include "autograd/elementwise.h"
+#include "autograd/linalg.h"
 #include "autograd/tape.h"
 #include "core/check.h"
 #include "core/graph.h"
 #include "core/stream.h"
 #include "kernels/elementwise.h"
 #include "kernels/noise.h"
+#include "models/diffusion/hybrid_loss.h"
 #include "models/diffusion/objective.h"
 #include "models/diffusion/schedule.h"
 #include "models/train/ema.h"
@@ -34,10 +36,10 @@ namespace diffuse::train {
 namespace {
 
 // The staging buffer, in floats: the dropout seed word (8 bytes) at 0, AdamWParams at 4 (16-byte
-// aligned), then t, alpha, sigma, the loss weights and a super-resolution model's augmentation
-// levels, B each, from kArrays.
+// aligned), then t, alpha, sigma, the loss weights, a super-resolution model's augmentation
+// levels and the importance weights, B each, from kArrays.
 // Only the CUDA step reads them.
-[[maybe_unused]] constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16, kPerSample = 5;
+[[maybe_unused]] constexpr int64_t kWordAt = 0, kParamsAt = 4, kArrays = 16, kPerSample = 6;
 #if defined(DIFFUSE_HAVE_CUDA)
 static_assert(sizeof(kernels::AdamWParams) <= (kArrays - kParamsAt) * sizeof(float), "AdamWParams fits its slot");
 #endif
@@ -55,8 +57,9 @@ class GradMode {
 };
 
 diffusion::Prediction step_prediction(Objective objective) {
-  DF_CHECK(objective == Objective::eps || objective == Objective::x0 || objective == Objective::v,
-           "DeviceTrainStep: objective '", enum_name(objective), "' (expected eps, x0 or v)");
+  DF_CHECK(objective == Objective::eps || objective == Objective::x0 || objective == Objective::v ||
+               objective == Objective::hybrid,
+           "DeviceTrainStep: objective '", enum_name(objective), "' (expected eps, x0, v or hybrid)");
   return prediction_of(objective);
 }
 
@@ -76,6 +79,8 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
                                     : o_.alphas_cumprod;
   DF_CHECK(abar_.size() == static_cast<size_t>(o_.timesteps), "DeviceTrainStep: ", abar_.size(),
            " alphas_cumprod for ", o_.timesteps, " timesteps");
+  DF_CHECK(!o_.importance || o_.objective == Objective::hybrid,
+           "DeviceTrainStep: importance weights go with objective hybrid (its loss has the VLB term)");
 
   NamedParams params = unet_->named_parameters();
   DF_CHECK(!params.empty(), "DeviceTrainStep: the model has no parameters");
@@ -118,6 +123,12 @@ DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTra
       if (params[i].second.dim() > 1)
         std::fill_n(mask.begin() + layout_.segments[i].offset, layout_.segments[i].numel, 1.f);
     decay_mask_ = Tensor::from_vector(mask, {n}).to(device_).to(DType::u8);
+  }
+  if (o_.objective == Objective::hybrid) {
+    const diffusion::DiscreteSchedule sched = o_.betas.empty() ? diffusion::DiscreteSchedule::linear(o_.timesteps)
+                                                               : diffusion::DiscreteSchedule(o_.betas);
+    DF_CHECK(sched.T() == o_.timesteps, "DeviceTrainStep: ", sched.T(), " betas for ", o_.timesteps, " timesteps");
+    vlb_constants_ = diffusion::vlb_constants(sched, device_);
   }
   results_ = Tensor::zeros({2}, DType::f32, device_);
   sumsq_ = results_.slice(0, 1);
@@ -191,7 +202,15 @@ DeviceTrainStep::Results DeviceTrainStep::results(int slot) const {
   return r;
 }
 
-void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::LowRes& low) {
+std::vector<double> DeviceTrainStep::per_sample_losses() {
+  DF_CHECK(per_sample_.defined(), "DeviceTrainStep::per_sample_losses: objective ", enum_name(o_.objective),
+           " keeps no per-sample losses (hybrid does), or no step was taken");
+  StreamGuard guard(stream_->stream());
+  const std::vector<float> v = per_sample_.to(Device::cpu()).to_vector();
+  return {v.begin(), v.end()};
+}
+
+void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::LowRes& low, const StepDraw& draw) {
   DF_CHECK(x.defined() && x.dim() == 4 && x.dtype() == DType::f32, "DeviceTrainStep: x must be f32 (B, H, W, C), got ",
            x.defined() ? x.str() : std::string("undefined"));
   const int64_t B = x.size(0);
@@ -218,6 +237,7 @@ void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::Low
     host_staging_.assign(static_cast<size_t>(kArrays + kPerSample * B), 0.f);
     ids_ = ids.defined() ? Tensor::zeros(ids.shape(), DType::i64, device_) : Tensor();
     low_image_ = low.defined() ? Tensor::zeros(low.image.shape(), DType::f32, device_) : Tensor();
+    per_sample_ = o_.objective == Objective::hybrid ? Tensor::zeros({B}, DType::f32, device_) : Tensor();
   }
   x_.copy_(x);
   if (low.defined()) low_image_.copy_(low.image.value());
@@ -244,8 +264,15 @@ void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::Low
   p.max_grad_norm = static_cast<float>(o_.grad_clip > 0 ? o_.grad_clip : 0);
   p.skip_nonfinite = 1;
   std::memcpy(h + kParamsAt, &p, sizeof p);
-  const NoiseLevels lv = noise_levels(uniform_steps(o_.timesteps, static_cast<int>(B), o_.seed, s), abar_,
-                                      step_prediction(o_.objective), o_.loss_weight);
+  // The timesteps: the caller's draw (train_step.h's draw_steps, as the cpu step draws them), or
+  // uniform_steps.
+  DF_CHECK(draw.t.empty() || static_cast<int64_t>(draw.t.size()) == B, "DeviceTrainStep: ", draw.t.size(),
+           " timesteps for a batch of ", B);
+  DF_CHECK(!o_.importance || static_cast<int64_t>(draw.importance.size()) == B, "DeviceTrainStep: ",
+           draw.importance.size(), " importance weights for a batch of ", B, " (the option importance needs them)");
+  const NoiseLevels lv =
+      noise_levels(draw.t.empty() ? uniform_steps(o_.timesteps, static_cast<int>(B), o_.seed, s) : draw.t, abar_,
+                   step_prediction(o_.objective), o_.loss_weight);
   for (int64_t b = 0; b < B; ++b) {
     h[kArrays + b] = static_cast<float>(lv.t[b]);
     h[kArrays + B + b] = static_cast<float>(lv.alpha[b]);
@@ -256,6 +283,8 @@ void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::Low
     const std::vector<float> levels = low.level.to(Device::cpu()).to_vector();
     std::copy(levels.begin(), levels.end(), h + kArrays + 4 * B);
   }
+  for (int64_t b = 0; b < B; ++b)
+    h[kArrays + 5 * B + b] = o_.importance ? static_cast<float>(draw.importance[static_cast<size_t>(b)]) : 1.f;
   cuda::tensor_upload(staging_.raw(), h, host_staging_.size() * sizeof(float), stream_->stream());
   // z_t and eps from the fused noising kernel, here and not in the graph: its (seed, offset) are
   // the step's own arguments, the cpu step's stream (seed, s, noise), so both devices noise a batch
@@ -294,7 +323,21 @@ void DeviceTrainStep::body() {
   nn::LowRes low;
   if (low_image_.defined()) low = nn::LowRes{ag::Var(low_image_), staging_.slice(kArrays + 4 * B, kArrays + 5 * B)};
   ag::Var out = unet_->forward(ag::Var(z_), t, ids_, low);
-  ag::Var loss = ag::weighted_mse(out, ag::Var(target), weights);
+  ag::Var loss;
+  if (o_.objective == Objective::hybrid) {
+    // hybrid_loss.h's loss, as CpuStepper's: the eps channels' weighted MSE, and the VLB term of the
+    // variance channels with the mean detached (eps_hat's value: a plain tensor), from the kernel.
+    const int64_t C = x_.size(-1);
+    ag::Var eps_hat = ag::slice_last(out, 0, C), raw = ag::slice_last(out, C, 2 * C);
+    ag::Var vlb = diffusion::learned_variance_vlb(vlb_constants_, t, x_, z_, eps_hat.value(), raw);
+    const Tensor importance = o_.importance ? staging_.slice(kArrays + 5 * B, kArrays + 6 * B) : Tensor();
+    diffusion::HybridLoss h =
+        diffusion::hybrid_terms(eps_hat, vlb, eps, weights, importance, diffusion::kHybridLambda, o_.timesteps);
+    loss = h.loss;
+    per_sample_.copy_(h.per_sample_losses);
+  } else {
+    loss = ag::weighted_mse(out, ag::Var(target), weights);
+  }
   ag::backward(loss);
   cuda::reduce_all(g_.data<float>(), n, kernels::ReduceOp::sum_squares, reduce_ws_.data<float>(),
                    sumsq_.data<float>(), stream_->stream());
@@ -334,14 +377,14 @@ void DeviceTrainStep::swap_ema() {
   diffuse::synchronize(device_);
 }
 
-void DeviceTrainStep::step(const Tensor& x, const Tensor& labels, const nn::LowRes& low) {
+void DeviceTrainStep::step(const Tensor& x, const Tensor& labels, const nn::LowRes& low, const StepDraw& draw) {
   unet_->train();
   void* const caller = current_stream();
   StreamGuard guard(stream_->stream());
   set_current_device(device_);
   caller_ready_->record(caller);
   caller_ready_->block(stream_->stream());
-  stage(x, labels, low);
+  stage(x, labels, low, draw);
   const auto run = [this] {
     try {
       body();
@@ -361,11 +404,11 @@ void DeviceTrainStep::step(const Tensor& x, const Tensor& labels, const nn::LowR
 
 #else  // a build without CUDA: the constructor's CudaStream has already refused
 
-void DeviceTrainStep::stage(const Tensor&, const Tensor&, const nn::LowRes&) {
+void DeviceTrainStep::stage(const Tensor&, const Tensor&, const nn::LowRes&, const StepDraw&) {
   DF_FAIL("DeviceTrainStep in a build without CUDA");
 }
 void DeviceTrainStep::body() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
-void DeviceTrainStep::step(const Tensor&, const Tensor&, const nn::LowRes&) {
+void DeviceTrainStep::step(const Tensor&, const Tensor&, const nn::LowRes&, const StepDraw&) {
   DF_FAIL("DeviceTrainStep in a build without CUDA");
 }
 void DeviceTrainStep::restore(const Tensor&, const Tensor&, const Tensor&, int64_t) {
@@ -374,6 +417,7 @@ void DeviceTrainStep::restore(const Tensor&, const Tensor&, const Tensor&, int64
 void DeviceTrainStep::swap_ema() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
 void DeviceTrainStep::queue_results(int) { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
 bool DeviceTrainStep::results_done(int) const { return true; }
+std::vector<double> DeviceTrainStep::per_sample_losses() { DF_FAIL("DeviceTrainStep in a build without CUDA"); }
 void DeviceTrainStep::wait_results(int) const {}
 DeviceTrainStep::Results DeviceTrainStep::results(int) const { return {}; }
 

@@ -4,7 +4,10 @@
 // One step, all on the device: the batch (a static buffer) is noised with eps drawn in the kernel,
 // z_t = alpha_t x + sigma_t eps, into static buffers before the graph (see Randomness); the UNet's
 // forward under bf16 autocast (its persistent bf16 weights, ag::Bf16Weights); the objective's
-// per-sample weighted MSE; backward, every parameter's gradient accumulated in place into one
+// per-sample weighted MSE, or objective hybrid's loss (hybrid_loss.h's hybrid_terms: the MSE on the
+// eps channels and the VLB term of the variance channels from one kernel, weighted by the
+// importance weights of a step drawn from the importance sampler; its per-sample losses kept on the
+// device for the sampler's history, per_sample_losses); backward, every parameter's gradient accumulated in place into one
 // flat f32 buffer; the squared global norm of that buffer (one fixed-order reduction); and one
 // fused launch for clipping, AdamW, the EMA and the bf16 weight copy, which leaves everything
 // unchanged, on the device, when the norm is not finite. The loss times 0 is added to that norm,
@@ -13,8 +16,8 @@
 //
 // What changes between steps reaches the device in one upload of a few KB before each step (a
 // kernel whose arguments carry the bytes: no pinned memory, no wait): the timesteps, alpha_t,
-// sigma_t and the loss weights of the batch, a super-resolution model's augmentation levels (its
-// network input), a conditional model's label ids (a second upload, into a static i64 buffer that
+// sigma_t, the loss weights and the importance weights of the batch, a super-resolution model's
+// augmentation levels (its network input), a conditional model's label ids (a second upload, into a static i64 buffer that
 // the graph's lookups read: the UNet reads labels on a GPU on the device only); the AdamW scalars
 // of step t (learning rate with warm-up, bias corrections, EMA decay with warm-up), read by the
 // update kernel when it runs; and
@@ -40,7 +43,8 @@
 // wait.
 //
 // Randomness: step s (0-based) draws from train_step.h's streams, as train() does on the cpu: its
-// timesteps on the host from (seed, s, timesteps); its noise in the fused noising kernel from
+// timesteps on the host from (seed, s, timesteps) (uniform_steps, or the caller's draw from the
+// importance sampler, draw_steps); its noise in the fused noising kernel from
 // (seed, s, noise), launched before the graph with that offset as its argument; its dropout masks
 // with the seed dropout_seed(seed, s), the UNet's dropout seed XOR the staged word. So both devices
 // draw the same numbers for a step (Philox gives the same bits everywhere). The conditioning a
@@ -61,6 +65,7 @@
 #include "models/nn/unet.h"
 #include "models/train/config.h"
 #include "models/train/optim.h"
+#include "models/train/train_step.h"
 
 namespace diffuse {
 class CudaEvent;
@@ -78,7 +83,15 @@ struct DeviceTrainOptions {
   // The schedule's alpha_bar per step, `timesteps` of them: train::make_schedule's, the one that
   // turns a training config into betas. Empty: DDPM's linear betas (DiscreteSchedule::linear).
   std::vector<double> alphas_cumprod;
-  Objective objective = Objective::eps;       // eps | x0 | v
+  // eps | x0 | v | hybrid (eps plus a learned variance: L_simple + lambda L_vlb, hybrid_loss.h's
+  // hybrid_terms, the VLB term in one kernel, learned_variance_vlb's device form)
+  Objective objective = Objective::eps;
+  // hybrid: the schedule's betas (the VLB term's constants; DiscreteSchedule(betas) is the run's
+  // schedule). Empty: DDPM's linear betas.
+  std::vector<double> betas;
+  // hybrid: each step's loss is weighted by the importance weights step() takes (t_sampling
+  // importance), and each sample's loss is kept for per_sample_losses().
+  bool importance = false;
   LossWeight loss_weight = LossWeight::none;  // none | min-snr (gamma 5)
   // lr, beta1, beta2, eps, weight_decay, decay_vectors, warmup_steps (flat is implied). The
   // defaults of train(): lr 2e-4 with 100 warm-up steps.
@@ -109,7 +122,10 @@ class DeviceTrainStep {
   // into the network's ids on the host (UNet::label_ids). low: a super-resolution model's
   // conditioning on the cpu (its augmented low-resolution image and levels, training_low_res),
   // required by one and refused by any other model.
-  void step(const Tensor& x, const Tensor& labels = {}, const nn::LowRes& low = {});
+  // draw: the step's timesteps and importance weights, drawn by the caller on the host
+  // (train_step.h's draw_steps, from the importance sampler); empty: uniform_steps, the default.
+  // With the option `importance`, every step needs its weights.
+  void step(const Tensor& x, const Tensor& labels = {}, const nn::LowRes& low = {}, const StepDraw& draw = {});
   // Queues a copy of the last step's loss and squared gradient norm into host slot `slot` (of
   // kResultSlots) and records the slot's event; no wait. The slot must have been read (or never
   // used): the copy overwrites it.
@@ -121,6 +137,10 @@ class DeviceTrainStep {
     float sumsq = 0;  // the squared global gradient norm (NaN when the loss is not finite)
   };
   Results results(int slot) const;    // after results_done or wait_results
+
+  // Objective hybrid: the last step's loss per sample (B), hybrid_loss.h's per_sample: what the
+  // importance sampler's history takes. Waits for the step.
+  std::vector<double> per_sample_losses();
 
   int64_t steps() const { return steps_; }
   bool captured() const;
@@ -147,7 +167,7 @@ class DeviceTrainStep {
   const Tensor& adam_v() const { return v_; }
 
  private:
-  void stage(const Tensor& x, const Tensor& labels, const nn::LowRes& low);  // the step's inputs, outside any graph
+  void stage(const Tensor& x, const Tensor& labels, const nn::LowRes& low, const StepDraw& draw);  // the step's inputs, outside any graph
   void body();                  // the step's device work: what a graph captures
 
   std::shared_ptr<nn::UNet> unet_;
@@ -166,7 +186,9 @@ class DeviceTrainStep {
   Tensor decay_mask_;           // u8, or undefined (weight decay everywhere)
   Tensor x_;                    // the batch (static: the graph reads it)
   Tensor z_, eps_;              // its noised version and the noise (static, drawn before the graph)
-  Tensor staging_;              // f32: seed word, AdamW scalars, t, alpha, sigma, loss weights, aug levels
+  Tensor staging_;  // f32: seed word, AdamW scalars, t, alpha, sigma, loss weights, aug levels, importance
+  Tensor vlb_constants_;        // hybrid: the schedule's constants of the VLB kernel (static)
+  Tensor per_sample_;           // hybrid: the last step's per-sample losses (B) f32 (static)
   std::vector<float> host_staging_;
   Tensor ids_;        // i64 label ids (B) or token ids (B, L) (static), or undefined: unconditional
   Tensor low_image_;  // a super-resolution model's low-resolution image (static), or undefined

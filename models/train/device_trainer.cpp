@@ -3,6 +3,7 @@
 #include "models/train/device_trainer.h"
 
 #include <cmath>
+#include <utility>
 
 #include "core/check.h"
 #include "core/device.h"
@@ -106,6 +107,9 @@ DeviceTrainer::DeviceTrainer(std::shared_ptr<nn::UNet> unet, const TrainConfig& 
   o.timesteps = cfg.timesteps;
   o.alphas_cumprod = schedule_.alphas_cumprod();
   o.objective = cfg.objective;
+  o.betas = schedule_.betas();
+  t_sampler_ = make_t_sampler(cfg);
+  o.importance = t_sampler_ != nullptr;
   o.loss_weight = cfg.loss_weight;
   adamw_ = adamw_options(cfg);
   adamw_.flat = true;
@@ -139,10 +143,21 @@ void DeviceTrainer::load_state(const std::map<std::string, Tensor>& ckpt) {
   const Tensor* st = entries.find("trainer.state", Shape{4});
   entries.check("the GPU training step cannot restore the checkpoint");
   const int64_t steps = st->to_vector_i64().at(0);
+  if (t_sampler_) load_t_sampler_state(*t_sampler_, ckpt);
+  pending_t_.clear();
   step_->restore(m, v, ema, steps);
 }
 
+void DeviceTrainer::record_losses() {
+  if (!t_sampler_ || pending_t_.empty()) return;
+  // CpuStepper::step's rule: a skipped step leaves the history as it was, as it leaves the weights.
+  const std::vector<double> losses = step_->per_sample_losses();
+  if (step_applied(step_->loss(), step_->grad_norm())) t_sampler_->update(pending_t_, losses);
+  pending_t_.clear();
+}
+
 std::vector<std::pair<std::string, Tensor>> DeviceTrainer::state() {
+  record_losses();
   step_->synchronize();
   const ParamLayout& layout = step_->layout();
   const Tensor m = step_->adam_m().to(Device::cpu()), v = step_->adam_v().to(Device::cpu()),
@@ -156,6 +171,8 @@ std::vector<std::pair<std::string, Tensor>> DeviceTrainer::state() {
   }
   out.emplace_back("opt.step", Tensor::from_vector_i64({step_->steps()}, {1}));
   out.emplace_back("ema.num_updates", Tensor::from_vector_i64({step_->steps()}, {1}));
+  if (t_sampler_)
+    for (auto& e : t_sampler_state(*t_sampler_)) out.push_back(std::move(e));
   return out;
 }
 
@@ -169,7 +186,12 @@ void DeviceTrainer::step(const data::Batch& batch, int64_t s) {
   nn::LowRes low;
   if (unet_.super_res())
     low = training_low_res(x.to(Device::cpu()), unet_, schedule_, timesteps_, super_res_aug_, seed_, s);
-  step_->step(x, labels, low);
+  // The timesteps, as CpuStepper draws them: from the importance sampler's history, which first
+  // takes the last step's losses, or uniformly.
+  record_losses();
+  StepDraw draw = draw_steps(timesteps_, static_cast<int>(x.size(0)), seed_, s, t_sampler_.get());
+  step_->step(x, labels, low, draw);
+  if (t_sampler_) pending_t_ = std::move(draw.t);
   readback_.push(step_->steps(), *slots_);
 }
 

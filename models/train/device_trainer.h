@@ -10,8 +10,15 @@
 // "opt.v.<name>", "opt.step", so a run may resume on the other device. On the device the step
 // counter counts every step, skipped ones included (their randomness and their warm-up position
 // are those of the step index), so opt.step and ema.num_updates are the steps done; on the cpu
-// they count the updates made. What the device step does not do (the hybrid and vdm objectives,
-// importance-sampled timesteps) is refused before the run starts, by check_device_training.
+// they count the updates made. Objective vdm (continuous time, a learned schedule), which the device
+// step does not do, is refused before the run starts, by check_device_training.
+//
+// Objective hybrid trains on the device (the VLB term in one kernel). With t_sampling importance
+// the timesteps are drawn here on the host from the importance sampler, as CpuStepper draws them
+// (train_step.h's make_t_sampler, draw_steps), and each step's per-sample losses come back to its
+// history before the next draw, when the step was applied, as on the cpu: that read waits for the
+// step, so such a run keeps the device one step ahead at most. The history is checkpointed under
+// the cpu's names (t_sampler_state), so a run resumes on either device.
 //
 // A step's conditioning is decided here on the host, as CpuStepper decides it, with the same
 // functions and Philox streams: the labels with classifier-free dropout (training_labels) and a
@@ -30,6 +37,7 @@
 #include <vector>
 
 #include "core/tensor.h"
+#include "models/diffusion/objective.h"
 #include "models/diffusion/schedule.h"
 #include "models/nn/unet.h"
 #include "models/train/optim.h"
@@ -110,6 +118,8 @@ class DeviceTrainer final : public Stepper {
 
  private:
   class Slots;  // LaggedReadback::Source over DeviceTrainStep's result slots
+  // t_sampling importance: the last step's timesteps go to the history once its losses are read.
+  void record_losses();
 
   nn::UNetConfig unet_;  // the model's config: what conditioning a step draws
   diffusion::DiscreteSchedule schedule_;  // the run's (make_schedule): the augmentation's levels
@@ -120,6 +130,8 @@ class DeviceTrainer final : public Stepper {
   std::unique_ptr<Slots> slots_;
   LaggedReadback readback_;
   AdamWOptions adamw_;
+  std::unique_ptr<diffusion::LossSecondMomentResampler> t_sampler_;  // t_sampling importance, else null
+  std::vector<int> pending_t_;  // the last step's timesteps, not yet in t_sampler_'s history
 };
 
 }  // namespace diffuse::train

@@ -1,5 +1,6 @@
 #include "models/train/train_step.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <utility>
@@ -30,6 +31,49 @@ NoiseLevels noise_levels(std::vector<int> t, const std::vector<double>& abar, di
 
 std::vector<int> uniform_steps(int T, int B, uint64_t seed, int64_t step) {
   return diffusion::uniform_timesteps(T, B, seed, stream_offset(step, Stream::timesteps));
+}
+
+std::unique_ptr<diffusion::LossSecondMomentResampler> make_t_sampler(const TrainConfig& c) {
+  if (c.t_sampling != TSampling::importance || continuous_time(c)) return nullptr;
+  return std::make_unique<diffusion::LossSecondMomentResampler>(c.timesteps, c.t_sampling_history, 1e-3);
+}
+
+StepDraw draw_steps(int T, int B, uint64_t seed, int64_t step, const diffusion::LossSecondMomentResampler* sampler) {
+  StepDraw d;
+  if (!sampler) {
+    d.t = uniform_steps(T, B, seed, step);
+    return d;
+  }
+  diffusion::LossSecondMomentResampler::Draw r = sampler->sample(B, seed, stream_offset(step, Stream::timesteps));
+  d.t = std::move(r.t);
+  d.importance = std::move(r.weights);
+  return d;
+}
+
+namespace {
+constexpr const char* kTSamplerLosses = "trainer.t_sampler.losses";
+constexpr const char* kTSamplerCounts = "trainer.t_sampler.counts";
+}  // namespace
+
+std::vector<std::pair<std::string, Tensor>> t_sampler_state(const diffusion::LossSecondMomentResampler& sampler) {
+  const diffusion::LossSecondMomentResampler::State st = sampler.state();
+  Tensor losses = Tensor::empty({sampler.T(), sampler.history()}, DType::f64);
+  std::copy(st.losses.begin(), st.losses.end(), losses.data<double>());
+  return {{kTSamplerLosses, losses}, {kTSamplerCounts, Tensor::from_vector_i64(st.counts, {sampler.T()})}};
+}
+
+void load_t_sampler_state(diffusion::LossSecondMomentResampler& sampler, const std::map<std::string, Tensor>& ckpt) {
+  auto l = ckpt.find(kTSamplerLosses);
+  auto c = ckpt.find(kTSamplerCounts);
+  const Shape want{sampler.T(), sampler.history()};
+  DF_CHECK(l != ckpt.end() && c != ckpt.end() && l->second.dtype() == DType::f64 && l->second.shape() == want &&
+               c->second.shape() == Shape{sampler.T()},
+           "the importance sampler's loss history (", kTSamplerLosses, ", ", kTSamplerCounts,
+           ") is missing or malformed; cannot resume a run with t_sampling importance");
+  diffusion::LossSecondMomentResampler::State st;
+  st.losses.assign(l->second.data<double>(), l->second.data<double>() + l->second.numel());
+  st.counts = c->second.to_vector_i64();
+  sampler.set_state(st);
 }
 
 Tensor training_labels(const Tensor& labels, int64_t B, int num_classes, double dropout, uint64_t seed,

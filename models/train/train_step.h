@@ -10,6 +10,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/tensor.h"
@@ -48,6 +52,22 @@ NoiseLevels noise_levels(std::vector<int> t, const std::vector<double>& alphas_c
                          diffusion::Prediction prediction, LossWeight weight);
 // Step s's B timesteps drawn uniformly from [0, T), from stream (seed, s, timesteps).
 std::vector<int> uniform_steps(int T, int B, uint64_t seed, int64_t step);
+
+// t_sampling importance's sampler (improved DDPM's: the config's history, 10 by default, mixed with
+// 1e-3 of the uniform distribution), or null for uniform steps or a continuous objective.
+std::unique_ptr<diffusion::LossSecondMomentResampler> make_t_sampler(const TrainConfig& c);
+// Step s's B timesteps and their importance weights 1 / (T p_t): from `sampler` when there is one
+// (uniform, weights 1, in its warm-up), from stream (seed, s, timesteps); else uniform_steps with
+// no weights (empty).
+struct StepDraw {
+  std::vector<int> t;
+  std::vector<double> importance;
+};
+StepDraw draw_steps(int T, int B, uint64_t seed, int64_t step, const diffusion::LossSecondMomentResampler* sampler);
+// The sampler's loss history as checkpoint entries ("trainer.t_sampler.losses" f64 (T, history),
+// "trainer.t_sampler.counts" i64 (T)), and back; a missing or malformed history throws, naming them.
+std::vector<std::pair<std::string, Tensor>> t_sampler_state(const diffusion::LossSecondMomentResampler& sampler);
+void load_t_sampler_state(diffusion::LossSecondMomentResampler& sampler, const std::map<std::string, Tensor>& ckpt);
 
 // Step s's labels of a class-conditional model with num_classes classes (B of them, i64, on the
 // cpu): each replaced by the null class num_classes with probability `dropout` (classifier-free

@@ -31,6 +31,7 @@ TEST_CASE("training config fields: every key round-trips; the keys written only 
                             {"objective", "hybrid"},     {"schedule", "custom"},
                             {"timesteps", 3},            {"betas", {0.1, 0.2, 0.3}},
                             {"loss_weight", "min-snr"},  {"t_sampling", "importance"},
+                            {"t_sampling_history", 3},
                             {"lr", 1e-3},                {"beta1", 0.8},
                             {"beta2", 0.99},             {"adam_eps", 1e-6},
                             {"weight_decay", 0.01},      {"warmup", 7},
@@ -72,8 +73,8 @@ TEST_CASE("training config fields: every key round-trips; the keys written only 
   v["objective"] = "v";
   CHECK_NOTHROW(TrainConfig::from_json(v));
   const nlohmann::json plain = TrainConfig{}.to_json();
-  for (const char* k : {"beta_start", "beta_end", "betas", "variance", "t_sampling", "super_res", "super_res_aug",
-                        "autoencoder"})
+  for (const char* k : {"beta_start", "beta_end", "betas", "variance", "t_sampling", "t_sampling_history", "super_res",
+                        "super_res_aug", "autoencoder"})
     CHECK_FALSE(plain.contains(k));
 }
 
@@ -93,7 +94,7 @@ TEST_CASE("training config fields: an unknown key, a wrong type and a value out 
       {"beta_end", 1.0},  {"betas", {0.5, 1.5}}, {"lr", 0.0},            {"ema_decay", 1.0},
       {"batch", 0},       {"steps", 0},          {"epochs", -1.0},       {"label_dropout", 1.0},
       {"device", "gpu"},  {"log_every", 0},      {"sample_count", 0},    {"sample_steps", 0},
-      {"super_res", -1},  {"super_res_aug", 1.5}};
+      {"super_res", -1},  {"super_res_aug", 1.5}, {"t_sampling_history", 0}};
   std::set<std::string> covered;
   for (const auto& [key, value] : cases) {
     INFO(key << " = " << value.dump());

@@ -1,17 +1,22 @@
 // models/train/device_train_step.h: the training step that stays on a GPU ([cuda]): the captured graph
-// against the uncaptured step, bit for bit; the steady state (no sync, no cudaMalloc); and that it
-// trains. On the cpu ([cpu]) only its refusals.
+// against the uncaptured step, bit for bit; the steady state (no sync, no cudaMalloc); that it
+// trains; and the kernel of objective hybrid's VLB term against its cpu reference. On the cpu
+// ([cpu]) only its refusals.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <memory>
 #include <utility>
 #include <vector>
 
+#include "autograd/elementwise.h"
+#include "autograd/tape.h"
 #include "core/allocator.h"
 #include "core/device.h"
 #include "core/stream.h"
+#include "models/diffusion/hybrid_loss.h"
 #include "models/nn/unet.h"
 #include "models/train/device_trainer.h"
 #include "models/train/device_train_step.h"
@@ -49,8 +54,72 @@ TEST_CASE("the device training step refuses a model on the cpu or another object
   nn::UNetConfig c = small_config();
   c.num_classes = 3;  // a class-conditional model is refused for its device only
   CHECK_THROWS_WITH(train::DeviceTrainStep(std::make_shared<nn::UNet>(c, 1), o), Catch::Contains("one GPU"));
-  o.objective = train::Objective::hybrid;  // the device step regresses eps, x0 or v alone
+  o.objective = train::Objective::vdm;  // the device step regresses eps, x0 or v, or trains hybrid
   CHECK_THROWS_WITH(train::DeviceTrainStep(net, o), Catch::Contains("objective"));
+}
+
+TEST_CASE("the learned-variance VLB term on the device agrees with the cpu reference, value and gradient",
+          "[cuda][models]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  const Device gpu = Device::cuda(0);
+  // T = 10 (DDPM's linear betas scaled), so that t = 0 (the decoder), t = 1 (beta_tilde clipped) and
+  // the last step all come up; one sample per listed step, 6x5x3 elements each, odd so that a
+  // block's threads do unequal work.
+  const diffusion::DiscreteSchedule s = diffusion::DiscreteSchedule::linear(10);
+  const std::vector<int> steps = {0, 1, 4, 9, 0, 7};
+  const int64_t B = static_cast<int64_t>(steps.size());
+  const Shape shape{B, 6, 5, 3};
+  // x0 on the 256 data levels, both end bins included; x_t = alpha x0 + sigma eps; a prediction off
+  // by 0.3 eps-units; raw variances in [-1.2, 1.2] (the network's output is not clamped).
+  Tensor x0 = test::random_tensor(shape);
+  float* x = x0.data<float>();
+  for (int64_t j = 0; j < x0.numel(); ++j) x[j] = std::round((x[j] + 1.f) * 127.5f) / 127.5f - 1.f;
+  x[0] = -1.f;
+  x[x0.numel() - 1] = 1.f;
+  const Tensor eps = test::random_normal(shape), n = test::random_normal(shape);
+  Tensor xt = Tensor::empty(shape), pred = Tensor::empty(shape);
+  const int64_t N = x0.numel() / B;
+  for (int64_t b = 0; b < B; ++b) {
+    const double ab = s.alphas_cumprod()[steps[b]];
+    for (int64_t j = b * N; j < (b + 1) * N; ++j) {
+      xt.data<float>()[j] = static_cast<float>(std::sqrt(ab) * x[j] + std::sqrt(1 - ab) * eps.data<float>()[j]);
+      pred.data<float>()[j] = eps.data<float>()[j] + 0.3f * n.data<float>()[j];
+    }
+  }
+  const Tensor raw = test::random_tensor(shape, -1.2f, 1.2f);
+  const Tensor g = test::random_tensor({B}, 0.5f, 2.f);  // the incoming gradient of each sample's term
+
+  ag::Var r_cpu(raw.clone(), true);
+  ag::Var want = diffusion::learned_variance_vlb(s, steps, x0, xt, pred, r_cpu);
+  ag::backward(ag::sum_all(ag::mul(want, ag::Var(g))));
+  std::vector<float> tf(steps.begin(), steps.end());
+  ag::Var r_gpu(raw.to(gpu), true);
+  ag::Var got = diffusion::learned_variance_vlb(diffusion::vlb_constants(s, gpu), Tensor::from_vector(tf, {B}, gpu),
+                                                x0.to(gpu), xt.to(gpu), pred.to(gpu), r_gpu);
+  ag::backward(ag::sum_all(ag::mul(got, ag::Var(g.to(gpu)))));
+  // The kernel follows the reference's double math with the same f32 roundings of its inputs, the
+  // prediction's x0 and the means; what differs is the order of each sample's sum (a tree of 256
+  // partial sums against one loop) and, on a GPU, the last bits of its double exp, log and erfc:
+  // ~1e-15 relative before the f32 rounding of the outputs. So both within 2 f32 ulps (2.4e-7
+  // relative) of the largest value; a wrong step, branch or constant moves them by percents.
+  const std::vector<float> wv = want.value().to_vector(), gv = got.value().to(Device::cpu()).to_vector();
+  REQUIRE(gv.size() == wv.size());
+  double scale = 0;
+  for (float v : wv) scale = std::max(scale, std::fabs(static_cast<double>(v)));
+  for (size_t b = 0; b < wv.size(); ++b) {
+    INFO("sample " << b << " step " << steps[b] << ": " << gv[b] << " vs " << wv[b]);
+    CHECK(std::fabs(gv[b] - wv[b]) <= 2.4e-7 * scale);
+  }
+  const std::vector<float> wg = r_cpu.grad().to_vector(), gg = r_gpu.grad().to(Device::cpu()).to_vector();
+  REQUIRE(gg.size() == wg.size());
+  double gscale = 0, worst = 0;
+  for (float v : wg) gscale = std::max(gscale, std::fabs(static_cast<double>(v)));
+  for (size_t j = 0; j < wg.size(); ++j) worst = std::max(worst, std::fabs(static_cast<double>(gg[j]) - wg[j]));
+  INFO("largest gradient difference " << worst << " of " << gscale);
+  CHECK(gscale > 0);
+  CHECK(worst <= 2.4e-7 * gscale);
+#endif
 }
 
 TEST_CASE("the captured training step replays the uncaptured one bit for bit", "[cuda][models]") {

@@ -22,9 +22,10 @@ train::TrainConfig config(const std::string& device) {
 
 TEST_CASE("device choice: auto with a GPU trains there, or on the cpu (saying why) for what the GPU step lacks",
           "[cpu][tools]") {
-  // What the GPU step does: eps, x0, v, with or without classes (a class-conditional model, or
-  // one whose model keys name classes), a super-resolution model, a latent model.
-  for (const char* objective : {"eps", "x0", "v"}) {
+  // What the GPU step does: eps, x0, v, hybrid, with or without classes (a class-conditional model,
+  // or one whose model keys name classes), a super-resolution model, a latent model; hybrid also
+  // with importance-sampled timesteps.
+  for (const char* objective : {"eps", "x0", "v", "hybrid"}) {
     train::TrainConfig c = config("auto");
     c.objective = parse_enum<train::Objective>(objective, "objective");
     train::TrainConfig cond = c, classes = c, sr = c, latent = c;
@@ -32,7 +33,12 @@ TEST_CASE("device choice: auto with a GPU trains there, or on the cpu (saying wh
     classes.model = {{"num_classes", 3}};
     sr.super_res = 4;
     latent.autoencoder = "ae.safetensors";
-    for (const train::TrainConfig& e : {c, cond, classes, sr, latent}) {
+    train::TrainConfig importance = c;
+    if (c.objective == train::Objective::hybrid) {
+      latent = c;  // hybrid's VLB decodes 8-bit pixels: no latent model
+      importance.t_sampling = train::TSampling::importance;
+    }
+    for (const train::TrainConfig& e : {c, cond, classes, sr, latent, importance}) {
       const train::TrainingDevice d = train::choose_training_device(e, /*cuda_available=*/true);
       CHECK(d.device == Device::cuda(0));
       CHECK(d.note.empty());
@@ -43,12 +49,11 @@ TEST_CASE("device choice: auto with a GPU trains there, or on the cpu (saying wh
     const char* what;
     train::TrainConfig cfg;
   };
-  train::TrainConfig hybrid = config("auto"), vdm = config("auto");
-  hybrid.objective = train::Objective::hybrid;
-  hybrid.class_cond = true;  // with classes: the objective is what the GPU step lacks
+  train::TrainConfig vdm = config("auto");
+  vdm.class_cond = true;  // with classes: the objective is what the GPU step lacks
   vdm.objective = train::Objective::vdm;
   vdm.schedule = train::ScheduleKind::learned;
-  for (const Case& c : {Case{"--objective hybrid", hybrid}, Case{"--objective vdm", vdm}}) {
+  for (const Case& c : {Case{"--objective vdm", vdm}}) {
     INFO(c.what);
     const train::TrainingDevice d = train::choose_training_device(c.cfg, true);
     CHECK(d.device == Device::cpu());

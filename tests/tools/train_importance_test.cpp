@@ -102,13 +102,11 @@ TEST_CASE("--t-sampling: uniform by default and not written; importance only wit
                     Catch::Contains("no VLB term"));
   CHECK_THROWS_WITH(train::TrainConfig::from_json({{"objective", "vdm"}, {"t_sampling", "importance"}}),
                     Catch::Contains("continuous t"));
-  // The GPU step draws its own uniform steps: auto trains such a run on the cpu, cuda refuses it.
+  // The GPU step draws its steps on the host from the same sampler: auto and cuda both take it.
   c.device = "auto";
   const train::TrainingDevice d = train::choose_training_device(c, true);
-  CHECK(d.device == Device::cpu());
-  CHECK_THAT(d.note, Catch::Contains("training on the cpu"));
-  c.device = "cuda";
-  CHECK_THROWS_WITH(train::choose_training_device(c, true), Catch::Contains("not supported by the GPU training step"));
+  CHECK(d.device == Device::cuda(0));
+  CHECK(d.note.empty());
 }
 
 TEST_CASE("CLI: train --t-sampling importance runs; a bad value or objective is refused", "[cpu][tools]") {

@@ -1,0 +1,100 @@
+// kernels/cuda/learned_variance_vlb.cu: the VLB term of a learned variance on the GPU, per sample,
+// with its derivative in the raw variance channels (kernels/cuda/learned_variance_vlb.h). The
+// readable reference is models/diffusion/hybrid_loss.cpp's learned_variance_vlb on the cpu, whose
+// math (objective.h: p_mean_variance, q_posterior, normal_kl, the discretized decoder) this kernel
+// follows line for line, in double like the reference, so the two differ by the f32 roundings of
+// the inputs and outputs only. B N closed-form terms beside a UNet forward: FP64 throughput does
+// not matter here.
+//
+// One block per sample: each thread takes elements j, j + 256, ... of the sample's N, writes their
+// derivatives, and the block sums its threads' terms in a fixed tree (the same bits every run).
+#include "kernels/cuda/portable.cuh"
+
+#include <cmath>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/cuda/learned_variance_vlb.h"
+
+namespace diffuse::DF_BACKEND {
+
+namespace {
+
+constexpr int kBlock = 256;
+
+// P(N(0, 1) > u) through erfc: accurate in both tails (objective.cpp's upper_tail).
+DF_DEVICE_INLINE double upper_tail(double u) { return 0.5 * erfc(u * 0.70710678118654752440); }
+DF_DEVICE_INLINE double std_normal_pdf(double u) { return exp(-0.5 * u * u) * 0.39894228040143267794; }
+
+__global__ void __launch_bounds__(kBlock) learned_variance_vlb_kernel(
+    const double* __restrict__ table, const float* __restrict__ steps, const float* __restrict__ x0,
+    const float* __restrict__ xt, const float* __restrict__ pred, const float* __restrict__ raw,
+    float* __restrict__ value, float* __restrict__ dvalue, int64_t n, int T) {
+  DF_SHARED(double, partial, kBlock);
+  const int64_t b = blockIdx.x;
+  // The step, clamped into the table: the host checks the steps it stages (noise_levels).
+  const int k = static_cast<int>(steps[b]);
+  const int i = k < 0 ? 0 : k >= T ? T - 1 : k;
+  const double* c = table + static_cast<int64_t>(i) * kLearnedVarianceVlbConstants;
+  const double a = c[0], s = c[1], c1 = c[2], c2 = c[3], log_beta = c[4], plvc = c[5];
+  const double dlv_dr = 0.5 * (log_beta - plvc);
+  const double to_bpd = 1.0 / (static_cast<double>(n) * 0.69314718055994530942);
+  double acc = 0;
+  for (int64_t j = b * n + threadIdx.x; j < (b + 1) * n; j += kBlock) {
+    const float z = xt[j], x = x0[j];
+    // p_mean_variance from eps: x0 = (z - s eps) / a, then the posterior mean, each rounded to f32
+    // as the reference's tensors are.
+    const float x0p = static_cast<float>((z - s * pred[j]) / a);
+    const float mu = static_cast<float>(c1 * x0p + c2 * z);
+    const double v = 0.5 * (static_cast<double>(raw[j]) + 1.0);
+    const double lv = v * log_beta + (1.0 - v) * plvc;  // learned_log_variance
+    double term, d;
+    if (i == 0) {
+      // -log p(x0 | x_1): the discretized decoder with log_scale = lv / 2 (objective.cpp).
+      const double ls = 0.5 * lv, inv_std = exp(-ls);
+      const double hi = inv_std * (x - mu + 1.0 / 255.0), lo = inv_std * (x - mu - 1.0 / 255.0);
+      double p, dp;
+      if (x < -0.999) {
+        p = 1.0 - upper_tail(hi);
+        dp = -hi * std_normal_pdf(hi);
+      } else if (x > 0.999) {
+        p = upper_tail(lo);
+        dp = lo * std_normal_pdf(lo);
+      } else {
+        p = lo > 0 ? upper_tail(lo) - upper_tail(hi) : upper_tail(-hi) - upper_tail(-lo);
+        dp = lo * std_normal_pdf(lo) - hi * std_normal_pdf(hi);
+      }
+      term = -log(fmax(p, 1e-12));
+      d = -(p < 1e-12 ? 0.0 : dp / p) * 0.5 * dlv_dr * to_bpd;
+    } else {
+      // KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)), normal_kl and normal_kl_dlv2.
+      const float qm = static_cast<float>(c1 * x + c2 * z);
+      const double dm = static_cast<double>(qm) - mu, e = exp(plvc - lv), f = dm * dm * exp(-lv);
+      term = 0.5 * (-1.0 + lv - plvc + e + f);
+      d = 0.5 * (1.0 - e - f) * dlv_dr * to_bpd;
+    }
+    acc += term;
+    dvalue[j] = static_cast<float>(d);
+  }
+  partial[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = kBlock / 2; w > 0; w /= 2) {
+    if (static_cast<int>(threadIdx.x) < w) partial[threadIdx.x] += partial[threadIdx.x + w];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) value[b] = static_cast<float>(partial[0] * to_bpd);
+}
+
+}  // namespace
+
+void learned_variance_vlb_forward(const double* table, int T, const float* steps, const float* x0, const float* xt,
+                                  const float* pred, const float* raw, float* value, float* dvalue, int64_t batch,
+                                  int64_t n, void* stream) {
+  DF_CHECK(batch >= 0 && n > 0 && T >= 1, "learned_variance_vlb: batch ", batch, ", ", n, " elements, T ", T);
+  DF_CHECK(batch <= 0x7fffffff, "learned_variance_vlb: batch ", batch);
+  if (batch == 0) return;
+  DF_CHECK(table && steps && x0 && xt && pred && raw && value && dvalue, "learned_variance_vlb: null pointer");
+  DF_LAUNCH(learned_variance_vlb_kernel, dim3(static_cast<unsigned>(batch)), dim3(kBlock), 0, stream, table, steps,
+            x0, xt, pred, raw, value, dvalue, n, T);
+}
+
+}  // namespace diffuse::DF_BACKEND
