@@ -10,10 +10,13 @@
 // `#pragma unroll` for device passes only: a loop that indexes a per-thread array must be fully
 // unrolled for the array to live in registers; gcc (the emulator, and nvcc's host pass) would
 // warn about the unknown pragma.
+// DF_NO_UNROLL keeps a loop rolled, so its body's code (an inlined libm function) stands once.
 #if defined(__CUDA_ARCH__)
 #define DF_UNROLL _Pragma("unroll")
+#define DF_NO_UNROLL _Pragma("unroll 1")
 #else
 #define DF_UNROLL
+#define DF_NO_UNROLL
 #endif
 
 namespace diffuse::DF_BACKEND::detail {

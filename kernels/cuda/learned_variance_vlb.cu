@@ -25,6 +25,73 @@ constexpr int kBlock = 256;
 DF_DEVICE_INLINE double upper_tail(double u) { return 0.5 * erfc(u * 0.70710678118654752440); }
 DF_DEVICE_INLINE double std_normal_pdf(double u) { return exp(-0.5 * u * u) * 0.39894228040143267794; }
 
+// Element j's term and its derivative in the raw variance channel (before the 1 / (N ln 2) of
+// bits per dim). Decoder: step 0's discretized decoder; otherwise the KL to the posterior. A
+// template, so each loop below holds only its own branch's values in registers (one loop with both
+// branches spilled on sm_90).
+struct VlbConstants {
+  double a, s, c1, c2, log_beta, plvc, dlv_dr;
+};
+template <bool Decoder>
+DF_DEVICE_INLINE double vlb_element(const VlbConstants& c, float z, float x, float eps, float r, double* d) {
+  // p_mean_variance from eps: x0 = (z - s eps) / a, then the posterior mean, each rounded to f32
+  // as the reference's tensors are.
+  const float x0p = static_cast<float>((z - c.s * eps) / c.a);
+  const float mu = static_cast<float>(c.c1 * x0p + c.c2 * z);
+  const double v = 0.5 * (static_cast<double>(r) + 1.0);
+  const double lv = v * c.log_beta + (1.0 - v) * c.plvc;  // learned_log_variance
+  if constexpr (Decoder) {
+    // -log p(x0 | x_1): the discretized decoder with log_scale = lv / 2 (objective.cpp).
+    const double ls = 0.5 * lv, inv_std = exp(-ls);
+    const double hi = inv_std * (x - mu + 1.0 / 255.0), lo = inv_std * (x - mu - 1.0 / 255.0);
+    // The reference's branches need at most two tails: Q(lo) and Q(hi), or in the middle bins
+    // with lo <= 0 the mirrored Q(-lo) and Q(-hi); each erfc is evaluated once, with the
+    // reference's arguments.
+    // The two edges go through one loop that is not unrolled, so the code holds one inlined double
+    // erfc and one exp, not two of each (sm_90 spilled registers with two).
+    const bool mirror = !(x < -0.999) && !(x > 0.999) && !(lo > 0);
+    double q_lo = 0, q_hi = 0, pdf_lo = 0, pdf_hi = 0;
+    DF_NO_UNROLL for (int edge = 0; edge < 2; ++edge) {
+      const double u = edge == 0 ? lo : hi;
+      const double q = upper_tail(mirror ? -u : u), pdf = std_normal_pdf(u);
+      if (edge == 0) q_lo = q, pdf_lo = pdf;
+      else q_hi = q, pdf_hi = pdf;
+    }
+    double p, dp;
+    if (x < -0.999) {
+      p = 1.0 - q_hi;
+      dp = -hi * pdf_hi;
+    } else if (x > 0.999) {
+      p = q_lo;
+      dp = lo * pdf_lo;
+    } else {
+      p = mirror ? q_hi - q_lo : q_lo - q_hi;
+      dp = lo * pdf_lo - hi * pdf_hi;
+    }
+    *d = -(p < 1e-12 ? 0.0 : dp / p) * 0.5 * c.dlv_dr;
+    return -log(fmax(p, 1e-12));
+  } else {
+    // KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)), normal_kl and normal_kl_dlv2.
+    const float qm = static_cast<float>(c.c1 * x + c.c2 * z);
+    const double dm = static_cast<double>(qm) - mu, e = exp(c.plvc - lv), f = dm * dm * exp(-lv);
+    *d = 0.5 * (1.0 - e - f) * c.dlv_dr;
+    return 0.5 * (-1.0 + lv - c.plvc + e + f);
+  }
+}
+
+template <bool Decoder>
+DF_DEVICE_INLINE double vlb_sample(const VlbConstants& c, const float* __restrict__ x0, const float* __restrict__ xt,
+                                   const float* __restrict__ pred, const float* __restrict__ raw,
+                                   float* __restrict__ dvalue, int64_t from, int64_t to, double to_bpd) {
+  double acc = 0;
+  for (int64_t j = from + threadIdx.x; j < to; j += kBlock) {
+    double d;
+    acc += vlb_element<Decoder>(c, xt[j], x0[j], pred[j], raw[j], &d);
+    dvalue[j] = static_cast<float>(d * to_bpd);
+  }
+  return acc;
+}
+
 __global__ void __launch_bounds__(kBlock) learned_variance_vlb_kernel(
     const double* __restrict__ table, const float* __restrict__ steps, const float* __restrict__ x0,
     const float* __restrict__ xt, const float* __restrict__ pred, const float* __restrict__ raw,
@@ -34,48 +101,12 @@ __global__ void __launch_bounds__(kBlock) learned_variance_vlb_kernel(
   // The step, clamped into the table: the host checks the steps it stages (noise_levels).
   const int k = static_cast<int>(steps[b]);
   const int i = k < 0 ? 0 : k >= T ? T - 1 : k;
-  const double* c = table + static_cast<int64_t>(i) * kLearnedVarianceVlbConstants;
-  const double a = c[0], s = c[1], c1 = c[2], c2 = c[3], log_beta = c[4], plvc = c[5];
-  const double dlv_dr = 0.5 * (log_beta - plvc);
+  const double* t = table + static_cast<int64_t>(i) * kLearnedVarianceVlbConstants;
+  const VlbConstants c{t[0], t[1], t[2], t[3], t[4], t[5], 0.5 * (t[4] - t[5])};
   const double to_bpd = 1.0 / (static_cast<double>(n) * 0.69314718055994530942);
-  double acc = 0;
-  for (int64_t j = b * n + threadIdx.x; j < (b + 1) * n; j += kBlock) {
-    const float z = xt[j], x = x0[j];
-    // p_mean_variance from eps: x0 = (z - s eps) / a, then the posterior mean, each rounded to f32
-    // as the reference's tensors are.
-    const float x0p = static_cast<float>((z - s * pred[j]) / a);
-    const float mu = static_cast<float>(c1 * x0p + c2 * z);
-    const double v = 0.5 * (static_cast<double>(raw[j]) + 1.0);
-    const double lv = v * log_beta + (1.0 - v) * plvc;  // learned_log_variance
-    double term, d;
-    if (i == 0) {
-      // -log p(x0 | x_1): the discretized decoder with log_scale = lv / 2 (objective.cpp).
-      const double ls = 0.5 * lv, inv_std = exp(-ls);
-      const double hi = inv_std * (x - mu + 1.0 / 255.0), lo = inv_std * (x - mu - 1.0 / 255.0);
-      double p, dp;
-      if (x < -0.999) {
-        p = 1.0 - upper_tail(hi);
-        dp = -hi * std_normal_pdf(hi);
-      } else if (x > 0.999) {
-        p = upper_tail(lo);
-        dp = lo * std_normal_pdf(lo);
-      } else {
-        p = lo > 0 ? upper_tail(lo) - upper_tail(hi) : upper_tail(-hi) - upper_tail(-lo);
-        dp = lo * std_normal_pdf(lo) - hi * std_normal_pdf(hi);
-      }
-      term = -log(fmax(p, 1e-12));
-      d = -(p < 1e-12 ? 0.0 : dp / p) * 0.5 * dlv_dr * to_bpd;
-    } else {
-      // KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)), normal_kl and normal_kl_dlv2.
-      const float qm = static_cast<float>(c1 * x + c2 * z);
-      const double dm = static_cast<double>(qm) - mu, e = exp(plvc - lv), f = dm * dm * exp(-lv);
-      term = 0.5 * (-1.0 + lv - plvc + e + f);
-      d = 0.5 * (1.0 - e - f) * dlv_dr * to_bpd;
-    }
-    acc += term;
-    dvalue[j] = static_cast<float>(d);
-  }
-  partial[threadIdx.x] = acc;
+  // i is the same for the whole block: one loop or the other, no divergence.
+  partial[threadIdx.x] = i == 0 ? vlb_sample<true>(c, x0, xt, pred, raw, dvalue, b * n, (b + 1) * n, to_bpd)
+                                : vlb_sample<false>(c, x0, xt, pred, raw, dvalue, b * n, (b + 1) * n, to_bpd);
   __syncthreads();
   for (int w = kBlock / 2; w > 0; w /= 2) {
     if (static_cast<int>(threadIdx.x) < w) partial[threadIdx.x] += partial[threadIdx.x + w];
