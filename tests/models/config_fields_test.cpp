@@ -31,7 +31,7 @@ TEST_CASE("training config fields: every key round-trips; the keys written only 
                             {"objective", "hybrid"},     {"schedule", "custom"},
                             {"timesteps", 3},            {"betas", {0.1, 0.2, 0.3}},
                             {"loss_weight", "min-snr"},  {"t_sampling", "importance"},
-                            {"t_sampling_history", 3},
+                            {"t_sampling_history", 3},   {"lr_schedule", "cosine"},
                             {"lr", 1e-3},                {"beta1", 0.8},
                             {"beta2", 0.99},             {"adam_eps", 1e-6},
                             {"weight_decay", 0.01},      {"warmup", 7},
