@@ -93,9 +93,10 @@ struct DeviceTrainOptions {
   // importance), and each sample's loss is kept for per_sample_losses().
   bool importance = false;
   LossWeight loss_weight = LossWeight::none;  // none | min-snr (gamma 5)
-  // lr, beta1, beta2, eps, weight_decay, decay_vectors, warmup_steps (flat is implied). The
-  // defaults of train(): lr 2e-4 with 100 warm-up steps.
-  AdamWOptions adamw{2e-4f, 0.9f, 0.999f, 1e-8f, 0.f, true, 100, true};
+  // The defaults of train(): lr 2e-4 with 100 warm-up steps, then constant (flat is implied).
+  // Designated, so a field added to AdamWOptions cannot shift the others (a positional list once
+  // turned `flat` into decay_steps = 1: lr 0 after the first step).
+  AdamWOptions adamw{.lr = 2e-4f, .warmup_steps = 100, .flat = true};
   double grad_clip = 1.0;  // global norm; 0: no clipping
   float ema_decay = 0.999f;
   bool ema_warmup = true;
