@@ -7,6 +7,7 @@
 
 #include "core/check.h"
 #include "core/philox.h"
+#include "models/train/state_entries.h"
 
 namespace diffuse::train {
 
@@ -63,16 +64,15 @@ std::vector<std::pair<std::string, Tensor>> t_sampler_state(const diffusion::Los
 }
 
 void load_t_sampler_state(diffusion::LossSecondMomentResampler& sampler, const std::map<std::string, Tensor>& ckpt) {
-  auto l = ckpt.find(kTSamplerLosses);
-  auto c = ckpt.find(kTSamplerCounts);
-  const Shape want{sampler.T(), sampler.history()};
-  DF_CHECK(l != ckpt.end() && c != ckpt.end() && l->second.dtype() == DType::f64 && l->second.shape() == want &&
-               c->second.shape() == Shape{sampler.T()},
-           "the importance sampler's loss history (", kTSamplerLosses, ", ", kTSamplerCounts,
-           ") is missing or malformed; cannot resume a run with t_sampling importance");
+  StateEntries entries(ckpt);
+  const Tensor* l = entries.find(kTSamplerLosses, Shape{sampler.T(), sampler.history()});
+  const Tensor* c = entries.find(kTSamplerCounts, Shape{sampler.T()});
+  entries.check("cannot resume a run with t_sampling importance (the importance sampler's loss history)");
+  DF_CHECK(l->dtype() == DType::f64 && c->dtype() == DType::i64, "cannot resume a run with t_sampling importance: ",
+           kTSamplerLosses, " must be f64 and ", kTSamplerCounts, " i64, got ", l->str(), ", ", c->str());
   diffusion::LossSecondMomentResampler::State st;
-  st.losses.assign(l->second.data<double>(), l->second.data<double>() + l->second.numel());
-  st.counts = c->second.to_vector_i64();
+  st.losses.assign(l->data<double>(), l->data<double>() + l->numel());
+  st.counts = c->to_vector_i64();
   sampler.set_state(st);
 }
 
