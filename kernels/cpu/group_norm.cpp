@@ -21,6 +21,9 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "core/check.h"
 #include "kernels/cpu/vec_math.h"
@@ -176,72 +179,175 @@ void ref_backward(const Tensor& dyt, const Tensor& xt, const Tensor& mt, const T
 // 1983), and channels are merged into their group with Chan et al.'s pairwise formula: the
 // variance stays accurate even when |mean| >> std, at one pass over the data.
 template <class T>
-void fast_stats(const T* x, const Dims& d, double eps, T* mean, T* rstd) {
-#pragma omp parallel for schedule(static) if (d.B * d.N * d.C > 16384)
-  for (int64_t b = 0; b < d.B; ++b) {
-    std::vector<double> s1(d.C, 0.0), s2(d.C, 0.0), k(d.C);
-    const T* xb = x + b * d.N * d.C;
-    for (int64_t c = 0; c < d.C; ++c) k[c] = xb[c];
-    for (int64_t n = 0; n < d.N; ++n) {
-      const T* row = xb + n * d.C;
-      double *p1 = s1.data(), *p2 = s2.data();
-      const double* pk = k.data();
+DF_SIMD_CLONES void sample_stats(const T* xb, const Dims& d, double eps, T* mean, T* rstd) {
+  std::vector<double> s1(d.C, 0.0), s2(d.C, 0.0), k(d.C);
+  for (int64_t c = 0; c < d.C; ++c) k[c] = xb[c];
+  for (int64_t n = 0; n < d.N; ++n) {
+    const T* row = xb + n * d.C;
+    double *p1 = s1.data(), *p2 = s2.data();
+    const double* pk = k.data();
 #pragma omp simd
-      for (int64_t c = 0; c < d.C; ++c) {
-        double e = row[c] - pk[c];
-        p1[c] += e;
-        p2[c] += e * e;
-      }
+    for (int64_t c = 0; c < d.C; ++c) {
+      double e = row[c] - pk[c];
+      p1[c] += e;
+      p2[c] += e * e;
     }
-    const double nn = static_cast<double>(d.N), cnt = nn * static_cast<double>(d.Cg);
-    for (int64_t g = 0; g < d.G; ++g) {
-      double mu = 0;
-      for (int64_t c = g * d.Cg; c < (g + 1) * d.Cg; ++c) mu += k[c] + s1[c] / nn;
-      mu /= static_cast<double>(d.Cg);
-      double m2 = 0;
-      for (int64_t c = g * d.Cg; c < (g + 1) * d.Cg; ++c) {
-        const double mc = k[c] + s1[c] / nn;
-        m2 += (s2[c] - s1[c] * s1[c] / nn) + nn * (mc - mu) * (mc - mu);
-      }
-      mean[b * d.G + g] = static_cast<T>(mu);
-      rstd[b * d.G + g] = static_cast<T>(1.0 / std::sqrt(std::max(m2, 0.0) / cnt + eps));
+  }
+  const double nn = static_cast<double>(d.N), cnt = nn * static_cast<double>(d.Cg);
+  for (int64_t g = 0; g < d.G; ++g) {
+    double mu = 0;
+    for (int64_t c = g * d.Cg; c < (g + 1) * d.Cg; ++c) mu += k[c] + s1[c] / nn;
+    mu /= static_cast<double>(d.Cg);
+    double m2 = 0;
+    for (int64_t c = g * d.Cg; c < (g + 1) * d.Cg; ++c) {
+      const double mc = k[c] + s1[c] / nn;
+      m2 += (s2[c] - s1[c] * s1[c] / nn) + nn * (mc - mu) * (mc - mu);
     }
+    mean[g] = static_cast<T>(mu);
+    rstd[g] = static_cast<T>(1.0 / std::sqrt(std::max(m2, 0.0) / cnt + eps));
   }
 }
 
+// z = (x - mu) * a + e per (b, c) of sample b: a = rstd gamma (1+s), e = beta (1+s) + t; m = mu.
+template <class T>
+void fold_forward(const T* gamma, const T* beta, const T* scale, const T* shift, const T* mean, const T* rstd,
+                  const Dims& d, int64_t b, T* a, T* e, T* m) {
+  for (int64_t c = 0; c < d.C; ++c) {
+    const int64_t g = c / d.Cg;
+    const T ga = gamma ? gamma[c] : T(1), be = beta ? beta[c] : T(0);
+    const T s1 = scale ? T(1) + scale[b * d.C + c] : T(1), t = shift ? shift[b * d.C + c] : T(0);
+    a[c] = rstd[b * d.G + g] * ga * s1;
+    e[c] = be * s1 + t;
+    m[c] = mean[b * d.G + g];
+  }
+}
+
+template <class T>
+DF_SIMD_CLONES void normalize_row(const T* xr, T* yr, const T* pa, const T* pe, const T* pm, int64_t C, bool silu) {
+  if (silu) {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) {
+      T z = (xr[c] - pm[c]) * pa[c] + pe[c];
+      yr[c] = z / (T(1) + cpu::exp_vec(-z));
+    }
+  } else {
+#pragma omp simd
+    for (int64_t c = 0; c < C; ++c) yr[c] = (xr[c] - pm[c]) * pa[c] + pe[c];
+  }
+}
+
+int max_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+// With at least as many samples as threads, each thread takes whole samples and normalises one
+// right after its statistics, while it is still in L2 (a 28x28x64 f32 sample is 200 KB): one
+// pass over memory instead of two. Fewer samples than threads (batch 1) split the normalising
+// pass by rows instead. Both give the same bits: every element goes through the same arithmetic.
 template <class T>
 void fast_forward(const Tensor& xt, const Tensor& gt, const Tensor& bt, const Tensor& st, const Tensor& tt,
                   const GroupNormOptions& opt, const Dims& d, T* y, T* mean, T* rstd) {
   const T *x = xt.data<T>(), *gamma = ptr_or_null<T>(gt), *beta = ptr_or_null<T>(bt);
   const T *scale = ptr_or_null<T>(st), *shift = ptr_or_null<T>(tt);
-  fast_stats(x, d, opt.eps, mean, rstd);
-  // z = (x - mu) * a + e per (b, c): a = rstd gamma (1+s), e = beta (1+s) + t.
+  const bool parallel = d.B * d.N * d.C > 16384;
+  if (d.B >= max_threads()) {
+#pragma omp parallel if (parallel)
+    {
+      std::vector<T> a(d.C), e(d.C), m(d.C);
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < d.B; ++b) {
+        sample_stats(x + b * d.N * d.C, d, opt.eps, mean + b * d.G, rstd + b * d.G);
+        fold_forward(gamma, beta, scale, shift, mean, rstd, d, b, a.data(), e.data(), m.data());
+        for (int64_t n = 0; n < d.N; ++n) {
+          const int64_t off = (b * d.N + n) * d.C;
+          normalize_row(x + off, y + off, a.data(), e.data(), m.data(), d.C, opt.silu);
+        }
+      }
+    }
+    return;
+  }
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int64_t b = 0; b < d.B; ++b) sample_stats(x + b * d.N * d.C, d, opt.eps, mean + b * d.G, rstd + b * d.G);
   std::vector<T> a(d.B * d.C), e(d.B * d.C), m(d.B * d.C);
   for (int64_t b = 0; b < d.B; ++b)
-    for (int64_t c = 0; c < d.C; ++c) {
-      const int64_t g = c / d.Cg;
-      const T ga = gamma ? gamma[c] : T(1), be = beta ? beta[c] : T(0);
-      const T s1 = scale ? T(1) + scale[b * d.C + c] : T(1), t = shift ? shift[b * d.C + c] : T(0);
-      a[b * d.C + c] = rstd[b * d.G + g] * ga * s1;
-      e[b * d.C + c] = be * s1 + t;
-      m[b * d.C + c] = mean[b * d.G + g];
-    }
+    fold_forward(gamma, beta, scale, shift, mean, rstd, d, b, a.data() + b * d.C, e.data() + b * d.C,
+                 m.data() + b * d.C);
   const int64_t rows = d.B * d.N;
-  const bool silu = opt.silu;
-#pragma omp parallel for schedule(static) if (rows * d.C > 16384)
+#pragma omp parallel for schedule(static) if (parallel)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t b = r / std::max<int64_t>(d.N, 1);
-    const T *xr = x + r * d.C, *pa = a.data() + b * d.C, *pe = e.data() + b * d.C, *pm = m.data() + b * d.C;
-    T* yr = y + r * d.C;
+    normalize_row(x + r * d.C, y + r * d.C, a.data() + b * d.C, e.data() + b * d.C, m.data() + b * d.C, d.C,
+                  opt.silu);
+  }
+}
+
+// dx of sample b from its U and V (see the top of the file):
+//   dx = rstd (dxhat - m1 - xhat m2), dxhat = u (1+s) gamma, xhat = (x - mu) rstd
+//      = u * k_bc + (x - mu) * (-rstd^2 m2) + (-rstd m1)
+// u is dy act'(z) (or dy without SiLU); it may alias dx (each element is read before written).
+template <class T>
+DF_SIMD_CLONES void dx_of_sample(const T* u, const T* x, const T* mean, const T* rstd, const T* gamma, const T* scale,
+                  const double* U, const double* V, const Dims& d, int64_t b, T* dx) {
+  // Per-channel copies of the per-group factors, so the inner loop is a plain vector FMA.
+  std::vector<T> kk(d.C), exc(d.C), fxc(d.C), muc(d.C);
+  const double cnt = static_cast<double>(d.N * d.Cg);
+  for (int64_t g = 0; g < d.G; ++g) {
+    double m1 = 0, m2 = 0;
+    const double rs = rstd[b * d.G + g];
+    for (int64_t c = g * d.Cg; c < (g + 1) * d.Cg; ++c) {
+      const double w = (scale ? 1.0 + scale[b * d.C + c] : 1.0) * (gamma ? gamma[c] : 1.0);
+      m1 += w * U[c];
+      m2 += w * V[c];
+      kk[c] = static_cast<T>(w * rs);
+    }
+    m1 /= cnt;
+    m2 /= cnt;
+    const T ex = static_cast<T>(-rs * rs * m2), fx = static_cast<T>(-rs * m1);
+    for (int64_t c = g * d.Cg; c < (g + 1) * d.Cg; ++c) {
+      exc[c] = ex;
+      fxc[c] = fx;
+      muc[c] = mean[b * d.G + g];
+    }
+  }
+  const T *pk = kk.data(), *pe = exc.data(), *pf = fxc.data(), *pm = muc.data();
+  for (int64_t n = 0; n < d.N; ++n) {
+    const int64_t off = (b * d.N + n) * d.C;
+    const T *xr = x + off, *ur = u + off;
+    T* dr = dx + off;
+#pragma omp simd
+    for (int64_t c = 0; c < d.C; ++c) dr[c] = ur[c] * pk[c] + (xr[c] - pm[c]) * pe[c] + pf[c];
+  }
+}
+
+// U[c] += sum_n u, V[c] += sum_n u * xhat over the N rows of one sample (dy, x at its first row),
+// u = dy act'(z) written to `u_out` (when dx is wanted; else to the one-row `row`).
+template <class T>
+DF_SIMD_CLONES void sums_of_sample(const T* dy, const T* x, T* u_out, T* row, const T* mu, const T* rs, const T* a,
+                                   const T* e, const Dims& d, bool silu, double* pU, double* pV) {
+  for (int64_t n = 0; n < d.N; ++n) {
+    const T *xr = x + n * d.C, *dr = dy + n * d.C;
     if (silu) {
+      T* ur = u_out ? u_out + n * d.C : row;
 #pragma omp simd
       for (int64_t c = 0; c < d.C; ++c) {
-        T z = (xr[c] - pm[c]) * pa[c] + pe[c];
-        yr[c] = z / (T(1) + cpu::exp_vec(-z));
+        // d/dz z sigmoid(z) = sigmoid(z) (1 + z (1 - sigmoid(z)))
+        const T z = (xr[c] - mu[c]) * a[c] + e[c];
+        const T sg = T(1) / (T(1) + cpu::exp_vec(-z));
+        const T u = dr[c] * sg * (T(1) + z * (T(1) - sg));
+        ur[c] = u;
+        pU[c] += u;
+        pV[c] += static_cast<double>(u) * ((xr[c] - mu[c]) * rs[c]);
       }
     } else {
 #pragma omp simd
-      for (int64_t c = 0; c < d.C; ++c) yr[c] = (xr[c] - pm[c]) * pa[c] + pe[c];
+      for (int64_t c = 0; c < d.C; ++c) {
+        pU[c] += dr[c];
+        pV[c] += static_cast<double>(dr[c]) * ((xr[c] - mu[c]) * rs[c]);
+      }
     }
   }
 }
@@ -258,42 +364,28 @@ void fast_backward(const Tensor& dyt, const Tensor& xt, const Tensor& mt, const 
   // is wanted) so the second pass needs no sigmoid.
   std::vector<double> U(d.B * d.C, 0.0), V(d.B * d.C, 0.0);
   T* ubuf = ptr_or_null<T>(out.dx);
-#pragma omp parallel for schedule(static) if (d.B * d.N * d.C > 16384)
-  for (int64_t b = 0; b < d.B; ++b) {
-    // xhat = (x - mu) * rs per channel; z = (x - mu) * a + e (as in forward).
+#pragma omp parallel if (d.B * d.N * d.C > 16384)
+  {
     std::vector<T> mu(d.C), rs(d.C), a(d.C), e(d.C), row(d.C);
-    for (int64_t c = 0; c < d.C; ++c) {
-      const int64_t g = c / d.Cg;
-      const T ga = gamma ? gamma[c] : T(1), be = beta ? beta[c] : T(0);
-      const T s1 = scale ? T(1) + scale[b * d.C + c] : T(1), t = shift ? shift[b * d.C + c] : T(0);
-      mu[c] = mean[b * d.G + g];
-      rs[c] = rstd[b * d.G + g];
-      a[c] = rs[c] * ga * s1;
-      e[c] = be * s1 + t;
-    }
-    double *pU = U.data() + b * d.C, *pV = V.data() + b * d.C;
-    for (int64_t n = 0; n < d.N; ++n) {
-      const int64_t off = (b * d.N + n) * d.C;
-      const T *xr = x + off, *dr = dy + off;
-      if (silu) {
-        T* ur = ubuf ? ubuf + off : row.data();
-#pragma omp simd
-        for (int64_t c = 0; c < d.C; ++c) {
-          // d/dz z sigmoid(z) = sigmoid(z) (1 + z (1 - sigmoid(z)))
-          const T z = (xr[c] - mu[c]) * a[c] + e[c];
-          const T sg = T(1) / (T(1) + cpu::exp_vec(-z));
-          const T u = dr[c] * sg * (T(1) + z * (T(1) - sg));
-          ur[c] = u;
-          pU[c] += u;
-          pV[c] += static_cast<double>(u) * ((xr[c] - mu[c]) * rs[c]);
-        }
-      } else {
-#pragma omp simd
-        for (int64_t c = 0; c < d.C; ++c) {
-          pU[c] += dr[c];
-          pV[c] += static_cast<double>(dr[c]) * ((xr[c] - mu[c]) * rs[c]);
-        }
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < d.B; ++b) {
+      // xhat = (x - mu) * rs per channel; z = (x - mu) * a + e (as in forward).
+      for (int64_t c = 0; c < d.C; ++c) {
+        const int64_t g = c / d.Cg;
+        const T ga = gamma ? gamma[c] : T(1), be = beta ? beta[c] : T(0);
+        const T s1 = scale ? T(1) + scale[b * d.C + c] : T(1), t = shift ? shift[b * d.C + c] : T(0);
+        mu[c] = mean[b * d.G + g];
+        rs[c] = rstd[b * d.G + g];
+        a[c] = rs[c] * ga * s1;
+        e[c] = be * s1 + t;
       }
+      double *pU = U.data() + b * d.C, *pV = V.data() + b * d.C;
+      const int64_t off = b * d.N * d.C;
+      sums_of_sample(dy + off, x + off, ubuf ? ubuf + off : nullptr, row.data(), mu.data(), rs.data(), a.data(),
+                     e.data(), d, silu, pU, pV);
+      // dx of this sample at once, while its rows are still in L2 (its factors need only its own
+      // U and V): one pass over memory for the two.
+      if (ubuf) dx_of_sample(silu ? ubuf : dy, x, mean, rstd, gamma, scale, pU, pV, d, b, ubuf);
     }
   }
   // Parameter gradients from U, V (see the top of the file).
@@ -316,47 +408,6 @@ void fast_backward(const Tensor& dyt, const Tensor& xt, const Tensor& mt, const 
       if (out.dgamma.defined()) out.dgamma.data<T>()[c] = static_cast<T>(dg[c]);
       if (out.dbeta.defined()) out.dbeta.data<T>()[c] = static_cast<T>(db[c]);
     }
-  }
-  if (!out.dx.defined()) return;
-  // dx = rstd (dxhat - m1 - xhat m2), dxhat = u (1+s) gamma, xhat = (x - mu) rstd:
-  //    = u * k_bc + (x - mu) * (-rstd^2 m2) + (-rstd m1)
-  std::vector<T> kk(d.B * d.C), ex(d.B * d.G), fx(d.B * d.G);
-  const double cnt = static_cast<double>(d.N * d.Cg);
-  for (int64_t b = 0; b < d.B; ++b)
-    for (int64_t g = 0; g < d.G; ++g) {
-      double m1 = 0, m2 = 0;
-      for (int64_t c = g * d.Cg; c < (g + 1) * d.Cg; ++c) {
-        const double w = s1_of(b, c) * (gamma ? gamma[c] : 1.0);
-        m1 += w * U[b * d.C + c];
-        m2 += w * V[b * d.C + c];
-        kk[b * d.C + c] = static_cast<T>(w * rstd[b * d.G + g]);
-      }
-      m1 /= cnt;
-      m2 /= cnt;
-      const double rs = rstd[b * d.G + g];
-      ex[b * d.G + g] = static_cast<T>(-rs * rs * m2);
-      fx[b * d.G + g] = static_cast<T>(-rs * m1);
-    }
-  // Per-channel copies of the per-group factors, so the inner loop is a plain vector FMA.
-  std::vector<T> exc(d.B * d.C), fxc(d.B * d.C), muc(d.B * d.C);
-  for (int64_t b = 0; b < d.B; ++b)
-    for (int64_t c = 0; c < d.C; ++c) {
-      exc[b * d.C + c] = ex[b * d.G + c / d.Cg];
-      fxc[b * d.C + c] = fx[b * d.G + c / d.Cg];
-      muc[b * d.C + c] = mean[b * d.G + c / d.Cg];
-    }
-  T* dx = out.dx.data<T>();
-  const T* ub = silu ? ubuf : dy;  // without SiLU, u is dy itself
-  const int64_t rows = d.B * d.N;
-#pragma omp parallel for schedule(static) if (rows * d.C > 16384)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t b = r / std::max<int64_t>(d.N, 1);
-    const T *xr = x + r * d.C, *ur = ub + r * d.C;
-    const T *pk = kk.data() + b * d.C, *pe = exc.data() + b * d.C, *pf = fxc.data() + b * d.C;
-    const T* pm = muc.data() + b * d.C;
-    T* dr = dx + r * d.C;
-#pragma omp simd
-    for (int64_t c = 0; c < d.C; ++c) dr[c] = ur[c] * pk[c] + (xr[c] - pm[c]) * pe[c] + pf[c];
   }
 }
 

@@ -6,6 +6,20 @@
 #include <cmath>
 #include <cstdint>
 
+// DF_SIMD_CLONES before a function with hot `omp simd` loops: GCC compiles it three times, for
+// AVX-512 (x86-64-v4), AVX2 (x86-64-v3) and the baseline the library is built for (x86-64: SSE2,
+// 4 floats a vector), and the loader picks one by the CPU (target_clones, an ifunc). Measured on
+// the AVX-512 target, GroupNorm's fused SiLU row (exp_vec and a division per element) 1.78 ns a
+// value at the baseline, 0.74 AVX2, 0.50 AVX-512. The bits do not depend on which clone runs for
+// a loop whose lanes are independent (no reduction across lanes; -ffp-contract=off keeps a*b+c
+// two roundings on every ISA): mark only such functions. clang (the sanitizer build) does not
+// clone templates: there it is nothing.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define DF_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define DF_SIMD_CLONES
+#endif
+
 namespace diffuse::kernels::cpu {
 
 // exp inside `omp simd` loops: libm's expf is a scalar call; it made GroupNorm's fused SiLU
