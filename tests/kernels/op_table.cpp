@@ -996,12 +996,15 @@ using GnBackward = void (*)(const void*, const void*, void*, DType, const float*
 void add_group_norm(std::vector<OpCase>& table) {
   std::vector<GnCase> cases;
   // The cpu family: odd sizes (C=6 with G=3, T=5), batch 1, (B,C) with one position, one channel
-  // per group, one group; every option.
+  // per group, one group; every option. The last two are above the fast path's threading
+  // threshold (16384 values): 3 samples over the threads (each normalised after its statistics)
+  // and one sample (its rows split over the threads).
   struct CpuShape {
     int64_t B, N, C;
     int G;
   };
-  const CpuShape cpu_shapes[] = {{2, 16, 8, 4}, {1, 5, 6, 3}, {3, 1, 8, 2}, {2, 9, 32, 32}, {2, 7, 12, 1}};
+  const CpuShape cpu_shapes[] = {{2, 16, 8, 4}, {1, 5, 6, 3},    {3, 1, 8, 2},
+                                 {2, 9, 32, 32}, {2, 7, 12, 1},  {3, 101, 64, 8}, {1, 301, 64, 8}};
   for (const CpuShape& c : cpu_shapes)
     for (int opts = 0; opts < 16; ++opts)
       cases.push_back({c.B, c.N, c.C, c.G, bool(opts & 1), bool(opts & 2), bool(opts & 4), bool(opts & 8), {}, false,
