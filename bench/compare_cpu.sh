@@ -21,7 +21,9 @@
 # REPEATS (3), TORCH_PYPI (1; 0 leaves PyTorch 2.15 out), MODES (the 2.15 modes, "eager
 # channels-last compile"), PROFILE (1: after the timed runs, one profiled run each of diffuse and
 # of PyTorch 2.15 eager, tables in $BUILD_DIR/compare/profile-*.txt), BUILD_DIR (build-compare),
-# JOBS (build jobs; nproc), SKIP_DEPS=1 (do not run install-deps.sh).
+# JOBS (build jobs; nproc), SKIP_DEPS=1 (do not run install-deps.sh), NICE (a niceness for every
+# timed process of both sides, e.g. -19 as root on a machine that other work shares: the timed
+# programs then take the cores first, and a descheduled thread no longer stalls every barrier).
 # With REPEATS=1 TORCH_PYPI=0 this is the one-run Debian comparison of before, which took 155 s
 # on 2 cores from a clean clone, about half of it the build (docs/benchmarks.md).
 set -euo pipefail
@@ -59,6 +61,8 @@ if [[ "$TORCH_PYPI" == 1 ]]; then
 fi
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
+prio=()
+if [[ -n "${NICE:-}" ]]; then prio=(nice -n "$NICE"); fi
 # One PyTorch configuration: "debian" (eager NCHW) or "pypi-MODE"; extra arguments go to the script.
 torch_run() {
   local conf=$1 json=$2
@@ -66,9 +70,9 @@ torch_run() {
   local args=(--batch 64 --steps "$STEPS" --sample-batch "$SAMPLE_BATCH" --sample-steps "$SAMPLE_STEPS"
     --threads "$THREADS" --lr 2e-4 --diffuse-json "$OUT/diffuse.1.json" --json "$json" "$@")
   if [[ "$conf" == debian ]]; then
-    OMP_NUM_THREADS="$THREADS" /usr/bin/python3 bench/torch_cpu_tiny.py "${args[@]}"
+    OMP_NUM_THREADS="$THREADS" "${prio[@]}" /usr/bin/python3 bench/torch_cpu_tiny.py "${args[@]}"
   else
-    OMP_NUM_THREADS="$THREADS" bash bench/torch_pypi.sh "$PYPI_DIR" -- python3 bench/torch_cpu_tiny.py \
+    OMP_NUM_THREADS="$THREADS" "${prio[@]}" bash bench/torch_pypi.sh "$PYPI_DIR" -- python3 bench/torch_cpu_tiny.py \
       --mode "${conf#pypi-}" "${args[@]}"
   fi
 }
@@ -78,11 +82,11 @@ if [[ "$TORCH_PYPI" == 1 ]]; then
 fi
 
 echo "compare_cpu: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(lscpu | sed -n 's/^Model name: *//p' | head -1))," \
-  "$THREADS threads, $STEPS timed steps, $REPEATS rounds of: diffuse ${confs[*]}"
+  "$THREADS threads, $STEPS timed steps, $REPEATS rounds of: diffuse ${confs[*]}${NICE:+, at nice $NICE}"
 for ((r = 1; r <= REPEATS; ++r)); do
   echo "== round $r: diffuse (load $(load))"
   echo "$r diffuse $(load)" >>"$OUT/runs.txt"
-  "$BUILD_DIR/bench/cpu_train_step" --preset tiny --batch 64 --steps "$STEPS" --sample-batch "$SAMPLE_BATCH" \
+  "${prio[@]}" "$BUILD_DIR/bench/cpu_train_step" --preset tiny --batch 64 --steps "$STEPS" --sample-batch "$SAMPLE_BATCH" \
     --sample-steps "$SAMPLE_STEPS" --threads "$THREADS" --lr 2e-4 --json "$OUT/diffuse.$r.json"
   for c in "${confs[@]}"; do
     echo "== round $r: PyTorch $c (load $(load))"
@@ -95,7 +99,7 @@ done
 echo "compare_cpu: load after: $(load)"
 if [[ "$PROFILE" == 1 ]]; then
   echo "== profiles (one training step, one sampling model call)"
-  "$BUILD_DIR/bench/cpu_train_step" --preset tiny --batch 64 --steps 3 --sample-batch "$SAMPLE_BATCH" \
+  "${prio[@]}" "$BUILD_DIR/bench/cpu_train_step" --preset tiny --batch 64 --steps 3 --sample-batch "$SAMPLE_BATCH" \
     --sample-steps 1 --threads "$THREADS" --profile "$OUT/profile-diffuse.txt" >/dev/null
   if [[ "$TORCH_PYPI" == 1 ]]; then
     torch_run pypi-eager "$OUT/torch.profile.json" --steps 3 --sample-steps 1 --profile "$OUT/profile-torch.txt" \
