@@ -23,7 +23,9 @@
 # of PyTorch 2.15 eager, tables in $BUILD_DIR/compare/profile-*.txt), BUILD_DIR (build-compare),
 # JOBS (build jobs; nproc), SKIP_DEPS=1 (do not run install-deps.sh), NICE (a niceness for every
 # timed process of both sides, e.g. -19 as root on a machine that other work shares: the timed
-# programs then take the cores first, and a descheduled thread no longer stalls every barrier).
+# programs then take the cores first, and a descheduled thread no longer stalls every barrier;
+# with the kernel's autogroup scheduling on, niceness only orders processes of one session, so the
+# script says so: `echo 0 > /proc/sys/kernel/sched_autogroup_enabled` as root turns it off).
 # With REPEATS=1 TORCH_PYPI=0 this is the one-run Debian comparison of before, which took 155 s
 # on 2 cores from a clean clone, about half of it the build (docs/benchmarks.md).
 set -euo pipefail
@@ -62,7 +64,13 @@ fi
 
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 prio=()
-if [[ -n "${NICE:-}" ]]; then prio=(nice -n "$NICE"); fi
+if [[ -n "${NICE:-}" ]]; then
+  prio=(nice -n "$NICE")
+  if [[ "$(cat /proc/sys/kernel/sched_autogroup_enabled 2>/dev/null)" == 1 ]]; then
+    echo "compare_cpu: NICE=$NICE holds only against this session's processes while autogroup scheduling is on" \
+      "(echo 0 > /proc/sys/kernel/sched_autogroup_enabled, as root, turns it off)" >&2
+  fi
+fi
 # One PyTorch configuration: "debian" (eager NCHW) or "pypi-MODE"; extra arguments go to the script.
 torch_run() {
   local conf=$1 json=$2
