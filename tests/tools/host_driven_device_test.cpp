@@ -5,7 +5,7 @@
 // --classifier guidance and with --sampler langevin and pc (host-driven sampling, the model and the
 // classifier on the GPU). On a GPU this is the cuda tier; in a DIFFUSE_CUDA=SIM build, the
 // simulated device's (sim tier). 16x16 images, batch 4, three steps, tiny widths: the simulated
-// device runs every kernel thread by thread on one core.
+// device runs every kernel thread by thread on one core. On the cpu ([cpu]): the flag itself.
 //
 // Training. Both devices draw the same batches, noise levels, noise, dropout masks and posterior
 // samples (each a Philox stream of (seed, step), the same numbers on either device), and the
@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -276,4 +277,29 @@ TEST_CASE("train-autoencoder --device cuda agrees with the cpu", "[cuda][tools]"
   REQUIRE(got.at("mse").size() == 1);
   CHECK(std::fabs(got.at("mse")[0] - want.at("mse")[0]) <= 1e-4 * want.at("mse")[0]);
   check_same_images(dir / "ae_cuda/reconstructions_3.png", dir / "ae_cpu/reconstructions_3.png");
+}
+
+TEST_CASE("train-classifier and train-autoencoder --device: in --help, checked, and a missing GPU refused with "
+          "nothing written",
+          "[cpu][tools]") {
+  test::TempDir dir;
+  const std::string data = dataset(dir.path);
+  // One past the last GPU, or cuda on a machine without one.
+  const std::string missing = cuda_available() ? "cuda:" + std::to_string(cuda_device_count()) : "cuda";
+  for (const char* cmd : {"train-classifier", "train-autoencoder"}) {
+    INFO(cmd);
+    std::string log;
+    REQUIRE(test::run({test::cli_path(), cmd, "--help"}, dir / "help.txt", &log) == 0);
+    CHECK(log.find("--device") != std::string::npos);
+    CHECK(log.find("host-driven") != std::string::npos);
+    CHECK(test::run({test::cli_path(), cmd, "--dataset", data, "--device", "gpu", "--out", dir / "bad"},
+                    dir / "bad.txt", &log) != 0);
+    CHECK(log.find("cpu, cuda, cuda:N or auto") != std::string::npos);
+    CHECK(test::run({test::cli_path(), cmd, "--dataset", data, "--steps", "1", "--batch", "4", "--device", missing,
+                     "--out", dir / "none"},
+                    dir / "none.txt", &log) != 0);
+    CHECK(log.find("requested but") != std::string::npos);
+    CHECK_FALSE(std::filesystem::exists(dir / "none"));
+    CHECK_FALSE(std::filesystem::exists(dir / "bad"));
+  }
 }
