@@ -5,6 +5,7 @@
 #include "core/check.h"
 #include "models/train/autoencoder_trainer.h"
 #include "tools/commands.h"
+#include "tools/enum_option.h"
 #include "tools/progress.h"
 
 namespace diffuse::tools {
@@ -43,6 +44,11 @@ void register_autoencoder(CLI::App& root) {
                   "the end)")->capture_default_str();
   cmd->add_option("--eval-count", c->eval_count, "test images whose reconstruction error (MSE, PSNR) is reported at "
                   "the end (0: none)")->capture_default_str();
+  cmd->add_option("--device", c->device, "cpu, cuda, cuda:N or auto. On a GPU the run is host-driven: the forward and "
+                  "backward passes on the device, AdamW on the cpu's copy of the weights (the checkpoint's). Same seed, same "
+                  "run either way, up to float rounding")
+      ->check(device_validator())
+      ->capture_default_str();
   cmd->add_flag("--resume", *resume, "continue the run in --out from its checkpoint (bit-exact)");
   cmd->callback([c, resume, model_json] {
     train::AutoencoderTrainConfig cfg = *c;

@@ -55,6 +55,11 @@ void register_classifier(CLI::App& root) {
       ->capture_default_str();
   cmd->add_option("--eval-count", c->eval_count, "test images whose accuracy is reported at the end (0: none)")
       ->capture_default_str();
+  cmd->add_option("--device", c->device, "cpu, cuda, cuda:N or auto. On a GPU the run is host-driven: the forward and "
+                  "backward passes on the device, AdamW on the cpu's copy of the weights (the checkpoint's). Same seed, same "
+                  "run either way, up to float rounding")
+      ->check(device_validator())
+      ->capture_default_str();
   cmd->add_flag("--resume", *resume, "continue the run in --out from its checkpoint (bit-exact)");
   cmd->callback([c, resume, model_json, noise] {
     train::ClassifierConfig cfg = *c;

@@ -14,6 +14,7 @@
 #include "core/image_io.h"
 #include "core/json_util.h"
 #include "models/data/dataset.h"
+#include "models/train/config.h"
 #include "models/train/model_run.h"
 #include "models/train/optim.h"
 #include "models/train/run_folder.h"
@@ -45,6 +46,7 @@ void visit_fields(C& c, F&& f) {
   f("log_every", c.log_every);
   f("checkpoint_every", c.checkpoint_every);
   f("eval_count", c.eval_count);
+  f("device", c.device);
 }
 
 // The run's draws (model_run.h): the posterior's from (seed, run_stream(step, kPosterior)).
@@ -130,6 +132,7 @@ void AutoencoderTrainConfig::validate() const {
   DF_CHECK(log_every >= 1 && checkpoint_every >= 0 && eval_count >= 0,
            "train-autoencoder: --log-every must be >= 1, --checkpoint-every and --eval-count >= 0");
   DF_CHECK(model.is_object(), "train-autoencoder: --model must be a JSON object of autoencoder keys");
+  check_device_spec(device, "autoencoder config");
 }
 
 nn::AutoencoderConfig AutoencoderTrainConfig::autoencoder_config(int image_size, int channels) const {
@@ -195,6 +198,7 @@ ReconstructionError reconstruction_error(nn::Autoencoder& ae, const Tensor& imag
 std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume, const AutoencoderCallbacks& cb) {
   AutoencoderTrainConfig cfg = cfg_in;
   cfg.validate();
+  const Device dev = resolve_device(cfg.device);  // a missing GPU is refused before anything is written
   OutputFolder folder(cfg.out_dir);  // until keep(), a refusal leaves the disk as it was
   remove_stale_temporaries(cfg.out_dir, kCheckpointName);
   const std::string ckpt = (fs::path(cfg.out_dir) / kCheckpointName).string();
@@ -216,6 +220,16 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
   data::Dataset test = load_dataset(cfg.dataset, "test");
   auto params = net->named_parameters();
   AdamW opt(params, run_adamw(cfg.lr, cfg.weight_decay, cfg.warmup));
+  // On a GPU: the replica that runs the passes, the grids and the score (model_run.h); `net` holds
+  // the weights AdamW updates.
+  std::shared_ptr<nn::Autoencoder> replica;
+  NamedParams replica_params;
+  if (dev.is_cuda()) {
+    replica = std::make_shared<nn::Autoencoder>(net->config(), nn::Autoencoder::Undrawn{});
+    replica->to(dev);
+    replica_params = replica->named_parameters();
+  }
+  nn::Autoencoder& runner = replica ? *replica : *net;
   data::BatcherOptions bo;
   bo.batch_size = cfg.batch;
   bo.seed = cfg.seed;
@@ -230,6 +244,8 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
   std::ofstream log = open_run_log((fs::path(cfg.out_dir) / "autoencoder_log.csv").string(), resuming,
                                    "step,loss,mse,kl,grad_norm,lr,images_per_s");
   folder.keep();
+  if (replica && cb.on_message)
+    cb.on_message("host-driven on " + dev.str() + ": the forward and backward passes on the device, AdamW on the cpu");
 
   auto write_checkpoint = [&] {
     write_run_checkpoint(ckpt, *net, opt, batcher, step,
@@ -237,7 +253,8 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
                           {"config", cfg.to_json().dump()},
                           {"autoencoder", net->config().to_json().dump()}});
     const std::string png = (fs::path(cfg.out_dir) / ("reconstructions_" + std::to_string(step) + ".png")).string();
-    write_reconstruction_grid(*net, test.images, png);
+    if (replica) copy_weights(params, replica_params);
+    write_reconstruction_grid(runner, test.images, png);
     if (cb.on_message) cb.on_message("checkpoint " + ckpt + " (step " + std::to_string(step) + "), " + png);
   };
 
@@ -247,9 +264,11 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
   while (step < cfg.steps) {
     if (cb.should_stop && cb.should_stop()) break;
     data::Batch batch = batcher.next();
-    Loss l = autoencoder_loss(*net, batch.images, cfg.kl_weight, cfg.seed, run_stream(step, kPosterior));
+    if (replica) copy_weights(params, replica_params);
+    Loss l = autoencoder_loss(runner, batch.images.to(dev), cfg.kl_weight, cfg.seed, run_stream(step, kPosterior));
     const double lv = l.total.value().item();
-    const double gnorm = optimizer_step(l.total, params, opt, cfg.grad_clip, step, "autoencoder", ckpt);
+    const double gnorm = optimizer_step(l.total, params, opt, cfg.grad_clip, step, "autoencoder", ckpt,
+                                        replica ? &replica_params : nullptr);
     ++step;
     loss_acc += lv;
     mse_acc += l.mse;
@@ -274,7 +293,7 @@ std::string train_autoencoder(const AutoencoderTrainConfig& cfg_in, bool resume,
   write_checkpoint();
   if (step >= cfg.steps && cfg.eval_count > 0) {
     const int64_t n = std::min<int64_t>(cfg.eval_count, test.size());
-    const ReconstructionError r = reconstruction_error(*net, test.images.slice(0, n));
+    const ReconstructionError r = reconstruction_error(runner, test.images.slice(0, n));
     const std::string eval_path = (fs::path(cfg.out_dir) / "autoencoder_eval.csv").string();
     std::ofstream ev(eval_path, std::ios::trunc);
     ev << "step,images,split,mse,psnr\n"

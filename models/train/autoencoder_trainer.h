@@ -9,8 +9,10 @@
 // 1/D, so kl_weight is LDM's ratio of the two per-sample sums (their KL-f4 models use 1e-6).
 // L2 rather than LDM's L1: LDM pairs L1 with a perceptual (LPIPS) and an adversarial loss, neither
 // of which exists here; alone, L2 is the Gaussian decoder's log-likelihood and what PSNR scores.
-// Training runs on the cpu, with the run folder, log, atomic checkpoints and bit-exact resume of
-// `diffuse train` (run_folder.h); every draw is a function of (seed, step).
+// Training runs on the cpu or, host-driven, on a GPU (`device`: the forward and backward passes on
+// the device, AdamW on the host's weights; model_run.h), with the run folder, log, atomic
+// checkpoints and bit-exact resume of `diffuse train` (run_folder.h); every draw is a function of
+// (seed, step), the same on either device.
 #pragma once
 
 #include <cstdint>
@@ -42,6 +44,7 @@ struct AutoencoderTrainConfig {
   int64_t log_every = 10;
   int64_t checkpoint_every = 500;  // 0: only at the end
   int eval_count = 2000;           // test images whose reconstruction error is reported at the end (0: none)
+  std::string device = "auto";     // cpu, cuda, cuda:N or auto (a GPU when one answers)
 
   nlohmann::json to_json() const;
   static AutoencoderTrainConfig from_json(const nlohmann::json& j);  // unknown keys and bad values are errors

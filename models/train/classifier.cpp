@@ -49,6 +49,7 @@ void visit_fields(C& c, F&& f) {
   f("log_every", c.log_every);
   f("checkpoint_every", c.checkpoint_every);
   f("eval_count", c.eval_count);
+  f("device", c.device);
 }
 
 // The DDPM schedule of the noise levels, built by the one function `train` uses.
@@ -151,11 +152,13 @@ void ClassifierConfig::validate() const {
   DF_CHECK(steps >= 1, "classifier: --steps must be at least 1");
   DF_CHECK(log_every >= 1 && checkpoint_every >= 0 && eval_count >= 0,
            "classifier: --log-every must be >= 1, --checkpoint-every and --eval-count >= 0");
+  check_device_spec(device, "classifier config");
 }
 
 std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const ClassifierCallbacks& cb) {
   ClassifierConfig cfg = cfg_in;
   cfg.validate();
+  const Device dev = resolve_device(cfg.device);  // a missing GPU is refused before anything is written
   OutputFolder folder(cfg.out_dir);  // until keep(), a refusal leaves the disk as it was
   remove_stale_temporaries(cfg.out_dir, kCheckpointName);
   const std::string ckpt = (fs::path(cfg.out_dir) / kCheckpointName).string();
@@ -177,6 +180,16 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
   auto net = std::make_shared<nn::EncoderClassifier>(
       unet_of(cfg, static_cast<int>(ishape[1]), static_cast<int>(ishape[3])), data.num_classes, cfg.seed);
   net->train();
+  // On a GPU: the replica that runs the passes (model_run.h); `net` holds the weights AdamW updates.
+  std::shared_ptr<nn::EncoderClassifier> replica;
+  NamedParams replica_params;
+  if (dev.is_cuda()) {
+    replica = std::make_shared<nn::EncoderClassifier>(net->config(), data.num_classes, cfg.seed);
+    replica->to(dev);
+    replica->train();
+    replica_params = replica->named_parameters();
+  }
+  nn::EncoderClassifier& runner = replica ? *replica : *net;
   const std::optional<diffusion::DiscreteSchedule> sched =
       cfg.noise == ClassifierNoise::diffusion ? std::optional(noise_schedule(cfg)) : std::nullopt;
   auto params = net->named_parameters();
@@ -195,6 +208,8 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
   std::ofstream log = open_run_log((fs::path(cfg.out_dir) / "classifier_log.csv").string(), resuming,
                                    "step,loss,accuracy,grad_norm,lr,images_per_s");
   folder.keep();
+  if (replica && cb.on_message)
+    cb.on_message("host-driven on " + dev.str() + ": the forward and backward passes on the device, AdamW on the cpu");
 
   auto write_checkpoint = [&] {
     write_run_checkpoint(ckpt, *net, opt, batcher, step,
@@ -211,15 +226,18 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
   while (step < cfg.steps) {
     if (cb.should_stop && cb.should_stop()) break;
     data::Batch batch = batcher.next();
+    // The draws on the host, the same on either device; the passes on the runner's.
     auto [z, t] = noisy_input(cfg, sched ? &*sched : nullptr, batch.images, step);
-    net->set_dropout_seed(cfg.seed ^ stream(step, kDropout));
-    ag::Var logits = net->forward(ag::Var(z), t);
-    ag::Var loss = ag::cross_entropy(logits, batch.labels);
+    if (replica) copy_weights(params, replica_params);
+    runner.set_dropout_seed(cfg.seed ^ stream(step, kDropout));
+    ag::Var logits = runner.forward(ag::Var(z.to(dev)), t.to(dev));
+    ag::Var loss = ag::cross_entropy(logits, batch.labels.to(dev));
     const double lv = loss.value().item();
-    const double gnorm = optimizer_step(loss, params, opt, cfg.grad_clip, step, "classifier", ckpt);
+    const double gnorm = optimizer_step(loss, params, opt, cfg.grad_clip, step, "classifier", ckpt,
+                                        replica ? &replica_params : nullptr);
     ++step;
     loss_acc += lv;
-    acc_acc += accuracy_of(logits.value(), batch.labels);
+    acc_acc += accuracy_of(logits.value().to(Device::cpu()), batch.labels);
     ++n_acc;
     ++since_log;
     if (step % cfg.log_every == 0 || step == cfg.steps) {
@@ -243,14 +261,15 @@ std::string train_classifier(const ClassifierConfig& cfg_in, bool resume, const 
     data::Dataset test = load_dataset(cfg.dataset, "test", data_options);
     const int64_t n = std::min<int64_t>(cfg.eval_count, test.size());
     ag::NoGrad ng;
-    net->eval();
+    if (replica) copy_weights(params, replica_params);
+    runner.eval();
     int64_t right = 0;
     for (int64_t s = 0; s < n; s += 256) {
       const int64_t e = std::min<int64_t>(n, s + 256);
       // Noise draws from the streams after the last training step: fresh, and reproducible.
       auto [z, t] = noisy_input(cfg, sched ? &*sched : nullptr, test.images.slice(s, e), cfg.steps + 1 + s);
-      right += static_cast<int64_t>(std::lround(accuracy_of(net->forward(ag::Var(z), t).value(),
-                                                            test.labels.slice(s, e)) * static_cast<double>(e - s)));
+      const Tensor logits = runner.forward(ag::Var(z.to(dev)), t.to(dev)).value().to(Device::cpu());
+      right += static_cast<int64_t>(std::lround(accuracy_of(logits, test.labels.slice(s, e)) * static_cast<double>(e - s)));
     }
     if (cb.on_message) {
       char line[160];

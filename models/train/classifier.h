@@ -10,8 +10,10 @@
 //                    fitted to the features, FID's formula on this network's features: not FID,
 //                    and comparable only between runs scored by the same classifier), and its
 //                    labels the accuracy of class-conditional or guided samples.
-// Training runs on the cpu, with the same run folder, log, atomic checkpoints and bit-exact resume
-// as `diffuse train` (run_folder.h); every draw is a function of (seed, step).
+// Training runs on the cpu or, host-driven, on a GPU (`device`: the forward and backward passes on
+// the device, AdamW on the host's weights; model_run.h), with the same run folder, log, atomic
+// checkpoints and bit-exact resume as `diffuse train` (run_folder.h); every draw is a function of
+// (seed, step), the same on either device.
 #pragma once
 
 #include <cstdint>
@@ -57,6 +59,7 @@ struct ClassifierConfig {
   int64_t log_every = 10;
   int64_t checkpoint_every = 500;  // 0: only at the end
   int eval_count = 2000;           // test images scored at the end (0: none)
+  std::string device = "auto";     // cpu, cuda, cuda:N or auto (a GPU when one answers)
 
   nlohmann::json to_json() const;
   static ClassifierConfig from_json(const nlohmann::json& j);  // unknown keys and bad values are errors

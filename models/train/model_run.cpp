@@ -53,12 +53,33 @@ std::ofstream open_run_log(const std::string& path, bool resuming, const std::st
   return log;
 }
 
+void copy_weights(const NamedParams& from, const NamedParams& to) {
+  DF_CHECK(from.size() == to.size(), "copy_weights: ", from.size(), " parameters into ", to.size());
+  for (size_t i = 0; i < from.size(); ++i) {
+    DF_CHECK(from[i].first == to[i].first, "copy_weights: parameter ", from[i].first, " into ", to[i].first);
+    ag::Var dst = to[i].second;
+    dst.value().copy_(from[i].second.value());
+  }
+}
+
 double optimizer_step(const ag::Var& loss, const NamedParams& params, AdamW& opt, double grad_clip, int64_t step,
-                      const std::string& what, const std::string& ckpt) {
+                      const std::string& what, const std::string& ckpt, const NamedParams* replica) {
   const double lv = loss.value().item();
   double gnorm = NAN;
   if (std::isfinite(lv)) {
     ag::backward(loss);
+    if (replica) {
+      DF_CHECK(replica->size() == params.size(), "optimizer_step: the replica has ", replica->size(),
+               " parameters, the model ", params.size());
+      for (size_t i = 0; i < params.size(); ++i) {
+        ag::Var src = (*replica)[i].second, dst = params[i].second;
+        DF_CHECK((*replica)[i].first == params[i].first, "optimizer_step: replica parameter ", (*replica)[i].first,
+                 " against ", params[i].first);
+        dst.zero_grad();
+        if (src.has_grad()) dst.set_grad(src.grad().to(Device::cpu()));
+        src.zero_grad();
+      }
+    }
     // 1e30: the norm is still measured (for the log), never reached.
     gnorm = clip_grad_norm(params, grad_clip > 0 ? grad_clip : 1e30);
     if (std::isfinite(gnorm)) opt.step();
@@ -66,6 +87,11 @@ double optimizer_step(const ag::Var& loss, const NamedParams& params, AdamW& opt
     ag::clear_tape();
   }
   opt.zero_grad();
+  if (replica)
+    for (const auto& [name, p] : *replica) {
+      ag::Var v = p;
+      v.zero_grad();
+    }
   DF_CHECK(std::isfinite(lv) && std::isfinite(gnorm), "the ", what, "'s loss or gradient was not finite at step ",
            step + 1, "; lower --lr. The last checkpoint (", ckpt, ") holds finite weights");
   return gnorm;

@@ -36,7 +36,7 @@ inline uint64_t run_stream(int64_t step, uint64_t use) { return static_cast<uint
 SafeTensors read_for_resume(const std::string& path, const std::string& format, const std::string& what);
 
 // The config a resumed run continues with: the checkpoint's, but for how long, how often and where
-// (steps, log_every, checkpoint_every, eval_count, out_dir), which are `given`'s.
+// (steps, log_every, checkpoint_every, eval_count, out_dir, device), which are `given`'s.
 template <class Config>
 Config resumed_config(const SafeTensors& st, const std::string& path, const Config& given, const std::string& what) {
   Config stored;
@@ -52,6 +52,7 @@ Config resumed_config(const SafeTensors& st, const std::string& path, const Conf
   stored.checkpoint_every = given.checkpoint_every;
   stored.eval_count = given.eval_count;
   stored.out_dir = given.out_dir;
+  stored.device = given.device;  // where this machine runs it, not where the run began
   return stored;
 }
 
@@ -66,12 +67,22 @@ int64_t restore_run(const SafeTensors& st, const std::string& path, nn::Module& 
 // The run's CSV log: appended to when resuming a run that has one, else started with `header`.
 std::ofstream open_run_log(const std::string& path, bool resuming, const std::string& header);
 
+// A run on a GPU (`--device cuda`) is host-driven: a replica of the model on the device runs the
+// forward and backward passes, and the optimizer updates the host's weights, because AdamW and
+// clip_grad_norm (optim.h) run on the cpu only (the device trainer's fused update,
+// kernels/cuda/adamw.h, works on its own flat buffers). The host's weights stay the run's state:
+// checkpoints and resume read and write them as on the cpu. Before each step the replica takes
+// them (copy_weights); after the backward pass the host's parameters take the replica's gradients
+// (optimizer_step's `replica`). Both lists are one model's named_parameters(), in order.
+void copy_weights(const NamedParams& from, const NamedParams& to);
+
 // One optimizer step on `loss` (the tape's root): backward, the global gradient norm clipped to
 // grad_clip (0: never), the update. A loss or gradient that is not finite ends the run with an
 // error saying so (the last checkpoint, `ckpt`, holds finite weights); step is the step's index
-// (0-based). Returns the gradient norm before clipping.
+// (0-based). With `replica` (the parameters the loss was computed with, on a GPU), their
+// gradients move to `params` after the backward pass. Returns the gradient norm before clipping.
 double optimizer_step(const ag::Var& loss, const NamedParams& params, AdamW& opt, double grad_clip, int64_t step,
-                      const std::string& what, const std::string& ckpt);
+                      const std::string& what, const std::string& ckpt, const NamedParams* replica = nullptr);
 
 // Writes the run's checkpoint at `path` atomically: "model.<name>", the optimizer's state,
 // "trainer.state", and `metadata` with "step" added. A parameter that is not finite is refused

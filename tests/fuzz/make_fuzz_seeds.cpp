@@ -244,6 +244,7 @@ int main(int argc, char** argv) {
     ac.checkpoint_every = 0;
     ac.eval_count = 0;
     ac.out_dir = (tmp / "ae").string();
+    ac.device = "cpu";
     const std::string ae = train::train_autoencoder(ac, false);
     train::TrainConfig lc = tc;
     lc.autoencoder = ae;

@@ -26,6 +26,7 @@ train::ClassifierConfig tiny_classifier(const std::string& data, const std::stri
   train::ClassifierConfig c;
   c.dataset = data;
   c.out_dir = out;
+  c.device = "cpu";
   c.model = {{"base_channels", 8}, {"channel_mult", {1, 2}}, {"num_res_blocks", 1},
              {"attention_resolutions", {4}}, {"groups", 4}};
   c.batch = 4;
@@ -115,6 +116,9 @@ TEST_CASE("the classifier config round-trips and refuses what it does not know",
   j = c.to_json();
   j["steps"] = "many";
   CHECK_THROWS_WITH(train::ClassifierConfig::from_json(j), Catch::Contains("'steps'"));
+  j = c.to_json();
+  j["device"] = "gpu";  // a device spec's spelling is checked where the config is read
+  CHECK_THROWS_WITH(train::ClassifierConfig::from_json(j), Catch::Contains("unknown device 'gpu'"));
 }
 
 TEST_CASE("classifier guidance's gradient equals finite differences of log p(y | z_t)", "[cpu][tools]") {
@@ -207,7 +211,7 @@ TEST_CASE("CLI: train-classifier, guided sampling and eval --fd", "[cpu][tools]"
   std::string out;
   auto clf_args = [&](const std::string& o, const std::string& noise) {
     return std::vector<std::string>{test::cli_path(), "train-classifier", "--model", test::kTinyModel, "--dataset",
-                                    data, "--batch", "8", "--steps", "2", "--eval-count", "8", "--noise", noise,
+                                    data, "--batch", "8", "--steps", "2", "--eval-count", "8", "--device", "cpu", "--noise", noise,
                                     "--out", o};
   };
   REQUIRE(test::run(test::train_args(data, model, 2, 0), log, &out) == 0);

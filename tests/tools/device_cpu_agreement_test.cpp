@@ -213,7 +213,7 @@ TEST_CASE("train --device cuda agrees with the cpu on conditional and latent mod
   std::string log;
   // A first stage for the latent model (the cpu's; both runs encode their batches with it on the cpu).
   REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,
-                     "--batch", "4", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
+                     "--batch", "4", "--steps", "1", "--eval-count", "0", "--device", "cpu", "--out", dir / "ae"},
                     dir / "ae.txt", &log) == 0);
   // An 8x8 base for the super-resolution model's cascade.
   REQUIRE(test::run(train_args(data + "@8", dir / "base", "cpu", "off", {}, kModel, 1), dir / "base.txt", &log) == 0);

@@ -28,6 +28,7 @@ train::AutoencoderTrainConfig tiny_autoencoder(const std::string& data, const st
   train::AutoencoderTrainConfig c;
   c.dataset = data;
   c.out_dir = out;
+  c.device = "cpu";
   c.model = kTinyAutoencoder;
   c.batch = 4;
   c.steps = 7;
@@ -160,7 +161,7 @@ TEST_CASE("CLI: train-autoencoder, train --autoencoder, and sample decodes to im
   std::string out;
   // The default autoencoder shape at a small width: 28x28 -> 7x7x4.
   REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,
-                     "--batch", "8", "--steps", "2", "--eval-count", "8", "--out", ae},
+                     "--batch", "8", "--steps", "2", "--eval-count", "8", "--device", "cpu", "--out", ae},
                     log, &out) == 0);
   CHECK(out.find("PSNR") != std::string::npos);
   REQUIRE(test::run({test::cli_path(), "train", "--autoencoder", ae + "/autoencoder.safetensors", "--preset", "latent",
@@ -188,7 +189,7 @@ TEST_CASE("CLI: train-autoencoder, train --autoencoder, and sample decodes to im
   // latents) scores samples eval draws and decodes, and a folder that sample wrote.
   const std::string judge = dir / "judge";
   REQUIRE(test::run({test::cli_path(), "train-classifier", "--model", test::kTinyModel, "--dataset", data, "--batch",
-                     "8", "--steps", "2", "--eval-count", "0", "--noise", "none", "--out", judge},
+                     "8", "--steps", "2", "--eval-count", "0", "--device", "cpu", "--noise", "none", "--out", judge},
                     log, &out) == 0);
   REQUIRE(test::run({test::cli_path(), "eval", ckpt, "--fd", judge + "/classifier.safetensors", "--fd-count", "4",
                      "--fd-steps", "2", "--device", "cpu"},

@@ -300,7 +300,7 @@ TEST_CASE("train --device cuda on class-conditional, cross-attention, super-reso
   const std::string data = "idx:" + ip + "," + lp;
   std::string log;
   REQUIRE(test::run({test::cli_path(), "train-autoencoder", "--model", R"({"base_channels": 8})", "--dataset", data,
-                     "--batch", "4", "--steps", "1", "--eval-count", "0", "--out", dir / "ae"},
+                     "--batch", "4", "--steps", "1", "--eval-count", "0", "--device", "cpu", "--out", dir / "ae"},
                     dir / "ae.txt", &log) == 0);
   struct Case {
     const char* name;
