@@ -29,7 +29,7 @@ else
   # From a clean clone on 2 cores (docs/training.md): ~230 s to build, ~0.35 s a step, ~25 s for
   # the guided grid; 900 steps ended in 565 s, build included. A small model and a short run take a larger
   # learning rate and a shorter EMA.
-  preset=tiny; steps=${STEPS:-900}; batch=64; tune=(--lr 1e-3 --ema-decay 0.995)
+  preset=tiny; steps=${STEPS:-2000}; batch=64; tune=(--lr 1e-3 --ema-decay 0.995)
 fi
 # Class conditioning (10% of the labels dropped, for classifier-free guidance): measured in
 # docs/training.md, the guided samples of the same training are far closer to the test images.
