@@ -311,13 +311,13 @@ dnnl::engine& engine() {
   return e;
 }
 
-// The primitives of one geometry at one thread count. Created once, then shared: executing a
-// primitive is thread-safe, as each call brings its own scratchpad (scratchpad_mode::user).
 struct Reorder {
   dnnl::reorder::primitive_desc pd;
   dnnl::reorder prim;
 };
 
+// The primitives of one geometry at one thread count. Created once, then shared: executing a
+// primitive is thread-safe, as each call brings its own scratchpad (scratchpad_mode::user).
 struct Convs {
   bool usable = true;  // false where oneDNN has only its reference loops (then im2col runs)
   dnnl::convolution_forward::primitive_desc fwd_pd;
