@@ -23,10 +23,10 @@
 // with the bias gradient), NHWC activations as they are, the weights reordered per call into the
 // blocked layout the primitive asks for (a few hundred KB at most: under 1% of a call's bytes).
 // One primitive per geometry, pass and thread count, created on first use and kept (a training
-// step meets ~20 geometries). At the tiny UNet's 12 shapes (bench/cpu_conv's), batch 64, the
-// three passes summed, on the AVX-512 target: 158 ms im2col + sgemm against 123 ms for oneDNN's
-// primitives alone (2 threads, idle; the 3x3 stem's backward-weights 1.8 -> 0.3 ms, the 28x28x32
-// one's 8.5 -> 4.2); bench/cpu_conv single-threaded, process cpu time: 321 -> 279 ms.
+// step meets ~20 geometries). bench/cpu_conv at the tiny UNet's 12 shapes, batch 64, the three
+// passes summed, 2 threads of the idle AVX-512 target: 160.6 ms im2col + sgemm against 124.4 ms
+// (the weight reorders included; the 3x3 stem's backward-weights 1.8 -> 0.3 ms, the 28x28x32
+// one's 8.5 -> 4.2).
 // oneDNN 2.6 runs NHWC only with blocked weights (NHWC and OHWI both fixed: its reference
 // loops, 100x slower). Its results are deterministic for a given thread count, as ours are.
 // f64 (gradchecks) and builds without oneDNN take the im2col path.
