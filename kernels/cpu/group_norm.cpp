@@ -21,11 +21,9 @@
 #include <algorithm>
 #include <cmath>
 #include <vector>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "core/check.h"
+#include "kernels/cpu/row_chunks.h"
 #include "kernels/cpu/vec_math.h"
 
 namespace diffuse::kernels {
@@ -236,14 +234,6 @@ DF_SIMD_CLONES void normalize_row(const T* xr, T* yr, const T* pa, const T* pe, 
   }
 }
 
-int max_threads() {
-#ifdef _OPENMP
-  return omp_get_max_threads();
-#else
-  return 1;
-#endif
-}
-
 // With at least as many samples as threads, each thread takes whole samples and normalises one
 // right after its statistics, while it is still in L2 (a 28x28x64 f32 sample is 200 KB): one
 // pass over memory instead of two. Fewer samples than threads (batch 1) split the normalising
@@ -254,7 +244,7 @@ void fast_forward(const Tensor& xt, const Tensor& gt, const Tensor& bt, const Te
   const T *x = xt.data<T>(), *gamma = ptr_or_null<T>(gt), *beta = ptr_or_null<T>(bt);
   const T *scale = ptr_or_null<T>(st), *shift = ptr_or_null<T>(tt);
   const bool parallel = d.B * d.N * d.C > 16384;
-  if (d.B >= max_threads()) {
+  if (d.B >= rows::max_threads()) {
 #pragma omp parallel if (parallel)
     {
       std::vector<T> a(d.C), e(d.C), m(d.C);
