@@ -69,7 +69,7 @@
 #include <cuda_runtime.h>
 
 #include "core/cuda_check.h"
-#include "kernels/cuda/gemm.h"
+#include "kernels/gemm.h"
 #endif
 
 using namespace diffuse;

@@ -54,7 +54,7 @@ TINY = dict(in_channels=1, out_channels=1, image_size=28, base_channels=16, chan
 
 
 def timestep_embedding(t, dim, max_period=10000.0):
-    # ADM ordering [cos, sin], freq_i = exp(-ln(max_period) i / half) (kernels/cpu/time_embedding.cpp).
+    # ADM ordering [cos, sin], freq_i = exp(-ln(max_period) i / half) (kernels/time_embedding.cpp).
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)
     args = t.float()[:, None] * freqs[None, :]

@@ -3,7 +3,6 @@
 file(GLOB DIFFUSE_LIB_SOURCES CONFIGURE_DEPENDS
      ${CMAKE_SOURCE_DIR}/core/*.cpp
      ${CMAKE_SOURCE_DIR}/kernels/*.cpp
-     ${CMAKE_SOURCE_DIR}/kernels/cpu/*.cpp
      ${CMAKE_SOURCE_DIR}/autograd/*.cpp
      ${CMAKE_SOURCE_DIR}/models/*/*.cpp)
 # stb's own code, in a file of its own: in sanitizer builds with ASan but without UBSan, for the
@@ -13,8 +12,8 @@ if(DIFFUSE_SANITIZE OR DIFFUSE_FUZZ)
                               COMPILE_OPTIONS -fno-sanitize=undefined)
 endif()
 # Sources that only make sense with the CUDA backend: core/<name>_cuda.cpp and kernels/cuda/*.cpp
-# (host code calling the CUDA runtime, cuBLAS, cuDNN and the launchers: the Tensor-level ops on a
-# GPU, kernels/cuda/<op>_cuda.cpp) and every .cu file.
+# (host code calling the CUDA runtime, cuBLASLt and cuDNN: the library-backed ops on a GPU) and every
+# .cu file (whose Tensor-level part, at its end, is compiled for a GPU or the simulated device only).
 file(GLOB DIFFUSE_CUDA_HOST_SOURCES CONFIGURE_DEPENDS
      ${CMAKE_SOURCE_DIR}/core/*_cuda.cpp ${CMAKE_SOURCE_DIR}/kernels/cuda/*.cpp)
 list(REMOVE_ITEM DIFFUSE_LIB_SOURCES ${DIFFUSE_CUDA_HOST_SOURCES})

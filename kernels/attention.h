@@ -15,6 +15,11 @@
 // f32 or f64 on the cpu, f32 or bf16 on a GPU; shared by q, k, v.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+
+#include "core/dtype.h"
 #include "core/tensor.h"
 
 namespace diffuse::kernels {
@@ -46,3 +51,53 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
 }  // namespace ref
 
 }  // namespace diffuse::kernels
+
+// ---- On a GPU ------------------------------------------------------------------------------------
+// launchers of kernels/cuda/attention.cu, flash-style multi-head
+// attention forward and backward (diffuse::cuda on the GPU, diffuse::emu under the emulator).
+// The math is kernels/attention.h's: q (B, Tq, C), k, v (B, Tk, C), C = heads * D, head h on
+// channels [h*D, (h+1)*D); out = softmax(q_h k_h^T / sqrt(D)) v_h. No (Tq, Tk) matrix is stored:
+// the forward keeps the row log-sum-exp instead, from which backward recomputes P.
+#define DIFFUSE_ATTENTION_LAUNCHERS                                                                    \
+  /* Head dims supported by the kernels: 32 and 64. */                                               \
+  bool attention_supports_head_dim(int D);                                                            \
+  /* out (B, Tq, C) and lse (B, heads, Tq) f32 (of the scaled scores) from q, k, v; dtype f32 or bf16 \
+     for q, k, v, out (math in f32). */                                                               \
+  void attention_forward(const void* q, const void* k, const void* v, void* out, float* lse, DType dtype, \
+                         int64_t B, int64_t Tq, int64_t Tk, int heads, int D, void* stream);            \
+  std::size_t attention_backward_workspace_bytes(int64_t B, int64_t Tq, int heads);                   \
+  /* dq, dk, dv (written, not accumulated) from dout and the forward's out and lse. */                \
+  void attention_backward(const void* dout, const void* q, const void* k, const void* v, const void* out, \
+                          const float* lse, void* dq, void* dk, void* dv, DType dtype, int64_t B, int64_t Tq, \
+                          int64_t Tk, int heads, int D, void* workspace, void* stream);
+
+namespace diffuse {
+namespace cuda {
+DIFFUSE_ATTENTION_LAUNCHERS
+
+// The bf16 tensor-core twins (kernels/cuda/attention_tc.cu; GPU only, the emulator cannot run mma).
+// Same contract as attention_forward / attention_backward above, bf16 only, and the saved
+// log-sum-exp is the same quantity, so either backward takes either forward's. Supported: bf16,
+// head dims 32 and 64, every pointer 16-byte aligned, and a current device of compute capability
+// 8.0 or newer; the dispatch runs the SIMT kernels otherwise.
+bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);
+void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq,
+                          int64_t Tk, int heads, int D, void* stream);
+// The workspace is attention_backward_workspace_bytes(B, Tq, heads).
+void attention_tc_backward(const void* dout, const void* q, const void* k, const void* v, const void* out,
+                           const float* lse, void* dq, void* dk, void* dv, int64_t B, int64_t Tq, int64_t Tk, int heads,
+                           int D, void* workspace, void* stream);
+}  // namespace cuda
+namespace emu { DIFFUSE_ATTENTION_LAUNCHERS }
+}  // namespace diffuse
+
+// The Tensor-level op on a GPU, which kernels/attention.cpp calls for a tensor on a CUDA device
+// (kernels/cuda/attention.cu; only in a build with the CUDA backend).
+// Head dims 32 and 64 run the flash kernels (saved = the row log-sum-exp (B, heads, Tq) f32): the
+// bf16 tensor-core ones for bf16 on sm_80+, the SIMT ones otherwise. Other head dims materialise
+// S = Q K^T per head with cuBLASLt and keep P (B, heads, Tq, Tk), as the cpu.
+namespace diffuse::cuda {
+kernels::AttentionResult attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, int heads);
+kernels::AttentionGrads attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
+                                           const kernels::AttentionResult& fwd, int heads);
+}  // namespace diffuse::cuda

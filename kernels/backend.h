@@ -1,7 +1,7 @@
 // kernels/backend.h: how a Tensor-level op (kernels/<op>.cpp) reaches the device its tensors live
 // on. The cpu path is ordinary code in each op's file; the GPU path is one call into namespace
-// diffuse::cuda (declared beside the op's launchers in kernels/cuda/<op>.h, defined in
-// kernels/cuda/<op>_cuda.cpp), which exists only in a build with the CUDA backend: a GPU build or
+// diffuse::cuda (declared beside the op's launchers in kernels/<op>.h, defined at the end of
+// kernels/cuda/<op>.cu), which exists only in a build with the CUDA backend: a GPU build or
 // the simulated device (DIFFUSE_CUDA=ON or SIM). This header is the one place that knows whether
 // the build has it.
 #pragma once

@@ -1,6 +1,6 @@
-// kernels/concat.cpp: concatenation and slicing along the last dim on Tensors (kernels/concat.h): the
-// cpu path here (nothing is computed, so it is its own reference), the GPU's in
-// kernels/cuda/concat_cuda.cpp (strided row copies of kernels/cuda/concat.cu).
+// kernels/concat.cpp: concatenation and slicing along the last dim (kernels/concat.h): the cpu path
+// (nothing is computed, so it is its own reference) and the Tensor-level ops, which run the GPU's
+// strided row copies (kernels/cuda/concat.cu) for a GPU tensor.
 //
 // Shapes: the tensors are viewed as (rows, C) with rows = the product of the leading dims; each
 // row of the output is the rows of the inputs side by side, so every op here is one memcpy per
@@ -11,7 +11,6 @@
 #include "core/profile.h"
 #include "kernels/backend.h"
 #include "kernels/concat.h"
-#include "kernels/cuda/concat.h"
 
 namespace diffuse::kernels {
 

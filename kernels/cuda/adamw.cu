@@ -1,5 +1,5 @@
 // kernels/cuda/adamw.cu: AdamW, the gradient clipping factor, the EMA and the bf16 weight copy in
-// one pass over the flat parameter buffers (formula in kernels/cuda/adamw.h; the CPU loop it
+// one pass over the flat parameter buffers (formula in kernels/adamw.h; the CPU loop it
 // mirrors is models/train/optim.cpp adamw_update, whose expressions it repeats in order).
 //
 // The update is pure bandwidth: per parameter it reads w, g, m, v, ema (20 bytes) and writes
@@ -11,7 +11,7 @@
 #include "kernels/cuda/portable.cuh"
 
 #include "core/philox.h"
-#include "kernels/cuda/adamw.h"
+#include "kernels/adamw.h"
 #include "kernels/cuda/common.cuh"
 
 namespace diffuse::DF_BACKEND {

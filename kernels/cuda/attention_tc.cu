@@ -1,6 +1,6 @@
 // kernels/cuda/attention_tc.cu: flash attention forward and backward on bf16 tensor cores
 // (sm_80 and newer), the twin of the SIMT kernels of kernels/cuda/attention.cu. Same math, same
-// contract (kernels/cuda/attention.h): the row log-sum-exp of the scaled scores is the saved
+// contract (kernels/attention.h): the row log-sum-exp of the scaled scores is the saved
 // state, so either backward takes either forward's output. The dispatch (nn_cuda.cpp) runs these
 // for bf16 inputs on sm_80+ at head dims 32 and 64; the SIMT kernels stay for f32 and for older
 // GPUs. Under the emulator (DIFFUSE_SIMT) mma.sync is kernels/simt's warp collective of the same
@@ -46,7 +46,7 @@
 #include <cstdint>
 #include <initializer_list>
 
-#include "kernels/cuda/attention.h"
+#include "kernels/attention.h"
 #include "kernels/cuda/common.cuh"
 
 #if defined(DIFFUSE_SIMT)

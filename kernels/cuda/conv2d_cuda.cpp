@@ -1,4 +1,4 @@
-// kernels/cuda/conv2d_cuda.cpp: 2-D convolution on cuDNN, NHWC (kernels/cuda/conv2d.h; the math
+// kernels/cuda/conv2d_cuda.cpp: 2-D convolution on cuDNN, NHWC (kernels/conv2d.h; the math
 // is kernels/conv2d.h's): forward, backward-data and backward-filter.
 //
 // Layout. x (B,H,W,Cin) and y (B,Ho,Wo,Cout) are cuDNN's NHWC tensors and w (Cout,KH,KW,Cin) is its
@@ -21,14 +21,14 @@
 
 #include "core/check.h"
 #include "core/stream.h"
-#include "kernels/cuda/conv2d.h"
+#include "kernels/conv2d.h"
 
 #if defined(DIFFUSE_HAVE_CUDNN)
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
 #include "core/cuda_check.h"
-#include "kernels/cuda/elementwise.h"
+#include "kernels/elementwise.h"
 #endif
 
 namespace diffuse::cuda {

@@ -1,4 +1,4 @@
-// kernels/cuda/gemm_cuda.cpp: matrix products on cuBLASLt (kernels/cuda/gemm.h): the GEMM
+// kernels/cuda/gemm_cuda.cpp: matrix products on cuBLASLt (kernels/gemm.h): the GEMM
 // under matmul, linear and the materialised attention, and the Tensor-level matmul and linear.
 //
 // Row-major to cuBLAS. cuBLAS is column-major; a row-major (M, N) matrix is the column-major
@@ -24,8 +24,8 @@
 #include "core/check.h"
 #include "core/cuda_check.h"
 #include "core/stream.h"
-#include "kernels/cuda/elementwise.h"
-#include "kernels/cuda/gemm.h"
+#include "kernels/elementwise.h"
+#include "kernels/gemm.h"
 
 namespace diffuse::cuda {
 

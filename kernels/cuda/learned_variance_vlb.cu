@@ -1,5 +1,5 @@
 // kernels/cuda/learned_variance_vlb.cu: the VLB term of a learned variance on the GPU, per sample,
-// with its derivative in the raw variance channels (kernels/cuda/learned_variance_vlb.h). The
+// with its derivative in the raw variance channels (kernels/learned_variance_vlb.h). The
 // readable reference is models/diffusion/hybrid_loss.cpp's learned_variance_vlb on the cpu, whose
 // math (objective.h: p_mean_variance, q_posterior, normal_kl, the discretized decoder) this kernel
 // follows line for line, in double like the reference, so the two differ by the f32 roundings of
@@ -11,19 +11,18 @@
 #include "kernels/cuda/portable.cuh"
 
 #include <cmath>
+#include <utility>
 
+#include "core/check.h"
+#include "core/stream.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/learned_variance_vlb.h"
+#include "kernels/learned_variance_vlb.h"
 
 namespace diffuse::DF_BACKEND {
 
 namespace {
 
 constexpr int kBlock = 256;
-
-// P(N(0, 1) > u) through erfc: accurate in both tails (objective.cpp's upper_tail).
-DF_DEVICE_INLINE double upper_tail(double u) { return 0.5 * erfc(u * 0.70710678118654752440); }
-DF_DEVICE_INLINE double std_normal_pdf(double u) { return exp(-0.5 * u * u) * 0.39894228040143267794; }
 
 // Element j's term and its derivative in the raw variance channel (before the 1 / (N ln 2) of
 // bits per dim). Decoder: step 0's discretized decoder; otherwise the KL to the posterior. A
@@ -41,35 +40,10 @@ DF_DEVICE_INLINE double vlb_element(const VlbConstants& c, float z, float x, flo
   const double v = 0.5 * (static_cast<double>(r) + 1.0);
   const double lv = v * c.log_beta + (1.0 - v) * c.plvc;  // learned_log_variance
   if constexpr (Decoder) {
-    // -log p(x0 | x_1): the discretized decoder with log_scale = lv / 2 (objective.cpp).
-    const double ls = 0.5 * lv, inv_std = exp(-ls);
-    const double hi = inv_std * (x - mu + 1.0 / 255.0), lo = inv_std * (x - mu - 1.0 / 255.0);
-    // The reference's branches need at most two tails: Q(lo) and Q(hi), or in the middle bins
-    // with lo <= 0 the mirrored Q(-lo) and Q(-hi); each erfc is evaluated once, with the
-    // reference's arguments.
-    // The two edges go through one loop that is not unrolled, so the code holds one inlined double
-    // erfc and one exp, not two of each (sm_90 spilled registers with two).
-    const bool mirror = !(x < -0.999) && !(x > 0.999) && !(lo > 0);
-    double q_lo = 0, q_hi = 0, pdf_lo = 0, pdf_hi = 0;
-    DF_NO_UNROLL for (int edge = 0; edge < 2; ++edge) {
-      const double u = edge == 0 ? lo : hi;
-      const double q = upper_tail(mirror ? -u : u), pdf = std_normal_pdf(u);
-      if (edge == 0) q_lo = q, pdf_lo = pdf;
-      else q_hi = q, pdf_hi = pdf;
-    }
-    double p, dp;
-    if (x < -0.999) {
-      p = 1.0 - q_hi;
-      dp = -hi * pdf_hi;
-    } else if (x > 0.999) {
-      p = q_lo;
-      dp = lo * pdf_lo;
-    } else {
-      p = mirror ? q_hi - q_lo : q_lo - q_hi;
-      dp = lo * pdf_lo - hi * pdf_hi;
-    }
-    *d = -(p < 1e-12 ? 0.0 : dp / p) * 0.5 * c.dlv_dr;
-    return -log(fmax(p, 1e-12));
+    // -log p(x0 | x_1): the discretized decoder with log_scale = lv / 2 (kernels/learned_variance_vlb.h).
+    const kernels::DecoderTerm dec = kernels::discretized_gaussian_decoder(x, mu, 0.5 * lv);
+    *d = -dec.dlog_p_dlog * 0.5 * c.dlv_dr;
+    return -dec.log_p;
   } else {
     // KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)), normal_kl and normal_kl_dlv2.
     const float qm = static_cast<float>(c.c1 * x + c.c2 * z);
@@ -129,3 +103,41 @@ void learned_variance_vlb_forward(const double* table, int T, const float* steps
 }
 
 }  // namespace diffuse::DF_BACKEND
+
+// ---- The Tensor-level op on a GPU -----------------------------------------------------------------
+// the Tensor-level learned-variance VLB term on a GPU
+// (kernels/learned_variance_vlb.h): checks, f32 copies of bf16 inputs, the launch on the
+// current stream.
+#if DF_DEVICE_BUILD
+
+namespace diffuse::cuda {
+
+std::pair<Tensor, Tensor> learned_variance_vlb_forward(const Tensor& table, const Tensor& steps, const Tensor& x0,
+                                                       const Tensor& xt, const Tensor& pred, const Tensor& raw) {
+  DF_CHECK(raw.defined() && raw.dim() >= 2, "learned_variance_vlb on cuda: raw variance ",
+           raw.defined() ? raw.str() : std::string("undefined"), " (expected (B, ...))");
+  const int64_t B = raw.size(0), n = raw.numel() / B;
+  DF_CHECK(table.dtype() == DType::i64 && table.numel() % kLearnedVarianceVlbConstants == 0 && table.numel() > 0,
+           "learned_variance_vlb on cuda: constants ", table.str());
+  DF_CHECK(steps.dtype() == DType::f32 && steps.numel() == B, "learned_variance_vlb on cuda: steps ", steps.str(),
+           " for a batch of ", B);
+  for (const Tensor* t : {&x0, &xt, &pred})
+    DF_CHECK(t->shape() == raw.shape(), "learned_variance_vlb on cuda: ", t->str(), " against raw ", raw.str());
+  for (const Tensor* t : {&table, &steps, &x0, &xt, &pred})
+    DF_CHECK(t->device() == raw.device(), "learned_variance_vlb on cuda: ", t->str(), " on ", t->device().str(),
+             ", raw on ", raw.device().str());
+  set_current_device(raw.device());
+  const Tensor x = x0.to(DType::f32), z = xt.to(DType::f32), e = pred.to(DType::f32), r = raw.to(DType::f32);
+  Tensor value = Tensor::empty({B}, DType::f32, raw.device());
+  Tensor dvalue = Tensor::empty(raw.shape(), DType::f32, raw.device());
+  cuda::learned_variance_vlb_forward(reinterpret_cast<const double*>(table.data<int64_t>()),
+                                     static_cast<int>(table.numel() / kLearnedVarianceVlbConstants),
+                                     steps.data<float>(), x.data<float>(), z.data<float>(), e.data<float>(),
+                                     r.data<float>(), value.data<float>(), dvalue.data<float>(), B, n,
+                                     current_stream());
+  return {value, dvalue};
+}
+
+}  // namespace diffuse::cuda
+
+#endif  // DF_DEVICE_BUILD

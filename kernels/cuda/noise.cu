@@ -1,6 +1,6 @@
 // kernels/cuda/noise.cu: the fused noising kernel of a training step,
 //   z_t = alpha_t[b] * x + sigma_t[b] * eps,  eps ~ N(0, I) drawn in-kernel from Philox,
-// writing z_t and eps (the regression target) in one pass. Launcher in kernels/cuda/noise.h.
+// writing z_t and eps (the regression target) in one pass. Launcher in kernels/noise.h.
 //
 // Fusing the draw saves a full write and read of eps compared with Tensor::randn followed by an
 // axpby. Each thread owns one Philox block: four consecutive elements of the flattened (B, N)
@@ -11,9 +11,12 @@
 // contract into an FMA: z also has the same bits as the CPU's alpha * x + sigma * eps.
 #include "kernels/cuda/portable.cuh"
 
+#include "core/check.h"
+#include "core/graph.h"
 #include "core/philox.h"
+#include "core/stream.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/noise.h"
+#include "kernels/noise.h"
 
 namespace diffuse::DF_BACKEND {
 
@@ -80,3 +83,30 @@ void noise_forward(const float* x, const float* alpha, const float* sigma, float
 }
 
 }  // namespace diffuse::DF_BACKEND
+
+// ---- The Tensor-level op on a GPU -----------------------------------------------------------------
+// the Tensor-level noising op on a GPU (kernels/noise.h): checks
+// what the launcher cannot and launches kernels/cuda/noise.cu on the current stream, with the
+// Philox seed word of a captured graph (core/graph.h) when one is set.
+#if DF_DEVICE_BUILD
+
+namespace diffuse::cuda {
+
+void noise_forward(const Tensor& x, const Tensor& alpha, const Tensor& sigma, uint64_t seed, uint64_t offset,
+                   Tensor& z, Tensor& eps) {
+  DF_CHECK(x.dtype() == DType::f32 && x.dim() >= 1 && x.size(0) > 0, "noise_forward on cuda: f32 (B, ...), got ",
+           x.str());
+  DF_CHECK(alpha.numel() == x.size(0) && sigma.numel() == x.size(0) && z.shape() == x.shape() &&
+               eps.shape() == x.shape(), "noise_forward: shapes x ", x.str(), ", alpha ", alpha.str(), ", sigma ",
+           sigma.str(), ", z ", z.str(), ", eps ", eps.str());
+  for (const Tensor* t : {&alpha, &sigma, const_cast<const Tensor*>(&z), const_cast<const Tensor*>(&eps)})
+    check_device(*t, x.device(), "noise_forward");
+  set_current_device(x.device());
+  return cuda::noise_forward(x.data<float>(), alpha.data<float>(), sigma.data<float>(), z.data<float>(),
+                             eps.data<float>(), x.size(0), x.numel() / x.size(0), seed, offset, current_stream(),
+                             philox_seed_xor());
+}
+
+}  // namespace diffuse::cuda
+
+#endif  // DF_DEVICE_BUILD

@@ -18,6 +18,10 @@
 //                                                  kernel<<<grid, block, smem, stream>>>(args...)
 //                                                  then a check of the launch that throws
 //   DF_HD, DF_HD_INLINE, DF_DEVICE_INLINE          qualifiers for shared helpers
+//   DF_DEVICE_BUILD                                1 for a GPU or the simulated device, 0 for the
+//                                                  emulator: each .cu ends with its Tensor-level op
+//                                                  (the one kernels/<op>.cpp calls for a GPU tensor)
+//                                                  inside #if DF_DEVICE_BUILD
 //   df_memset_async / df_memcpy_async              device memory fill and copy on a stream
 //
 // Everything else is plain CUDA: threadIdx, __syncthreads, __shfl_down_sync, atomicAdd,
@@ -40,6 +44,7 @@
 #include "core/cuda_check.h"
 
 #define DF_BACKEND cuda
+#define DF_DEVICE_BUILD 1
 #define DF_DEVICE_INLINE __device__ __forceinline__
 
 using df_stream_t = cudaStream_t;
@@ -80,6 +85,7 @@ inline void df_memcpy_async(void* dst, const void* src, std::size_t bytes, df_st
 #undef df_stream_t
 
 #define DF_BACKEND cuda
+#define DF_DEVICE_BUILD 1
 #define DF_DEVICE_INLINE inline
 
 struct CUstream_st;
@@ -107,6 +113,7 @@ inline void df_memcpy_async(void* dst, const void* src, std::size_t bytes, df_st
 #include "kernels/simt/simt.h"
 
 #define DF_BACKEND emu
+#define DF_DEVICE_BUILD 0
 #define DF_DEVICE_INLINE inline
 
 // DF_SHARED, DF_SHARED2, DF_DYNAMIC_SHARED and DF_LAUNCH come from kernels/simt/simt.h.

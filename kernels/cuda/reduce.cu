@@ -1,5 +1,5 @@
 // kernels/cuda/reduce.cu: sums and sums of squares, over the rows of a matrix or over a whole
-// flat buffer (the global gradient norm for clipping). Launchers in kernels/cuda/reduce.h.
+// flat buffer (the global gradient norm for clipping). Launchers in kernels/elementwise.h.
 //
 // The shape of a reduction decides the parallelism:
 //   - long rows (cols >= kLongRow): one block per row; each thread strides the row with 16-byte
@@ -20,7 +20,7 @@
 #include "kernels/cuda/portable.cuh"
 
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/reduce.h"
+#include "kernels/elementwise.h"
 
 #include <algorithm>
 

@@ -1,5 +1,5 @@
-// kernels/cuda/tensor_args.h: what the Tensor-level GPU ops (kernels/cuda/<op>_cuda.cpp) share:
-// the checks of their tensor arguments, workspaces from the caching allocator, and the f32 views
+// kernels/cuda/tensor_args.h: what the Tensor-level GPU ops (the end of each kernels/cuda/<op>.cu)
+// share: the checks of their tensor arguments, workspaces from the caching allocator, and the f32 views
 // of optional parameters that the kernels read.
 #pragma once
 

@@ -9,8 +9,10 @@
 
 #include <cmath>
 
+#include "core/check.h"
+#include "core/stream.h"
 #include "kernels/cuda/common.cuh"
-#include "kernels/cuda/time_embedding.h"
+#include "kernels/time_embedding.h"
 
 namespace diffuse::DF_BACKEND {
 
@@ -72,3 +74,23 @@ void timestep_embedding(const float* t, float* out, int64_t batch, int dim, cons
 }
 
 }  // namespace diffuse::DF_BACKEND
+
+// ---- The Tensor-level op on a GPU -----------------------------------------------------------------
+// the Tensor-level timestep embedding on a GPU
+// (kernels/time_embedding.h): checks the dtype and launches kernels/cuda/time_embedding.cu on
+// the current stream.
+#if DF_DEVICE_BUILD
+
+namespace diffuse::cuda {
+
+Tensor timestep_embedding(const Tensor& t, int dim, const kernels::TimeEmbeddingOptions& opt) {
+  DF_CHECK(t.dtype() == DType::f32, "timestep_embedding on cuda: f32 t, got ", t.str());
+  set_current_device(t.device());
+  Tensor out = Tensor::empty({t.size(0), dim}, DType::f32, t.device());
+  cuda::timestep_embedding(t.data<float>(), out.data<float>(), t.size(0), dim, opt, current_stream());
+  return out;
+}
+
+}  // namespace diffuse::cuda
+
+#endif  // DF_DEVICE_BUILD

@@ -11,7 +11,7 @@
 #include "kernels/elementwise.h"
 
 #if defined(DIFFUSE_HAVE_CUDA)
-#include "kernels/cuda/learned_variance_vlb.h"
+#include "kernels/learned_variance_vlb.h"
 #endif
 
 namespace diffuse::diffusion {
@@ -86,7 +86,7 @@ ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& 
 }
 
 Tensor vlb_constants(const DiscreteSchedule& s, Device device) {
-  // The columns of kernels/cuda/learned_variance_vlb.h, the values learned_variance_vlb's cpu form
+  // The columns of kernels/learned_variance_vlb.h, the values learned_variance_vlb's cpu form
   // takes from s (p_mean_variance's alpha and sigma, q_posterior's coefficients, learned_log_variance's
   // bounds), as the bits of doubles in an i64 tensor.
   constexpr int K = 6;

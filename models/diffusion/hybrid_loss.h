@@ -47,7 +47,7 @@ ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& 
 // dtype. The cpu form above is its reference.
 ag::Var learned_variance_vlb(const Tensor& constants, const Tensor& steps, const Tensor& x0, const Tensor& xt,
                              const Tensor& pred, const ag::Var& raw);
-// The schedule's per-step constants that the device form reads (kernels/cuda/learned_variance_vlb.h),
+// The schedule's per-step constants that the device form reads (kernels/learned_variance_vlb.h),
 // on `device`. Made once, outside any captured graph.
 Tensor vlb_constants(const DiscreteSchedule& s, Device device);
 

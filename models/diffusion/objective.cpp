@@ -9,6 +9,7 @@
 
 #include "core/check.h"
 #include "core/philox.h"
+#include "kernels/learned_variance_vlb.h"
 
 namespace diffuse::diffusion {
 namespace {
@@ -178,43 +179,12 @@ Tensor normal_kl_per_sample(const Tensor& m1, const Tensor& lv1, const Tensor& m
   return out;
 }
 
-namespace {
-// Upper tail Q(x) = P(N(0,1) > x), accurate in both tails through erfc.
-double upper_tail(double x) { return 0.5 * std::erfc(x / std::numbers::sqrt2); }
-}  // namespace
-
 double discretized_gaussian_log_likelihood(double x, double mean, double log_scale) {
-  // Exact normal CDF (improved-DDPM uses the tanh approximation of the CDF; the exact one keeps
-  // the likelihood tests exact). Bin edges x -+ 1/255; mass below the edge at -1 + 1/255 and above
-  // 1 - 1/255 goes to the end bins.
-  const double inv_std = std::exp(-log_scale);
-  const double hi = inv_std * (x - mean + 1.0 / 255.0), lo = inv_std * (x - mean - 1.0 / 255.0);
-  double p;
-  if (x < -0.999) p = 1.0 - upper_tail(hi);
-  else if (x > 0.999) p = upper_tail(lo);
-  else p = lo > 0 ? upper_tail(lo) - upper_tail(hi) : upper_tail(-hi) - upper_tail(-lo);
-  return std::log(std::max(p, 1e-12));
+  return kernels::discretized_gaussian_decoder(x, mean, log_scale).log_p;
 }
 
 double discretized_gaussian_log_likelihood_dlog_scale(double x, double mean, double log_scale) {
-  // The edges u = (x - mean -+ 1/255) e^{-log_scale} have du/d log_scale = -u, and dQ(u)/du =
-  // -phi(u), so an edge's Q(u) moves by u phi(u): p = Q(lo) - Q(hi) in the middle, 1 - Q(hi) and
-  // Q(lo) in the end bins, exactly the forward's three branches.
-  const double inv_std = std::exp(-log_scale);
-  const double hi = inv_std * (x - mean + 1.0 / 255.0), lo = inv_std * (x - mean - 1.0 / 255.0);
-  auto phi = [](double u) { return std::exp(-0.5 * u * u) / std::sqrt(2.0 * std::numbers::pi); };
-  double p, dp;
-  if (x < -0.999) {
-    p = 1.0 - upper_tail(hi);
-    dp = -hi * phi(hi);
-  } else if (x > 0.999) {
-    p = upper_tail(lo);
-    dp = lo * phi(lo);
-  } else {
-    p = lo > 0 ? upper_tail(lo) - upper_tail(hi) : upper_tail(-hi) - upper_tail(-lo);
-    dp = lo * phi(lo) - hi * phi(hi);
-  }
-  return p < 1e-12 ? 0.0 : dp / p;
+  return kernels::discretized_gaussian_decoder(x, mean, log_scale).dlog_p_dlog;
 }
 
 Tensor discretized_gaussian_log_likelihood(const Tensor& x, const Tensor& mean, const Tensor& log_scale) {

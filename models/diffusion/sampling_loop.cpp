@@ -11,7 +11,7 @@
 
 #if defined(DIFFUSE_HAVE_CUDA)
 #include "core/tensor_cuda.h"
-#include "kernels/cuda/sampler_step.h"
+#include "kernels/sampler_step.h"
 #endif
 
 namespace diffuse::diffusion {

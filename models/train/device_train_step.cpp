@@ -26,9 +26,7 @@
 
 #include "core/cuda_check.h"
 #include "core/tensor_cuda.h"
-#include "kernels/cuda/adamw.h"
-#include "kernels/cuda/elementwise.h"
-#include "kernels/cuda/reduce.h"
+#include "kernels/adamw.h"
 #endif
 
 namespace diffuse::train {
@@ -251,15 +249,7 @@ void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::Low
   // The dropout kernels key their masks by (seed ^ word): dropout_seed(seed, s), the cpu's.
   const uint64_t word = stream_offset(s, Stream::dropout);
   std::memcpy(h + kWordAt, &word, sizeof word);
-  const AdamWStep a = adamw_step_at(o_.adamw, s + 1);
-  kernels::AdamWParams p;
-  p.lr = a.lr;
-  p.beta1 = a.beta1;
-  p.beta2 = a.beta2;
-  p.eps = a.eps;
-  p.weight_decay = a.weight_decay;
-  p.bc1 = a.bc1;
-  p.bc2_sqrt = a.bc2_sqrt;
+  kernels::AdamWParams p = adamw_step_at(o_.adamw, s + 1);
   p.ema_decay = ema_decay_at(o_.ema_decay, o_.ema_warmup, s);
   p.max_grad_norm = static_cast<float>(o_.grad_clip > 0 ? o_.grad_clip : 0);
   p.skip_nonfinite = 1;

@@ -70,7 +70,7 @@ std::ofstream open_run_log(const std::string& path, bool resuming, const std::st
 // A run on a GPU (`--device cuda`) is host-driven: a replica of the model on the device runs the
 // forward and backward passes, and the optimizer updates the host's weights, because AdamW and
 // clip_grad_norm (optim.h) run on the cpu only (the device trainer's fused update,
-// kernels/cuda/adamw.h, works on its own flat buffers). The host's weights stay the run's state:
+// kernels/adamw.h, works on its own flat buffers). The host's weights stay the run's state:
 // checkpoints and resume read and write them as on the cpu. Before each step the replica takes
 // them (copy_weights); after the backward pass the host's parameters take the replica's gradients
 // (optimizer_step's `replica`). Both lists are one model's named_parameters(), in order.

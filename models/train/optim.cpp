@@ -94,7 +94,8 @@ Tensor& FlatParams::gather_grads() {
 
 // ---- the update ---------------------------------------------------------------------------------
 
-void adamw_update(float* w, const float* g, float* m, float* v, float* ema, int64_t n, const AdamWStep& s) {
+void adamw_update(float* w, const float* g, float* m, float* v, float* ema, int64_t n,
+                  const kernels::AdamWParams& s) {
   const float decay_factor = 1.f - s.lr * s.weight_decay;
   const float step_size = s.lr / s.bc1;
   const float b1 = s.beta1, b2 = s.beta2, c1 = 1.f - s.beta1, c2 = 1.f - s.beta2;
@@ -158,8 +159,8 @@ float warmup_lr(const AdamWOptions& o, int64_t t) {
   return static_cast<float>(static_cast<double>(o.lr) * 0.5 * (1.0 + std::cos(std::numbers::pi * p)));
 }
 
-AdamWStep adamw_step_at(const AdamWOptions& o, int64_t t) {
-  AdamWStep s{};
+kernels::AdamWParams adamw_step_at(const AdamWOptions& o, int64_t t) {
+  kernels::AdamWParams s{};
   s.lr = warmup_lr(o, t);
   s.beta1 = o.beta1;
   s.beta2 = o.beta2;
@@ -180,7 +181,7 @@ void AdamW::step(EMA* ema) {
   DF_PROFILE("adamw_ema_step");
   if (ema)
     DF_CHECK(ema->layout_ == layout_, "AdamW::step: the EMA tracks a different parameter list than the optimizer");
-  AdamWStep s = adamw_step_at(opt_, step_ + 1);
+  kernels::AdamWParams s = adamw_step_at(opt_, step_ + 1);
   s.ema_decay = ema ? ema->next_decay() : 0.f;
   float* m = m_.data<float>();
   float* v = v_.data<float>();

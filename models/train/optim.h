@@ -25,6 +25,7 @@
 
 #include "autograd/tape.h"
 #include "core/tensor.h"
+#include "kernels/adamw.h"
 
 namespace diffuse::train {
 
@@ -117,13 +118,11 @@ class AdamW {
   int64_t step_ = 0;
 };
 
-// The per-element update over n elements (the loop the CUDA kernel mirrors). ema may be null.
-struct AdamWStep {
-  float lr, beta1, beta2, eps, weight_decay;
-  float bc1, bc2_sqrt;  // 1 - beta1^t, sqrt(1 - beta2^t)
-  float ema_decay;      // used when ema != nullptr
-};
-void adamw_update(float* w, const float* g, float* m, float* v, float* ema, int64_t n, const AdamWStep& s);
+// The per-element update over n elements (the loop the CUDA kernel mirrors), with one step's scalars
+// in the kernel's own struct (kernels/adamw.h). ema may be null. max_grad_norm and skip_nonfinite
+// are the kernel's: on the cpu, clip_grad_norm clips and the caller skips.
+void adamw_update(float* w, const float* g, float* m, float* v, float* ema, int64_t n,
+                  const kernels::AdamWParams& s);
 
 // The schedule of AdamW's scalars, the one definition that AdamW::step on the cpu and the device
 // training step (which stages them for its update kernel) both use.
@@ -132,8 +131,9 @@ void adamw_update(float* w, const float* g, float* m, float* v, float* ema, int6
 // clamped to [0, 1].
 float warmup_lr(const AdamWOptions& o, int64_t t);
 // Step t's scalars: warmup_lr, the betas, eps, weight_decay and the bias corrections 1 - beta1^t
-// and sqrt(1 - beta2^t) (in double, rounded once); ema_decay is left 0 for the caller.
-AdamWStep adamw_step_at(const AdamWOptions& o, int64_t t);
+// and sqrt(1 - beta2^t) (in double, rounded once); ema_decay, max_grad_norm and skip_nonfinite are
+// left 0 for the caller.
+kernels::AdamWParams adamw_step_at(const AdamWOptions& o, int64_t t);
 
 // Scales every gradient by max_norm / total_norm when the global L2 norm exceeds max_norm.
 // Returns the norm before clipping (accumulated in double). Gradients are replaced, not written in

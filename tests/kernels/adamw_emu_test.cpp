@@ -14,7 +14,7 @@
 #include "core/device.h"
 #include "core/stream.h"
 #include "core/tensor.h"
-#include "kernels/cuda/adamw.h"
+#include "kernels/adamw.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 

@@ -15,7 +15,6 @@
 #include "core/stream.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
-#include "kernels/cuda/attention.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 
@@ -65,7 +64,7 @@ Inputs make_inputs(const Geo& g, DType t) {
 #if defined(DIFFUSE_HAVE_SIMT)
 
 // The tensor-core launchers compiled for the emulator (kernels/cuda/attention_tc.cu), whose
-// mma.sync is kernels/simt's warp collective; kernels/cuda/attention.h declares them for the GPU
+// mma.sync is kernels/simt's warp collective; kernels/attention.h declares them for the GPU
 // build only.
 namespace diffuse::emu {
 bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);

@@ -15,7 +15,7 @@
 #include "core/device.h"
 #include "core/stream.h"
 #include "core/tensor.h"
-#include "kernels/cuda/elementwise.h"
+#include "kernels/elementwise.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 
@@ -191,7 +191,6 @@ TEST_CASE("elementwise kernels on the GPU match the reference", "[cuda][kernels]
 // run on positive inputs. bf16: the f32 result rounded once to bf16, which a last-bit difference in
 // the f32 value may flip: one bf16 ulp, rtol 8e-3 (atol 1e-6 for results near zero).
 
-#include "kernels/cuda/elementwise.h"
 
 namespace {
 

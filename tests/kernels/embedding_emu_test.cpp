@@ -9,7 +9,7 @@
 #include "core/device.h"
 #include "core/stream.h"
 #include "core/tensor.h"
-#include "kernels/cuda/embedding.h"
+#include "kernels/embedding.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 
@@ -18,7 +18,7 @@ using namespace diffuse::test;
 
 namespace {
 
-// The launchers of kernels/cuda/embedding.h (emu:: or cuda::).
+// The launchers of kernels/embedding.h (emu:: or cuda::).
 using Fwd = void (*)(const int64_t*, const void*, void*, DType, int64_t, int64_t, int64_t, void*);
 using Bwd = void (*)(const void*, const int64_t*, void*, DType, int64_t, int64_t, int64_t, void*);
 

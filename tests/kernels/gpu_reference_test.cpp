@@ -29,7 +29,6 @@
 #include "kernels/loss.h"
 #include "kernels/matmul.h"
 #if defined(DIFFUSE_HAVE_CUDA)
-#include "kernels/cuda/gemm.h"
 #endif
 #include "tests/test_util.h"
 

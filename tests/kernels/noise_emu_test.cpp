@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "core/tensor.h"
-#include "kernels/cuda/noise.h"
+#include "kernels/noise.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 

@@ -20,21 +20,14 @@
 #include "core/stream.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
-#include "kernels/cuda/attention.h"
-#include "kernels/cuda/concat.h"
-#include "kernels/cuda/embedding.h"
-#include "kernels/cuda/group_norm.h"
-#include "kernels/cuda/noise.h"
-#include "kernels/cuda/resample.h"
-#include "kernels/cuda/softmax.h"
-#include "kernels/cuda/time_embedding.h"
+#include "kernels/concat.h"
 #include "kernels/embedding.h"
 #include "kernels/group_norm.h"
-#include "kernels/loss.h"
 #include "kernels/noise.h"
 #include "kernels/resample.h"
 #include "kernels/softmax.h"
 #include "kernels/time_embedding.h"
+#include "kernels/loss.h"
 #include "tests/kernels/op_table.h"
 #include "tests/test_util.h"
 
@@ -129,7 +122,7 @@ OpCase gradcheck_case(const std::string& name, std::function<Tensors()> inputs,
 }
 
 // ---- resampling: upsample_nearest2x and avg_pool2x, forward and backward ------------------------
-// A launcher of kernels/cuda/resample.h; every one takes the small grid's (B, H, W, C).
+// A launcher of kernels/resample.h; every one takes the small grid's (B, H, W, C).
 using ResampleLaunch = void (*)(const void*, void*, DType, int64_t, int64_t, int64_t, int64_t, void*);
 
 struct ResampleOp {
@@ -287,7 +280,7 @@ void add_resample(std::vector<OpCase>& table) {
 // schedule's range; a fresh seed and offset, as i64 {seed, offset}. Outputs: eps and z; the kernels
 // write them one float off alignment (skew 1) or aligned, and the element past each comes back too
 // and must keep its poison; then z drawn without eps (the launch with eps null). The cpu path
-// (kernels/cpu/noise.cpp, which the rest of the engine runs) against the same loop. The seed word
+// (kernels/noise.cpp, which the rest of the engine runs) against the same loop. The seed word
 // of a captured graph's replay is checked in noise_emu_test.cpp.
 struct NoiseCase {
   int64_t B, N, skew;
@@ -400,7 +393,7 @@ void add_noise(std::vector<OpCase>& table) {
 }
 
 // ---- embedding: lookup and its gradient ---------------------------------------------------------
-// The cpu path (kernels/cpu/embedding.cpp, checked against plain loops in embedding_test.cpp) is
+// The cpu path (kernels/embedding.cpp, checked against plain loops in embedding_test.cpp) is
 // the reference. The lookup copies rows: equal. The backward adds the rows of each id in batch
 // order, as the cpu loop does: equal in f32; bf16 is the f32 sum rounded once.
 void add_embedding(std::vector<OpCase>& table) {
@@ -613,7 +606,7 @@ void add_softmax(std::vector<OpCase>& table) {
 }
 
 // ---- cross-entropy (the GPU kernels; f32 whatever the activations) ------------------------------
-// Against the cpu loops (kernels/cpu/loss.cpp, checked against the formula in loss_test.cpp) in
+// Against the cpu loops (kernels/loss.cpp, checked against the formula in loss_test.cpp) in
 // f64: lse, the row losses lse - x[label], their mean, and dlogits = g / B (p - onehot) for
 // g = 1.7. The kernels' bounds are the softmax's: rtol 1e-5; atol 1e-6 (lse, losses: values of
 // O(1..10)) and 1e-7 (dlogits: tiny probabilities over B).
@@ -730,7 +723,7 @@ void add_cross_entropy(std::vector<OpCase>& table) {
 }
 
 // ---- the sinusoidal timestep embedding -----------------------------------------------------------
-// The kernel (time_embedding.cu, f32) against the cpu loop (kernels/cpu/time_embedding.cpp: the
+// The kernel (time_embedding.cu, f32) against the cpu loop (kernels/time_embedding.cpp: the
 // angle and sin/cos in double, rounded once; checked against DDPM and ADM in
 // time_embedding_test.cpp). Both round a double evaluation once; the double results differ by a
 // few double ulps at most (operation order, CUDA's 2-ulp sin/cos), which can flip that one

@@ -11,7 +11,7 @@
 #include "core/device.h"
 #include "core/stream.h"
 #include "core/tensor.h"
-#include "kernels/cuda/reduce.h"
+#include "kernels/elementwise.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 

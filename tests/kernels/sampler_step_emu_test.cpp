@@ -1,5 +1,5 @@
 // kernels/cuda/sampler_step.cu under the emulator ([emu]) and on a GPU ([cuda]) against
-// kernels::sampler_step_cpu (kernels/cpu/sampler_step.cpp), over every option.
+// kernels::sampler_step_cpu (kernels/sampler_step.cpp), over every option.
 //
 // Tolerance: the kernel evaluates the reference's f32 expressions in the same order (the noise is
 // the same Philox variate, bit for bit). On the GPU nvcc may fuse a product and a sum into an FMA,
@@ -15,7 +15,6 @@
 #include "core/device.h"
 #include "core/stream.h"
 #include "core/tensor.h"
-#include "kernels/cuda/sampler_step.h"
 #include "kernels/sampler_step.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"

@@ -6,7 +6,7 @@
 #include <cmath>
 
 #include "core/tensor.h"
-#include "kernels/cuda/softmax.h"
+#include "kernels/softmax.h"
 #include "tests/emu_test_util.h"
 #include "tests/test_util.h"
 

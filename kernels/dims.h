@@ -1,4 +1,4 @@
-// kernels/cuda/dims.h: the shape of a tensor as launchers take it. Launchers see raw pointers and
+// kernels/dims.h: the shape of a tensor as launchers take it. Launchers see raw pointers and
 // this plain struct (no Tensor), so the same launcher serves the Tensor-level dispatch on a GPU
 // and the emulator tests on host buffers.
 #pragma once

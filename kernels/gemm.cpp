@@ -1,5 +1,5 @@
-// The cpu GEMM. Large f32 products go to oneDNN, small ones and f64 to OpenBLAS, else a blocked
-// loop parallel over rows of C.
+// kernels/gemm.cpp: the cpu GEMM. Large f32 products go to oneDNN, small ones and f64 to OpenBLAS,
+// else a blocked loop parallel over rows of C.
 //
 // Why the split, measured on the 2-core AVX-512 CI machine (OpenBLAS 0.3.21 falls back to its
 // SSE3 kernels there, not knowing the CPU model; oneDNN 2.6 JITs for the ISA it finds):

@@ -1,4 +1,4 @@
-// kernels/cpu/sampler_step.cpp: the reference of the fused sampler step (see kernels/sampler_step.h
+// kernels/sampler_step.cpp: the reference of the fused sampler step (see kernels/sampler_step.h
 // for the update and its sources). B batch, N elements per sample, C innermost channels.
 #include "kernels/sampler_step.h"
 

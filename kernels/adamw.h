@@ -1,4 +1,4 @@
-// kernels/cuda/adamw.h: launcher of kernels/cuda/adamw.cu, the fused AdamW + EMA update over one
+// kernels/adamw.h: launcher of kernels/cuda/adamw.cu, the fused AdamW + EMA update over one
 // flat f32 parameter buffer (diffuse::cuda on the GPU, diffuse::emu under the emulator). The
 // per-element update is models/train/optim.h's adamw_update (PyTorch's torch.optim.AdamW):
 //   g  = g * clip                     (clip = max_norm / (sqrt(grad_sumsq) + 1e-6) when that is < 1)
@@ -13,6 +13,8 @@
 #include <cstdint>
 
 namespace diffuse::kernels {
+// One step's scalars, as the kernel and the cpu update (models/train/optim.h adamw_update) take them;
+// models/train/optim.h adamw_step_at fills them for step t.
 struct AdamWParams {
   float lr = 1e-4f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.f;
   float bc1 = 1.f, bc2_sqrt = 1.f;  // 1 - beta1^t and sqrt(1 - beta2^t) of this step t
