@@ -1274,8 +1274,8 @@ void add_group_norm(std::vector<OpCase>& table) {
 //    of the value): rtol 8e-3; backward reads the bf16-rounded forward output in
 //    Delta = rowsum(dO * O), an error spread over every dS of the row, so a gradient element is
 //    within a bf16 rounding of the largest one: atol 8e-3 max|want| (max|want| of the f32 values;
-//    rounding to bf16 may raise it by 2^-9, taken back here). The tensor-core kernels, checked
-//    against these and the SIMT ones, are in attention_emu_test.cpp.
+//    rounding to bf16 may raise it by 2^-9, taken back here). The tensor-core kernels are
+//    add_attention_tc's entries.
 struct AttnCase {
   int64_t B, Tq, Tk;
   int heads, D;
@@ -1818,8 +1818,8 @@ void add_elementwise(std::vector<OpCase>& table) {
   };
   for (const BenchMap& f : {BenchMap{BenchRun::measured, "cifar10", 128, 32, 32, 128},
                             BenchMap{BenchRun::once, "small", 2, 6, 5, 32}}) {
-    const int64_t N = f.H * f.W;
-    const double n = static_cast<double>(f.B * N * f.C);
+    const int64_t N = f.H * f.W, m = f.B * N * f.C;
+    const double n = static_cast<double>(m);
     const std::string shape = name_of(f.model, " ", dims({f.B, f.H, f.W, f.C}));
     OpCase c = bench_case(name_of("elementwise ", shape), f.run, shape);
     BenchKernel add = bench_kernel("add (residual)", "diffuse", {3 * kB16 * n, 0}, "6 B H W C");
@@ -1831,7 +1831,6 @@ void add_elementwise(std::vector<OpCase>& table) {
 #if defined(DIFFUSE_HAVE_CUDA)
     const kernels::Dims d{f.B, N, f.C}, de{f.B, 1, f.C};
     const Shape xs{f.B, N, f.C};
-    const int64_t m = f.B * N * f.C;
     add.prepare = [=]() -> std::function<void()> {
       Tensor a = device_random(xs, DType::bf16), b = device_random(xs, DType::bf16), o = device_empty(xs, DType::bf16);
       return [=]() mutable {
@@ -1864,7 +1863,6 @@ void add_elementwise(std::vector<OpCase>& table) {
     c.bench_kernels = {add, addb, sf, sb, rs};
     table.push_back(c);
 
-    const int64_t m = f.B * N * f.C;
     OpCase ax = bench_case(name_of("axpby ", m), f.run, dims({m}));
     const Cost cost{3 * kF32 * static_cast<double>(m), 0};
     BenchKernel k = bench_kernel("axpby f32 (y = a x + y)", "diffuse", cost, "12 n");
