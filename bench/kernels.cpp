@@ -6,8 +6,9 @@
 //   build/bench/kernels [--only SUBSTRING] [--warmup 10] [--iters 50] [--json out.json] [--once] [--help]
 //
 // The ops that the op table holds (tests/kernels/op_table.h: noising, the time embedding, GroupNorm,
-// the flash attention, softmax, cross-entropy, resampling, concat) take their shapes, cost formulas
-// and launches from it; the rows of the others are written here.
+// the flash attention, softmax, cross-entropy, resampling, concat, the elementwise ops and
+// reductions, AdamW, the sampler step) take their shapes, cost formulas and launches from it; the
+// one row written here is the CIFAR UNet's attention through the dispatch (cuBLASLt).
 //
 // Shapes: the DDPM CIFAR-10 UNet at batch 128 (32x32x128 and 16x16x256 feature maps, images
 // 32x32x3, 35.7M parameters) and a 64x64 model at batch 32 (64x64x128 maps, images 64x64x3).
@@ -49,18 +50,13 @@
 #include "core/device.h"
 
 #if defined(DIFFUSE_HAVE_CUDA)
-#include <cublas_v2.h>
 #include <cuda_runtime.h>
 
 #include "core/cuda_check.h"
 #include "core/stream.h"
 #include "core/tensor.h"
-#include "kernels/adamw.h"
 #include "kernels/attention.h"
-#include "kernels/elementwise.h"
 #include "kernels/gemm.h"
-#include "kernels/sampler_step.h"
-#include "models/nn/unet.h"
 #include "tests/kernels/op_table.h"
 #endif
 
@@ -174,16 +170,6 @@ Tensor rnd(const Shape& s, DType t, uint64_t seed, float lo = -1.f, float hi = 1
   x.uniform_(seed, 0, lo, hi);
   return t == DType::f32 ? x : x.to(t);
 }
-Tensor dev_empty(const Shape& s, DType t) { return Tensor::empty(s, t, Device::cuda(0)); }
-
-std::string shape_str(std::initializer_list<int64_t> d) {
-  std::string s;
-  for (int64_t x : d) {
-    if (!s.empty()) s += 'x';
-    s += std::to_string(x);
-  }
-  return s;
-}
 
 // The rows of the ops that the op table holds (tests/kernels/op_table.h: their shapes, cost formulas
 // and launches are written there, beside their tests): the kernels of the table's cases for this run
@@ -200,29 +186,12 @@ void add_table_rows(std::vector<Case>& cs, bool once) {
   }
 }
 
-struct Feature {  // a (B, H, W, C) bf16 feature map of a UNet
-  const char* model;
-  int64_t B, H, W, C;
-  int G;
-};
-
 // The cases. Tensors are captured by value in the closures (shared storage), so they live as long
-// as the case. `S` is the stream every launcher gets. once (--once): the same cases at small shapes
-// (odd sizes, batch 1 and 2), each chosen below beside its measured size.
-std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
-  void* S = current_stream();
+// as the case. once (--once): the same cases at small shapes (odd sizes, batch 2), each chosen below
+// beside its measured size.
+std::vector<Case> make_cases(bool once) {
   std::vector<Case> cs;
-  const double b16 = 2, f32 = 4;  // bytes per element
   const auto pick = [once](auto measured, auto small) { return once ? small : measured; };
-  std::vector<Feature> maps = {{"cifar10", 128, 32, 32, 128, 32}, {"cifar10", 128, 16, 16, 256, 32},
-                               {"64x64", 32, 64, 64, 128, 32}};
-  if (once) maps = {{"small", 2, 6, 5, 32, 8}, {"small", 1, 3, 7, 64, 32}};
-  struct Images {
-    const char* model;
-    int64_t B, n;  // n = H W C per image
-  };
-  std::vector<Images> images = {{"cifar10", 128, 32 * 32 * 3}, {"64x64", 32, 64 * 64 * 3}};
-  if (once) images = {{"small", 2, 6 * 5 * 3}, {"small", 1, 7 * 7}};
 
   {  // The CIFAR UNet's own attention: one head of 256 channels, through the dispatch (cuBLASLt, P kept).
     const int64_t B = pick(128, 2), T = pick(256, 17), C = pick(256, 40);
@@ -234,100 +203,10 @@ std::vector<Case> make_cases(cublasHandle_t blas, bool once) {
                   true, [=]() { (void)cuda::attention_forward(q, k, v, 1); }});
   }
 
-  // ---- the fused sampler step (DDIM with eta / DDPM: z, eps in; noise drawn in the kernel) ----
-  for (const Images& im : images) {
-    Tensor z = rnd({im.B, im.n}, DType::f32, 16), eps = rnd({im.B, im.n}, DType::f32, 17);
-    Tensor zn = dev_empty({im.B, im.n}, DType::f32);
-    std::vector<kernels::SamplerStepCoeffs> hc(im.B);
-    for (auto& c : hc) c = {0.9f, 0.43f, 1.05f, 0.f, -0.1f, 0.f, 0.05f, 0.f, 0.f};
-    const size_t cbytes = hc.size() * sizeof(kernels::SamplerStepCoeffs);
-    Tensor coeffs = dev_empty({static_cast<int64_t>(cbytes)}, DType::u8);
-    DF_CUDA_CHECK(cudaMemcpy(coeffs.raw(), hc.data(), cbytes, cudaMemcpyHostToDevice));
-    const double n = double(im.B) * im.n;
-    cs.push_back({"sampler_step", std::string(im.model) + " " + shape_str({im.B, im.n}), "diffuse",
-                  /* read z and the model output, write z_next (f32) */ 3 * f32 * n, 0, "12 B n", false,
-                  [=]() mutable {
-                    kernels::SamplerStepParams p;
-                    p.coeffs = static_cast<const kernels::SamplerStepCoeffs*>(coeffs.raw());
-                    p.clip_x0 = true;
-                    p.seed = 11;
-                    cuda::sampler_step(p, z.data<float>(), eps.data<float>(), nullptr, zn.data<float>(), im.n,
-                                       static_cast<int>(im.B), S);
-                  }});
-  }
-
-  // ---- AdamW + EMA over the DDPM CIFAR-10 UNet's flat parameters, global-norm clipping ----
-  {
-    const char* preset = pick("ddpm-cifar10", "tiny");
-    const int64_t n = nn::UNet(nn::UNetConfig::preset(preset), 0).num_parameters();
-    Tensor w = rnd({n}, DType::f32, 18), g = rnd({n}, DType::f32, 19), m = rnd({n}, DType::f32, 20, -1e-3f, 1e-3f);
-    Tensor v = rnd({n}, DType::f32, 21, 0.f, 1e-6f), ema = rnd({n}, DType::f32, 22);
-    Tensor wb = dev_empty({n}, DType::bf16), sumsq = dev_empty({1}, DType::f32);
-    Tensor red_ws = dev_empty({cuda::reduce_all_workspace(n)}, DType::f32);
-    cuda::reduce_all(g.data<float>(), n, kernels::ReduceOp::sum_squares, red_ws.data<float>(), sumsq.data<float>(), S);
-    const std::string shape = std::string(preset) + " " + std::to_string(n) + " params";
-    cs.push_back({"adamw_ema", shape, "diffuse",
-                  /* read w g m v ema, write w m v ema (f32), write the bf16 copy */ 9 * f32 * n + b16 * n, 0, "38 n",
-                  false, [=]() mutable {
-                    kernels::AdamWParams p;
-                    p.lr = 2e-4f, p.weight_decay = 0.01f, p.bc1 = 0.1f, p.bc2_sqrt = 0.03f, p.ema_decay = 0.9999f;
-                    p.max_grad_norm = 1.f;
-                    cuda::adamw_update(w.data<float>(), g.data<float>(), m.data<float>(), v.data<float>(),
-                                       ema.data<float>(), wb.raw(), nullptr, sumsq.data<float>(), n, p, S);
-                  }});
-    cs.push_back({"grad_norm (reduce_all sum of squares)", shape, "diffuse", /* read g (f32) */ f32 * n, 0, "4 n",
-                  false, [=]() mutable {
-                    cuda::reduce_all(g.data<float>(), n, kernels::ReduceOp::sum_squares, red_ws.data<float>(),
-                                     sumsq.data<float>(), S);
-                  }});
-  }
-
-  // ---- elementwise on the 32x32x128 map (bf16) and one f32 axpby with its cuBLAS twin ----
-  {
-    const Feature f = maps[0];
-    const int64_t N = f.H * f.W;
-    const double n = double(f.B) * N * f.C;
-    Tensor a = rnd({f.B, N, f.C}, DType::bf16, 26), b = rnd({f.B, N, f.C}, DType::bf16, 27);
-    Tensor e = rnd({f.B, 1, f.C}, DType::bf16, 28), out = dev_empty({f.B, N, f.C}, DType::bf16);
-    const std::string shape = std::string(f.model) + " " + shape_str({f.B, f.H, f.W, f.C});
-    const kernels::Dims d{f.B, N, f.C}, de{f.B, 1, f.C};
-    cs.push_back({"add (residual)", shape, "diffuse", /* read a and b, write out (bf16) */ 3 * b16 * n, 0, "6 B H W C",
-                  false, [=]() mutable {
-                    cuda::binary_forward(kernels::BinaryOp::add, a.raw(), d, b.raw(), d, out.raw(), DType::bf16, S);
-                  }});
-    cs.push_back({"add (per-sample embedding, broadcast)", shape, "diffuse",
-                  /* read a, write out (bf16); e is B C */ 2 * b16 * n + b16 * f.B * f.C, 0, "4 B H W C + 2 B C", false,
-                  [=]() mutable {
-                    cuda::binary_forward(kernels::BinaryOp::add, a.raw(), d, e.raw(), de, out.raw(), DType::bf16, S);
-                  }});
-    cs.push_back({"silu_forward", shape, "diffuse", /* read x, write y (bf16) */ 2 * b16 * n, 0, "4 B H W C", false,
-                  [=]() mutable { cuda::silu_forward(a.raw(), out.raw(), DType::bf16, static_cast<int64_t>(n), S); }});
-    cs.push_back({"silu_backward", shape, "diffuse", /* read x and dy, write dx (bf16) */ 3 * b16 * n, 0, "6 B H W C",
-                  false, [=]() mutable {
-                    cuda::silu_backward(a.raw(), b.raw(), out.raw(), DType::bf16, static_cast<int64_t>(n), false, S);
-                  }});
-    Tensor bias_g = dev_empty({f.C}, DType::f32);
-    Tensor red_ws = dev_empty({static_cast<int64_t>(cuda::reduce_sum_workspace_bytes(d, 0b011)) + 16}, DType::u8);
-    cs.push_back({"reduce_sum (bias gradient)", shape, "diffuse", /* read g (bf16), write C f32 */ b16 * n + f32 * f.C,
-                  0, "2 B H W C + 4 C", false, [=]() mutable {
-                    cuda::reduce_sum(b.raw(), DType::bf16, d, 0b011, 1.f, bias_g.raw(), DType::f32, red_ws.raw(), S);
-                  }});
-    const int64_t m = static_cast<int64_t>(n);
-    Tensor xf = rnd({m}, DType::f32, 29), yf = rnd({m}, DType::f32, 30);
-    cs.push_back({"axpby f32 (y = a x + y)", shape_str({m}), "diffuse", /* read x and y, write y */ 3 * f32 * m, 0,
-                  "12 n", false, [=]() mutable {
-                    cuda::axpby(0.5f, xf.data<float>(), 1.f, yf.data<float>(), DType::f32, m, S);
-                  }});
-    cs.push_back({"axpby f32 (y = a x + y)", shape_str({m}), "cublas", 3 * f32 * m, 0, "12 n", false, [=]() mutable {
-                    const float alpha = 0.5f;
-                    DF_CHECK(cublasSaxpy(blas, static_cast<int>(m), &alpha, xf.data<float>(), 1, yf.data<float>(), 1) ==
-                                 CUBLAS_STATUS_SUCCESS,
-                             "cublasSaxpy failed");
-                  }});
-  }
-
   // ---- the ops of the op table: noising, the time embedding, GroupNorm + SiLU, the flash attention
-  // (SIMT and tensor-core), softmax, cross-entropy, resampling, concat (and the copy engine) ----
+  // (SIMT and tensor-core), softmax, cross-entropy, resampling, concat (and the copy engine), the
+  // elementwise ops and bias gradient, axpby (and cuBLAS), AdamW + EMA, the gradient norm and the
+  // sampler step ----
   add_table_rows(cs, once);
   return cs;
 }
@@ -353,13 +232,9 @@ int run_gpu(const Options& o, const std::string& command) {
     std::printf("median of %d runs after %d warm-up runs, L2 flushed before each run\n\n", o.iters, o.warmup);
   }
 
-  cublasHandle_t blas = nullptr;
-  DF_CHECK(cublasCreate(&blas) == CUBLAS_STATUS_SUCCESS, "kernels: cublasCreate failed");
-  DF_CHECK(cublasSetStream(blas, static_cast<cudaStream_t>(current_stream())) == CUBLAS_STATUS_SUCCESS,
-           "kernels: cublasSetStream failed");
   json rows = json::array();
   {
-    std::vector<Case> cases = make_cases(blas, o.once);
+    std::vector<Case> cases = make_cases(o.once);
     std::printf("%-38s %-42s %-12s %10s %9s %7s %9s %7s  %s\n", "kernel", "shape", "impl", "time_us", "GB/s", "%copy",
                 "TFLOP/s", "%bf16", "formula");
     for (Case& c : cases) {
@@ -383,7 +258,6 @@ int run_gpu(const Options& o, const std::string& command) {
       rows.push_back(r);
     }
   }
-  cublasDestroy(blas);
   if (o.once) {
     DF_CUDA_CHECK(cudaDeviceSynchronize());
     std::printf("kernels --once: every case ran (%zu rows)\n", rows.size());

@@ -269,3 +269,73 @@ TEST_CASE("dropout keeps element i iff philox_uniform(seed, offset, i) >= p", "[
   }
   CHECK_THROWS_AS(kernels::dropout_forward(random_tensor({4}), 1.f, 1, 0), Error);
 }
+
+// ---- the reduction kernels (kernels/cuda/reduce.cu): the same input gives the same bits ---------
+// What the op table's reduce entries (op_table.cpp, every shape against kernels::ref::sum) cannot
+// say: the kernels add in a fixed order with no atomics, so a second run repeats the first bit for
+// bit. The first run is also held to kernels::ref::sum, with the table's bound (1e-5 of sum |x|).
+#include "core/stream.h"
+#include "kernels/elementwise.h"
+#include "tests/emu_test_util.h"
+
+namespace {
+
+using AllWorkspaceFn = int64_t (*)(int64_t);
+using AllLaunchFn = void (*)(const float*, int64_t, kernels::ReduceOp, float*, float*, void*);
+using SumWorkspaceFn = std::size_t (*)(const kernels::Dims&, unsigned);
+using SumLaunchFn = void (*)(const void*, DType, const kernels::Dims&, unsigned, float, void*, DType, void*, void*);
+
+void check_reductions_repeat(AllWorkspaceFn all_ws, AllLaunchFn all, SumWorkspaceFn sum_ws, SumLaunchFn sum,
+                             Device d) {
+  for (int64_t n : {int64_t{1001}, int64_t{70001}}) {
+    INFO("reduce_all n " << n << ", seed " << run_seed());
+    const Tensor x = random_tensor({n});
+    const Tensor xd = x.to(d);
+    Tensor ws = Tensor::empty({all_ws(n)}, DType::f32, d).poison_();
+    Tensor a = Tensor::empty({1}, DType::f32, d).poison_(), b = Tensor::empty({1}, DType::f32, d).poison_();
+    all(xd.data<float>(), n, kernels::ReduceOp::sum, ws.data<float>(), a.data<float>(), current_stream());
+    all(xd.data<float>(), n, kernels::ReduceOp::sum, ws.data<float>(), b.data<float>(), current_stream());
+    Tensor want = Tensor::empty({1}, DType::f64);
+    kernels::ref::sum(x.to(DType::f64), {0}, want);
+    CHECK(std::fabs(a.to(Device::cpu()).to_vector()[0] - want.to_vector()[0]) <= 1e-5 * static_cast<double>(n));
+    CHECK(bit_mismatches(a.to(Device::cpu()), b.to(Device::cpu())) == 0);
+  }
+  // Rows split over blocks, and columns split: the plans with partial sums in the workspace.
+  for (const auto& [shape, mask] : {std::pair<Shape, unsigned>{{3, 3000}, 0b10}, {{4000, 24}, 0b01}}) {
+    INFO("reduce_sum " << shape.str() << " mask " << mask << ", seed " << run_seed());
+    const Tensor x = random_tensor(shape);
+    const Tensor xd = x.to(d);
+    kernels::Dims dm;
+    dm.rank = shape.rank();
+    for (int i = 0; i < dm.rank; ++i) dm.d[i] = shape[i];
+    const int64_t outputs = mask == 0b10 ? shape[0] : shape[1];
+    Tensor ws = Tensor::empty({static_cast<int64_t>(sum_ws(dm, mask) / 4) + 1}, DType::f32, d).poison_();
+    Tensor a = Tensor::empty({outputs}, DType::f32, d).poison_(), b = Tensor::empty({outputs}, DType::f32, d).poison_();
+    sum(xd.raw(), DType::f32, dm, mask, 1.f, a.raw(), DType::f32, ws.raw(), current_stream());
+    sum(xd.raw(), DType::f32, dm, mask, 1.f, b.raw(), DType::f32, ws.raw(), current_stream());
+    Tensor want = Tensor::empty({outputs}, DType::f64);
+    kernels::ref::sum(x.to(DType::f64), {mask == 0b10 ? 1 : 0}, want);
+    const double terms = static_cast<double>(shape.numel() / outputs);
+    CHECK(allclose(a.to(Device::cpu()), want.to(DType::f32), 0, 1e-5 * terms));
+    CHECK(bit_mismatches(a.to(Device::cpu()), b.to(Device::cpu())) == 0);
+  }
+}
+
+}  // namespace
+
+#if defined(DIFFUSE_HAVE_SIMT)
+TEST_CASE("reduce_all and reduce_sum under the emulator repeat their bits", "[emu][kernels]") {
+  for_each_order([] {
+    check_reductions_repeat(emu::reduce_all_workspace, emu::reduce_all, emu::reduce_sum_workspace_bytes,
+                            emu::reduce_sum, Device::cpu());
+  });
+}
+#endif
+
+TEST_CASE("reduce_all and reduce_sum on the GPU repeat their bits", "[cuda][kernels]") {
+#if defined(DIFFUSE_HAVE_CUDA)
+  if (!cuda_available()) return;
+  check_reductions_repeat(cuda::reduce_all_workspace, cuda::reduce_all, cuda::reduce_sum_workspace_bytes,
+                          cuda::reduce_sum, Device::cuda(0));
+#endif
+}

@@ -23,6 +23,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "autograd/gradcheck.h"
@@ -34,11 +35,17 @@ namespace diffuse::test {
 enum class Backend { cpu, emu, cuda };
 
 // Each output element must satisfy |got - want| <= atol + rtol |want| (bitwise: the same bits, NaN
-// matching NaN).
+// matching NaN); with atol_each, atol + atol_each[i] + rtol |want| for element i.
 struct Tolerance {
+  Tolerance() = default;
+  Tolerance(bool bitwise_, double rtol_, double atol_, std::string why_, Tensor atol_each_ = Tensor())
+      : bitwise(bitwise_), rtol(rtol_), atol(atol_), why(std::move(why_)), atol_each(std::move(atol_each_)) {}
   bool bitwise = false;
   double rtol = 0, atol = 0;
   std::string why;  // the argument, printed with a failure
+  // A bound per element (want's shape, f64), for an error that scales with each element's own
+  // terms rather than with the output's largest (a sum's error with its sum of |term|).
+  Tensor atol_each;
 };
 
 // What one run of a kernel moves and computes, for the benchmarks' GB/s and TFLOP/s: the fewest
