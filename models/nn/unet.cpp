@@ -69,13 +69,11 @@ void UNetConfig::validate() const {
   for (int m : channel_mult)
     DF_CHECK((m * base_channels) % groups == 0, "UNetConfig: ", m * base_channels, " channels not divisible by groups ",
              groups);
-  if (head_channels > 0)
-    for (int r : attention_resolutions) {
-      (void)r;
-      for (int m : channel_mult)
-        DF_CHECK((m * base_channels) % head_channels == 0, "UNetConfig: head_channels ", head_channels,
-                 " does not divide ", m * base_channels);
-    }
+  // With attention, channels split into heads of head_channels, which must divide every level's width.
+  if (head_channels > 0 && !attention_resolutions.empty())
+    for (int m : channel_mult)
+      DF_CHECK((m * base_channels) % head_channels == 0, "UNetConfig: head_channels ", head_channels,
+               " does not divide ", m * base_channels);
   validate_context();
 }
 
