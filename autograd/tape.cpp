@@ -62,6 +62,17 @@ void set_grad_enabled(bool on) { g_grad_enabled = on; }
 void clear_tape() { g_tape.clear(); }
 size_t tape_size() { return g_tape.size(); }
 
+std::vector<TapeOp> tape_ops() {
+  std::vector<TapeOp> ops;
+  ops.reserve(g_tape.size());
+  for (const Node& n : g_tape) {
+    TapeOp op{n.name, {}, n.output->value.shape()};
+    for (const Var& v : n.inputs) op.inputs.push_back(v.defined() ? v.shape() : Shape());
+    ops.push_back(std::move(op));
+  }
+  return ops;
+}
+
 Var record(const char* name, Tensor out, std::vector<Var> inputs, BackwardFn backward) {
   bool needs = false;
   if (g_grad_enabled)

@@ -91,6 +91,16 @@ class NoGrad {
 void clear_tape();        // forget every recorded node (and free what they saved)
 size_t tape_size();       // nodes recorded since the last backward or clear
 
+// A recorded node as a reader outside the engine sees it: the op's name (record's `name`) and the
+// shapes of its inputs, in order (an optional input left undefined: Shape(), rank 0), and of its
+// output. bench/e2e counts a forward's FLOPs from these.
+struct TapeOp {
+  const char* name;
+  std::vector<Shape> inputs;
+  Shape output;
+};
+std::vector<TapeOp> tape_ops();  // the nodes recorded since the last backward or clear, in order
+
 // g += x, out of place when g may be shared: the one accumulation rule of the engine.
 Tensor accumulate(const Tensor& g, const Tensor& x);
 

@@ -1,5 +1,5 @@
-// bench/e2e: the end-to-end figures of issue 11 on one GPU: a whole training step and a whole
-// sampler step of a UNet preset, as images/s and achieved TFLOP/s, with and without CUDA graphs.
+// bench/e2e: the end-to-end figures on one GPU: a whole training step and a whole sampler step of
+// a UNet preset, as images/s and achieved TFLOP/s, with and without CUDA graphs.
 //
 //   build/bench/e2e [--preset ddpm-cifar10,fmnist] [--batch 128] [--sample-batch 256,1]
 //                   [--sample-steps 20] [--sampler ddpm|ddim] [--graph both|on|off] [--fp32]
@@ -20,13 +20,12 @@
 // Steady state: the host-device synchronisations (core/stream.h) and the allocator's cudaMalloc
 // calls during the timed steps are printed and go to the JSON; both must be 0.
 //
-// FLOPs: counted from the layers of the model (unet_count below, which walks the config as the
-// UNet's constructor does and checks itself against the model's parameter count). Only the matrix
-// products are counted (convolutions, linear layers, attention's two products), the usual "model
-// FLOPs": a 3x3 conv from Cin to Cout at an Ho x Wo output is 2 B Ho Wo 9 Cin Cout, a linear of
-// M rows 2 M In Out, attention over T tokens of C channels 4 B T^2 C (Q K^T and P V). A training
-// step is 3x the forward (backward: the gradients of the input and of the weights of every
-// product, 2x the forward). Achieved TFLOP/s is that count over the median time; its share of the
+// FLOPs: counted from the model itself (unet_count below: the ops one recorded forward of the
+// preset ran, at their shapes). Only the matrix products are counted (convolutions, linear layers,
+// attention's two products), the usual "model FLOPs": a 3x3 conv from Cin to Cout at an Ho x Wo
+// output is 2 B Ho Wo 9 Cin Cout, a linear (or 1x1 conv) of M rows 2 M In Out, attention over T
+// tokens of C channels 4 B T^2 C (Q K^T and P V). A training step is 3x the forward (backward: the
+// gradients of the input and of the weights of every product, 2x the forward). Achieved TFLOP/s is that count over the median time; its share of the
 // GPU's bf16 matrix rate is against one large cuBLASLt GEMM timed at start-up.
 //
 // The PyTorch side is bench/torch_e2e.py; bench/e2e.sh runs both and prints the ratios. The
@@ -48,12 +47,14 @@
 #include <fstream>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "autograd/autocast.h"
+#include "autograd/tape.h"
 #include "core/allocator.h"
 #include "core/check.h"
 #include "core/device.h"
@@ -77,90 +78,35 @@ using nlohmann::json;
 
 namespace {
 
-// ---- FLOPs and parameters from the layers ------------------------------------------------------
+// ---- FLOPs and parameters of the model ----------------------------------------------------------
 
 struct Count {
   double flops = 0;   // forward, matrix products only
   int64_t params = 0;
 };
 
-// The UNet of models/nn/unet.cpp, layer by layer, at batch B.
-Count unet_count(const nn::UNetConfig& c, int64_t B) {
+// One forward of the preset's UNet at batch 1 on the cpu, recorded on the tape, and the FLOPs of
+// its matrix products read off the recorded ops at their shapes: the count is the model's own,
+// whatever models/nn/unet.cpp builds. The weights are all 0 (Undrawn): only the shapes matter.
+// Per op, with the output's element count n: conv2d (weight (Cout, KH, KW, Cin)) 2 n KH KW Cin;
+// linear (weight (Out, In)) 2 n In; matmul (a (..., M, K)) 2 n K; attention (q (B, Tq, C), k
+// (B, Tk, C)) 2 B Tq Tk C for Q K^T and as much for P V.
+Count unet_count(const nn::UNetConfig& c) {
+  nn::UNet net(c, nn::UNet::Undrawn{});
   Count k;
-  const int64_t E = c.emb_channels();
-  auto linear = [&](int64_t in, int64_t out, int64_t rows) {  // y (rows, out) = x (rows, in) W^T + b
-    k.params += in * out + out;
-    k.flops += 2.0 * static_cast<double>(rows) * in * out;
-  };
-  auto conv = [&](int64_t in, int64_t out, int64_t kernel, int64_t size_out) {  // NHWC, "same" padding
-    k.params += kernel * kernel * in * out + out;
-    k.flops += 2.0 * B * size_out * size_out * kernel * kernel * static_cast<double>(in) * out;
-  };
-  auto norm = [&](int64_t ch) { k.params += 2 * ch; };
-  enum Resample { none, up, down };
-  auto res = [&](int64_t in, int64_t out, int64_t size_in, Resample r) {  // ResBlock (layers.h)
-    const int64_t so = r == up ? 2 * size_in : r == down ? size_in / 2 : size_in;
-    norm(in);
-    conv(in, out, 3, so);
-    linear(E, c.scale_shift_norm ? 2 * out : out, B);  // emb_proj
-    norm(out);
-    conv(out, out, 3, so);
-    if (in != out) linear(in, out, B * so * so);  // the 1x1 skip conv is a GEMM over the pixels
-  };
-  auto attn = [&](int64_t ch, int64_t size) {  // AttentionBlock: norm, qkv, attention, proj
-    const int64_t T = size * size;
-    norm(ch);
-    linear(ch, 3 * ch, B * T);
-    k.flops += 4.0 * B * static_cast<double>(T) * T * ch;  // Q K^T and P V, summed over the heads
-    linear(ch, ch, B * T);
-  };
-  auto has_attn = [&](int64_t size) {
-    return std::find(c.attention_resolutions.begin(), c.attention_resolutions.end(), size) !=
-           c.attention_resolutions.end();
-  };
-  linear(c.base_channels, E, B);  // time.fc1
-  linear(E, E, B);                // time.fc2
-  if (c.num_classes > 0) k.params += (c.num_classes + 1) * E;  // a lookup: no FLOPs
-  int64_t ch = int64_t{c.channel_mult[0]} * c.base_channels, size = c.image_size;
-  conv(c.in_channels, ch, 3, size);
-  std::vector<int64_t> skips = {ch};
-  const size_t L = c.channel_mult.size();
-  for (size_t i = 0; i < L; ++i) {
-    const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
-    for (int j = 0; j < c.num_res_blocks; ++j) {
-      res(ch, out, size, none);
-      ch = out;
-      if (has_attn(size)) attn(ch, size);
-      skips.push_back(ch);
-    }
-    if (i + 1 < L) {
-      if (c.resblock_updown) res(ch, ch, size, down);
-      else if (c.conv_resample) conv(ch, ch, 3, size / 2);
-      skips.push_back(ch);
-      size /= 2;
-    }
+  k.params = net.num_parameters();
+  DF_CHECK(ag::tape_size() == 0, "e2e: the tape holds ", ag::tape_size(), " nodes before the counting forward");
+  net.forward(ag::Var(Tensor::zeros({1, c.image_size, c.image_size, c.in_channels})), Tensor::zeros({1}));
+  for (const ag::TapeOp& op : ag::tape_ops()) {
+    const double n = static_cast<double>(op.output.numel());
+    const std::string_view name = op.name;
+    if (name == "conv2d") k.flops += 2 * n * static_cast<double>(op.inputs[1].numel() / op.inputs[1][0]);
+    else if (name == "linear") k.flops += 2 * n * static_cast<double>(op.inputs[1][1]);
+    else if (name == "matmul") k.flops += 2 * n * static_cast<double>(op.inputs[0][-1]);
+    else if (name == "attention")
+      k.flops += 2.0 * static_cast<double>(op.inputs[1][1]) * static_cast<double>(op.inputs[0].numel() + n);
   }
-  res(ch, ch, size, none);
-  attn(ch, size);
-  res(ch, ch, size, none);
-  for (size_t k_ = 0; k_ < L; ++k_) {
-    const size_t i = L - 1 - k_;
-    const int64_t out = int64_t{c.channel_mult[i]} * c.base_channels;
-    for (int j = 0; j <= c.num_res_blocks; ++j) {
-      const int64_t skip = skips.back();
-      skips.pop_back();
-      res(ch + skip, out, size, none);
-      ch = out;
-      if (has_attn(size)) attn(ch, size);
-    }
-    if (i > 0) {
-      if (c.resblock_updown) res(ch, ch, size, up);
-      else if (c.conv_resample) conv(ch, ch, 3, 2 * size);
-      size *= 2;
-    }
-  }
-  norm(ch);
-  conv(ch, c.output_channels(), 3, size);
+  ag::clear_tape();
   return k;
 }
 
@@ -439,16 +385,8 @@ int main(int argc, char** argv) try {
     command += argv[i];
   }
 
-  // Count every preset first: the walk must reproduce the model's parameter count.
   std::vector<Count> counts;
-  for (const std::string& p : o.presets) {
-    const nn::UNetConfig cfg = nn::UNetConfig::preset(p);
-    const Count k = unet_count(cfg, 1);
-    const int64_t params = nn::UNet(cfg, 0).num_parameters();
-    DF_CHECK(k.params == params, "e2e: the FLOP walk of ", p, " counts ", k.params, " parameters, the model has ",
-             params, ": unet_count no longer matches models/nn/unet.cpp");
-    counts.push_back(k);
-  }
+  for (const std::string& p : o.presets) counts.push_back(unet_count(nn::UNetConfig::preset(p)));
   if (o.flops_only) {
     for (size_t i = 0; i < o.presets.size(); ++i)
       std::printf("%-14s %12lld parameters  %8.3f GFLOP forward per image  %8.3f GFLOP training per image\n",

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# bench/e2e.sh: issue 11's end-to-end comparison in one command, on the GPU of this machine:
+# bench/e2e.sh: the end-to-end comparison in one command, on the GPU of this machine:
 # diffuse (bench/e2e, with and without CUDA graphs) and the same models in PyTorch
-# (bench/torch_e2e.py, eager and torch.compile), then the ratios against the issue's targets.
+# (bench/torch_e2e.py, eager and torch.compile), then the ratios against the targets
+# (docs/benchmarks.md).
 #
 #   bash bench/e2e.sh                          # after a build in build/ (docs/benchmarks.md)
 #   BUILD=build-rel PYTHON=.venv/bin/python OUT=/tmp/e2e bash bench/e2e.sh
@@ -113,7 +114,7 @@ for dp in d["presets"]:
             print(f"  WASTE: {'graph' if r['graph'] else 'eager'} batch {r['batch']}: {s['host_syncs']} host syncs, "
                   f"{s['device_allocs']} cudaMalloc calls in the timed steps (must be 0)")
 
-print("\ntargets (issue 11, H100):")
+print("\ntargets (H100):")
 for what, value, target in checks:
     ok = value < -target if target < 0 else value >= target
     want = f"< {-target:g}" if target < 0 else f">= {target:g}"

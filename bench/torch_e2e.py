@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""bench/torch_e2e.py: the PyTorch side of bench/e2e (issue 11).
+"""bench/torch_e2e.py: the PyTorch side of bench/e2e.
 
 The same UNet presets as models/nn/unet.cpp (docs/models.md), layer for layer: the parameter
 count is checked against diffuse's (35,746,307 for ddpm-cifar10, 7,278,401 for fmnist) before

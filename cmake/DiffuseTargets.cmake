@@ -325,6 +325,13 @@ if(DIFFUSE_BENCH)
                              TIMEOUT 120)
       endif()
     endforeach()
+    # e2e's FLOP count, read off one recorded forward of each preset, on every machine: the figures of
+    # docs/benchmarks.md (parameters, forward and training GFLOP per image).
+    if(TARGET e2e)
+      add_test(NAME bench.e2e.flops COMMAND e2e --flops-only --preset ddpm-cifar10,fmnist)
+      set_tests_properties(bench.e2e.flops PROPERTIES LABELS cpu TIMEOUT 300 PASS_REGULAR_EXPRESSION
+        "ddpm-cifar10 +35746307 parameters +12\\.444 GFLOP forward per image +37\\.331 GFLOP training per image\nfmnist +7278401 parameters +2\\.436 GFLOP forward per image +7\\.308 GFLOP training per image")
+    endif()
     # On a GPU (cuda tier; skipped elsewhere): every case of the kernel benchmark runs, a few times.
     if(TARGET kernels AND NOT DIFFUSE_CUDA_SIM)  # timings of the simulated device mean nothing
       add_test(NAME bench.kernels.gpu

@@ -28,9 +28,10 @@ template <class T>
 struct is_optional<std::optional<T>> : std::true_type {};
 
 // The field's own check (config_fields.h) on the flag's text, so a bad value is refused naming the
-// flag; text that is not a T at all is left to CLI11's conversion, which says so.
+// flag; text that is not a T at all is left to CLI11's conversion, which says so. `values`: what
+// --help shows after the type ("{a,b}"), or "".
 template <class T>
-CLI::Validator field_validator(train::FieldCheck<T> check) {
+CLI::Validator field_validator(train::FieldCheck<T> check, const std::string& values) {
   return CLI::Validator(
       [check](std::string& text) -> std::string {
         T v{};
@@ -43,7 +44,7 @@ CLI::Validator field_validator(train::FieldCheck<T> check) {
         }
         return check(v);
       },
-      "");
+      values);
 }
 
 // One option per field of the training config, bound to `cfg`, which must outlive `cmd`.
@@ -95,7 +96,8 @@ std::vector<ConfigFlag> add_config_flags(CLI::App* cmd, train::TrainConfig& cfg)
     }
     DF_CHECK(o != nullptr, "diffuse train: field '", f.key, "' has a flag kind its type cannot take");
     if constexpr (!std::is_enum_v<T> && !std::is_same_v<T, nlohmann::json> && !std::is_same_v<T, std::vector<double>>)
-      if (f.check && f.flag_kind == train::FlagKind::value) o->check(field_validator<T>(f.check));
+      if (f.check && f.flag_kind == train::FlagKind::value)
+        o->check(field_validator<T>(f.check, f.values ? braced(f.values()) : std::string()));
     out.push_back({o, std::string(f.key)});
   });
   return out;

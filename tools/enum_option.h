@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include "core/enum_names.h"
+#include "models/train/config_fields.h"
 #include "models/train/trainer.h"
 
 namespace diffuse::tools {
@@ -51,7 +52,7 @@ inline CLI::Validator device_validator() {
         }
         return {};
       },
-      "{cpu,cuda,cuda:N,auto}");
+      braced(train::field_checks::device_forms()));
 }
 
 // A value from a list that is not an enumeration (the UNet presets).

@@ -107,11 +107,11 @@ Tensor vlb_constants(const DiscreteSchedule& s, Device device) {
   return t.to(device);
 }
 
+#if defined(DIFFUSE_HAVE_CUDA)
 ag::Var learned_variance_vlb(const Tensor& constants, const Tensor& steps, const Tensor& x0, const Tensor& xt,
                              const Tensor& pred, const ag::Var& raw) {
   DF_CHECK(raw.defined() && raw.value().device().is_cuda(), "learned_variance_vlb: the device form takes tensors "
            "on a GPU (the cpu form takes the schedule and a vector of steps)");
-#if defined(DIFFUSE_HAVE_CUDA)
   auto [value, dvalue] = cuda::learned_variance_vlb_forward(constants, steps, x0, xt, pred, raw.value());
   const int64_t B = value.numel();
   const DType dtype = raw.value().dtype();
@@ -121,11 +121,15 @@ ag::Var learned_variance_vlb(const Tensor& constants, const Tensor& steps, const
   return ag::record("learned_variance_vlb", value, {raw}, [dvalue, per_sample, dtype](const Tensor& g) {
     return std::vector<Tensor>{kernels::mul(dvalue, g.to(DType::f32).reshape(per_sample)).to(dtype)};
   });
-#else
-  (void)constants, (void)steps, (void)x0, (void)xt, (void)pred;
-  DF_FAIL("learned_variance_vlb: a build without CUDA");
-#endif
 }
+#else
+// No tensor lives on a GPU in a build without CUDA: the device form can only refuse.
+ag::Var learned_variance_vlb(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                             const ag::Var&) {
+  DF_FAIL("learned_variance_vlb: the device form takes tensors on a GPU, and this build has no CUDA (the cpu form "
+          "takes the schedule and a vector of steps)");
+}
+#endif
 
 HybridLoss hybrid_terms(const ag::Var& eps_hat, const ag::Var& vlb, const Tensor& eps, const Tensor& weights,
                         const Tensor& importance, double lambda, int T) {

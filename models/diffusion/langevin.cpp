@@ -13,19 +13,6 @@ namespace {
 
 using kernels::SamplerStepCoeffs;
 
-struct Level {
-  double a2, s2, a, s;
-};
-Level level_at(const Schedule& sch, double t) {
-  const double g = sch.gamma(t);
-  Level l;
-  l.a2 = sigmoid(-g);
-  l.s2 = sigmoid(g);
-  l.a = std::sqrt(l.a2);
-  l.s = std::sqrt(l.s2);
-  return l;
-}
-
 Tensor start_latent(const SamplerOptions& o) {
   if (o.z_T.defined()) {
     check_dtype(o.z_T, DType::f32, "sampler z_T");

@@ -117,12 +117,9 @@ Tensor run_step(const Eval& e, const Tensor& z, const SamplerStepCoeffs& k, cons
   return next;
 }
 
-// alpha_t, sigma_t as floats for the kernel, exact at the ends (sigma = 0 at t = 0 of a
-// discrete schedule, where gamma = -inf).
-struct Level {
-  double g, a2, s2, a, s;
-};
-Level level(const Schedule& s, double t) {
+}  // namespace
+
+Level level_at(const Schedule& s, double t) {
   Level l;
   l.g = s.gamma(t);
   l.a2 = sigmoid(-l.g);
@@ -132,10 +129,8 @@ Level level(const Schedule& s, double t) {
   return l;
 }
 
-}  // namespace
-
 Tensor grid_finish(const Schedule& s, Tensor z, const SamplerOptions& o) {
-  const Level l0 = level(s, 0.0);
+  const Level l0 = level_at(s, 0.0);
   float* p = z.data<float>();
   const float inv = static_cast<float>(1.0 / l0.a);
   for (int64_t i = 0; i < z.numel(); ++i) {
@@ -158,7 +153,7 @@ enum class Update { ddpm, ddim, vdm };
 SamplerStepCoeffs grid_coeffs(const Schedule& sch, const std::vector<double>& ts, int k, const SamplerOptions& o,
                               Update u) {
   const int n = static_cast<int>(ts.size()) - 1;
-  const Level lt = level(sch, ts[k]), ls = level(sch, ts[k + 1]);
+  const Level lt = level_at(sch, ts[k]), ls = level_at(sch, ts[k + 1]);
   const bool last = k == n - 1;
   SamplerStepCoeffs c;
   c.alpha = static_cast<float>(lt.a);
@@ -211,7 +206,7 @@ Tensor grid_sampler(const Schedule& sch, const Denoiser& f, const SamplerOptions
   Tensor z = initial_latent(o);
   for (int k = 0; k < n; ++k) {
     const SamplerStepCoeffs c = grid_coeffs(sch, ts, k, o, u);
-    Eval e = evaluate(f, z, ts[k], level(sch, ts[k]).s, o);
+    Eval e = evaluate(f, z, ts[k], level_at(sch, ts[k]).s, o);
     Tensor x0;
     z = run_step(e, z, c, o, static_cast<uint64_t>(k) + 1, Tensor(), &x0);
     notify(o, k, n, z, x0);
@@ -294,7 +289,7 @@ GridPlan grid_plan(SamplerKind kind, const Schedule& s, const SamplerOptions& o)
   p.times = sampling_times(s, o);
   const int n = static_cast<int>(p.times.size()) - 1;
   for (int k = 0; k < n; ++k) p.coeffs.push_back(grid_coeffs(s, p.times, k, o, u));
-  const Level l0 = level(s, 0.0);
+  const Level l0 = level_at(s, 0.0);
   p.alpha0 = l0.s2 > 0 ? l0.a : 1.0;
   return p;
 }
@@ -312,13 +307,13 @@ Tensor ddim_invert(const Schedule& sch, const Denoiser& f, const Tensor& x0, con
   det.variance = VarianceKind::beta_tilde;
   Tensor z = x0.to(Device::cpu()).clone();
   // Mirror grid_finish(): data to z_0 = alpha(0) x0 where a continuous schedule has alpha(0) < 1.
-  const Level l0 = level(sch, 0.0);
+  const Level l0 = level_at(sch, 0.0);
   if (l0.s2 > 0) {
     float* p = z.data<float>();
     for (int64_t i = 0; i < z.numel(); ++i) p[i] = static_cast<float>(p[i] * l0.a);
   }
   for (int k = 0; k < n; ++k) {
-    const Level lu = level(sch, ts[k]), lt = level(sch, ts[k + 1]);
+    const Level lu = level_at(sch, ts[k]), lt = level_at(sch, ts[k + 1]);
     SamplerStepCoeffs c;
     // The model is asked at the target time t on the current latent z_u. An eps prediction is
     // turned into x0 at z_u's own level (exact at u = 0, where sigma = 0); x0 and v predictions
@@ -355,7 +350,7 @@ Tensor sample_dpmpp_2m(const Schedule& sch, const Denoiser& f, const SamplerOpti
   Tensor x0_prev;
   double h_prev = 0;
   for (int k = 0; k < n; ++k) {
-    const Level lt = level(sch, ts[k]), ls = level(sch, ts[k + 1]);
+    const Level lt = level_at(sch, ts[k]), ls = level_at(sch, ts[k + 1]);
     SamplerStepCoeffs c;
     c.alpha = static_cast<float>(lt.a);
     c.sigma = static_cast<float>(lt.s);
@@ -538,7 +533,7 @@ Tensor sample(SamplerKind kind, const Schedule& s, const Denoiser& f, const Samp
 Tensor denoise_step(const Schedule& s, const Denoiser& f, const Tensor& z, double t, const SamplerStepCoeffs& c,
                     const SamplerOptions& o, uint64_t offset, Tensor* x0_out) {
   // Exactly the loop body of grid_sampler, so a sampler built from it reproduces their steps.
-  Eval e = evaluate(f, z, t, level(s, t).s, o);
+  Eval e = evaluate(f, z, t, level_at(s, t).s, o);
   return run_step(e, z, c, o, offset, Tensor(), x0_out);
 }
 

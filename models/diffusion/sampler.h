@@ -150,6 +150,14 @@ Tensor denoise_step(const Schedule& s, const Denoiser& f, const Tensor& z, doubl
                     const kernels::SamplerStepCoeffs& c, const SamplerOptions& o, uint64_t offset,
                     Tensor* x0_out = nullptr);
 
+// A schedule's noise level at t, from one gamma(t): alpha_t^2 = sigmoid(-gamma), sigma_t^2 =
+// sigmoid(gamma) and their roots. Exact at the ends: sigma = 0 at t = 0 of a discrete schedule,
+// where gamma = -inf. The grid samplers' coefficients start here, and langevin.h's.
+struct Level {
+  double g, a2, s2, a, s;
+};
+Level level_at(const Schedule& s, double t);
+
 // The end of every grid sampler (and of those built on them): z at t = 0 back to data space,
 // divided by alpha(0) where sigma(0) > 0, then clipped to [-1, 1] with o.clip_x0. In place.
 Tensor grid_finish(const Schedule& s, Tensor z, const SamplerOptions& o);

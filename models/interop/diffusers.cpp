@@ -116,7 +116,7 @@ nn::UNetConfig unet_config_from_diffusers(const json& config, const std::string&
     refuse(file, "mid_block_scale_factor", cfg["mid_block_scale_factor"], "diffuse's middle block does not rescale");
 
   nn::UNetConfig c;
-  c.init = "pytorch";
+  c.init = nn::InitScheme::pytorch;
   // Every GroupNorm of UNet2DModel (resnets, attention, conv_norm_out) takes norm_eps, as do
   // diffuse's; the google/ddpm-* models use 1e-6.
   c.norm_eps = get_as<double>(cfg, file, "norm_eps");
@@ -184,9 +184,9 @@ nn::UNetConfig unet_config_from_diffusers(const json& config, const std::string&
     const double fs = get_as<double>(cfg, file, "freq_shift");
     // kernels/time_embedding.h: adm = [cos, sin] over half, ddpm = [sin, cos] over half - 1.
     if (flip && fs == 0) {
-      c.time_embedding = "adm";
+      c.time_embedding = nn::TimeEmbeddingKind::adm;
     } else if (!flip && fs == 1) {
-      c.time_embedding = "ddpm";
+      c.time_embedding = nn::TimeEmbeddingKind::ddpm;
     } else {
       refuse(file, "flip_sin_to_cos / freq_shift", json::array({cfg["flip_sin_to_cos"], cfg["freq_shift"]}),
              "diffuse has [true, 0] (ADM) and [false, 1] (DDPM)");
@@ -336,8 +336,8 @@ json diffusers_config_from_unet(const nn::UNetConfig& c) {
          {"out_channels", c.output_channels()},
          {"center_input_sample", false},
          {"time_embedding_type", "positional"},
-         {"freq_shift", c.time_embedding == "adm" ? 0 : 1},
-         {"flip_sin_to_cos", c.time_embedding == "adm"},
+         {"freq_shift", c.time_embedding == nn::TimeEmbeddingKind::adm ? 0 : 1},
+         {"flip_sin_to_cos", c.time_embedding == nn::TimeEmbeddingKind::adm},
          {"down_block_types", downs},
          {"up_block_types", ups},
          {"block_out_channels", chans},

@@ -6,10 +6,6 @@
 
 namespace diffuse::nn {
 
-const char* init_scheme_name(InitScheme s) { return enum_name(s).data(); }
-
-InitScheme parse_init_scheme(const std::string& s) { return parse_enum<InitScheme>(s, "init scheme"); }
-
 uint64_t name_hash(const std::string& s) {
   uint64_t h = 0xcbf29ce484222325ull;
   for (unsigned char c : s) {

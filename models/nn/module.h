@@ -59,8 +59,6 @@ struct Init {
 enum class InitScheme : uint8_t { pytorch, ddpm };
 inline constexpr EnumName<InitScheme> kInitSchemeNames[] = {{InitScheme::pytorch, "pytorch"}, {InitScheme::ddpm, "ddpm"}};
 constexpr std::span<const EnumName<InitScheme>> enum_table(InitScheme) { return kInitSchemeNames; }
-const char* init_scheme_name(InitScheme s);
-InitScheme parse_init_scheme(const std::string& s);  // kInitSchemeNames; refuses others with the list
 
 // FNV-1a, 64 bit: the Philox offset of a parameter's init stream.
 uint64_t name_hash(const std::string& s);

@@ -69,15 +69,11 @@ void UNetConfig::validate() const {
   for (int m : channel_mult)
     DF_CHECK((m * base_channels) % groups == 0, "UNetConfig: ", m * base_channels, " channels not divisible by groups ",
              groups);
-  if (head_channels > 0)
-    for (int r : attention_resolutions) {
-      (void)r;
-      for (int m : channel_mult)
-        DF_CHECK((m * base_channels) % head_channels == 0, "UNetConfig: head_channels ", head_channels,
-                 " does not divide ", m * base_channels);
-    }
-  (void)parse_enum<InitScheme>(init, "init", "UNetConfig");
-  (void)parse_enum<TimeEmbeddingKind>(time_embedding, "time_embedding", "UNetConfig");
+  // With attention, channels split into heads of head_channels, which must divide every level's width.
+  if (head_channels > 0 && !attention_resolutions.empty())
+    for (int m : channel_mult)
+      DF_CHECK((m * base_channels) % head_channels == 0, "UNetConfig: head_channels ", head_channels,
+               " does not divide ", m * base_channels);
   validate_context();
 }
 
@@ -183,8 +179,8 @@ nlohmann::json UNetConfig::to_json() const {
                    {"rescale_residual", rescale_residual},
                    {"learn_sigma", learn_sigma},
                    {"conv_resample", conv_resample},
-                   {"init", init},
-                   {"time_embedding", time_embedding}};
+                   {"init", enum_name(init)},
+                   {"time_embedding", enum_name(time_embedding)}};
   // Written only when they differ from the defaults, so that a default model's config (every
   // checkpoint made before these keys existed) reads and writes exactly as before, and older
   // builds can still read it.
@@ -222,6 +218,12 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
     if (j.contains(k) && !json_to(j.at(k), dst))
       DF_FAIL("UNetConfig: bad value for '", k, "': ", json_brief(j.at(k)), " (the wrong type, or out of range)");
   };
+  // An enumeration's name, through its one parser (core/enum_names.h).
+  auto get_enum = [&]<class E>(const char* k, E& dst) {
+    std::string name;
+    get(k, name);
+    if (j.contains(k)) dst = parse_enum<E>(name, k, "UNetConfig");
+  };
   get("in_channels", c.in_channels);
   get("out_channels", c.out_channels);
   get("image_size", c.image_size);
@@ -243,8 +245,8 @@ UNetConfig UNetConfig::from_json(const nlohmann::json& j) {
   get("rescale_residual", c.rescale_residual);
   get("learn_sigma", c.learn_sigma);
   get("conv_resample", c.conv_resample);
-  get("init", c.init);
-  get("time_embedding", c.time_embedding);
+  get_enum("init", c.init);
+  get_enum("time_embedding", c.time_embedding);
   get("context_dim", c.context_dim);
   get("context_resolutions", c.context_resolutions);
   get("context_tokens", c.context_tokens);
@@ -273,8 +275,8 @@ UNetConfig UNetConfig::preset(const std::string& name) {
     c.num_heads = 1;
     c.dropout = 0.1f;
     c.groups = 32;
-    c.init = "ddpm";
-    c.time_embedding = "ddpm";
+    c.init = InitScheme::ddpm;
+    c.time_embedding = TimeEmbeddingKind::ddpm;
   } else if (name == "fmnist") {
     // 28 -> 14 -> 7; ADM-style blocks, sized for a GPU.
     c.in_channels = c.out_channels = 1;
@@ -532,8 +534,8 @@ ag::Var time_embedding(const Tensor& t, const UNetConfig& c, const Linear& fc1, 
            t.defined() ? t.shape().str() : "undefined");
   Tensor tf = t.dtype() == DType::f32 ? t : t.to(DType::f32);
   kernels::TimeEmbeddingOptions opt;
-  opt.flip_sin_to_cos = c.time_embedding == "adm";
-  opt.downscale_freq_shift = c.time_embedding == "adm" ? 0.f : 1.f;
+  opt.flip_sin_to_cos = c.time_embedding == TimeEmbeddingKind::adm;
+  opt.downscale_freq_shift = c.time_embedding == TimeEmbeddingKind::adm ? 0.f : 1.f;
   Tensor e = kernels::timestep_embedding(tf, c.base_channels, opt);
   if (e.dtype() != dtype) e = e.to(dtype);
   return fc2.forward(ag::silu(fc1.forward(ag::Var(e))));
@@ -661,7 +663,7 @@ UNet::UNet(const UNetConfig& cfg, uint64_t seed, bool draw) : cfg_(cfg) {
   DF_CHECK(skips.empty(), "UNet: internal skip bookkeeping");
   out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(c.groups, ch, static_cast<float>(c.norm_eps)));
   out_conv_ = register_module("out_conv", std::make_shared<Conv2d>(ch, c.output_channels(), 3, 1, /*zero_init=*/true));
-  if (draw) init_parameters(seed, parse_init_scheme(c.init));
+  if (draw) init_parameters(seed, c.init);
 }
 
 ag::Var UNet::forward(const ag::Var& x, const Tensor& t, const Tensor& labels, const LowRes& low) {
@@ -744,7 +746,7 @@ EncoderClassifier::EncoderClassifier(const UNetConfig& cfg, int num_classes, uin
   out_norm_ = register_module("out_norm", std::make_shared<GroupNorm>(cfg_.groups, ch, static_cast<float>(cfg_.norm_eps)));
   // Zero-initialised like ADM's pooled head: the classifier starts at uniform logits.
   head_ = register_module("head", std::make_shared<Linear>(ch, num_classes, true, /*zero_init=*/true));
-  init_parameters(seed, parse_init_scheme(cfg_.init));
+  init_parameters(seed, cfg_.init);
 }
 
 ag::Var EncoderClassifier::features(const ag::Var& x, const Tensor& t) {

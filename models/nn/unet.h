@@ -92,10 +92,10 @@ struct UNetConfig {
   bool rescale_residual = false;
   bool learn_sigma = false;  // output 2 * out_channels: epsilon and the variance interpolation v
   bool conv_resample = true; // downsample/upsample with a conv (else avg pool / plain nearest)
-  std::string init = "pytorch";  // "pytorch" or "ddpm" (module.h InitScheme)
-  // Sinusoidal features of t: "adm" ([cos, sin], frequencies exp(-ln(1e4) i / half)) or "ddpm"
+  InitScheme init = InitScheme::pytorch;  // module.h; "pytorch" or "ddpm" in the JSON
+  // Sinusoidal features of t: adm ([cos, sin], frequencies exp(-ln(1e4) i / half)) or ddpm
   // ([sin, cos], exp(-ln(1e4) i / (half - 1))). kernels/time_embedding.h.
-  std::string time_embedding = "adm";
+  TimeEmbeddingKind time_embedding = TimeEmbeddingKind::adm;
   // Cross-attention conditioning (Rombach et al. 2022, sec. 3.3). context_dim > 0: the model
   // attends to a context of context_tokens learned word embeddings (context_dim wide) through a
   // SpatialTransformer at each size in context_resolutions (instead of an AttentionBlock there,

@@ -123,6 +123,8 @@ std::string device(const std::string& d) {
   return "";
 }
 
+std::vector<std::string> device_forms() { return {"cpu", "cuda", "cuda:N", "auto"}; }
+
 std::string model(const nlohmann::json& m) {
   return m.is_object() ? "" : "must be an object of UNet keys, not " + json_brief(m);
 }

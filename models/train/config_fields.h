@@ -40,6 +40,9 @@ enum class Written { always, when_set };
 // accepted); log_every >= 1 is checked because train() divides by it.
 template <class T>
 using FieldCheck = std::string (*)(const T& v);
+// The values a field takes, as --help lists them, for a string field whose check accepts a fixed
+// set (an enumeration's field lists its names without one).
+using FieldValues = std::vector<std::string> (*)();
 // A field's own reader of its JSON value, where the generic one (json_to: the JSON type and the
 // C++ range of T) is not enough; throws naming the key.
 template <class T>
@@ -51,6 +54,7 @@ struct Field {
   T TrainConfig::*member;
   std::string_view help;    // --help and docs/training.md
   FieldCheck<T> check = nullptr;
+  FieldValues values = nullptr;
   Written written = Written::always;
   FlagKind flag_kind = FlagKind::value;
   std::string_view flag = {};  // the flag where it differs from the key's ("--out" for out_dir)
@@ -68,6 +72,7 @@ struct Field {
 namespace field_checks {
 std::string preset(const std::string& p);
 std::string device(const std::string& d);
+std::vector<std::string> device_forms();  // cpu, cuda, cuda:N, auto: the spellings device() accepts
 std::string model(const nlohmann::json& m);
 std::string beta(const std::optional<double>& b);
 std::string betas(const std::vector<double>& b);
@@ -91,7 +96,7 @@ void for_each_field(V&& v) {
   namespace fc = field_checks;
   using C = TrainConfig;
   // model
-  v(Field<std::string>{.key = "preset", .member = &C::preset, .help = "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64, latent (7x7x4 latents, with --autoencoder)", .check = fc::preset});
+  v(Field<std::string>{.key = "preset", .member = &C::preset, .help = "UNet preset: tiny (CPU), fmnist (GPU, 28x28), ddpm-cifar10, imagenet64, latent (7x7x4 latents, with --autoencoder)", .check = fc::preset, .values = &nn::UNetConfig::preset_names});
   v(Field<nlohmann::json>{.key = "model", .member = &C::model, .help = "JSON object of UNet keys overriding the preset, e.g. '{\"base_channels\": 48}'", .check = fc::model, .flag_kind = FlagKind::json});
   // diffusion
   v(Field<Objective>{.key = "objective", .member = &C::objective, .help = "what the network predicts: eps, x0, v, hybrid (eps plus a learned variance, trained with L_simple + 0.001 L_vlb as improved DDPM; 2x the output channels), or vdm (eps in continuous time, trained on the VDM likelihood bound in bits/dim: prior + reconstruction + 0.5 gamma'(t) ||eps - eps_hat||^2; Kingma et al. 2021)"});
@@ -129,7 +134,7 @@ void for_each_field(V&& v) {
   v(Field<std::string>{.key = "autoencoder", .member = &C::autoencoder, .help = "latent diffusion: an autoencoder.safetensors of `diffuse train-autoencoder`; the UNet is trained on the data set's latents (posterior means scaled to unit variance by a factor measured on them), the checkpoint keeps the autoencoder and the factor, and `diffuse sample` decodes its samples. Pick a preset whose levels fit the latent size (--preset latent for 7x7 latents)", .written = Written::when_set});
   // run
   v(Field<uint64_t>{.key = "seed", .member = &C::seed, .help = "seed of every random draw (init, batches, noise)"});
-  v(Field<std::string>{.key = "device", .member = &C::device, .help = "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, objective vdm, then trains on the cpu, saying so)", .check = fc::device});
+  v(Field<std::string>{.key = "device", .member = &C::device, .help = "cpu, cuda, cuda:N or auto (a GPU where one answers; what the GPU step cannot do yet, objective vdm, then trains on the cpu, saying so)", .check = fc::device, .values = fc::device_forms});
   v(Field<bool>{.key = "bf16", .member = &C::bf16, .help = "bf16 activations on CUDA"});
   v(Field<bool>{.key = "cuda_graph", .member = &C::cuda_graph, .help = "on a GPU (where the whole step runs on the device: objectives eps, x0 and v): on captures the step as a CUDA graph once and replays it, off launches its kernels one by one (the same bits, slower)", .flag_kind = FlagKind::on_off});
   v(Field<std::string>{.key = "out_dir", .member = &C::out_dir, .help = "output folder (checkpoint.safetensors, log.csv, samples_*.png)", .flag = "--out"});

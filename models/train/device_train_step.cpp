@@ -66,7 +66,7 @@ diffusion::Prediction step_prediction(Objective objective) {
 DeviceTrainStep::DeviceTrainStep(std::shared_ptr<nn::UNet> unet, const DeviceTrainOptions& o)
     : unet_(std::move(unet)), o_(o) {
   DF_CHECK(unet_, "DeviceTrainStep: no model");
-  (void)step_prediction(o_.objective);
+  prediction_ = step_prediction(o_.objective);
   DF_CHECK(o_.timesteps >= 2, "DeviceTrainStep: timesteps ", o_.timesteps);
   const AdamWOptions& a = o_.adamw;
   DF_CHECK(a.lr >= 0.f && a.eps > 0.f && a.beta1 >= 0.f && a.beta1 < 1.f && a.beta2 >= 0.f && a.beta2 < 1.f &&
@@ -260,9 +260,9 @@ void DeviceTrainStep::stage(const Tensor& x, const Tensor& labels, const nn::Low
            " timesteps for a batch of ", B);
   DF_CHECK(!o_.importance || static_cast<int64_t>(draw.importance.size()) == B, "DeviceTrainStep: ",
            draw.importance.size(), " importance weights for a batch of ", B, " (the option importance needs them)");
-  const NoiseLevels lv =
-      noise_levels(draw.t.empty() ? uniform_steps(o_.timesteps, static_cast<int>(B), o_.seed, s) : draw.t, abar_,
-                   step_prediction(o_.objective), o_.loss_weight);
+  const NoiseLevels lv = noise_levels(
+      draw.t.empty() ? uniform_steps(o_.timesteps, static_cast<int>(B), o_.seed, s) : draw.t, abar_, prediction_,
+      o_.loss_weight);
   for (int64_t b = 0; b < B; ++b) {
     h[kArrays + b] = static_cast<float>(lv.t[b]);
     h[kArrays + B + b] = static_cast<float>(lv.alpha[b]);
@@ -299,7 +299,7 @@ void DeviceTrainStep::body() {
   g_.zero_();  // one fill for every gradient (they are views of g_)
   const Tensor& eps = eps_;
   Tensor target;
-  switch (step_prediction(o_.objective)) {
+  switch (prediction_) {
     case diffusion::Prediction::eps: target = eps; break;
     case diffusion::Prediction::x0: target = x_; break;
     default: {  // v = alpha eps - sigma x (Salimans & Ho 2022)

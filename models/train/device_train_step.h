@@ -173,6 +173,7 @@ class DeviceTrainStep {
 
   std::shared_ptr<nn::UNet> unet_;
   DeviceTrainOptions o_;
+  diffusion::Prediction prediction_ = diffusion::Prediction::eps;  // what the network predicts: o_.objective's
   Device device_;
   ParamLayout layout_;
   std::vector<double> abar_;  // the schedule's alpha_bar per step

@@ -1,5 +1,8 @@
 #include <catch2/catch.hpp>
 
+#include <string>
+#include <vector>
+
 #include "autograd/gradcheck.h"
 #include "autograd/tape.h"
 #include "kernels/gemm.h"
@@ -95,4 +98,24 @@ TEST_CASE("gemm fast path equals the reference on random shapes", "[cpu][kernels
         CHECK(C == R);
       }
   }
+}
+
+TEST_CASE("tape_ops lists the recorded nodes with their names and shapes", "[cpu][autograd]") {
+  Var x(Tensor::from_vector({1, 2, 3, 4, 5, 6}, {3, 2}).to(DType::f64), true);
+  Var c(Tensor::from_vector({1, 1, 1, 1, 1, 1}, {3, 2}).to(DType::f64), false);
+  Var d = mul64(x, c);
+  Var r = record("rows", Tensor::zeros({3}, DType::f64), {d, Var(), c}, [](const Tensor&) {
+    return std::vector<Tensor>{Tensor(), Tensor(), Tensor()};
+  });
+  const std::vector<TapeOp> ops = tape_ops();
+  REQUIRE(ops.size() == 2);
+  CHECK(std::string(ops[0].name) == "mul64");
+  CHECK(ops[0].inputs == std::vector<Shape>{Shape{3, 2}, Shape{3, 2}});
+  CHECK(ops[0].output == Shape{3, 2});
+  CHECK(std::string(ops[1].name) == "rows");
+  // An undefined input keeps its place, as Shape().
+  CHECK(ops[1].inputs == std::vector<Shape>{Shape{3, 2}, Shape(), Shape{3, 2}});
+  CHECK(ops[1].output == Shape{3});
+  clear_tape();
+  CHECK(tape_ops().empty());
 }

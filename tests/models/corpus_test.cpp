@@ -113,3 +113,47 @@ TEST_CASE("corpus: configs", "[cpu][data][corpus]") {
     train::TrainConfig::from_json(read_json(p)).unet_config(28, 1, 10);
   }, false);
 }
+
+// The config JSON is what checkpoints and model files hold, so its text is pinned: each preset
+// writes exactly the committed ok_<preset>.json (make_fuzz_seeds wrote those from to_json().dump()),
+// and every config the C++ code wrote (the seeds, a checkpoint's "unet" metadata) reads and writes
+// back byte for byte. The enumerations (init, time_embedding) travel as their names.
+TEST_CASE("corpus: the UNet config JSON text is stable", "[cpu][data][corpus]") {
+  const std::string root = corpus_dir();
+  REQUIRE(!root.empty());
+  auto text_of = [](const std::string& p) {
+    std::vector<uint8_t> b = read_file(p);
+    return std::string(b.begin(), b.end());
+  };
+  auto round_trip = [](const std::string& text) {
+    return nn::UNetConfig::from_json(nlohmann::json::parse(text)).to_json().dump();
+  };
+  for (const std::string& name : nn::UNetConfig::preset_names()) {
+    INFO(name);
+    const std::string text = text_of(root + "/unet_config/ok_" + name + ".json");
+    CHECK(nn::UNetConfig::preset(name).to_json().dump() == text);
+    CHECK(round_trip(text) == text);
+  }
+  CHECK(nn::UNetConfig::preset("ddpm-cifar10").init == nn::InitScheme::ddpm);
+  CHECK(nn::UNetConfig::preset("ddpm-cifar10").time_embedding == nn::TimeEmbeddingKind::ddpm);
+  for (const char* name : {"ok_tiny_run.json", "ok_super_res.json"}) {
+    INFO(name);
+    const std::string text = text_of(root + "/unet_config/" + name);
+    CHECK(round_trip(text) == text);
+  }
+  const std::string unet = read_safetensors(root + "/checkpoint/ok_tiny.safetensors").metadata.at("unet");
+  CHECK(round_trip(unet) == unet);
+  // Each enumeration key refuses a name outside its table, naming the key and the valid names,
+  // and a value that is not a string.
+  const nlohmann::json base = nlohmann::json::parse(unet);
+  for (const auto& [key, valid] : {std::pair<std::string, std::string>{"init", "pytorch or ddpm"},
+                                   std::pair<std::string, std::string>{"time_embedding", "adm or ddpm"}}) {
+    INFO(key);
+    nlohmann::json j = base;
+    j[key] = "xavier";
+    CHECK_THROWS_WITH(nn::UNetConfig::from_json(j),
+                      Catch::Contains("unknown " + key + " 'xavier'") && Catch::Contains(valid));
+    j[key] = 1;
+    CHECK_THROWS_WITH(nn::UNetConfig::from_json(j), Catch::Contains("'" + key + "'"));
+  }
+}

@@ -58,7 +58,7 @@ nn::UNetConfig config(bool adm) {
     c.attention_resolutions = {3};
     c.num_heads = 2;
     c.groups = 4;
-    c.init = "ddpm";
+    c.init = nn::InitScheme::ddpm;
   }
   return c;
 }

@@ -115,6 +115,11 @@ TEST_CASE("config JSON round-trips and rejects unknown keys", "[cpu][models]") {
   auto k = UNetConfig::preset("tiny").to_json();
   k["groups"] = 5;  // 32 channels in 5 groups
   CHECK_THROWS_WITH(UNetConfig::from_json(k), Catch::Contains("groups"));
+  auto h = UNetConfig::preset("tiny").to_json();
+  h["head_channels"] = 12;  // 16, 32, 32 channels
+  CHECK_THROWS_WITH(UNetConfig::from_json(h), Catch::Contains("head_channels 12 does not divide 16"));
+  h["head_channels"] = 16;
+  CHECK(UNetConfig::from_json(h).head_channels == 16);
   auto m = UNetConfig::preset("tiny").to_json();
   m["image_size"] = 30;  // 30 -> 15 -> cannot halve again
   CHECK_THROWS_AS(UNetConfig::from_json(m), Error);

@@ -147,6 +147,8 @@ TEST_CASE("CLI: --help lists the values of the enumerated flags", "[cpu][tools][
   REQUIRE(test::run({test::cli_path(), "train", "--help"}, dir / "t.txt", &log) == 0);
   CHECK_THAT(log, Contains("{eps,x0,v,hybrid,vdm}") && Contains("{none,min-snr}") && Contains("{on,off}") &&
                       Contains("{uniform,importance}"));
+  // The string flags with a fixed set of values list it too.
+  CHECK_THAT(log, Contains("{ddpm-cifar10,fmnist,tiny,imagenet64,latent}") && Contains("{cpu,cuda,cuda:N,auto}"));
 }
 
 TEST_CASE("CLI: sample --spacing logsnr runs the log-SNR grid", "[cpu][tools][enum]") {
