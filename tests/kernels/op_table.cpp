@@ -2269,7 +2269,7 @@ void add_adamw(std::vector<OpCase>& table) {
 }
 
 // ---- the fused sampler step (sampler_step.cu) -----------------------------------------------------
-// Against kernels::sampler_step_cpu (kernels/cpu/sampler_step.cpp, the reference: both call
+// Against kernels::sampler_step_cpu (kernels/sampler_step.cpp, the reference: both call
 // kernels/sampler_step.h's per-element math and draw the same Philox noise), over every option: each
 // prediction type with each flag alone, all together, and none. The kernel evaluates the reference's
 // f32 expressions in the same order; on a GPU nvcc may fuse a product and a sum into an FMA, <= 1 ulp
