@@ -71,24 +71,23 @@ void attention_backward(const Tensor& dout, const Tensor& q, const Tensor& k, co
                           const float* lse, void* dq, void* dk, void* dv, DType dtype, int64_t B, int64_t Tq, \
                           int64_t Tk, int heads, int D, void* workspace, void* stream);
 
-namespace diffuse {
-namespace cuda {
-DIFFUSE_ATTENTION_LAUNCHERS
+// The bf16 tensor-core twins (kernels/cuda/attention_tc.cu; under the emulator, mma.sync is
+// kernels/simt's warp collective). Same contract as attention_forward / attention_backward above,
+// bf16 only, and the saved log-sum-exp is the same quantity, so either backward takes either
+// forward's. Supported: bf16, head dims 32 and 64, every pointer 16-byte aligned, and (on a GPU) a
+// current device of compute capability 8.0 or newer; the dispatch runs the SIMT kernels otherwise.
+// The backward's workspace is attention_backward_workspace_bytes(B, Tq, heads).
+#define DIFFUSE_ATTENTION_TC_LAUNCHERS                                                                 \
+  bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);           \
+  void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, \
+                            int64_t Tq, int64_t Tk, int heads, int D, void* stream);                  \
+  void attention_tc_backward(const void* dout, const void* q, const void* k, const void* v, const void* out, \
+                             const float* lse, void* dq, void* dk, void* dv, int64_t B, int64_t Tq, int64_t Tk, \
+                             int heads, int D, void* workspace, void* stream);
 
-// The bf16 tensor-core twins (kernels/cuda/attention_tc.cu; GPU only, the emulator cannot run mma).
-// Same contract as attention_forward / attention_backward above, bf16 only, and the saved
-// log-sum-exp is the same quantity, so either backward takes either forward's. Supported: bf16,
-// head dims 32 and 64, every pointer 16-byte aligned, and a current device of compute capability
-// 8.0 or newer; the dispatch runs the SIMT kernels otherwise.
-bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);
-void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq,
-                          int64_t Tk, int heads, int D, void* stream);
-// The workspace is attention_backward_workspace_bytes(B, Tq, heads).
-void attention_tc_backward(const void* dout, const void* q, const void* k, const void* v, const void* out,
-                           const float* lse, void* dq, void* dk, void* dv, int64_t B, int64_t Tq, int64_t Tk, int heads,
-                           int D, void* workspace, void* stream);
-}  // namespace cuda
-namespace emu { DIFFUSE_ATTENTION_LAUNCHERS }
+namespace diffuse {
+namespace cuda { DIFFUSE_ATTENTION_LAUNCHERS DIFFUSE_ATTENTION_TC_LAUNCHERS }
+namespace emu { DIFFUSE_ATTENTION_LAUNCHERS DIFFUSE_ATTENTION_TC_LAUNCHERS }
 }  // namespace diffuse
 
 // The Tensor-level op on a GPU, which kernels/attention.cpp calls for a tensor on a CUDA device

@@ -6,10 +6,12 @@
 #include <cstdint>
 #include <initializer_list>
 
+#include "core/tensor.h"
+
 namespace diffuse::kernels {
 
 struct Dims {
-  static constexpr int kMax = 5;  // core/tensor.h kMaxDims
+  static constexpr int kMax = kMaxDims;
   int rank = 0;
   int64_t d[kMax] = {};
 
@@ -27,5 +29,13 @@ struct Dims {
     return n;
   }
 };
+
+// A Tensor's shape as launchers take it.
+inline Dims dims_of(const Shape& s) {
+  Dims d;
+  d.rank = s.rank();
+  for (int i = 0; i < s.rank(); ++i) d.d[i] = s[i];
+  return d;
+}
 
 }  // namespace diffuse::kernels

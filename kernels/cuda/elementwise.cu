@@ -36,6 +36,7 @@ using detail::FastDivmod;
 using detail::Pack;
 using kernels::BinaryOp;
 using kernels::Dims;
+using kernels::dims_of;
 using kernels::UnaryOp;
 
 // 256 threads: whole warps, and 8 resident blocks per SM for these register-light loops.
@@ -553,18 +554,12 @@ namespace diffuse::cuda {
 using kernels::BinaryOp;
 using kernels::broadcast_shape;
 using kernels::Dims;
+using kernels::dims_of;
 using kernels::ReduceOp;
 using kernels::UnaryOp;
 using kernels::unary_name;
 
 namespace {
-
-Dims dims_of(const Shape& s) {
-  Dims d;
-  d.rank = s.rank();
-  for (int i = 0; i < s.rank(); ++i) d.d[i] = s[i];
-  return d;
-}
 
 // The activation dtypes of the GPU path; everything else is a caller's mistake worth a message.
 void check_float(const Tensor& t, const char* what) {

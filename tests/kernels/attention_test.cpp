@@ -43,14 +43,6 @@ TEST_CASE("attention rejects bad shapes", "[cpu][kernels]") {
 #include "kernels/attention.h"
 #include "tests/emu_test_util.h"
 
-#if defined(DIFFUSE_HAVE_SIMT)
-namespace diffuse::emu {  // compiled for the emulator; kernels/cuda/attention.h declares them for a GPU
-bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);
-void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq,
-                          int64_t Tk, int heads, int D, void* stream);
-}  // namespace diffuse::emu
-#endif
-
 namespace {
 
 using TcForward = void (*)(const void*, const void*, const void*, void*, float*, int64_t, int64_t, int64_t, int, int,

@@ -305,9 +305,7 @@ void check_reductions_repeat(AllWorkspaceFn all_ws, AllLaunchFn all, SumWorkspac
     INFO("reduce_sum " << shape.str() << " mask " << mask << ", seed " << run_seed());
     const Tensor x = random_tensor(shape);
     const Tensor xd = x.to(d);
-    kernels::Dims dm;
-    dm.rank = shape.rank();
-    for (int i = 0; i < dm.rank; ++i) dm.d[i] = shape[i];
+    const kernels::Dims dm = kernels::dims_of(shape);
     const int64_t outputs = mask == 0b10 ? shape[0] : shape[1];
     Tensor ws = Tensor::empty({static_cast<int64_t>(sum_ws(dm, mask) / 4) + 1}, DType::f32, d).poison_();
     Tensor a = Tensor::empty({outputs}, DType::f32, d).poison_(), b = Tensor::empty({outputs}, DType::f32, d).poison_();

@@ -46,19 +46,6 @@
 #include "models/nn/unet.h"
 #endif
 
-#if defined(DIFFUSE_HAVE_SIMT)
-// The tensor-core launchers compiled for the emulator (attention_tc.cu), whose mma.sync is
-// kernels/simt's warp collective; kernels/cuda/attention.h declares them for the GPU build only.
-namespace diffuse::emu {
-bool attention_tc_supported(DType dtype, int D, std::initializer_list<const void*> ptrs);
-void attention_tc_forward(const void* q, const void* k, const void* v, void* out, float* lse, int64_t B, int64_t Tq,
-                          int64_t Tk, int heads, int D, void* stream);
-void attention_tc_backward(const void* dout, const void* q, const void* k, const void* v, const void* out,
-                           const float* lse, void* dq, void* dk, void* dv, int64_t B, int64_t Tq, int64_t Tk, int heads,
-                           int D, void* workspace, void* stream);
-}  // namespace diffuse::emu
-#endif
-
 namespace diffuse::test {
 
 const char* backend_name(Backend b) {
@@ -77,6 +64,11 @@ Tensor poisoned(const Shape& s, DType t, Device d) {
 }
 
 namespace {
+
+using kernels::dims_of;
+
+// The stream a runner launches on: none for the emulator (host buffers), the current one on a GPU.
+void* stream_for(Device d) { return d.is_cpu() ? nullptr : current_stream(); }
 
 // The parts, streamed into one string: a case's name.
 template <class... Parts>
@@ -237,7 +229,7 @@ void add_resample(std::vector<OpCase>& table) {
       auto device_run = [s, out_shape](ResampleLaunch launch, Device d) {
         return [launch, d, s, out_shape](const Tensors& in, DType t) {
           Tensor o = poisoned(out_shape, t, d);
-          launch(in[0].to(d).raw(), o.raw(), t, s[0], s[1], s[2], s[3], d.is_cpu() ? nullptr : current_stream());
+          launch(in[0].to(d).raw(), o.raw(), t, s[0], s[1], s[2], s[3], stream_for(d));
           return Tensors{o.to(Device::cpu()), o.to(Device::cpu())};
         };
       };
@@ -357,7 +349,7 @@ void add_noise(std::vector<OpCase>& table) {
       return [=](const Tensors& in, DType) {
         const int64_t* so = in[3].data<int64_t>();
         const uint64_t seed = static_cast<uint64_t>(so[0]), offset = static_cast<uint64_t>(so[1]);
-        void* stream = d.is_cpu() ? nullptr : current_stream();
+        void* stream = stream_for(d);
         Tensor xb = poisoned({n + k.skew}, DType::f32, d);
         xb.slice(k.skew, n + k.skew).copy_(in[0].flatten());
         Tensor alpha = in[1].to(d), sigma = in[2].to(d);
@@ -438,7 +430,7 @@ void add_embedding(std::vector<OpCase>& table) {
     auto device_run = [B](Fwd fwd, Bwd bwd, Device d) {
       return [=](const Tensors& in, DType t) {
         Tensor ids = in[0].to(d), out = poisoned({B, D}, t, d), dt = poisoned({K, D}, t, d);
-        void* stream = d.is_cpu() ? nullptr : current_stream();
+        void* stream = stream_for(d);
         fwd(ids.data<int64_t>(), in[1].to(d).raw(), out.raw(), t, B, K, D, stream);
         bwd(in[2].to(d).raw(), ids.data<int64_t>(), dt.raw(), t, B, K, D, stream);
         return Tensors{out.to(Device::cpu()), dt.to(Device::cpu())};
@@ -537,7 +529,7 @@ void add_softmax(std::vector<OpCase>& table) {
     auto fwd_run = [s, rows, L](RowLaunch launch, Device d) {
       return [=](const Tensors& in, DType t) {
         Tensor y = poisoned(s, t, d);
-        launch(in[0].to(d).raw(), y.raw(), t, rows, L, d.is_cpu() ? nullptr : current_stream());
+        launch(in[0].to(d).raw(), y.raw(), t, rows, L, stream_for(d));
         return Tensors{y.to(Device::cpu())};
       };
     };
@@ -575,7 +567,7 @@ void add_softmax(std::vector<OpCase>& table) {
     auto bwd_run = [s, rows, L](RowGradLaunch launch, Device d) {
       return [=](const Tensors& in, DType t) {
         Tensor dx = poisoned(s, t, d);
-        launch(in[0].to(d).raw(), in[1].to(d).raw(), dx.raw(), t, rows, L, d.is_cpu() ? nullptr : current_stream());
+        launch(in[0].to(d).raw(), in[1].to(d).raw(), dx.raw(), t, rows, L, stream_for(d));
         return Tensors{dx.to(Device::cpu())};
       };
     };
@@ -659,7 +651,7 @@ void add_cross_entropy(std::vector<OpCase>& table) {
     using Bwd = void (*)(const float*, const float*, const int64_t*, const float*, float*, int64_t, int64_t, void*);
     auto run = [B, K](Fwd fwd, Bwd bwd, Device d) {
       return [=](const Tensors& in, DType) {
-        void* stream = d.is_cpu() ? nullptr : current_stream();
+        void* stream = stream_for(d);
         const Tensor x = in[0].to(d), labels = in[1].to(d), g = Tensor::full({1}, 1.7).to(d);
         Tensor lse = poisoned({B}, DType::f32, d), rows = poisoned({B}, DType::f32, d);
         Tensor loss = poisoned({1}, DType::f32, d), dl = poisoned({B, K}, DType::f32, d);
@@ -779,7 +771,7 @@ void add_time_embedding(std::vector<OpCase>& table) {
       auto run = [z, o](Launch launch, Device d) {
         return [=](const Tensors& in, DType) {
           Tensor out = poisoned({z.B, z.dim}, DType::f32, d);
-          launch(in[0].to(d).data<float>(), out.data<float>(), z.B, z.dim, o, d.is_cpu() ? nullptr : current_stream());
+          launch(in[0].to(d).data<float>(), out.data<float>(), z.B, z.dim, o, stream_for(d));
           return Tensors{out.to(Device::cpu())};
         };
       };
@@ -855,7 +847,7 @@ void add_copy_rows(std::vector<OpCase>& table) {
       return [=](const Tensors& in, DType) {
         Tensor src = in[0].to(d), dst = in[1].to(d);
         launch(static_cast<char*>(dst.raw()) + g.dst_off, g.dst_stride, static_cast<const char*>(src.raw()) + g.src_off,
-               g.src_stride, g.rows, g.width, d.is_cpu() ? nullptr : current_stream());
+               g.src_stride, g.rows, g.width, stream_for(d));
         return Tensors{dst.to(Device::cpu())};
       };
     };
@@ -1124,7 +1116,7 @@ void add_group_norm(std::vector<OpCase>& table) {
           Tensor ds = grad(g.adagn, {g.B, g.C}), dh = grad(g.adagn, {g.B, g.C});
           const std::size_t wsb = ws_bytes(g.B, g.N, g.C, g.G, g.how);
           Tensor ws = poisoned({static_cast<int64_t>(wsb / 4) + 1}, DType::f32, d);
-          void* stream = d.is_cpu() ? nullptr : current_stream();
+          void* stream = stream_for(d);
           fwd(di[0].raw(), y.raw(), t, ptr(di[2]), ptr(di[3]), ptr(di[4]), ptr(di[5]), mean.data<float>(),
               rstd.data<float>(), g.B, g.N, g.C, g.G, 1e-5f, g.silu, ws.raw(), stream, g.how);
           bwd(di[1].raw(), di[0].raw(), dx.raw(), t, mean.data<float>(), rstd.data<float>(), ptr(di[2]), ptr(di[3]),
@@ -1325,7 +1317,7 @@ void add_attention(std::vector<OpCase>& table) {
       auto dev_run = [a, qs, ks](Fwd fwd, Ws ws_bytes, Bwd bwd, Device d) {
         return [=](const Tensors& in, DType t) {
           const Tensor q = in[0].to(d), k = in[1].to(d), v = in[2].to(d), dout = in[3].to(d);
-          void* stream = d.is_cpu() ? nullptr : current_stream();
+          void* stream = stream_for(d);
           Tensor out = poisoned(qs, t, d), lse = poisoned({a.B, a.heads, a.Tq}, DType::f32, d);
           fwd(q.raw(), k.raw(), v.raw(), out.raw(), lse.data<float>(), t, a.B, a.Tq, a.Tk, a.heads, a.D, stream);
           Tensor dq = poisoned(qs, t, d), dk = poisoned(ks, t, d), dv = poisoned(ks, t, d);
@@ -1522,15 +1514,6 @@ void elementwise_runners(OpCase& c, bool emu, bool gpu, Make make) {
 #if defined(DIFFUSE_HAVE_CUDA)
   if (gpu) c.cuda = make(kCudaElementwise, Device::cuda(0));
 #endif
-}
-
-void* stream_for(Device d) { return d.is_cpu() ? nullptr : current_stream(); }
-
-kernels::Dims dims_of(const Shape& s) {
-  kernels::Dims d;
-  d.rank = s.rank();
-  for (int i = 0; i < s.rank(); ++i) d.d[i] = s[i];
-  return d;
 }
 
 // A reference value in f64 as the kernels store it: rounded to f32, then to the dtype.
