@@ -9,10 +9,7 @@
 #include "autograd/linalg.h"
 #include "core/check.h"
 #include "kernels/elementwise.h"
-
-#if defined(DIFFUSE_HAVE_CUDA)
 #include "kernels/learned_variance_vlb.h"
-#endif
 
 namespace diffuse::diffusion {
 
@@ -55,8 +52,9 @@ ag::Var learned_variance_vlb(const DiscreteSchedule& s, const std::vector<int>& 
       const float* xv = xb.data<float>();
       for (int64_t j = 0; j < N; ++j) {
         const double ls = 0.5 * learned_log_variance(s, 0, rb[j]);
-        acc -= discretized_gaussian_log_likelihood(xv[j], mu[j], ls);
-        db[j] = -discretized_gaussian_log_likelihood_dlog_scale(xv[j], mu[j], ls) * 0.5 * dlv_dr * to_bpd;
+        const kernels::DecoderTerm dec = kernels::discretized_gaussian_decoder(xv[j], mu[j], ls);
+        acc -= dec.log_p;
+        db[j] = -dec.dlog_p_dlog * 0.5 * dlv_dr * to_bpd;
       }
     } else {
       // L_t = KL(q(x_{t-1} | x_t, x0) || p(x_{t-1} | x_t)).

@@ -8,7 +8,7 @@
 // normal_kl, the discretized decoder) and whose backward in r is analytic:
 //   t > 0: L_t = sum_j KL(N(mu~, beta~) || N(mu, Sigma)), dKL/d log Sigma = normal_kl_dlv2;
 //   t = 0: L_0 = -sum_j log p_disc(x_j; mu, log_scale = log Sigma / 2),
-//          d/d log_scale = discretized_gaussian_log_likelihood_dlog_scale;
+//          d/d log_scale from kernels::discretized_gaussian_decoder (log p and its derivative at once);
 //   log Sigma = v log beta_t + (1 - v) log beta~_t, v = (r + 1)/2, so d log Sigma/dr = (log beta_t - log beta~_t)/2.
 //
 // Units as improved-diffusion's `_vb_terms_bpd`: bits per dim, the per-sample sum divided by

@@ -183,10 +183,6 @@ double discretized_gaussian_log_likelihood(double x, double mean, double log_sca
   return kernels::discretized_gaussian_decoder(x, mean, log_scale).log_p;
 }
 
-double discretized_gaussian_log_likelihood_dlog_scale(double x, double mean, double log_scale) {
-  return kernels::discretized_gaussian_decoder(x, mean, log_scale).dlog_p_dlog;
-}
-
 Tensor discretized_gaussian_log_likelihood(const Tensor& x, const Tensor& mean, const Tensor& log_scale) {
   check_same_shape(x, mean, "discretized_gaussian_log_likelihood");
   check_same_shape(x, log_scale, "discretized_gaussian_log_likelihood");

@@ -65,12 +65,9 @@ double normal_kl_dlv2(double m1, double lv1, double m2, double lv2);
 Tensor normal_kl_per_sample(const Tensor& m1, const Tensor& lv1, const Tensor& m2, const Tensor& lv2);
 // log of the probability mass of bin x under N(mean, e^{2 log_scale}), data on 256 levels in
 // [-1, 1]: bins of width 2/255 centred on the levels, the end bins open to -inf / +inf
-// (improved-DDPM `discretized_gaussian_log_likelihood`; Ho et al. eq. 13). Elementwise.
+// (improved-DDPM `discretized_gaussian_log_likelihood`; Ho et al. eq. 13). Elementwise. With its
+// derivative in log_scale: kernels::discretized_gaussian_decoder (kernels/learned_variance_vlb.h).
 double discretized_gaussian_log_likelihood(double x, double mean, double log_scale);
-// Its derivative in log_scale: (dp / d log_scale) / p with dp/d log_scale = lo phi(lo) - hi phi(hi)
-// (hi, lo the standardised bin edges, which scale as e^{-log_scale}); an open end bin keeps its one
-// edge. 0 where the mass is clamped at 1e-12, as the forward is flat there.
-double discretized_gaussian_log_likelihood_dlog_scale(double x, double mean, double log_scale);
 Tensor discretized_gaussian_log_likelihood(const Tensor& x, const Tensor& mean, const Tensor& log_scale);
 
 // Prior term L_T = KL(q(z_1 | x) || N(0, I)) per sample, nats; z_1 at t = 1 of any schedule.
